@@ -1,0 +1,278 @@
+"""Loading and validating the deployment's YAML file.
+
+``load_config(path)`` returns a :class:`Config` or raises :class:`ConfigError`
+whose message is one line naming the file, the key path and the problem.
+``${VAR}`` and ``${VAR:-default}`` are interpolated in every string value;
+a ``${VAR}`` whose variable is unset is an error, ``${VAR:-}`` gives "".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from .context import ANTHROPIC, OPENAI
+from .errors import ConfigError
+
+log = logging.getLogger("ccproxy")
+
+DEFAULT_CONFIG = "config.yaml"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+@dataclass(slots=True)
+class Timeouts:
+    """Seconds; each gives its own error in the client's dialect."""
+
+    #: To open the TCP (and TLS) connection.
+    connect: float = 10.0
+    #: From sending the request to the upstream's status and headers.
+    headers: float = 600.0
+    #: Longest silence between two reads of the body.
+    idle: float = 300.0
+    #: The whole exchange, head and body.
+    total: float = 3600.0
+
+
+@dataclass(slots=True)
+class ProviderConfig:
+    """One upstream provider."""
+
+    format: Literal["anthropic", "openai"]
+    base_url: str
+    name: str = ""
+    api_key: str = ""
+    #: Globs of model names this provider serves; the first provider that matches wins.
+    models: list[str] = field(default_factory=list)
+    #: Extra headers sent upstream with every request (after the client's).
+    headers: dict[str, str] = field(default_factory=dict)
+    #: False for providers that need no key (local servers, the demo).
+    requires_key: bool = True
+    supports_streaming: bool = True
+    #: ``fast`` (the project's transport) or ``httpx`` (httpx's stock transport).
+    transport: Literal["fast", "httpx"] = "fast"
+    #: Verify the upstream's TLS certificate.
+    verify_tls: bool = True
+    timeouts: Timeouts | None = None
+    #: Idle keep-alive connections kept per worker for this provider.
+    max_keepalive: int = 100
+
+    def serves(self, model: str) -> bool:
+        """True when ``model`` matches one of this provider's globs."""
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+@dataclass(slots=True)
+class ModelAlias:
+    """A model name clients use, mapped to a provider's model."""
+
+    model: str
+    #: The provider to use; by default the first whose globs match ``model``.
+    provider: str | None = None
+
+
+@dataclass(slots=True)
+class Limits:
+    #: Largest request body accepted, in bytes (413 beyond).
+    max_body_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Config:
+    """The whole deployment."""
+
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    models: dict[str, ModelAlias] = field(default_factory=dict)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    #: ``disabled``/``enabled`` lists and per-plugin settings, by plugin name.
+    plugins: dict[str, Any] = field(default_factory=dict)
+    #: The file this came from ("" when built in code).
+    path: str = ""
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """The settings block of plugin ``name`` (an empty dict when absent)."""
+        value = self.plugins.get(name)
+        return value if isinstance(value, dict) else {}
+
+    def timeouts_for(self, provider: ProviderConfig) -> Timeouts:
+        return provider.timeouts or self.timeouts
+
+
+def interpolate(text: str, where: str) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` from the environment."""
+
+    def sub(match: re.Match[str]) -> str:
+        name, has_default, default = match.group(1), match.group(2), match.group(3)
+        value = os.environ.get(name)
+        if value is None or (has_default and value == ""):
+            if has_default is None:
+                raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-}} to allow that)")
+            return default or ""
+        return value
+
+    return _VAR.sub(sub, text)
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the type ``hint``, interpolating strings."""
+    origin = typing.get_origin(hint)
+    if isinstance(value, str):
+        value = interpolate(value, where)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
+        _, item = typing.get_args(hint)
+        return {str(k): _convert(v, item, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is Any:
+        return _interpolate_tree(value, where)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, str):
+            try:
+                value = hint(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            raise ConfigError(f"{where}: expected a {'whole number' if hint is int else 'number'}, got {_describe(value)}")
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative, got {value}")
+        return hint(value)
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint!r}")  # pragma: no cover - a bug in our schema
+
+
+def _interpolate_tree(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        return interpolate(value, where)
+    if isinstance(value, dict):
+        return {k: _interpolate_tree(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_tree(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _build(cls: Any, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "name")}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown key (expected one of: {', '.join(fields)})")
+        kwargs[key] = _convert(value, hints[key], path)
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where + '.' if where else ''}{missing[0]}: required key is missing")
+    return cls(**kwargs)
+
+
+def build_config(data: Any, path: str = "") -> Config:
+    """Validate an already-parsed YAML document."""
+    try:
+        config = _build(Config, data, "")
+        _check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or '<config>'}: {exc}") from None
+    config.path = path
+    return config
+
+
+def _check(config: Config) -> None:
+    """Cross-field rules, and providers without a key skipped with a warning."""
+    for name, provider in list(config.providers.items()):
+        provider.name = name
+        where = f"providers.{name}"
+        if not re.match(r"^(https?|demo)://[^/\s?#]+", provider.base_url):
+            raise ConfigError(f"{where}.base_url: expected an http(s):// URL, got {provider.base_url!r}")
+        if "?" in provider.base_url or "#" in provider.base_url:
+            raise ConfigError(f"{where}.base_url: must not contain a query or fragment")
+        provider.base_url = provider.base_url.rstrip("/")
+        if not provider.models:
+            raise ConfigError(f"{where}.models: list at least one model glob")
+        if provider.requires_key and not provider.api_key:
+            log.warning("provider %r has no api_key; it is skipped (set its key, or requires_key: false)", name)
+            del config.providers[name]
+    settings = config.plugins
+    for key in ("disabled", "enabled"):
+        names = settings.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"plugins.{key}: expected a list of plugin names")
+    for alias, target in config.models.items():
+        if target.provider is not None and target.provider not in config.providers:
+            # A skipped provider is not an error: requests for the alias get a clear 404.
+            log.warning("models.%s.provider: provider %r is not configured or was skipped", alias, target.provider)
+
+
+def load_config(path: str | None = None) -> Config:
+    """Read ``path`` (default ``$CCPROXY_CONFIG`` or ``config.yaml``) into a :class:`Config`."""
+    path = path or os.environ.get("CCPROXY_CONFIG") or DEFAULT_CONFIG
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (set CCPROXY_CONFIG to choose another)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return build_config(data, path)

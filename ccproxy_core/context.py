@@ -1,0 +1,90 @@
+"""The per-request context handed to every request-phase hook."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ProxyError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
+
+ANTHROPIC = "anthropic"
+OPENAI = "openai"
+DIALECTS = (ANTHROPIC, OPENAI)
+
+#: ``ctx.outcome`` values.
+COMPLETED = "completed"
+CLIENT_DISCONNECTED = "client_disconnected"
+UPSTREAM_ERROR = "upstream_error"
+REJECTED = "rejected"
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One try at one provider (fallback and retries add more)."""
+
+    provider: str
+    model: str
+    url: str
+    status: int | None = None
+    error: str | None = None
+    #: Seconds from the request's start to the upstream's headers (or failure).
+    elapsed: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """What the core knows about one client request; plugins read it and may add to ``state``.
+
+    Times are seconds since ``started`` (``time.perf_counter()``); None until they happen.
+    """
+
+    request_id: str
+    method: str
+    route: str
+    client_dialect: str
+    started: float = field(default_factory=time.perf_counter)
+    #: Wall-clock start (``time.time()``), for logs.
+    started_at: float = field(default_factory=time.time)
+    #: The client's parsed JSON body (None until parsed, or for non-JSON routes).
+    body: dict[str, Any] | None = None
+    stream: bool = False
+    model_requested: str | None = None
+    #: The model name sent upstream (differs from ``model_requested`` for aliases).
+    model: str | None = None
+    provider: str | None = None
+    upstream_dialect: str | None = None
+    upstream_url: str | None = None
+    upstream_status: int | None = None
+    #: The status the client gets (hooks may change it before the head is written).
+    status: int | None = None
+    #: The headers the client gets (lower-case names), filled when the upstream answers.
+    response_headers: dict[str, str] = field(default_factory=dict)
+    t_upstream_headers: float | None = None
+    t_first_byte: float | None = None
+    duration: float | None = None
+    bytes_sent: int = 0
+    chunks_sent: int = 0
+    events_sent: int = 0
+    outcome: str | None = None
+    error: ProxyError | None = None
+    #: Token counts as the upstream reported them (input_tokens, output_tokens,
+    #: cache_read_input_tokens, cache_creation_input_tokens), filled by plugins.
+    usage: dict[str, int] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    #: Scratch space for plugins, keyed by plugin name.
+    state: dict[str, Any] = field(default_factory=dict)
+    #: The deployment's configuration (``config.plugin_settings(name)`` for a plugin's own).
+    config: Config | None = None
+
+    @property
+    def translated(self) -> bool:
+        """True when the client and the upstream speak different dialects."""
+        return self.upstream_dialect is not None and self.upstream_dialect != self.client_dialect
+
+    def elapsed(self) -> float:
+        """Seconds since the request started."""
+        return time.perf_counter() - self.started

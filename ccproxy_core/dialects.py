@@ -1,0 +1,59 @@
+"""What each client dialect looks like on the wire: paths and error shapes.
+
+This is the single place where a :class:`ProxyError` becomes bytes the
+client understands, as a JSON body or as an in-stream error event.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .context import ANTHROPIC, OPENAI
+from .errors import ProxyError
+
+#: Path the upstream of each dialect serves, appended to the provider's base_url.
+UPSTREAM_PATHS = {ANTHROPIC: "/v1/messages", OPENAI: "/chat/completions"}
+
+# Neutral kind -> OpenAI error type. Anthropic uses the neutral kinds as they are.
+_OPENAI_TYPES = {
+    "invalid_request_error": "invalid_request_error",
+    "authentication_error": "authentication_error",
+    "permission_error": "permission_error",
+    "not_found_error": "not_found_error",
+    "request_too_large": "invalid_request_error",
+    "rate_limit_error": "rate_limit_error",
+    "overloaded_error": "server_error",
+    "timeout_error": "timeout_error",
+    "api_error": "server_error",
+}
+_ANTHROPIC_TYPES = {"timeout_error": "api_error"}
+
+
+def error_payload(dialect: str, error: ProxyError) -> dict:
+    """The error object in ``dialect``'s own shape."""
+    if dialect == OPENAI:
+        return {
+            "error": {
+                "message": error.message,
+                "type": _OPENAI_TYPES.get(error.kind, "server_error"),
+                "param": None,
+                "code": error.kind,
+            }
+        }
+    return {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(error.kind, error.kind), "message": error.message},
+    }
+
+
+def error_body(dialect: str, error: ProxyError) -> bytes:
+    """A JSON error body in ``dialect``'s shape."""
+    return json.dumps(error_payload(dialect, error)).encode()
+
+
+def error_event(dialect: str, error: ProxyError) -> bytes:
+    """An in-stream error event in ``dialect``'s framing, for failures after the head."""
+    data = json.dumps(error_payload(dialect, error))
+    if dialect == OPENAI:
+        return b"data: " + data.encode() + b"\n\n"
+    return b"event: error\ndata: " + data.encode() + b"\n\n"

@@ -1,0 +1,152 @@
+"""From a client request to prepared upstream attempts: parsing, routing, body and headers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sanic import Request
+
+from .config import Config, ProviderConfig
+from .context import RequestContext
+from .dialects import UPSTREAM_PATHS
+from .errors import InvalidRequest, NotFound
+from .headers import request_headers, valid_request_id
+from .plugins import Plugins
+from .streaming import DeferredResponse, HandlerConfig, StreamingHandler, UpstreamRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one model name goes."""
+
+    provider: ProviderConfig
+    model: str
+
+
+class Proxy:
+    """Turns proxy-route requests into deferred upstream responses."""
+
+    def __init__(self, config: Config, plugins: Plugins, clients: dict[str, httpx.AsyncClient]) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.clients = clients
+        self.handler = StreamingHandler(plugins)
+        self._adapter_wanted = plugins.implemented("ccproxy_response_adapter")
+
+    def context(self, request: Request, dialect: str) -> RequestContext:
+        """A new context for ``request``; the client's ``x-request-id`` is kept when sane."""
+        request_id = request.headers.get("x-request-id")
+        if not valid_request_id(request_id):
+            request_id = uuid.uuid4().hex
+        return RequestContext(
+            request_id=request_id, method=request.method, route=request.path, client_dialect=dialect, config=self.config
+        )
+
+    async def handle(self, request: Request, ctx: RequestContext) -> DeferredResponse:
+        """Validate, route and prepare; the upstream is called when Sanic sends the result.
+
+        Raises:
+            ProxyError: bad input, an unknown model, or a plugin refusing the request.
+        """
+        body = parse_body(request.body)
+        ctx.body = body
+        ctx.model_requested = body["model"]
+        await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
+        routes = self.routes(ctx.model_requested)
+        ctx.stream = body.get("stream") is True and routes[0].provider.supports_streaming
+        return self.handler.deferred(ctx, self._attempts(request, ctx, routes))
+
+    def routes(self, model: str) -> list[Route]:
+        """The providers to try for ``model``, in order (aliases first, then provider globs)."""
+        alias = self.config.models.get(model)
+        if alias is not None:
+            if alias.provider is not None:
+                provider = self.config.providers.get(alias.provider)
+                if provider is None:
+                    raise NotFound(f"model {model!r} maps to provider {alias.provider!r}, which is not configured")
+                return [Route(provider, alias.model)]
+            model_name = alias.model
+        else:
+            model_name = model
+        for provider in self.config.providers.values():
+            if provider.serves(model_name):
+                return [Route(provider, model_name)]
+        raise NotFound(f"model {model!r} is not served by any configured provider")
+
+    async def _attempts(
+        self, request: Request, ctx: RequestContext, routes: list[Route]
+    ) -> AsyncIterator[UpstreamRequest]:
+        for route in routes:
+            yield await self._prepare(request, ctx, route)
+
+    async def _prepare(self, request: Request, ctx: RequestContext, route: Route) -> UpstreamRequest:
+        """Body, URL and headers for one attempt (runs lazily, when the attempt is made)."""
+        provider = route.provider
+        ctx.provider, ctx.model, ctx.upstream_dialect = provider.name, route.model, provider.format
+        body = await self._upstream_body(request, ctx)
+        url = provider.base_url + UPSTREAM_PATHS[provider.format]
+        if request.query_string and not ctx.translated:
+            url += "?" + request.query_string
+        headers = request_headers(request.headers.items())
+        headers.update(provider.headers)
+        headers.setdefault("content-type", "application/json")
+        headers["x-request-id"] = ctx.request_id
+        await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)
+        return UpstreamRequest(
+            method="POST",
+            url=url,
+            headers=headers,
+            body=body,
+            handler_config=HandlerConfig(
+                response_adapter=self._adapter if self._adapter_wanted else None,
+                supports_streaming=provider.supports_streaming,
+            ),
+            client=self.clients[provider.name],
+            timeouts=self.config.timeouts_for(provider),
+            provider=provider.name,
+            model=route.model,
+            upstream_dialect=provider.format,
+        )
+
+    async def _upstream_body(self, request: Request, ctx: RequestContext) -> bytes:
+        """The client's bytes when nothing must change; otherwise the adapted body re-serialised."""
+        assert ctx.body is not None
+        if not ctx.translated:
+            if ctx.model == ctx.model_requested:
+                return request.body
+            return json.dumps({**ctx.body, "model": ctx.model}, ensure_ascii=False).encode()
+        body = await self.plugins.first("ccproxy_request_adapter", ctx=ctx, body=ctx.body)
+        if body is None:
+            raise InvalidRequest(
+                f"model {ctx.model_requested!r} is served by provider {ctx.provider!r}, which speaks the "
+                f"{ctx.upstream_dialect} dialect, and no plugin translates {ctx.client_dialect} requests to it"
+            )
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    async def _adapter(self, ctx: RequestContext) -> Any:
+        return await self.plugins.first("ccproxy_response_adapter", ctx=ctx)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request's JSON object, checked only for what routing needs."""
+    if not raw:
+        raise InvalidRequest("the request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"the request body must be a JSON object, not {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("model: a non-empty string is required")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidRequest("stream: must be true or false")
+    return body

@@ -1,0 +1,202 @@
+"""The Sanic application: routes, per-worker resources and the error boundary."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import itertools
+import logging
+import time
+from typing import Any, Iterable
+
+import httpx
+from sanic import Request, Sanic, response
+from sanic.exceptions import SanicException
+from sanic.handlers import ErrorHandler
+
+from . import dialects
+from .config import Config, ProviderConfig, load_config
+from .context import ANTHROPIC, OPENAI, REJECTED
+from .errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
+from .plugins import Plugins
+from .proxy import Proxy
+
+log = logging.getLogger("ccproxy")
+_app_numbers = itertools.count(1)
+
+#: Client dialect of each proxy route.
+PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": OPENAI}
+
+
+def dialect_for_path(path: str) -> str:
+    """The dialect errors on ``path`` are written in (OpenAI's unless the route is Anthropic's)."""
+    return ANTHROPIC if path.rstrip("/").endswith("/messages") else OPENAI
+
+
+class DialectErrorHandler(ErrorHandler):
+    """The error boundary: every error leaves in the client's dialect, never with a traceback."""
+
+    def default(self, request: Request, exception: Exception) -> response.HTTPResponse:
+        error = to_proxy_error(exception)
+        if error.status >= 500:
+            log.error("unhandled error on %s %s", request.method, request.path, exc_info=exception)
+        ctx = getattr(request.ctx, "ccproxy", None)
+        headers = dict(error.headers)
+        if ctx is not None:
+            headers["x-request-id"] = ctx.request_id
+        return response.raw(
+            dialects.error_body(dialect_for_path(request.path), error),
+            status=error.status,
+            headers=headers,
+            content_type="application/json",
+        )
+
+
+def to_proxy_error(exception: Exception) -> ProxyError:
+    """Map any exception that reached the boundary to a :class:`ProxyError`."""
+    if isinstance(exception, ProxyError):
+        return exception
+    if isinstance(exception, SanicException):
+        status = exception.status_code
+        if status == 404:
+            return NotFound("no such route")
+        if status == 405:
+            return MethodNotAllowed("method not allowed on this route")
+        if status == 413:
+            return PayloadTooLarge("the request body is larger than the configured limit")
+        if status < 500:
+            return ProxyError(str(exception) or "bad request", status=status, kind="invalid_request_error")
+    return ProxyError("internal error in the proxy", status=500)
+
+
+def _no_cookies_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
+    """An httpx client that never stores or sends cookies (a shared gateway must not mix users')."""
+    client = httpx.AsyncClient(transport=transport, timeout=None, follow_redirects=False, trust_env=False)
+    client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return client
+
+
+def default_transport(provider: ProviderConfig) -> httpx.AsyncBaseTransport:
+    """The transport used when no plugin supplies one."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=provider.max_keepalive)
+    return httpx.AsyncHTTPTransport(verify=provider.verify_tls, limits=limits, trust_env=True)
+
+
+def create_app(
+    config: Config | str | None = None,
+    *,
+    plugins: Iterable[tuple[str, object]] = (),
+    entry_points: bool = True,
+    name: str | None = None,
+) -> Sanic:
+    """Build the service.
+
+    Args:
+        config: a :class:`Config`, a path to a YAML file, or None for
+            ``$CCPROXY_CONFIG`` / ``config.yaml``.
+        plugins: extra ``(name, plugin)`` pairs registered after the entry points.
+        entry_points: load installed plugins (tests may turn this off).
+        name: the Sanic app name (unique per process; generated when None).
+
+    Raises:
+        ConfigError: the configuration or a plugin cannot be used.
+    """
+    if not isinstance(config, Config):
+        config = load_config(config)
+    loaded = Plugins(config, plugins, entry_points=entry_points)
+    app = Sanic(name or ("ccproxy" if next(_app_numbers) == 1 else f"ccproxy_{time.monotonic_ns()}"))
+    app.error_handler = DialectErrorHandler()
+    app.config.REQUEST_MAX_SIZE = config.limits.max_body_bytes
+    app.config.RESPONSE_TIMEOUT = 365 * 24 * 3600  # the core's own timeouts govern upstream waits
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.config.NOISY_EXCEPTIONS = False
+    app.ctx.config = config
+    app.ctx.plugins = loaded
+    app.ctx.started_at = time.time()
+
+    @app.before_server_start
+    async def _open(app: Sanic) -> None:
+        clients: dict[str, httpx.AsyncClient] = {}
+        for provider in config.providers.values():
+            transport = loaded.first_sync("ccproxy_upstream_transport", provider=provider)
+            clients[provider.name] = _no_cookies_client(transport or default_transport(provider))
+        app.ctx.clients = clients
+        app.ctx.proxy = Proxy(config, loaded, clients)
+        await loaded.call("ccproxy_startup", app=app, config=config)
+
+    @app.after_server_stop
+    async def _close(app: Sanic) -> None:
+        await loaded.notify("ccproxy_shutdown", app=app)
+        for client in getattr(app.ctx, "clients", {}).values():
+            await client.aclose()
+
+    async def proxy_route(request: Request) -> Any:
+        proxy: Proxy = request.app.ctx.proxy
+        ctx = proxy.context(request, PROXY_ROUTES[request.path])
+        request.ctx.ccproxy = ctx
+        try:
+            return await proxy.handle(request, ctx)
+        except ProxyError as error:
+            ctx.outcome, ctx.error, ctx.status = REJECTED, error, error.status
+            ctx.duration = ctx.elapsed()
+            await loaded.notify("ccproxy_stream_end", ctx=ctx)
+            raise
+
+    for path in PROXY_ROUTES:
+        app.add_route(proxy_route, path, methods=["POST"], name=path.strip("/").replace("/", "_"))
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> response.HTTPResponse:
+        return response.json(models_payload(config))
+
+    @app.get("/health")
+    async def health(request: Request) -> response.HTTPResponse:
+        return response.json({"status": "ok"})
+
+    @app.get("/plugins")
+    async def plugins_route(request: Request) -> response.HTTPResponse:
+        return response.json(
+            [
+                {
+                    "name": info.name,
+                    "distribution": info.distribution,
+                    "version": info.version,
+                    "enabled": info.enabled,
+                    "hooks": info.hooks,
+                }
+                for info in loaded.info.values()
+            ]
+        )
+
+    loaded.pm.hook.ccproxy_register_routes(app=app, config=config)
+    return app
+
+
+def models_payload(config: Config) -> dict[str, Any]:
+    """The configured models in a shape both SDKs' model lists accept."""
+    names: dict[str, str] = {}
+    for alias, target in config.models.items():
+        names.setdefault(alias, target.provider or "")
+    for provider in config.providers.values():
+        for pattern in provider.models:
+            if not any(c in pattern for c in "*?["):
+                names.setdefault(pattern, provider.name)
+    created = 1_700_000_000
+    data = [
+        {
+            "id": model,
+            "object": "model",
+            "type": "model",
+            "display_name": model,
+            "created": created,
+            "created_at": "2023-11-14T22:13:20Z",
+            "owned_by": owner or "ccproxy",
+        }
+        for model, owner in names.items()
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

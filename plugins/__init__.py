@@ -1,0 +1,1 @@
+"""First-party plugins: each module is registered through the ``ccproxy`` entry points."""

@@ -1,0 +1,46 @@
+"""Shared fixtures: a mock upstream and the proxy, each on a real socket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.mock_upstream import MockUpstreamThread
+from tests.servers import ProxyThread, provider_config
+
+
+@pytest.fixture(scope="session")
+def mock() -> Iterator[MockUpstreamThread]:
+    with MockUpstreamThread() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def upstream(mock: MockUpstreamThread) -> MockUpstreamThread:
+    """The session's mock with fresh statistics."""
+    mock.reset_stats()
+    return mock
+
+
+@pytest.fixture(scope="module")
+def proxy(mock: MockUpstreamThread) -> Iterator[ProxyThread]:
+    """The proxy with the default test config (both providers on the mock)."""
+    with ProxyThread(provider_config(mock.url)) as server:
+        yield server
+
+
+@pytest.fixture
+def make_proxy(mock: MockUpstreamThread) -> Iterator[Any]:
+    """Start a proxy with ``provider_config(mock.url, **overrides)`` and optional plugins."""
+    started: list[ProxyThread] = []
+
+    def make(config: dict[str, Any] | None = None, plugins: list[tuple[str, object]] = (), **overrides: Any) -> ProxyThread:
+        server = ProxyThread(config or provider_config(mock.url, **overrides), plugins=plugins)
+        started.append(server.start())
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

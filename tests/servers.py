@@ -1,0 +1,111 @@
+"""Run the proxy on a real socket in a background thread, for tests that read the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sanic import Sanic
+
+from ccproxy_core import create_app
+from ccproxy_core.config import build_config
+
+Sanic.test_mode = True
+
+
+class ProxyThread:
+    """A ccproxy app served on 127.0.0.1 from its own thread and event loop.
+
+    ``run(coro_fn)`` executes a coroutine function on the server's loop (to
+    inspect state there). Use as a context manager.
+    """
+
+    def __init__(self, config: dict[str, Any], plugins: list[tuple[str, object]] = (), entry_points: bool = True):
+        self.app = create_app(build_config(config, "test-config"), plugins=plugins, entry_points=entry_points)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(1024)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._main, name="ccproxy-test-server", daemon=True)
+        self._server: Any = None
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self._server = self.loop.run_until_complete(
+                self.app.create_server(sock=self._sock, return_asyncio_server=True, access_log=False)
+            )
+            self.loop.run_until_complete(self._server.startup())
+            self.loop.run_until_complete(self._server.before_start())
+            self.loop.run_until_complete(self._server.after_start())
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self._shutdown())
+        self.loop.close()
+
+    async def _shutdown(self) -> None:
+        await self._server.before_stop()
+        self._server.close()
+        await self._server.wait_closed()
+        for task in [t for t in asyncio.all_tasks(self.loop) if t is not asyncio.current_task()]:
+            task.cancel()
+        await asyncio.sleep(0)
+        await self._server.after_stop()
+
+    def start(self) -> ProxyThread:
+        self._thread.start()
+        self._ready.wait(15)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(15)
+
+    def run(self, fn: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 10) -> Any:
+        """Run ``fn()`` on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)
+
+    def __enter__(self) -> ProxyThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def provider_config(mock_url: str, **overrides: Any) -> dict[str, Any]:
+    """A config with an Anthropic and an OpenAI provider, both pointing at the mock."""
+    config: dict[str, Any] = {
+        "providers": {
+            "anthropic": {
+                "format": "anthropic",
+                "base_url": mock_url,
+                "api_key": "sk-ant-upstream-SECRET",
+                "models": ["claude-*"],
+            },
+            "openai": {
+                "format": "openai",
+                "base_url": mock_url + "/v1",
+                "api_key": "sk-openai-upstream-SECRET",
+                "models": ["gpt-*"],
+            },
+        },
+        "timeouts": {"connect": 2, "headers": 3, "idle": 3, "total": 30},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return config

@@ -1,0 +1,387 @@
+"""The streaming core over real sockets: held head, faithful bytes, timing, failures, disconnects."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from ccproxy_core import hookimpl
+from tests.servers import provider_config
+
+ANTHROPIC_BODY = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [{"role": "user", "content": "Hello"}],
+}
+OPENAI_BODY = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
+FIXED = {"x-mock-fixed-ids": "1"}
+
+
+class Recorder:
+    """A plugin that records every lifecycle event it sees."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.chunks: list[bytes] = []
+        self.ends: list[Any] = []
+
+    @hookimpl
+    def ccproxy_upstream_headers(self, ctx, status, headers):
+        self.events.append(("headers", status))
+        headers["x-seen-by-plugin"] = "yes"
+
+    @hookimpl
+    def ccproxy_stream_start(self, ctx):
+        self.events.append(("start", ctx.status))
+
+    @hookimpl
+    async def ccproxy_stream_chunk(self, ctx, chunk):
+        self.chunks.append(chunk)
+
+    @hookimpl
+    def ccproxy_stream_error(self, ctx, error):
+        self.events.append(("error", error.status))
+
+    @hookimpl
+    def ccproxy_stream_end(self, ctx):
+        self.events.append(("end", ctx.outcome))
+        self.ends.append(ctx)
+
+
+def post(url: str, body: dict, headers: dict | None = None, path: str = "/v1/messages", **kw: Any) -> httpx.Response:
+    return httpx.post(url + path, json=body, headers=headers or {}, timeout=10, **kw)
+
+
+def raw_request(port: int, path: str, body: bytes, headers: dict[str, str]) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    head = f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+# -- status, headers and bytes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path,body", [("/v1/messages", ANTHROPIC_BODY), ("/v1/chat/completions", OPENAI_BODY)])
+def test_stream_bytes_identical_to_direct_call(proxy, upstream, path, body):
+    direct_path = path if path == "/v1/messages" else "/v1/chat/completions"
+    for headers in (FIXED, {**FIXED, "x-mock-split": "1"}, {**FIXED, "x-mock-crlf": "1"}):
+        direct = httpx.post(upstream.url + direct_path, json=body, headers=headers, timeout=10)
+        proxied = post(proxy.url, body, headers, path=path)
+        assert proxied.status_code == 200
+        assert proxied.content == direct.content
+        assert proxied.headers["content-type"] == direct.headers["content-type"]
+        assert proxied.headers["cache-control"] == "no-cache"
+        assert proxied.headers["x-accel-buffering"] == "no"
+    assert not proxied.content.rstrip().endswith(b"[DONE]") or path.endswith("completions")
+
+
+def test_json_response_bytes_and_content_length(proxy, upstream):
+    body = {**ANTHROPIC_BODY, "stream": False}
+    direct = httpx.post(upstream.url + "/v1/messages", json=body, headers=FIXED)
+    proxied = post(proxy.url, body, FIXED)
+    assert proxied.content == direct.content
+    assert proxied.headers["content-length"] == str(len(direct.content))
+    assert "transfer-encoding" not in proxied.headers
+
+
+def test_upstream_error_status_headers_and_body_pass_through(proxy, upstream):
+    for path, body in (("/v1/messages", ANTHROPIC_BODY), ("/v1/chat/completions", OPENAI_BODY)):
+        direct = httpx.post(upstream.url + path, json=body, headers={"x-mock-status": "429"})
+        proxied = post(proxy.url, body, {"x-mock-status": "429"}, path=path)
+        assert proxied.status_code == 429
+        assert proxied.headers["retry-after"] == "7"
+        assert proxied.content == direct.content
+        for name, value in direct.headers.items():
+            if "ratelimit" in name or name in ("request-id", "anthropic-organization-id", "openai-processing-ms"):
+                assert proxied.headers[name] == value
+        assert "set-cookie" not in proxied.headers
+
+
+def test_response_headers_filtered_and_request_id(proxy, upstream):
+    proxied = post(proxy.url, {**ANTHROPIC_BODY, "stream": False}, {"x-request-id": "client-id-123"})
+    assert proxied.headers["x-request-id"] == "client-id-123"
+    assert proxied.headers["request-id"].startswith("req_")
+    assert "set-cookie" not in proxied.headers
+    assert upstream.upstream.requests[-1].header("x-request-id") == "client-id-123"
+    generated = post(proxy.url, {**ANTHROPIC_BODY, "stream": False})
+    assert len(generated.headers["x-request-id"]) == 32
+
+
+def test_request_headers_forwarded_credentials_replaced(proxy, upstream):
+    body = json.dumps({**ANTHROPIC_BODY, "stream": False}).encode()
+    sock = raw_request(
+        proxy.port,
+        "/v1/messages?beta=true",
+        body,
+        {
+            "content-type": "application/json",
+            "x-api-key": "client-proxy-key",
+            "authorization": "Bearer client-token",
+            "cookie": "session=abc",
+            "anthropic-version": "2026-10-21",
+            "anthropic-beta": "interleaved-thinking-2025-05-14,context-management-2025-06-27",
+            "x-stainless-lang": "js",
+            "connection": "keep-alive, x-hop",
+            "x-hop": "must-not-pass",
+            "keep-alive": "timeout=5",
+            "accept": "application/json",
+        },
+    )
+    sock.recv(65536)
+    sock.close()
+    seen = upstream.upstream.requests[-1]
+    names = {name.lower() for name, _ in seen.headers}
+    assert seen.query == "beta=true"
+    assert seen.header("x-api-key") == "sk-ant-upstream-SECRET"
+    assert seen.header("anthropic-version") == "2026-10-21"
+    assert seen.header("anthropic-beta") == "interleaved-thinking-2025-05-14,context-management-2025-06-27"
+    assert seen.header("x-stainless-lang") == "js"
+    assert seen.header("accept") == "application/json"
+    assert seen.body == body
+    for gone in ("authorization", "cookie", "x-hop", "keep-alive", "accept-encoding", "user-agent"):
+        assert gone not in names, gone
+    assert seen.header("host") == f"127.0.0.1:{upstream.url.rsplit(':', 1)[1]}"
+
+
+def test_openai_key_injected_as_bearer(proxy, upstream):
+    post(proxy.url, {**OPENAI_BODY, "stream": False}, {"authorization": "Bearer client"}, path="/v1/chat/completions")
+    seen = upstream.upstream.requests[-1]
+    assert seen.header("authorization") == "Bearer sk-openai-upstream-SECRET"
+    assert seen.path == "/v1/chat/completions"
+    assert seen.header("x-api-key") is None
+
+
+def test_compressed_body_passes_through_untouched(proxy, upstream):
+    headers = {**FIXED, "x-mock-gzip": "1", "accept-encoding": "gzip"}
+    direct = httpx.post(upstream.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers)
+    with httpx.stream("POST", proxy.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers) as proxied:
+        assert proxied.headers["content-encoding"] == "gzip"
+        raw = b"".join(proxied.iter_raw())
+    with httpx.stream("POST", upstream.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers) as again:
+        raw_direct = b"".join(again.iter_raw())
+    assert raw == raw_direct
+    assert direct.content.startswith(b"event: message_start")
+
+
+# -- timing: the held head and no coalescing ----------------------------------------------
+
+
+def test_head_is_held_until_upstream_answers(proxy, upstream):
+    body = json.dumps(ANTHROPIC_BODY).encode()
+    sock = raw_request(proxy.port, "/v1/messages", body, {"content-type": "application/json", "x-mock-headers-delay": "600", "x-mock-status": "529"})
+    sock.settimeout(0.4)
+    with pytest.raises(socket.timeout):
+        sock.recv(1)  # nothing may be written before the upstream's head arrives
+    sock.settimeout(5)
+    head = sock.recv(65536)
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 529")
+    assert b"retry-after: 7" in head.lower()
+
+
+def test_events_arrive_spaced_as_sent(proxy, upstream):
+    headers = {"x-mock-delay": "120", "x-mock-events": "5"}
+    arrivals: list[tuple[float, bytes]] = []
+    with httpx.stream("POST", proxy.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers, timeout=10) as r:
+        for chunk in r.iter_raw():
+            arrivals.append((time.monotonic(), chunk))
+    deltas = [t for t, chunk in arrivals if b"content_block_delta" in chunk]
+    assert len(deltas) == 5
+    gaps = [b - a for a, b in zip(deltas, deltas[1:])]
+    assert min(gaps) > 0.06, gaps  # each event written as it came, not coalesced at the end
+    assert all(chunk.count(b"\n\n") == 1 for _, chunk in arrivals)  # one upstream write, one client write
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def test_unreachable_upstream_is_502_in_each_dialect(make_proxy):
+    server = make_proxy(provider_config(f"http://127.0.0.1:{_closed_port()}"))
+    r = post(server.url, ANTHROPIC_BODY)
+    assert r.status_code == 502
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "api_error"
+    r = post(server.url, OPENAI_BODY, path="/v1/chat/completions")
+    assert r.status_code == 502
+    assert r.json()["error"]["message"] and r.json()["error"]["type"] == "server_error"
+    assert "SECRET" not in r.text
+
+
+def test_slow_headers_is_504(make_proxy, mock):
+    server = make_proxy(timeouts={"connect": 2, "headers": 0.3, "idle": 3, "total": 30})
+    r = post(server.url, ANTHROPIC_BODY, {"x-mock-headers-delay": "1500"})
+    assert r.status_code == 504
+    assert r.json()["error"]["type"] == "api_error"
+    assert "response headers" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("scenario", ["x-mock-reset", "x-mock-garbage"])
+def test_broken_upstream_before_head_is_502(proxy, upstream, scenario):
+    r = post(proxy.url, OPENAI_BODY, {scenario: "1"}, path="/v1/chat/completions")
+    assert r.status_code == 502
+    assert set(r.json()["error"]) >= {"message", "type"}
+
+
+@pytest.mark.parametrize("scenario", [{"x-mock-drop-after": "3"}, {"x-mock-truncate": "1"}])
+@pytest.mark.parametrize("path,body", [("/v1/messages", ANTHROPIC_BODY), ("/v1/chat/completions", OPENAI_BODY)])
+def test_failure_after_head_gives_error_event_and_broken_end(proxy, upstream, scenario, path, body):
+    received = b""
+    with pytest.raises(httpx.RemoteProtocolError):
+        with httpx.stream("POST", proxy.url + path, json=body, headers=scenario, timeout=10) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_raw():
+                received += chunk
+    if path == "/v1/messages":
+        assert b"event: error\ndata: " in received
+        assert b'"type": "error"' in received
+    else:
+        assert b'data: {"error": ' in received
+        assert b"[DONE]" not in received
+
+
+def test_idle_upstream_mid_stream_times_out_with_error_event(make_proxy, upstream):
+    server = make_proxy(timeouts={"connect": 2, "headers": 3, "idle": 0.3, "total": 30})
+    received = b""
+    with pytest.raises(httpx.RemoteProtocolError):
+        with httpx.stream(
+            "POST", server.url + "/v1/messages", json=ANTHROPIC_BODY,
+            headers={"x-mock-stall-after": "2", "x-mock-stall": "3000"}, timeout=10,
+        ) as r:
+            for chunk in r.iter_raw():
+                received += chunk
+    assert b"event: error" in received and b"sent nothing for 0.3s" in received
+
+
+# -- client disconnects ---------------------------------------------------------------------
+
+
+def test_client_disconnect_closes_upstream_and_reports(make_proxy, upstream):
+    recorder = Recorder()
+    server = make_proxy(plugins=[("recorder", recorder)])
+    body = json.dumps(ANTHROPIC_BODY).encode()
+    sock = raw_request(server.port, "/v1/messages", body, {"content-type": "application/json", "x-mock-delay": "100", "x-mock-events": "50"})
+    assert b"message_start" in sock.recv(65536) or b"message_start" in sock.recv(65536)
+    sock.close()
+    assert upstream.wait_for(lambda m: m.disconnects == 1 and m.open_connections == 0, timeout=5)
+    deadline = time.monotonic() + 5
+    while not recorder.ends and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert recorder.ends[0].outcome == "client_disconnected"
+
+    async def pool_active() -> int:
+        client = server.app.ctx.clients["anthropic"]
+        pool = client._transport
+        stats = getattr(pool, "pool_stats", None)
+        if stats is not None:
+            return stats()["active"]
+        return sum(1 for c in pool._pool.connections if not c.is_idle())
+
+    assert server.run(pool_active) == 0
+
+
+# -- lifecycle hooks -------------------------------------------------------------------------
+
+
+def test_lifecycle_hooks_fire_in_order(make_proxy, upstream):
+    recorder = Recorder()
+    server = make_proxy(plugins=[("recorder", recorder)])
+    r = post(server.url, ANTHROPIC_BODY)
+    assert r.headers["x-seen-by-plugin"] == "yes"
+    kinds = [kind for kind, _ in recorder.events]
+    assert kinds == ["headers", "start", "end"]
+    assert b"".join(recorder.chunks) == r.content
+    ctx = recorder.ends[0]
+    assert ctx.outcome == "completed" and ctx.status == 200
+    assert ctx.bytes_sent == len(r.content)
+    assert ctx.events_sent == r.content.count(b"\n\n")
+    assert ctx.t_upstream_headers <= ctx.t_first_byte <= ctx.duration
+    assert ctx.provider == "anthropic" and ctx.upstream_dialect == "anthropic"
+
+
+def test_rejected_request_ends_once_with_outcome(make_proxy):
+    recorder = Recorder()
+    server = make_proxy(plugins=[("recorder", recorder)])
+    r = post(server.url, {"model": "nope"})
+    assert r.status_code == 404
+    assert [k for k, _ in recorder.events] == ["end"]
+    assert recorder.ends[0].outcome == "rejected"
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw,status,needle",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[]", 400, "JSON object"),
+        (b"", 400, "empty"),
+        (b'{"messages": []}', 400, "model"),
+        (b'{"model": 5}', 400, "model"),
+        (b'{"model": "claude-x", "stream": "yes"}', 400, "stream"),
+        (b'{"model": "unknown-model"}', 404, "unknown-model"),
+        (b"\xff\xfe", 400, "UTF-8"),
+    ],
+)
+def test_bad_input_in_each_dialect(proxy, raw, status, needle):
+    r = httpx.post(proxy.url + "/v1/messages", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    assert r.json()["type"] == "error" and needle in r.json()["error"]["message"]
+    r = httpx.post(proxy.url + "/v1/chat/completions", content=raw)
+    assert r.status_code == status
+    assert needle in r.json()["error"]["message"]
+
+
+def test_wrong_method_and_unknown_route(proxy):
+    r = httpx.get(proxy.url + "/v1/messages")
+    assert r.status_code == 405 and r.json()["type"] == "error"
+    r = httpx.put(proxy.url + "/v1/chat/completions")
+    assert r.status_code == 405 and "error" in r.json()
+    r = httpx.head(proxy.url + "/")
+    assert r.status_code == 404
+
+
+def test_body_over_limit_is_413(make_proxy):
+    server = make_proxy(limits={"max_body_bytes": 1000})
+    r = httpx.post(server.url + "/v1/messages", json={**ANTHROPIC_BODY, "pad": "x" * 2000})
+    assert r.status_code == 413
+    assert r.json()["error"]["type"] == "request_too_large"
+
+
+def test_other_dialect_without_translation_is_clear_400(make_proxy, mock):
+    config = provider_config(mock.url)
+    config["plugins"] = {"disabled": ["translate"]} if _translate_installed() else {}
+    server = make_proxy(config)
+    r = post(server.url, {**OPENAI_BODY, "model": "claude-sonnet-4-5"}, path="/v1/chat/completions")
+    assert r.status_code == 400
+    assert "dialect" in r.json()["error"]["message"]
+
+
+def _translate_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "translate" for ep in entry_points(group="ccproxy"))
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def test_models_and_health(proxy):
+    assert httpx.get(proxy.url + "/health").json()["status"] == "ok"
+    models = httpx.get(proxy.url + "/v1/models").json()
+    assert models["object"] == "list" and isinstance(models["data"], list)
