@@ -91,6 +91,18 @@ def ccproxy_request_adapter(ctx: RequestContext, body: dict[str, Any]) -> dict[s
 
 
 @hookspec
+def ccproxy_request_body(ctx: RequestContext, body: dict[str, Any]) -> bool | None:
+    """Change the JSON body sent upstream; return True when you changed it.
+
+    ``body`` is a shallow copy of what goes upstream (already translated when the
+    dialects differ): replace top-level keys, do not mutate nested values in place.
+    Only when some implementation returns True (or the body was translated or an
+    alias renamed the model) is the body re-serialised; otherwise the client's
+    bytes are sent unchanged.
+    """
+
+
+@hookspec
 def ccproxy_request_headers(ctx: RequestContext, headers: dict[str, str]) -> None:
     """Change the headers sent upstream, in place (names are lower-case).
 
@@ -102,15 +114,17 @@ def ccproxy_request_headers(ctx: RequestContext, headers: dict[str, str]) -> Non
 # -- Response phase (once per upstream answer) -----------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def ccproxy_response_adapter(ctx: RequestContext) -> ResponseAdapter | None:
     """Return an adapter that rewrites this response's body, or None to pass it through.
 
     Called when the upstream's status and headers have arrived (``ctx.upstream_status``,
-    ``ctx.response_headers``) and before anything is written to the client. The adapter
-    receives decoded bytes, so the core drops ``content-encoding`` and
-    ``content-length``. The adapter may set ``ctx.status`` and edit
-    ``ctx.response_headers``.
+    ``ctx.response_headers``) and before anything is written to the client. The
+    implementation may set ``ctx.status`` and edit ``ctx.response_headers``.
+    Adapters returned by several plugins are chained in pluggy's call order (use
+    ``tryfirst``/``trylast``): each one's output is the next one's input. Adapters get
+    decoded bytes, so with any adapter the core drops ``content-encoding`` and
+    ``content-length``.
     """
 
 

@@ -17,7 +17,7 @@ from .dialects import UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound
 from .headers import request_headers, valid_request_id
 from .plugins import Plugins
-from .streaming import DeferredResponse, HandlerConfig, StreamingHandler, UpstreamRequest
+from .streaming import AdapterChain, DeferredResponse, HandlerConfig, StreamingHandler, UpstreamRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,7 @@ class Proxy:
         self.clients = clients
         self.handler = StreamingHandler(plugins)
         self._adapter_wanted = plugins.implemented("ccproxy_response_adapter")
+        self._body_hooks = plugins.implemented("ccproxy_request_body")
 
     def context(self, request: Request, dialect: str) -> RequestContext:
         """A new context for ``request``; the client's ``x-request-id`` is kept when sane."""
@@ -116,20 +117,28 @@ class Proxy:
     async def _upstream_body(self, request: Request, ctx: RequestContext) -> bytes:
         """The client's bytes when nothing must change; otherwise the adapted body re-serialised."""
         assert ctx.body is not None
-        if not ctx.translated:
-            if ctx.model == ctx.model_requested:
-                return request.body
-            return json.dumps({**ctx.body, "model": ctx.model}, ensure_ascii=False).encode()
-        body = await self.plugins.first("ccproxy_request_adapter", ctx=ctx, body=ctx.body)
-        if body is None:
-            raise InvalidRequest(
-                f"model {ctx.model_requested!r} is served by provider {ctx.provider!r}, which speaks the "
-                f"{ctx.upstream_dialect} dialect, and no plugin translates {ctx.client_dialect} requests to it"
-            )
-        return json.dumps(body, ensure_ascii=False).encode()
+        changed = ctx.translated or ctx.model != ctx.model_requested
+        if not changed and not self._body_hooks:
+            return request.body
+        if ctx.translated:
+            body = await self.plugins.first("ccproxy_request_adapter", ctx=ctx, body=ctx.body)
+            if body is None:
+                raise InvalidRequest(
+                    f"model {ctx.model_requested!r} is served by provider {ctx.provider!r}, which speaks the "
+                    f"{ctx.upstream_dialect} dialect, and no plugin translates {ctx.client_dialect} requests to it"
+                )
+        else:
+            body = {**ctx.body, "model": ctx.model}
+        if self._body_hooks:
+            results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
+            changed = changed or any(r is True for r in results)
+        return json.dumps(body, ensure_ascii=False).encode() if changed else request.body
 
     async def _adapter(self, ctx: RequestContext) -> Any:
-        return await self.plugins.first("ccproxy_response_adapter", ctx=ctx)
+        adapters = await self.plugins.call("ccproxy_response_adapter", ctx=ctx)
+        if len(adapters) > 1:
+            return AdapterChain(adapters)
+        return adapters[0] if adapters else None
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

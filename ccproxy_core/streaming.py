@@ -58,6 +58,26 @@ class ResponseAdapter(Protocol):
         """The upstream body ended cleanly; return what is left to write."""
 
 
+class AdapterChain:
+    """Several adapters in a row: each one's output is the next one's input."""
+
+    __slots__ = ("adapters",)
+
+    def __init__(self, adapters: list[ResponseAdapter]) -> None:
+        self.adapters = adapters
+
+    def feed(self, data: bytes) -> bytes:
+        for adapter in self.adapters:
+            data = adapter.feed(data)
+        return data
+
+    def finish(self) -> bytes:
+        data = b""
+        for adapter in self.adapters:
+            data = (adapter.feed(data) if data else b"") + adapter.finish()
+        return data
+
+
 AdapterFactory = Callable[[RequestContext], Awaitable["ResponseAdapter | None"]]
 HeadersCallback = Callable[[RequestContext, int, dict[str, str]], Any]
 
