@@ -31,10 +31,18 @@ class Route:
 class Proxy:
     """Turns proxy-route requests into deferred upstream responses."""
 
-    def __init__(self, config: Config, plugins: Plugins, clients: dict[str, httpx.AsyncClient]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        plugins: Plugins,
+        clients: dict[str, httpx.AsyncClient],
+        transports: dict[str, httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
+        """``transports``, when given, are called directly on the hot path; ``clients`` otherwise."""
         self.config = config
         self.plugins = plugins
         self.clients = clients
+        self.transports = transports or {}
         self.handler = StreamingHandler(plugins)
         self._adapter_wanted = plugins.implemented("ccproxy_response_adapter")
         self._body_hooks = plugins.implemented("ccproxy_request_body")
@@ -108,6 +116,7 @@ class Proxy:
                 supports_streaming=provider.supports_streaming,
             ),
             client=self.clients[provider.name],
+            transport=self.transports.get(provider.name),
             timeouts=self.config.timeouts_for(provider),
             provider=provider.name,
             model=route.model,

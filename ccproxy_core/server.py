@@ -19,6 +19,7 @@ from .context import ANTHROPIC, OPENAI, REJECTED
 from .errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
 from .plugins import Plugins
 from .proxy import Proxy
+from .transport import FastTransport
 
 log = logging.getLogger("ccproxy")
 _app_numbers = itertools.count(1)
@@ -76,7 +77,9 @@ def _no_cookies_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient
 
 
 def default_transport(provider: ProviderConfig) -> httpx.AsyncBaseTransport:
-    """The transport used when no plugin supplies one."""
+    """The transport used when no plugin supplies one: the project's own, or httpx's stock one."""
+    if provider.transport == "fast":
+        return FastTransport(verify=provider.verify_tls, max_keepalive=provider.max_keepalive)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=provider.max_keepalive)
     return httpx.AsyncHTTPTransport(verify=provider.verify_tls, limits=limits, trust_env=True)
 
@@ -116,11 +119,14 @@ def create_app(
     @app.before_server_start
     async def _open(app: Sanic) -> None:
         clients: dict[str, httpx.AsyncClient] = {}
+        transports: dict[str, httpx.AsyncBaseTransport] = {}
         for provider in config.providers.values():
-            transport = loaded.first_sync("ccproxy_upstream_transport", provider=provider)
-            clients[provider.name] = _no_cookies_client(transport or default_transport(provider))
+            transport = loaded.first_sync("ccproxy_upstream_transport", provider=provider) or default_transport(provider)
+            transports[provider.name] = transport
+            clients[provider.name] = _no_cookies_client(transport)
         app.ctx.clients = clients
-        app.ctx.proxy = Proxy(config, loaded, clients)
+        app.ctx.transports = transports
+        app.ctx.proxy = Proxy(config, loaded, clients, transports)
         await loaded.call("ccproxy_startup", app=app, config=config)
 
     @app.after_server_stop

@@ -107,6 +107,8 @@ class UpstreamRequest:
     upstream_dialect: str | None = None
     #: Close ``client`` when the response is over (the handler created it).
     close_client_on_finish: bool = False
+    #: When set, called directly instead of ``client.send`` (the hot path skips httpx's client layer).
+    transport: httpx.AsyncBaseTransport | None = None
 
 
 def _map_httpx_error(exc: Exception, timeouts: Timeouts, *, head: bool) -> ProxyError:
@@ -315,7 +317,10 @@ class DeferredResponse(ResponseStream):
             extensions={"timeout": limits},
         )
         try:
-            response = await attempt.client.send(request, stream=True)
+            if attempt.transport is not None:
+                response = await attempt.transport.handle_async_request(request)
+            else:
+                response = await attempt.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _map_httpx_error(exc, timeouts, head=True) from exc
         # From here on each read may wait at most the idle gap (transports read this dict per read).

@@ -284,12 +284,7 @@ def test_client_disconnect_closes_upstream_and_reports(make_proxy, upstream):
     assert recorder.ends[0].outcome == "client_disconnected"
 
     async def pool_active() -> int:
-        client = server.app.ctx.clients["anthropic"]
-        pool = client._transport
-        stats = getattr(pool, "pool_stats", None)
-        if stats is not None:
-            return stats()["active"]
-        return sum(1 for c in pool._pool.connections if not c.is_idle())
+        return server.app.ctx.transports["anthropic"].pool_stats()["active"]
 
     assert server.run(pool_active) == 0
 
