@@ -159,7 +159,9 @@ def test_openai_key_injected_as_bearer(proxy, upstream):
     assert seen.header("x-api-key") is None
 
 
-def test_compressed_body_passes_through_untouched(proxy, upstream):
+def test_compressed_body_passes_through_untouched(make_proxy, upstream):
+    """With no plugin reading the body (usage off), gzip bytes reach the client as the upstream sent them."""
+    proxy = make_proxy(provider_config(upstream.url, plugins={"disabled": ["usage"]}))
     headers = {**FIXED, "x-mock-gzip": "1", "accept-encoding": "gzip"}
     direct = httpx.post(upstream.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers)
     with httpx.stream("POST", proxy.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers) as proxied:
@@ -169,6 +171,15 @@ def test_compressed_body_passes_through_untouched(proxy, upstream):
         raw_direct = b"".join(again.iter_raw())
     assert raw == raw_direct
     assert direct.content.startswith(b"event: message_start")
+
+
+def test_compressed_body_is_decoded_when_a_plugin_reads_it(proxy, upstream):
+    headers = {**FIXED, "x-mock-gzip": "1", "accept-encoding": "gzip"}
+    direct = httpx.post(upstream.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers)
+    with httpx.stream("POST", proxy.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers) as proxied:
+        assert "content-encoding" not in proxied.headers
+        raw = b"".join(proxied.iter_raw())
+    assert raw == direct.content
 
 
 # -- timing: the held head and no coalescing ----------------------------------------------
