@@ -25,6 +25,7 @@ _OPENAI_TYPES = {
     "overloaded_error": "server_error",
     "timeout_error": "timeout_error",
     "api_error": "server_error",
+    "billing_error": "insufficient_quota",
 }
 _ANTHROPIC_TYPES = {"timeout_error": "api_error"}
 

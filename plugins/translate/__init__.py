@@ -1,0 +1,96 @@
+"""ccproxy's first-party dialect translation plugin (Anthropic Messages <-> OpenAI Chat).
+
+It implements only public hooks, so a third party can replace it: unregister
+``translate`` and register another plugin on the same hooks. Settings live under
+``plugins: translate:`` (see :class:`Settings` and docs/translation.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ccproxy_core import ANTHROPIC, OPENAI, PluginSettings
+from ccproxy_core.hookspecs import hookimpl
+
+from . import mappings
+from .adapters import (
+    ErrorResponseAdapter,
+    JSONResponseAdapter,
+    ModelRenameJSONAdapter,
+    ModelRenameStreamAdapter,
+    choose_adapter,
+)
+from .base import PLUGIN_NAME, ResponseAdapter, Settings
+from .headers import add_client_headers
+from .requests import anthropic_to_openai, openai_to_anthropic
+from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+
+__all__ = [
+    "AnthropicToOpenAIStream",
+    "OpenAIToAnthropicStream",
+    "JSONResponseAdapter",
+    "ErrorResponseAdapter",
+    "ModelRenameJSONAdapter",
+    "ModelRenameStreamAdapter",
+    "ResponseAdapter",
+    "Settings",
+    "anthropic_to_openai",
+    "openai_to_anthropic",
+]
+
+log = logging.getLogger("ccproxy.translate")
+
+_CONVERTERS = {(OPENAI, ANTHROPIC): openai_to_anthropic, (ANTHROPIC, OPENAI): anthropic_to_openai}
+
+
+@hookimpl
+def ccproxy_configure(settings: PluginSettings) -> None:
+    """Check ``plugins: translate:`` so a bad setting stops start-up (ConfigError)."""
+    Settings.load(settings)
+
+
+@hookimpl
+def ccproxy_request_adapter(ctx: Any, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Convert the body between dialects; None when there is nothing to translate.
+
+    Top-level fields the upstream has no use for are listed in
+    ``ctx.state["translate"]["ignored_fields"]``.
+    """
+    convert = _CONVERTERS.get((ctx.client_dialect, ctx.upstream_dialect))
+    if convert is None:
+        return None
+    ignored: list[str] = []
+    out = convert(body, model=ctx.model, settings=Settings.of(ctx), ignored=ignored)
+    if ignored:
+        ctx.state.setdefault(PLUGIN_NAME, {})["ignored_fields"] = ignored
+        log.debug("request %s: ignored fields %s", ctx.request_id, ", ".join(ignored))
+    return out
+
+
+@hookimpl
+def ccproxy_request_headers(ctx: Any, headers: dict[str, str]) -> None:
+    """Translated requests: drop the client dialect's API headers the upstream does not
+    speak, and give an Anthropic upstream the ``anthropic-version`` it requires."""
+    if not ctx.translated:
+        return
+    if ctx.upstream_dialect == OPENAI:
+        for name in mappings.ANTHROPIC_ONLY_REQUEST_HEADERS:
+            headers.pop(name, None)
+    else:
+        for name in mappings.OPENAI_ONLY_REQUEST_HEADERS:
+            headers.pop(name, None)
+        headers.setdefault("anthropic-version", mappings.ANTHROPIC_VERSION)
+
+
+@hookimpl
+def ccproxy_response_adapter(ctx: Any) -> ResponseAdapter | None:
+    """The adapter for a translated response or for an aliased model; else None."""
+    return choose_adapter(ctx, Settings.of(ctx))
+
+
+@hookimpl
+def ccproxy_upstream_headers(ctx: Any, headers: dict[str, str]) -> None:
+    """Translated responses also get the rate-limit headers in the client's naming."""
+    if ctx.translated:
+        add_client_headers(ctx.upstream_dialect, headers)

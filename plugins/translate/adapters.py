@@ -1,0 +1,190 @@
+"""Whole-body adapters (JSON and error bodies), model-name restoring adapters, and
+:func:`choose_adapter`, which picks the adapter for a response."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from ccproxy_core.context import ANTHROPIC, OPENAI
+from ccproxy_core.dialects import error_body
+from ccproxy_core.errors import UpstreamProtocolError
+from ccproxy_core.sse import SSEParser, encode_event
+
+from .base import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, ResponseAdapter, Settings, dumps, loads
+from .errors import client_status, stream_error, upstream_error
+from .responses import anthropic_message_to_openai, openai_completion_to_anthropic
+from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+
+__all__ = [
+    "BufferedAdapter",
+    "JSONResponseAdapter",
+    "ErrorResponseAdapter",
+    "ModelRenameJSONAdapter",
+    "ModelRenameStreamAdapter",
+    "choose_adapter",
+]
+
+
+class BufferedAdapter:
+    """Collects the whole body and converts it in :meth:`finish` (bodies are small)."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> bytes:
+        """Keep ``data``; nothing is sent before the body is complete."""
+        self._parts.append(data)
+        return b""
+
+    def finish(self) -> bytes:
+        """Convert the whole body."""
+        body = b"".join(self._parts)
+        self._parts = []
+        return self.convert(body)
+
+    def convert(self, body: bytes) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class JSONResponseAdapter(BufferedAdapter):
+    """A successful JSON body in the upstream's dialect -> the client's dialect.
+
+    A body that is not a JSON object raises :class:`UpstreamProtocolError`, and an
+    error payload under a 2xx status (some compatible servers send one) raises it as
+    a :class:`ProxyError`: the core then fails the response visibly instead of
+    sending the wrong shape under a success status.
+    """
+
+    __slots__ = ("_upstream", "_convert")
+
+    def __init__(self, upstream_dialect: str, convert: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        super().__init__()
+        self._upstream = upstream_dialect
+        self._convert = convert
+
+    def convert(self, body: bytes) -> bytes:
+        try:
+            payload = loads(body)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError("the upstream's response body is not a JSON object")
+        if payload.get("error") is not None or payload.get("type") == "error":
+            raise stream_error(self._upstream, payload)
+        return dumps(self._convert(payload)).encode()
+
+
+class ErrorResponseAdapter(BufferedAdapter):
+    """An upstream error body -> the client's error shape (status set by :func:`choose_adapter`)."""
+
+    __slots__ = ("_upstream", "_client", "_status")
+
+    def __init__(self, upstream_dialect: str, client_dialect: str, status: int) -> None:
+        super().__init__()
+        self._upstream, self._client, self._status = upstream_dialect, client_dialect, status
+
+    def convert(self, body: bytes) -> bytes:
+        return error_body(self._client, upstream_error(self._upstream, self._status, body))
+
+
+class ModelRenameJSONAdapter(BufferedAdapter):
+    """Same dialect, aliased model: the JSON body with its top-level ``model`` set to
+    the name the client asked for; a body that is not a JSON object passes unchanged."""
+
+    __slots__ = ("_model",)
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self._model = model
+
+    def convert(self, body: bytes) -> bytes:
+        try:
+            payload = loads(body)
+        except ValueError:
+            return body
+        if not isinstance(payload, dict) or "model" not in payload:
+            return body
+        payload["model"] = self._model
+        return dumps(payload).encode()
+
+
+# The first "model" key of an event's JSON: the top-level one in OpenAI chunks,
+# message.model in Anthropic message_start (escaped quotes inside strings never match).
+_MODEL_KEY = re.compile(r'("model"\s*:\s*)"(?:[^"\\]|\\.)*"')
+
+
+class ModelRenameStreamAdapter:
+    """Same dialect, aliased model: events re-framed unchanged except the model name.
+
+    OpenAI chunks carry ``model`` in every chunk, Anthropic streams only in
+    ``message_start``; other events are re-encoded without parsing their JSON.
+    Comments are dropped and line ends become ``\\n`` (documented).
+    """
+
+    __slots__ = ("_parser", "_replacement", "_every_event")
+
+    def __init__(self, model: str, dialect: str) -> None:
+        self._parser = SSEParser()
+        quoted = dumps(model)
+        self._replacement: Callable[[re.Match[str]], str] = lambda match: match.group(1) + quoted
+        self._every_event = dialect == OPENAI
+
+    def _encode(self, events: list[Any]) -> bytes:
+        out = []
+        for event in events:
+            data = event.data
+            if self._every_event or event.event == "message_start":
+                data = _MODEL_KEY.sub(self._replacement, data, count=1)
+            out.append(encode_event(data, event.event, id=event.id, retry=event.retry))
+        return b"".join(out)
+
+    def feed(self, data: bytes) -> bytes:
+        """Re-encode the events completed by ``data``."""
+        return self._encode(self._parser.feed(data))
+
+    def finish(self) -> bytes:
+        """Re-encode the last event if the upstream left it unterminated."""
+        return self._encode(self._parser.flush())
+
+
+def _is_stream(ctx: Any) -> bool:
+    content_type = ctx.response_headers.get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
+    """The adapter for this response, or None to pass the bytes through.
+
+    Sets the client's ``content-type`` and, for errors, ``ctx.status``.
+    """
+    client, upstream = ctx.client_dialect, ctx.upstream_dialect
+    status = ctx.upstream_status or 200
+    requested = ctx.model_requested
+    if upstream is None or client == upstream:
+        if not requested or not ctx.model or requested == ctx.model or status >= 400:
+            return None
+        if _is_stream(ctx):
+            return ModelRenameStreamAdapter(requested, client)
+        return ModelRenameJSONAdapter(requested)
+
+    model = requested or ctx.model
+    thinking = settings.thinking == "reasoning_content"
+    if status >= 400:
+        ctx.status = client_status(upstream, status)
+        ctx.response_headers["content-type"] = JSON_CONTENT_TYPE
+        return ErrorResponseAdapter(upstream, client, status)
+    if _is_stream(ctx):
+        ctx.response_headers["content-type"] = SSE_CONTENT_TYPE
+        if upstream == ANTHROPIC:
+            include_usage = bool(((ctx.body or {}).get("stream_options") or {}).get("include_usage"))
+            return AnthropicToOpenAIStream(model=model, include_usage=include_usage, thinking=thinking)
+        return OpenAIToAnthropicStream(model=model)
+    ctx.response_headers["content-type"] = JSON_CONTENT_TYPE
+    if upstream == ANTHROPIC:
+        return JSONResponseAdapter(upstream, partial(anthropic_message_to_openai, model=model, settings=settings))
+    return JSONResponseAdapter(upstream, partial(openai_completion_to_anthropic, model=model))

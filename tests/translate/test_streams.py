@@ -1,0 +1,468 @@
+"""Stream translation: golden files, arbitrary re-splits, and the official SDKs as consumers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import anthropic
+import httpx2
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ccproxy_core.errors import UpstreamProtocolError
+from ccproxy_core.sse import SSEParser
+from plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+
+from .corpus_cases import CASES, CREATED, MODEL, Case, translate
+
+BY_NAME = {case.name: case for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_golden(case: Case) -> None:
+    output = translate(case, [case.input()])
+    if os.environ.get("UPDATE_GOLDEN"):
+        case.expected_path.write_bytes(output)
+    assert output == case.expected_path.read_bytes()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_single_split_point(case: Case) -> None:
+    """Two reads, split at every byte: inside multi-byte UTF-8, between \\r and \\n, …"""
+    data = case.input()
+    expected = case.expected_path.read_bytes()
+    for cut in range(len(data) + 1):
+        assert translate(case, [data[:cut], data[cut:]]) == expected, cut
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_byte_by_byte(case: Case) -> None:
+    data = case.input()
+    assert translate(case, [data[i : i + 1] for i in range(len(data))]) == case.expected_path.read_bytes()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from(CASES), data=st.data())
+def test_random_resplits_give_identical_output(case: Case, data: st.DataObject) -> None:
+    raw = case.input()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=40)))
+    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+    assert translate(case, pieces) == case.expected_path.read_bytes()
+
+
+def test_outputs_are_well_formed_streams() -> None:
+    """Every golden output is valid SSE with JSON data in the client's framing."""
+    for case in CASES:
+        events = SSEParser().feed(case.expected_path.read_bytes())
+        assert events, case.name
+        for event in events:
+            if case.upstream == "anthropic":  # OpenAI client: data-only frames
+                assert event.event is None
+                if event.data != "[DONE]":
+                    json.loads(event.data)
+            else:  # Anthropic client: event name equals data type
+                assert event.event == json.loads(event.data)["type"], case.name
+
+
+# -- Anthropic -> OpenAI: structure ------------------------------------------------
+
+
+def chunks(case_name: str) -> list[dict]:
+    events = SSEParser().feed(BY_NAME[case_name].expected_path.read_bytes())
+    return [json.loads(e.data) for e in events if e.data != "[DONE]"]
+
+
+def test_openai_chunks_share_id_created_model_and_role_comes_first() -> None:
+    out = chunks("anthropic_tool_call")
+    assert {c["id"] for c in out} == {"chatcmpl-msg_014p7gG3wDgGV9EUtLvnow3U"}
+    assert {c["created"] for c in out} == {CREATED}
+    assert {c["model"] for c in out} == {MODEL}
+    assert out[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all("role" not in c["choices"][0]["delta"] for c in out[1:] if c["choices"])
+
+
+def test_openai_tool_call_indexes_count_tool_calls_not_blocks() -> None:
+    out = chunks("anthropic_tool_call")
+    calls = [tc for c in out if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert {tc["index"] for tc in calls} == {0}  # the Anthropic block index was 1
+    assert calls[0] == {
+        "index": 0,
+        "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    assert all(set(tc) == {"index", "function"} for tc in calls[1:])
+    assert len(calls) == 5  # streamed incrementally: the empty first piece is skipped
+    args = "".join(tc["function"]["arguments"] for tc in calls)
+    assert json.loads(args) == {"location": "San Francisco, CA", "unit": "fahrenheit"}
+
+
+def test_openai_finish_reason_only_on_last_choice_chunk_then_usage() -> None:
+    out = chunks("anthropic_tool_call")
+    reasons = [c["choices"][0]["finish_reason"] for c in out if c["choices"]]
+    assert reasons[-1] == "tool_calls" and set(reasons[:-1]) == {None}
+    assert out[-1]["choices"] == []
+    assert out[-1]["usage"] == {
+        "prompt_tokens": 472,
+        "completion_tokens": 89,
+        "total_tokens": 561,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+
+
+def test_openai_usage_counts_cache_tokens_as_prompt_tokens() -> None:
+    usage = chunks("anthropic_cache_usage")[-1]["usage"]
+    assert usage["prompt_tokens"] == 12 + 1800 + 42203
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 42203, "cache_write_tokens": 1800}
+    assert usage["completion_tokens"] == 7
+    assert chunks("anthropic_cache_usage")[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_openai_usage_chunk_only_when_asked() -> None:
+    assert all(c["choices"] for c in chunks("anthropic_text"))
+    assert chunks("anthropic_text.include_usage")[-1]["choices"] == []
+
+
+def test_openai_stream_ends_with_done_exactly_once() -> None:
+    for case in CASES:
+        if case.upstream == "anthropic" and case.name != "anthropic_error":
+            assert case.expected_path.read_bytes().endswith(b"data: {") is False
+            assert case.expected_path.read_bytes().count(b"data: [DONE]") == 1, case.name
+
+
+def test_openai_error_frame_ends_stream_without_done() -> None:
+    raw = BY_NAME["anthropic_error"].expected_path.read_bytes()
+    assert b"[DONE]" not in raw
+    last = chunks("anthropic_error")[-1]
+    assert last == {
+        "error": {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded_error"}
+    }
+
+
+def test_thinking_rule() -> None:
+    kept = [c["choices"][0]["delta"].get("reasoning_content") for c in chunks("anthropic_thinking")]
+    assert "".join(x for x in kept if x) == "The user asks for 27 * 453. 27 * 453 = 27 * 400 + 27 * 53 = 10800 + 1431 = 12231."
+    dropped = BY_NAME["anthropic_thinking.drop"].expected_path.read_bytes()
+    assert b"reasoning_content" not in dropped and b"signature" not in dropped
+
+
+def test_unknown_events_pings_and_citations_are_dropped() -> None:
+    raw = BY_NAME["anthropic_unknown_event"].expected_path.read_bytes()
+    for word in (b"future", b"ping", b"citation"):
+        assert word not in raw
+    assert [c["choices"][0]["finish_reason"] for c in chunks("anthropic_unknown_event")][-1] == "stop"
+
+
+# -- OpenAI -> Anthropic: structure ------------------------------------------------
+
+
+def events(case_name: str) -> list[dict]:
+    return [json.loads(e.data) for e in SSEParser().feed(BY_NAME[case_name].expected_path.read_bytes())]
+
+
+def test_anthropic_event_order_and_block_indexes() -> None:
+    out = events("openai_parallel_tool_calls")
+    assert [e["type"] for e in out] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    starts = [e for e in out if e["type"] == "content_block_start"]
+    assert [s["index"] for s in starts] == [0, 1, 2]
+    assert [s["content_block"]["type"] for s in starts] == ["text", "tool_use", "tool_use"]
+    assert starts[2]["content_block"]["id"] == "call_VrS8hwDRdm1gnBhbE1u2Fj5K"
+    delta = out[-2]
+    assert delta["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    assert delta["usage"]["input_tokens"] == 95 and delta["usage"]["output_tokens"] == 52
+
+
+def test_anthropic_usage_waits_for_the_usage_chunk() -> None:
+    out = events("openai_include_usage")
+    assert out[0]["message"]["usage"]["input_tokens"] == 0
+    assert out[-2]["delta"]["stop_reason"] == "max_tokens"
+    assert out[-2]["usage"] == {
+        "input_tokens": 2006 - 1920,
+        "output_tokens": 300,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 1920,
+        "output_tokens_details": {"thinking_tokens": 256},
+    }
+
+
+def test_anthropic_error_event_ends_stream() -> None:
+    out = events("openai_error")
+    assert out[-1] == {
+        "type": "error",
+        "error": {
+            "type": "api_error",
+            "message": "The server had an error while processing your request. Sorry about that!",
+        },
+    }
+    assert "message_stop" not in [e["type"] for e in out]
+
+
+def test_reasoning_content_becomes_a_thinking_block() -> None:
+    out = events("openai_reasoning_content")
+    starts = [e["content_block"] for e in out if e["type"] == "content_block_start"]
+    assert starts == [{"type": "thinking", "thinking": "", "signature": ""}, {"type": "text", "text": ""}]
+
+
+# -- The official SDKs consume the translated streams ------------------------------
+
+
+def _transport(body: bytes) -> httpx2.Client:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return httpx2.Client(transport=httpx2.MockTransport(handler))
+
+
+def anthropic_final_message(case_name: str) -> anthropic.types.Message:
+    body = BY_NAME[case_name].expected_path.read_bytes()
+    client = anthropic.Anthropic(api_key="k", base_url="http://proxy.test", http_client=_transport(body), max_retries=0)
+    with client.messages.stream(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as stream:
+        return stream.get_final_message()
+
+
+def openai_final_completion(case_name: str) -> openai.types.chat.ChatCompletion:
+    body = BY_NAME[case_name].expected_path.read_bytes()
+    client = openai.OpenAI(api_key="k", base_url="http://proxy.test/v1", http_client=_transport(body), max_retries=0)
+    with client.chat.completions.stream(model=MODEL, messages=[{"role": "user", "content": "hi"}]) as stream:
+        for _ in stream:
+            pass
+        # the snapshot, not get_final_completion(): that refuses finish_reason "length"
+        return stream.current_completion_snapshot
+
+
+def test_anthropic_sdk_text() -> None:
+    message = anthropic_final_message("openai_text")
+    assert message.content[0].type == "text"
+    assert message.content[0].text == 'Grüß Gott 🌍! 你好\n"done"'
+    assert message.stop_reason == "end_turn"
+    assert message.model == MODEL
+    assert message.id == "msg_chatcmpl-C9mXq2Lh7zVbN1kPqR3sT5uW"
+
+
+def test_anthropic_sdk_tool_calls_and_usage() -> None:
+    message = anthropic_final_message("openai_tool_calls")
+    assert message.stop_reason == "tool_use"
+    [tool] = message.content
+    assert tool.type == "tool_use" and tool.id == "call_DdmO9pD3xa9XTPNJ32zg2hcA" and tool.name == "get_weather"
+    assert tool.input == {"location": "Bogotá, Colombia"}
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (82, 17)
+
+
+def test_anthropic_sdk_parallel_tool_calls() -> None:
+    message = anthropic_final_message("openai_parallel_tool_calls")
+    assert [b.type for b in message.content] == ["text", "tool_use", "tool_use"]
+    assert [b.input for b in message.content[1:]] == [{"location": "Tokyo"}, {"location": "Zürich"}]
+    assert message.usage.input_tokens == 95
+
+
+def test_anthropic_sdk_usage_from_final_message_delta() -> None:
+    message = anthropic_final_message("openai_include_usage")
+    assert message.usage.input_tokens == 86
+    assert message.usage.cache_read_input_tokens == 1920
+    assert message.usage.output_tokens == 300
+    assert message.stop_reason == "max_tokens"
+
+
+def test_anthropic_sdk_thinking() -> None:
+    message = anthropic_final_message("openai_reasoning_content")
+    assert message.content[0].type == "thinking"
+    assert message.content[0].thinking == "Hmm, 9.11 vs 9.8: 0.80 > 0.11, so 9.8 is larger."
+    assert message.content[1].text == "9.8 is larger."
+
+
+def test_anthropic_sdk_raises_on_error_event() -> None:
+    with pytest.raises(anthropic.APIStatusError) as info:
+        anthropic_final_message("openai_error")
+    assert "server had an error" in str(info.value)
+
+
+def test_openai_sdk_text() -> None:
+    completion = openai_final_completion("anthropic_text")
+    assert completion.choices[0].message.content == 'Bonjour ! Ça va très bien 👋 — 日本語も話せます。\n"Quoted" line.'
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == MODEL
+
+
+def test_openai_sdk_tool_calls() -> None:
+    completion = openai_final_completion("anthropic_parallel_tools")
+    calls = completion.choices[0].message.tool_calls
+    assert [c.id for c in calls] == [
+        "toolu_01AbCdEfGhIjKlMnOpQrStUv",
+        "toolu_01WxYzAbCdEfGhIjKlMnOpQr",
+        "toolu_01NoArgsNoArgsNoArgsNoAr",
+    ]
+    assert [json.loads(c.function.arguments) for c in calls] == [
+        {"location": "Paris, France"},
+        {"timezone": "Europe/Paris"},
+        {},
+    ]
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert completion.usage is not None and completion.usage.prompt_tokens == 610
+
+
+def test_openai_sdk_usage_with_cache() -> None:
+    completion = openai_final_completion("anthropic_cache_usage")
+    assert completion.usage.prompt_tokens == 44015
+    assert completion.usage.prompt_tokens_details.cached_tokens == 42203
+    assert completion.usage.prompt_tokens_details.cache_write_tokens == 1800
+
+
+def test_openai_sdk_raises_on_error_frame() -> None:
+    with pytest.raises(openai.APIError) as info:
+        openai_final_completion("anthropic_error")
+    assert "Overloaded" in str(info.value)
+
+
+# -- Ends that are not clean ---------------------------------------------------------
+
+
+def test_truncated_anthropic_stream_raises_for_the_core() -> None:
+    raw = BY_NAME["anthropic_text"].input()
+    cut = raw.index(b"event: message_delta")
+    adapter = AnthropicToOpenAIStream(model=MODEL, include_usage=False, thinking=True)
+    out = adapter.feed(raw[:cut])
+    assert b"[DONE]" not in out and b"finish_reason\":\"stop" not in out
+    with pytest.raises(UpstreamProtocolError, match="ended before it was complete"):
+        adapter.finish()
+    assert adapter.complete is False
+
+
+def test_anthropic_stream_without_message_stop_still_completes() -> None:
+    raw = BY_NAME["anthropic_text"].input()
+    adapter = AnthropicToOpenAIStream(model=MODEL, include_usage=False, thinking=True)
+    out = adapter.feed(raw[: raw.index(b"event: message_stop")]) + adapter.finish()
+    assert out.endswith(b"data: [DONE]\n\n") and adapter.complete
+
+
+def test_openai_stream_without_done_completes_after_finish_reason() -> None:
+    raw = BY_NAME["openai_text"].input()
+    adapter = OpenAIToAnthropicStream(model=MODEL)
+    out = adapter.feed(raw[: raw.index(b"data: [DONE]")]) + adapter.finish()
+    assert out.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n') and adapter.complete
+
+
+def test_openai_stream_without_finish_reason_raises_for_the_core() -> None:
+    raw = BY_NAME["openai_text"].input()
+    cut = raw.rindex(b"data: ", 0, raw.index(b'"finish_reason":"stop"'))
+    adapter = OpenAIToAnthropicStream(model=MODEL)
+    out = adapter.feed(raw[:cut])
+    assert b"message_delta" not in out
+    with pytest.raises(UpstreamProtocolError):
+        adapter.finish()
+
+
+def test_empty_upstream_body_raises() -> None:
+    for adapter in (OpenAIToAnthropicStream(model=MODEL), AnthropicToOpenAIStream(model=MODEL, include_usage=True, thinking=True)):
+        with pytest.raises(UpstreamProtocolError):
+            adapter.finish()
+
+
+def test_events_that_are_not_json_raise() -> None:
+    with pytest.raises(UpstreamProtocolError, match="not JSON"):
+        OpenAIToAnthropicStream(model=MODEL).feed(b"data: {oops\n\n")
+    with pytest.raises(UpstreamProtocolError, match="not JSON"):
+        AnthropicToOpenAIStream(model=MODEL, include_usage=False, thinking=True).feed(b"event: message_start\ndata: {oops\n\n")
+
+
+def test_openai_last_frame_without_blank_line_is_used() -> None:
+    raw = BY_NAME["openai_text"].input().rstrip(b"\n")
+    adapter = OpenAIToAnthropicStream(model=MODEL)
+    out = adapter.feed(raw) + adapter.finish()
+    assert out == BY_NAME["openai_text"].expected_path.read_bytes()
+
+
+def test_openrouter_style_in_band_error_with_numeric_code() -> None:
+    frame = b'data: {"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"x","error":{"code":429,"message":"Rate limited upstream"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}\n\n'
+    adapter = OpenAIToAnthropicStream(model=MODEL)
+    out = adapter.feed(frame)
+    assert out.endswith(
+        b'event: error\ndata: {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limited upstream"}}\n\n'
+    )
+    assert adapter.feed(b"data: [DONE]\n\n") == b"" and adapter.finish() == b""
+
+
+def test_interleaved_tool_call_fragments_are_an_error_not_garbage() -> None:
+    def chunk(delta: dict) -> bytes:
+        return b"data: " + json.dumps({"id": "c", "choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
+
+    adapter = OpenAIToAnthropicStream(model=MODEL)
+    adapter.feed(
+        chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}]})
+        + chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{"}}]})
+    )
+    with pytest.raises(UpstreamProtocolError, match="interleaves"):
+        adapter.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}))
+
+
+def test_whole_tool_calls_without_index_each_get_a_block() -> None:
+    """Servers that send each call whole and omit ``index`` (Gemini's OpenAI API)."""
+    frames = b"".join(
+        b"data: " + json.dumps({"id": "c", "choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
+        for delta in (
+            {"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x":1}'}}]},
+            {"tool_calls": [{"id": "b", "type": "function", "function": {"name": "g", "arguments": '{"y":2}'}}]},
+        )
+    ) + b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\ndata: [DONE]\n\n'
+    adapter = OpenAIToAnthropicStream(model=MODEL)
+    out = [json.loads(e.data) for e in SSEParser().feed(adapter.feed(frames))]
+    starts = [e["content_block"] for e in out if e["type"] == "content_block_start"]
+    assert [(b["id"], b["name"]) for b in starts] == [("a", "f"), ("b", "g")]
+    assert [e["index"] for e in out if e["type"] == "content_block_stop"] == [0, 1]
+
+
+def test_tool_calls_with_finish_reason_stop_are_tool_use() -> None:
+    frames = (
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}\n\n'
+        b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    adapter = OpenAIToAnthropicStream(model=MODEL)
+    assert b'"stop_reason":"tool_use"' in adapter.feed(frames)
+
+
+def test_anthropic_tool_with_initial_input_and_no_deltas() -> None:
+    frames = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{"a":1}}}\n\n'
+        b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    )
+    adapter = AnthropicToOpenAIStream(model=MODEL, include_usage=False, thinking=True)
+    out = [json.loads(e.data) for e in SSEParser().feed(adapter.feed(frames))]
+    assert out[-1]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == '{"a":1}'
+    assert len(out) == 2  # no extra "{}" for a call whose input came whole
+
+
+def test_corpus_inputs_match_the_sdk_types() -> None:
+    """The recorded upstream streams have the shapes the official SDKs' types describe."""
+    from pydantic import TypeAdapter
+
+    anthropic_event = TypeAdapter(anthropic.types.RawMessageStreamEvent)
+    for case in CASES:
+        for event in SSEParser().feed(case.input()):
+            if event.data == "[DONE]":
+                continue
+            payload = json.loads(event.data)
+            if case.upstream == "anthropic":
+                if event.event in ("ping", "error") or "future_" in event.data:  # deliberately unknown types
+                    continue
+                assert anthropic_event.validate_python(payload).type == event.event
+            elif "error" not in payload:
+                openai.types.chat.ChatCompletionChunk.model_validate(payload)
