@@ -1,0 +1,290 @@
+"""One JSON line per request, written when it ends, to the ``ccproxy.access`` logger (and a file).
+
+The line is written in ``ccproxy_stream_end`` (``trylast``, so the usage plugin's numbers and every
+other plugin's state are final) for every outcome: ``completed``, ``client_disconnected``,
+``upstream_error`` and ``rejected``. Fields are listed in ``docs/observability.md``.
+
+No header is ever logged, nor a body unless ``log_bodies: true``. Every line, bodies or not, goes
+through redaction: anything that looks like a key (``sk-...``, ``Bearer ...``) or equals a
+configured provider ``api_key``, a proxy key of the ``auth`` plugin (``plugins.auth.keys``) or a
+value listed under ``redact`` becomes ``[REDACTED]``; in bodies the values of keys such as
+``api_key``, ``authorization`` or ``password`` do too.
+
+Settings (``plugins: access_log: {...}``):
+
+* ``path``: also append each line to this file (opened at start-up, one write per line).
+* ``log_bodies``: add the client's request body and a non-streamed response body (debugging only).
+* ``max_body_chars``: a body longer than this (as JSON text) is logged as a truncated string (65536).
+* ``redact``: more literal values to redact (e.g. proxy keys handed to users).
+* ``stderr``: when logging is not configured at all (no handler on the logger or the root), print
+  the lines on stderr (default true). Configure the ``ccproxy.access`` logger to send them elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from ccproxy_core import hookimpl
+from ccproxy_core.config import Config
+from ccproxy_core.context import RequestContext
+from ccproxy_core.errors import ConfigError
+
+NAME = "access_log"
+logger = logging.getLogger("ccproxy.access")
+
+REDACTED = "[REDACTED]"
+#: Body keys whose values are always redacted (compared lower-case, ``-`` as ``_``).
+SENSITIVE_KEYS = frozenset(
+    {"api_key", "apikey", "x_api_key", "authorization", "proxy_authorization", "password", "secret",
+     "client_secret", "access_token", "refresh_token", "id_token", "token", "cookie", "set_cookie"}
+)
+_KEY_LIKE = (
+    r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{6,}",  # Anthropic, OpenAI and most OpenAI-compatible keys
+    r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
+)
+_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
+_SETTINGS = ("path", "log_bodies", "max_body_chars", "redact", "stderr")
+
+
+class Redactor:
+    """Replaces key-like strings and configured secrets in JSON text (the result stays valid JSON)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        literal = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+        # Secrets are matched as they appear inside a JSON string (escaped).
+        parts = [re.escape(json.dumps(s, ensure_ascii=False)[1:-1]) for s in literal] + list(_KEY_LIKE)
+        self.pattern = re.compile("|".join(parts))
+
+    def text(self, value: str) -> str:
+        return self.pattern.sub(REDACTED, value)
+
+
+def _redact_keys(value: Any) -> Any:
+    """A copy of a JSON value with the values of sensitive keys replaced."""
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if str(k).lower().replace("-", "_") in SENSITIVE_KEYS else _redact_keys(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact_keys(v) for v in value]
+    return value
+
+
+class _StderrLines(logging.StreamHandler):
+    """The handler this plugin adds when logging is not configured: the bare JSON line."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+
+class AccessLog:
+    """The access log of one app: settings, redaction and the optional file."""
+
+    def __init__(self, config: Config) -> None:
+        raw = config.plugin_settings(NAME)
+        unknown = set(raw) - set(_SETTINGS)
+        if unknown:
+            raise ConfigError(
+                f"plugins.access_log.{sorted(unknown)[0]}: unknown key (expected one of: {', '.join(_SETTINGS)})"
+            )
+        self.path = raw.get("path") or None
+        self.log_bodies = _flag(raw.get("log_bodies", False), "log_bodies")
+        self.stderr = _flag(raw.get("stderr", True), "stderr")
+        limit = raw.get("max_body_chars", 65536)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"plugins.access_log.max_body_chars: expected a whole number, got {limit!r}")
+        self.max_body_chars = limit
+        extra = raw.get("redact", [])
+        if not isinstance(extra, list) or not all(isinstance(v, str) for v in extra):
+            raise ConfigError("plugins.access_log.redact: expected a list of strings")
+        secrets = [p.api_key for p in config.providers.values() if p.api_key]
+        secrets += [
+            v for p in config.providers.values() for k, v in p.headers.items() if _SECRET_HEADER.search(k)
+        ]
+        proxy_keys = config.plugin_settings("auth").get("keys")  # the first-party auth plugin's client keys
+        if isinstance(proxy_keys, list):
+            secrets += [k for k in proxy_keys if isinstance(k, str)]
+        self.redactor = Redactor(secrets + extra)
+        self.file: TextIO | None = None
+        self.pid = os.getpid()  # made at worker start-up, so the worker's own
+
+    def open(self) -> None:
+        if self.path:
+            try:
+                self.file = open(self.path, "a", encoding="utf-8", buffering=1)
+            except OSError as exc:
+                raise ConfigError(f"plugins.access_log.path: cannot open {self.path!r}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def body(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, (bytes, bytearray)):
+            text = bytes(value).decode("utf-8", "replace")
+            try:
+                value = json.loads(text)
+            except ValueError:
+                return text[: self.max_body_chars]
+        value = _redact_keys(value)
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        if len(text) <= self.max_body_chars:
+            return value
+        return text[: self.max_body_chars] + f"...[truncated {len(text) - self.max_body_chars} chars]"
+
+    def line(self, ctx: RequestContext) -> str:
+        return self.redactor.text(json.dumps(self.record(ctx), ensure_ascii=False, separators=(",", ":"), default=str))
+
+    def record(self, ctx: RequestContext) -> dict[str, Any]:
+        state = ctx.state
+        mine = state.get(NAME) or {}
+        headers = ctx.response_headers
+        error = ctx.error
+        if error is not None:
+            message, kind = error.message, error.kind
+        elif mine.get("upstream_error") is not None:
+            message, kind = mine["upstream_error"]
+        elif (state.get("usage") or {}).get("inband_error") is not None:
+            message, kind = state["usage"]["inband_error"], "in_band"
+        else:
+            message = kind = None
+        usage = ctx.usage
+        record: dict[str, Any] = {
+            "time": _iso(ctx.started_at),
+            "pid": self.pid,
+            "request_id": ctx.request_id,
+            "upstream_request_id": headers.get("x-upstream-request-id") or headers.get("request-id"),
+            "method": ctx.method,
+            "route": ctx.route,
+            "client_dialect": ctx.client_dialect,
+            "provider": ctx.provider,
+            "upstream_dialect": ctx.upstream_dialect,
+            "model_requested": ctx.model_requested,
+            "model": ctx.model,
+            "stream": ctx.stream,
+            "status": ctx.status,
+            "upstream_status": ctx.upstream_status,
+            "outcome": ctx.outcome,
+            "t_upstream_headers_ms": _ms(ctx.t_upstream_headers),
+            "t_first_byte_ms": _ms(ctx.t_first_byte),
+            "duration_ms": _ms(ctx.duration),
+            "bytes_sent": ctx.bytes_sent,
+            "events_sent": ctx.events_sent,
+            "usage": {
+                "input_tokens": usage.get("input_tokens", 0),
+                "output_tokens": usage.get("output_tokens", 0),
+                "cache_read_input_tokens": usage.get("cache_read_input_tokens", 0),
+                "cache_creation_input_tokens": usage.get("cache_creation_input_tokens", 0),
+            }
+            if usage
+            else None,
+            "usage_partial": state.get("usage_partial", False),
+            "cost_usd": state.get("cost"),
+            "attempts": [
+                {
+                    "provider": a.provider,
+                    "model": a.model,
+                    "status": a.status,
+                    "error": a.error,
+                    "elapsed_ms": _ms(a.elapsed),
+                }
+                for a in ctx.attempts
+            ],
+            "fallback": len(ctx.attempts) > 1,
+            "error": message,
+            "error_kind": kind,
+        }
+        if self.log_bodies:
+            record["request_body"] = self.body(ctx.body)
+            record["response_body"] = self.body(mine.get("response_body"))
+        return record
+
+
+def _flag(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"plugins.access_log.{key}: expected true or false, got {value!r}")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_logs: dict[int, tuple[Config, AccessLog]] = {}
+
+
+def _lookup(config: Config | None) -> AccessLog | None:
+    entry = _logs.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
+    if config is None:
+        return None
+    access = AccessLog(config)  # start-up did not run (an app driven by hand): no file
+    _logs[id(config)] = (config, access)
+    return access
+
+
+@hookimpl
+def ccproxy_startup(app: Any, config: Config) -> None:
+    access = AccessLog(config)
+    access.open()
+    _logs[id(config)] = (config, access)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if access.stderr and not logger.hasHandlers():
+        logger.addHandler(_StderrLines())
+
+
+@hookimpl
+def ccproxy_shutdown(app: Any) -> None:
+    entry = _logs.pop(id(getattr(app.ctx, "config", None)), None)
+    if entry is not None:
+        entry[1].close()
+
+
+@hookimpl
+def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
+    """Keep an upstream error's message (and, when debugging, the body) for the line."""
+    status = ctx.upstream_status or 0
+    if status >= 400:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict):
+            found = (str(error.get("message") or ""), str(error.get("type") or "upstream"))
+        else:
+            found = (f"upstream answered {status}", "upstream")
+        ctx.state.setdefault(NAME, {})["upstream_error"] = found
+    access = _lookup(ctx.config)
+    if access is not None and access.log_bodies:
+        ctx.state.setdefault(NAME, {})["response_body"] = body
+
+
+@hookimpl(trylast=True)
+def ccproxy_stream_end(ctx: RequestContext) -> None:
+    access = _lookup(ctx.config)
+    if access is None or (access.file is None and not logger.isEnabledFor(logging.INFO)):
+        return
+    line = access.line(ctx)
+    logger.info(line)
+    if access.file is not None:
+        access.file.write(line + "\n")

@@ -1,0 +1,141 @@
+"""Readiness at ``GET /health/ready``; ``GET /health`` (the core's) only says the process is alive.
+
+``/health/ready`` answers 503 with ``"status": "starting"`` until the worker has finished start-up
+(configuration loaded, every plugin's ``ccproxy_startup`` done, the server accepting requests), 200
+with ``"status": "ready"`` from then on, and 503 with ``"status": "stopping"`` once the worker
+begins to shut down, so a load balancer stops sending it new requests. It also shows each
+provider's last upstream result as this worker saw it (from ``ctx.attempts`` at the end of each
+request): status, time, error. Upstream failures do not make the worker unready (the proxy still
+answers, with the upstream's error); they are there to be read.
+
+With several workers each one answers for itself (``pid`` says which).
+
+Settings (``plugins: health: {...}``):
+
+* ``path``: the route (default ``/health/ready``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ccproxy_core import hookimpl
+from ccproxy_core.config import Config
+from ccproxy_core.context import UPSTREAM_ERROR, RequestContext
+from ccproxy_core.errors import ConfigError
+
+NAME = "health"
+
+#: Statuses that say the provider itself is in trouble (not the client's request).
+_UNHEALTHY_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
+
+
+class Health:
+    """One worker's readiness and each provider's last result."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.phase = "starting"
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.plugins: Any = None
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def record(self, ctx: RequestContext) -> None:
+        last_index = len(ctx.attempts) - 1
+        for i, attempt in enumerate(ctx.attempts):
+            error = attempt.error
+            if i == last_index and error is None and ctx.outcome == UPSTREAM_ERROR and ctx.error is not None:
+                error = ctx.error.message  # failed after its head was relayed
+            status = attempt.status
+            elapsed = attempt.elapsed
+            self.last[attempt.provider] = {
+                "ok": error is None and status is not None and status not in _UNHEALTHY_STATUS,
+                "status": status,
+                "error": error,
+                "at": round(ctx.started_at + (elapsed if elapsed is not None else ctx.elapsed()), 3),
+                "elapsed_ms": round(elapsed * 1000, 1) if elapsed is not None else None,
+                "model": attempt.model,
+                "request_id": ctx.request_id,
+            }
+
+    def payload(self) -> dict[str, Any]:
+        plugins = self.plugins
+        info = getattr(plugins, "info", {}) if plugins is not None else {}
+        errors = getattr(plugins, "errors", {}) if plugins is not None else {}
+        return {
+            "status": self.phase,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "ready_at": self.ready_at,
+            "config": {
+                "loaded": True,
+                "path": self.config.path or None,
+                "providers": len(self.config.providers),
+                "models": len(self.config.models),
+            },
+            "plugins": {
+                "started": self.phase != "starting",
+                "enabled": sorted(name for name, i in info.items() if i.enabled),
+                "disabled": sorted(name for name, i in info.items() if not i.enabled),
+                "errors": {f"{plugin}.{hook}": count for (plugin, hook), count in sorted(errors.items())},
+            },
+            "providers": {
+                name: {"format": provider.format, "last": self.last.get(name)}
+                for name, provider in self.config.providers.items()
+            },
+        }
+
+
+_health: dict[int, tuple[Config, Health]] = {}
+
+
+def _lookup(config: Config | None) -> Health | None:
+    entry = _health.get(id(config))
+    return entry[1] if entry is not None and entry[0] is config else None
+
+
+@hookimpl
+def ccproxy_register_routes(app: Any, config: Config) -> None:
+    from sanic import response
+
+    raw = config.plugin_settings(NAME)
+    unknown = set(raw) - {"path"}
+    if unknown:
+        raise ConfigError(f"plugins.health.{sorted(unknown)[0]}: unknown key (expected path)")
+    path = str(raw.get("path") or "/health/ready")
+    if not path.startswith("/"):
+        raise ConfigError(f"plugins.health.path: must start with '/', got {path!r}")
+    health = Health(config)
+    health.plugins = getattr(app.ctx, "plugins", None)
+    _health[id(config)] = (config, health)
+
+    def after_server_start(app: Any) -> None:
+        # Listeners run after every before_server_start one, i.e. after all ccproxy_startup hooks.
+        health.phase = "ready"
+        health.ready_at = round(time.time(), 3)
+
+    def before_server_stop(app: Any) -> None:
+        health.phase = "stopping"
+
+    def after_server_stop(app: Any) -> None:
+        _health.pop(id(config), None)
+
+    app.register_listener(after_server_start, "after_server_start")
+    app.register_listener(before_server_stop, "before_server_stop")
+    app.register_listener(after_server_stop, "after_server_stop")
+
+    async def ready_route(request: Any) -> Any:
+        return response.json(health.payload(), status=200 if health.phase == "ready" else 503)
+
+    app.add_route(ready_route, path, methods=["GET"], name="ccproxy_health_ready")
+
+
+@hookimpl
+def ccproxy_stream_end(ctx: RequestContext) -> None:
+    if ctx.attempts:
+        health = _lookup(ctx.config)
+        if health is not None:
+            health.record(ctx)

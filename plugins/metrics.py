@@ -1,0 +1,380 @@
+"""Prometheus metrics at ``GET /metrics``, from the public hooks only.
+
+Per request the work is one ``ccproxy_stream_end`` call (plus ``ccproxy_stream_start`` for the
+active-streams gauge): a few dict look-ups of pre-bound label children and their ``inc``/``observe``.
+Nothing runs per chunk.
+
+Several workers (``sanic app.app --workers N``): every worker counts into prometheus-client's
+multiprocess files and ``/metrics`` adds up all of them, so whichever worker answers the scrape
+reports the totals. The plugin sets this up itself: in Sanic's main process, before the workers
+start, it creates a directory and exports ``PROMETHEUS_MULTIPROC_DIR`` (which the workers inherit),
+and removes it when the main process stops. A worker that stops marks its live gauges dead
+(``mark_process_dead``); a scrape also drops the live gauges of workers that died without stopping.
+If ``PROMETHEUS_MULTIPROC_DIR`` is already set it is used as it is (and never deleted).
+
+Settings (``plugins: metrics: {...}``):
+
+* ``path``: the route (default ``/metrics``).
+* ``multiprocess_dir``: the directory for the per-worker files when running several workers
+  (default: a new temporary directory); its ``*.db`` files are removed at start-up.
+* ``duration_buckets`` / ``ttfb_buckets``: histogram bucket bounds in seconds.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter as CountOf
+from typing import Any
+
+from ccproxy_core import hookimpl
+from ccproxy_core.config import Config
+from ccproxy_core.context import UPSTREAM_ERROR, RequestContext
+from ccproxy_core.errors import ConfigError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+
+NAME = "metrics"
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+#: (label value of ``direction``, key in ``ctx.usage``)
+DIRECTIONS = (
+    ("input", "input_tokens"),
+    ("output", "output_tokens"),
+    ("cache_read", "cache_read_input_tokens"),
+    ("cache_creation", "cache_creation_input_tokens"),
+)
+
+#: Distinct label sets kept per metric; beyond it the model label becomes ``_other``
+#: (model names come from clients, and a glob such as ``claude-*`` admits any of them).
+MAX_SERIES = 2000
+
+
+def _buckets(raw: dict[str, Any], key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+        raise ConfigError(f"plugins.metrics.{key}: expected a list of positive numbers (seconds)")
+    return tuple(sorted(float(v) for v in value))
+
+
+class Settings:
+    def __init__(self, config: Config) -> None:
+        raw = config.plugin_settings(NAME)
+        unknown = set(raw) - {"path", "multiprocess_dir", "duration_buckets", "ttfb_buckets"}
+        if unknown:
+            raise ConfigError(
+                f"plugins.metrics.{sorted(unknown)[0]}: unknown key "
+                "(expected path, multiprocess_dir, duration_buckets, ttfb_buckets)"
+            )
+        self.path = str(raw.get("path") or "/metrics")
+        if not self.path.startswith("/"):
+            raise ConfigError(f"plugins.metrics.path: must start with '/', got {self.path!r}")
+        self.multiprocess_dir = raw.get("multiprocess_dir")
+        self.duration_buckets = _buckets(raw, "duration_buckets", DURATION_BUCKETS)
+        self.ttfb_buckets = _buckets(raw, "ttfb_buckets", TTFB_BUCKETS)
+
+
+def _error_kind(error: Any) -> str:
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamConnectError):
+        return "connect"
+    if isinstance(error, UpstreamProtocolError):
+        return "protocol"
+    return "other"
+
+
+_MESSAGE_KINDS = (
+    (re.compile(r"timed out|within \d|sent nothing for|took longer than"), "timeout"),
+    (re.compile(r"connect"), "connect"),
+    (re.compile(r"protocol|closed the response early"), "protocol"),
+)
+
+
+def _message_kind(message: str) -> str:
+    """The kind of an earlier attempt's failure, of which only the message is kept."""
+    for pattern, kind in _MESSAGE_KINDS:
+        if pattern.search(message):
+            return kind
+    return "other"
+
+
+class Metrics:
+    """The metric objects of one worker and their cached label children."""
+
+    def __init__(self, settings: Settings, plugins: Any, multiprocess_dir: str | None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            # prometheus-client picks its value class at import; a worker forked (not spawned) after
+            # the directory was set up imported it before. Values created from here on use the files.
+            values.ValueClass = values.MultiProcessValue()
+        # Single process: a registry of our own (several apps may live in one test process).
+        # Multiprocess: values live in the files; each scrape collects them into a fresh registry.
+        self.registry = None if multiprocess_dir is not None else CollectorRegistry()
+        reg = self.registry
+        self.plugins = plugins
+        self.requests = Counter(
+            "ccproxy_requests",
+            "Client requests on the proxy routes, counted when they end.",
+            ["route", "provider", "model", "status", "outcome"],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "ccproxy_request_duration_seconds",
+            "From the request's arrival to its end (last byte sent, failure or disconnect).",
+            ["route", "provider", "model"],
+            buckets=settings.duration_buckets,
+            registry=reg,
+        )
+        self.ttfb = Histogram(
+            "ccproxy_time_to_first_byte_seconds",
+            "From the request's arrival to the first byte written to the client.",
+            ["route", "provider", "model"],
+            buckets=settings.ttfb_buckets,
+            registry=reg,
+        )
+        self.active = Gauge(
+            "ccproxy_active_streams",
+            "Streamed responses being relayed now (summed over live workers).",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.tokens = Counter(
+            "ccproxy_tokens",
+            "Tokens reported by the upstream, by direction (input, output, cache_read, cache_creation).",
+            ["direction", "provider", "model"],
+            registry=reg,
+        )
+        self.cost = Counter(
+            "ccproxy_cost_usd",
+            "Cost in US dollars from the usage plugin's price table.",
+            ["provider", "model"],
+            registry=reg,
+        )
+        self.upstream_errors = Counter(
+            "ccproxy_upstream_errors",
+            "Upstream failures by kind: http_<status>, connect, timeout, protocol, other (before the "
+            "response head), stream_<kind> (after it), in_band (an error event inside a stream).",
+            ["provider", "kind"],
+            registry=reg,
+        )
+        self.plugin_errors = Counter(
+            "ccproxy_plugin_errors",
+            "Exceptions raised by plugins in observer hooks (the request went on).",
+            ["plugin", "hook"],
+            registry=reg,
+        )
+        # Materialise the unlabelled series and a zero for each metric family so a fresh worker shows them.
+        self.active.set(0)
+        self._children: dict[int, dict[tuple[str, ...], Any]] = {}
+        self._plugin_errors_seen: CountOf[tuple[str, str]] = CountOf()
+        self._plugin_errors_total = 0
+
+    def child(self, metric: Any, labels: tuple[str, ...], model_index: int | None = None) -> Any:
+        """The label child of ``metric`` for ``labels``, bound once and cached."""
+        cache = self._children.get(id(metric))
+        if cache is None:
+            cache = self._children[id(metric)] = {}
+        found = cache.get(labels)
+        if found is not None:
+            return found
+        if model_index is not None and len(cache) >= MAX_SERIES:
+            labels = (*labels[:model_index], "_other", *labels[model_index + 1 :])
+            found = cache.get(labels)
+            if found is not None:
+                return found
+        found = cache[labels] = metric.labels(*labels)
+        return found
+
+    def sync_plugin_errors(self) -> None:
+        """Copy new counts from the core's ``plugins.errors`` Counter into the metric."""
+        errors = getattr(self.plugins, "errors", None)
+        if not errors:
+            return
+        total = errors.total()
+        if total == self._plugin_errors_total:
+            return
+        for key, count in list(errors.items()):
+            delta = count - self._plugin_errors_seen[key]
+            if delta > 0:
+                self.child(self.plugin_errors, key).inc(delta)
+                self._plugin_errors_seen[key] = count
+        self._plugin_errors_total = total
+
+    def record(self, ctx: RequestContext) -> None:
+        provider = ctx.provider or ""
+        model = ctx.model or ""
+        route = ctx.route
+        self.child(self.requests, (route, provider, model, str(ctx.status or ""), ctx.outcome or ""), 2).inc()
+        series = (route, provider, model)
+        if ctx.duration is not None:
+            self.child(self.duration, series, 2).observe(ctx.duration)
+        if ctx.t_first_byte is not None:
+            self.child(self.ttfb, series, 2).observe(ctx.t_first_byte)
+        usage = ctx.usage
+        if usage:
+            for direction, key in DIRECTIONS:
+                count = usage.get(key)
+                if count:
+                    self.child(self.tokens, (direction, provider, model), 2).inc(count)
+        cost = ctx.state.get("cost")
+        if cost:
+            self.child(self.cost, (provider, model), 1).inc(cost)
+        if ctx.attempts:
+            self._count_upstream_errors(ctx)
+        flags = ctx.state.get("usage")
+        if flags and flags.get("inband_error") is not None:
+            self.child(self.upstream_errors, (provider, "in_band")).inc()
+        self.sync_plugin_errors()
+
+    def _count_upstream_errors(self, ctx: RequestContext) -> None:
+        last = len(ctx.attempts) - 1
+        for i, attempt in enumerate(ctx.attempts):
+            if attempt.error is not None:
+                kind = _error_kind(ctx.error) if i == last and ctx.error is not None else _message_kind(attempt.error)
+            elif attempt.status is not None and attempt.status >= 400:
+                kind = f"http_{attempt.status}"
+            elif i == last and ctx.outcome == UPSTREAM_ERROR and ctx.error is not None:
+                kind = "stream_" + _error_kind(ctx.error)  # failed after the head was relayed
+            else:
+                continue
+            self.child(self.upstream_errors, (attempt.provider, kind)).inc()
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The scrape body and its content type."""
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import choose_encoder
+
+        self.sync_plugin_errors()
+        encoder, content_type = choose_encoder(accept or "")
+        if self.registry is not None:
+            return encoder(self.registry), content_type
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        _drop_dead_workers(self.multiprocess_dir)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return encoder(registry), content_type
+
+
+_LIVE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db$")
+
+
+def _drop_dead_workers(path: str | None) -> None:
+    """Forget the live gauges of workers that died without stopping (killed, crashed)."""
+    if not path:
+        return
+    from prometheus_client.multiprocess import mark_process_dead
+
+    dead = set()
+    for name in os.listdir(path):
+        match = _LIVE_FILE.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or pid in dead:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(pid)
+        except PermissionError:
+            pass
+    for pid in dead:
+        mark_process_dead(pid, path)
+
+
+# One Metrics per Config (tests run several apps in one process), made at worker start-up.
+_metrics: dict[int, tuple[Config, Metrics]] = {}
+
+
+def _lookup(config: Config | None) -> Metrics | None:
+    entry = _metrics.get(id(config))
+    return entry[1] if entry is not None and entry[0] is config else None
+
+
+@hookimpl
+def ccproxy_register_routes(app: Any, config: Config) -> None:
+    from sanic import response
+
+    settings = Settings(config)
+    owned: dict[str, str] = {}
+
+    def main_process_start(app: Any) -> None:
+        """In Sanic's main process, before workers start: a shared directory for several workers."""
+        if os.environ.get(ENV) or app.state.workers <= 1:
+            return
+        if settings.multiprocess_dir:
+            path = str(settings.multiprocess_dir)
+            os.makedirs(path, exist_ok=True)
+            for stale in glob.glob(os.path.join(path, "*.db")):
+                os.remove(stale)
+        else:
+            path = tempfile.mkdtemp(prefix="ccproxy-metrics-")
+            owned["tmp"] = path
+        os.environ[ENV] = path  # inherited by the workers Sanic starts next
+        owned["env"] = path
+
+    def main_process_stop(app: Any) -> None:
+        if owned.get("env") and os.environ.get(ENV) == owned["env"]:
+            del os.environ[ENV]
+        if owned.get("tmp"):
+            shutil.rmtree(owned["tmp"], ignore_errors=True)
+
+    app.register_listener(main_process_start, "main_process_start")
+    app.register_listener(main_process_stop, "main_process_stop")
+
+    async def metrics_route(request: Any) -> Any:
+        metrics = _lookup(config)
+        if metrics is None:  # not started yet
+            return response.text("metrics are not available before start-up\n", status=503)
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return response.raw(body, content_type=content_type)
+
+    app.add_route(metrics_route, settings.path, methods=["GET"], name="ccproxy_metrics")
+
+
+@hookimpl
+def ccproxy_startup(app: Any, config: Config) -> None:
+    path = os.environ.get(ENV)
+    if path:
+        os.makedirs(path, exist_ok=True)  # prometheus-client writes there from the first metric on
+    multiprocess_dir = path or None
+    _metrics[id(config)] = (config, Metrics(Settings(config), app.ctx.plugins, multiprocess_dir))
+
+
+@hookimpl
+def ccproxy_shutdown(app: Any) -> None:
+    config = getattr(app.ctx, "config", None)
+    entry = _metrics.pop(id(config), None)
+    if entry is not None and entry[1].multiprocess_dir:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(os.getpid(), entry[1].multiprocess_dir)
+
+
+@hookimpl
+def ccproxy_stream_start(ctx: RequestContext) -> None:
+    if ctx.stream:
+        metrics = _lookup(ctx.config)
+        if metrics is not None:
+            metrics.active.inc()
+            ctx.state["metrics"] = "active"
+
+
+@hookimpl
+def ccproxy_stream_end(ctx: RequestContext) -> None:
+    metrics = _lookup(ctx.config)
+    if metrics is None:
+        return
+    if ctx.state.pop("metrics", None) == "active":
+        metrics.active.dec()
+    metrics.record(ctx)

@@ -1,0 +1,464 @@
+"""Token usage and cost, from the upstream's own numbers, streamed or not, in both dialects.
+
+Fills ``ctx.usage`` (``input_tokens``, ``output_tokens``, ``cache_read_input_tokens``,
+``cache_creation_input_tokens``), ``ctx.state["usage"]`` (flags, below), ``ctx.state["usage_partial"]``
+and ``ctx.state["cost"]`` (USD, or None when the model has no price) before any other plugin's
+``ccproxy_stream_end`` runs (``tryfirst``), so the access log and the metrics see them.
+
+Where the numbers come from (always ``ctx.upstream_dialect``, so translated requests count too):
+
+* Anthropic stream: ``message_start.message.usage`` gives input and cache tokens (and a first
+  output count); every ``message_delta.usage`` replaces the counts it carries (they are cumulative).
+* OpenAI stream: the usage chunk (``choices: []``, ``usage``) that ``stream_options.include_usage``
+  asks for. When a client streams without it, this plugin asks the upstream for it
+  (``ccproxy_request_body``) and removes what that adds from the client's stream (the usage frame and
+  the ``"usage":null`` field of the other chunks), so the client gets what it asked for.
+* Non-streamed responses: the body's ``usage``.
+
+The dialects are normalised to Anthropic's meaning: ``input_tokens`` counts the input tokens billed
+at the full input price, so for OpenAI it is ``prompt_tokens - prompt_tokens_details.cached_tokens``
+and ``cache_read_input_tokens`` is ``cached_tokens``.
+
+``ctx.state["usage"]`` holds ``source`` (``"stream"``, ``"body"`` or None), ``final`` (the upstream's
+closing numbers were seen: ``message_delta``, the OpenAI usage chunk or a JSON body) and
+``requested`` (this plugin added ``include_usage``). ``ctx.state["usage_partial"]`` is True when the
+closing numbers never came although the request was cut short (client gone, upstream failed) or
+some numbers were counted (e.g. an error event ended the stream after ``message_start``): what was
+counted so far is kept, not dropped. An error event inside a stream (Anthropic ``event: error``,
+OpenAI ``data: {"error": ...}``) is kept in ``ctx.state["usage"]["inband_error"]`` (its message).
+
+Settings (``plugins: usage: {...}``):
+
+* ``prices``: ``{glob: {input, output, cache_read, cache_creation}}`` in USD per million tokens,
+  matched against the model sent upstream; first match wins; merged over :data:`DEFAULT_PRICES`
+  (a key of yours replaces the default of the same key, and yours are tried first).
+* ``default_prices``: ``false`` to use only your own table.
+* ``request_stream_usage``: ``false`` to never add ``include_usage`` (for OpenAI-compatible servers
+  that reject ``stream_options``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ccproxy_core import hookimpl
+from ccproxy_core.config import Config
+from ccproxy_core.context import ANTHROPIC, CLIENT_DISCONNECTED, OPENAI, UPSTREAM_ERROR, RequestContext
+from ccproxy_core.errors import ConfigError
+
+NAME = "usage"
+
+USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+#: List prices in USD per million tokens (standard tier, short context), as published by Anthropic
+#: and OpenAI. They are defaults to override in the config: prices change, and batch, priority,
+#: long-context and regional rates are not modelled. Order matters: the first glob that matches wins.
+#: ``cache_creation`` is the 5-minute cache write price; OpenAI has no cache write charge.
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    # Anthropic
+    "claude-opus-4-5*": {"input": 5.0, "output": 25.0, "cache_read": 0.5, "cache_creation": 6.25},
+    "claude-opus-4*": {"input": 15.0, "output": 75.0, "cache_read": 1.5, "cache_creation": 18.75},
+    "claude-sonnet-4*": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_creation": 3.75},
+    "claude-haiku-4*": {"input": 1.0, "output": 5.0, "cache_read": 0.1, "cache_creation": 1.25},
+    "claude-3-7-sonnet*": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_creation": 3.75},
+    "claude-3-5-sonnet*": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_creation": 3.75},
+    "claude-3-5-haiku*": {"input": 0.8, "output": 4.0, "cache_read": 0.08, "cache_creation": 1.0},
+    "claude-3-opus*": {"input": 15.0, "output": 75.0, "cache_read": 1.5, "cache_creation": 18.75},
+    "claude-3-haiku*": {"input": 0.25, "output": 1.25, "cache_read": 0.03, "cache_creation": 0.3},
+    # OpenAI
+    "gpt-5*-pro*": {"input": 15.0, "output": 120.0},
+    "gpt-5*-nano*": {"input": 0.05, "output": 0.4, "cache_read": 0.005, "cache_creation": 0.05},
+    "gpt-5*-mini*": {"input": 0.25, "output": 2.0, "cache_read": 0.025, "cache_creation": 0.25},
+    "gpt-5*": {"input": 1.25, "output": 10.0, "cache_read": 0.125, "cache_creation": 1.25},
+    "gpt-4.1-nano*": {"input": 0.1, "output": 0.4, "cache_read": 0.025, "cache_creation": 0.1},
+    "gpt-4.1-mini*": {"input": 0.4, "output": 1.6, "cache_read": 0.1, "cache_creation": 0.4},
+    "gpt-4.1*": {"input": 2.0, "output": 8.0, "cache_read": 0.5, "cache_creation": 2.0},
+    "gpt-4o-mini*": {"input": 0.15, "output": 0.6, "cache_read": 0.075, "cache_creation": 0.15},
+    "gpt-4o*": {"input": 2.5, "output": 10.0, "cache_read": 1.25, "cache_creation": 2.5},
+    "gpt-4-turbo*": {"input": 10.0, "output": 30.0},
+    "gpt-3.5-turbo*": {"input": 0.5, "output": 1.5},
+    "o4-mini*": {"input": 1.1, "output": 4.4, "cache_read": 0.275, "cache_creation": 1.1},
+    "o3-mini*": {"input": 1.1, "output": 4.4, "cache_read": 0.55, "cache_creation": 1.1},
+    "o3-pro*": {"input": 20.0, "output": 80.0},
+    "o3*": {"input": 2.0, "output": 8.0, "cache_read": 0.5, "cache_creation": 2.0},
+    "o1-mini*": {"input": 1.1, "output": 4.4, "cache_read": 0.55, "cache_creation": 1.1},
+    "o1-pro*": {"input": 150.0, "output": 600.0},
+    "o1*": {"input": 15.0, "output": 60.0, "cache_read": 7.5, "cache_creation": 15.0},
+}
+
+_PRICE_FIELDS = ("input", "output", "cache_read", "cache_creation")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens of each kind."""
+
+    input: float
+    output: float
+    cache_read: float
+    cache_creation: float
+
+    def cost(self, usage: dict[str, int]) -> float:
+        """The USD cost of ``usage`` (a ``ctx.usage`` dict)."""
+        return (
+            usage.get("input_tokens", 0) * self.input
+            + usage.get("output_tokens", 0) * self.output
+            + usage.get("cache_read_input_tokens", 0) * self.cache_read
+            + usage.get("cache_creation_input_tokens", 0) * self.cache_creation
+        ) / 1_000_000
+
+
+def _price(pattern: str, value: Any, where: str) -> Price:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of input/output/cache_read/cache_creation, got {value!r}")
+    unknown = set(value) - set(_PRICE_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (expected one of: {', '.join(_PRICE_FIELDS)})")
+    numbers: dict[str, float] = {}
+    for key in _PRICE_FIELDS:
+        raw = value.get(key)
+        if raw is None:
+            continue
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.{key}: expected a number (USD per million tokens), got {raw!r}") from None
+        if number < 0:
+            raise ConfigError(f"{where}.{key}: must not be negative, got {number}")
+        numbers[key] = number
+    if "input" not in numbers or "output" not in numbers:
+        raise ConfigError(f"{where}: input and output prices are required")
+    # Unpriced cache tokens cost what input tokens cost (an over- rather than an under-estimate).
+    return Price(
+        numbers["input"],
+        numbers["output"],
+        numbers.get("cache_read", numbers["input"]),
+        numbers.get("cache_creation", numbers["input"]),
+    )
+
+
+class PriceTable:
+    """Glob -> :class:`Price`, first match wins; lookups are cached per model name."""
+
+    def __init__(self, prices: dict[str, Any] | None = None, *, defaults: bool = True) -> None:
+        ordered: dict[str, Any] = dict(prices or {})
+        if defaults:
+            for pattern, value in DEFAULT_PRICES.items():
+                ordered.setdefault(pattern, value)
+        self.entries = [(str(p), _price(str(p), v, f"plugins.usage.prices.{p}")) for p, v in ordered.items()]
+        self._cache: dict[str, Price | None] = {}
+
+    def lookup(self, model: str | None) -> Price | None:
+        if not model:
+            return None
+        try:
+            return self._cache[model]
+        except KeyError:
+            pass
+        found = next((price for pattern, price in self.entries if fnmatch.fnmatchcase(model, pattern)), None)
+        if len(self._cache) < 4096:  # model names come from clients: bound the cache
+            self._cache[model] = found
+        return found
+
+
+@dataclass(slots=True)
+class Settings:
+    prices: PriceTable
+    request_stream_usage: bool = True
+
+
+# One Settings per Config (tests run several apps in one process); filled at start-up.
+_settings: dict[int, tuple[Config, Settings]] = {}
+
+
+def load_settings(config: Config) -> Settings:
+    """Validate ``plugins.usage`` into :class:`Settings`.
+
+    Raises:
+        ConfigError: an unknown key or a malformed price.
+    """
+    raw = config.plugin_settings(NAME)
+    unknown = set(raw) - {"prices", "default_prices", "request_stream_usage"}
+    if unknown:
+        raise ConfigError(
+            f"plugins.usage.{sorted(unknown)[0]}: unknown key (expected prices, default_prices, request_stream_usage)"
+        )
+    prices = raw.get("prices") or {}
+    if not isinstance(prices, dict):
+        raise ConfigError("plugins.usage.prices: expected a mapping of model glob to prices")
+    return Settings(
+        PriceTable(prices, defaults=_flag(raw.get("default_prices", True), "default_prices")),
+        _flag(raw.get("request_stream_usage", True), "request_stream_usage"),
+    )
+
+
+def _flag(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"plugins.usage.{key}: expected true or false, got {value!r}")
+
+
+def settings_for(config: Config | None) -> Settings:
+    """The settings of the app ``config`` belongs to (loaded on first use when start-up did not run)."""
+    if config is None:
+        return Settings(PriceTable())
+    entry = _settings.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
+    settings = load_settings(config)
+    _settings[id(config)] = (config, settings)
+    return settings
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+@hookimpl
+def ccproxy_startup(app: Any, config: Config) -> None:
+    _settings[id(config)] = (config, load_settings(config))
+
+
+@hookimpl
+def ccproxy_shutdown(app: Any) -> None:
+    config = getattr(app.ctx, "config", None)
+    if config is not None:
+        _settings.pop(id(config), None)
+
+
+# -- asking for usage --------------------------------------------------------------------
+
+
+def _flags(ctx: RequestContext) -> dict[str, Any]:
+    flags = ctx.state.get(NAME)
+    if flags is None:
+        flags = ctx.state[NAME] = {"source": None, "final": False, "requested": False}
+    return flags
+
+
+@hookimpl
+def ccproxy_request_body(ctx: RequestContext, body: dict[str, Any]) -> bool | None:
+    """Ask an OpenAI upstream for the usage chunk when an OpenAI client streams without it."""
+    flags = _flags(ctx)
+    flags["requested"] = False  # per attempt: a fallback may speak another dialect
+    if ctx.client_dialect != OPENAI or ctx.upstream_dialect != OPENAI or body.get("stream") is not True:
+        return None
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None
+    if not settings_for(ctx.config).request_stream_usage:
+        return None
+    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    flags["requested"] = True
+    return True
+
+
+@hookimpl
+def ccproxy_response_adapter(ctx: RequestContext) -> UsageChunkRemover | None:
+    """Hide from the client what asking for usage added (same-dialect OpenAI streams only)."""
+    flags = ctx.state.get(NAME)
+    if not flags or not flags.get("requested") or ctx.translated or ctx.upstream_dialect != OPENAI:
+        return None
+    if "text/event-stream" not in ctx.response_headers.get("content-type", ""):
+        return None
+    return UsageChunkRemover()
+
+
+_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+_NULL_USAGE = (b',"usage":null', b', "usage": null', b'"usage":null,', b'"usage": null, ')
+
+
+class UsageChunkRemover:
+    """A response adapter that drops the ``choices: []`` usage frame and ``"usage": null`` fields.
+
+    Bytes are held only up to the next blank line (the end of the event being read); everything
+    else passes through unchanged. In JSON text an unescaped ``"usage":null`` can only be a key and
+    its value, so removing it (with its comma) leaves valid JSON.
+    """
+
+    __slots__ = ("_tail", "_dropped")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._dropped = False
+
+    def feed(self, data: bytes) -> bytes:
+        if not self._tail and data.endswith(b"\n\n"):  # the usual read: whole events
+            return self._clean(data)
+        buf = self._tail + data if self._tail else data
+        cut = -1
+        for sep in _SEPARATORS:
+            i = buf.rfind(sep)
+            if i >= 0:
+                cut = max(cut, i + len(sep))
+        if cut < 0:
+            self._tail = buf
+            return b""
+        self._tail = buf[cut:]
+        return self._clean(buf[:cut])
+
+    def finish(self) -> bytes:
+        rest, self._tail = self._tail, b""
+        return self._clean(rest) if rest else b""
+
+    def _clean(self, data: bytes) -> bytes:
+        if not self._dropped and (b'"choices":[]' in data or b'"choices": []' in data):
+            data = self._drop_usage_frame(data)
+        if b'"usage":null' in data or b'"usage": null' in data:
+            for pattern in _NULL_USAGE:
+                data = data.replace(pattern, b"")
+        return data
+
+    def _drop_usage_frame(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        start = 0
+        while start < len(data):
+            end, seplen = len(data), 0
+            for sep in _SEPARATORS:
+                i = data.find(sep, start)
+                if 0 <= i < end:
+                    end, seplen = i, len(sep)
+            frame = data[start : end + seplen]
+            start = end + seplen
+            if not self._dropped and _is_usage_frame(frame[: len(frame) - seplen]):
+                self._dropped = True
+                continue
+            out.append(frame)
+        return b"".join(out)
+
+
+def _is_usage_frame(frame: bytes) -> bool:
+    if b'"usage"' not in frame or (b'"choices":[]' not in frame and b'"choices": []' not in frame):
+        return False
+    lines = frame.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    payload = b"\n".join(
+        line[6:] if line.startswith(b"data: ") else line[5:] for line in lines if line.startswith(b"data:")
+    )
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
+
+
+# -- reading usage -----------------------------------------------------------------------
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _set_anthropic(ctx: RequestContext, usage: Any, *, replace: bool) -> None:
+    if not isinstance(usage, dict):
+        return
+    target = ctx.usage
+    if not target:
+        target.update(dict.fromkeys(USAGE_KEYS, 0))
+    for key in USAGE_KEYS:
+        value = usage.get(key)
+        if value is not None or not replace:
+            target[key] = _int(value)
+
+
+def _set_openai(ctx: RequestContext, usage: Any) -> None:
+    if not isinstance(usage, dict):
+        return
+    details = usage.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    ctx.usage.update(
+        input_tokens=max(_int(usage.get("prompt_tokens")) - cached, 0),
+        output_tokens=_int(usage.get("completion_tokens")),
+        cache_read_input_tokens=cached,
+        cache_creation_input_tokens=0,
+    )
+
+
+def _loads(data: str) -> dict[str, Any]:
+    """The JSON object in ``data``; {} for anything else (a malformed upstream event is not our failure)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error_message(payload: Any) -> str:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("type") or "error")
+    return str(error or "error")
+
+
+@hookimpl
+def ccproxy_stream_event(ctx: RequestContext, event: Any) -> None:
+    """Read usage from the few events that carry it; everything else costs a comparison or two."""
+    data: str = event.data
+    if ctx.upstream_dialect == ANTHROPIC:
+        name = event.event
+        if name == "message_start":
+            message = _loads(data).get("message")
+            if not isinstance(message, dict):
+                return
+            flags = _flags(ctx)
+            flags["source"] = "stream"
+            _set_anthropic(ctx, message.get("usage"), replace=False)
+        elif name == "message_delta":
+            flags = _flags(ctx)
+            flags["source"], flags["final"] = "stream", True
+            _set_anthropic(ctx, _loads(data).get("usage"), replace=True)
+        elif name == "error":
+            _flags(ctx)["inband_error"] = _error_message(_loads(data))
+        return
+    if '"usage":{' in data or '"usage": {' in data:
+        chunk = _loads(data)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            flags = _flags(ctx)
+            flags["source"] = "stream"
+            _set_openai(ctx, usage)
+            choices = chunk.get("choices")
+            # The usage chunk has no choices; some servers put usage on the finishing chunk instead.
+            if not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+                flags["final"] = True
+    elif data.startswith('{"error"'):
+        _flags(ctx)["inband_error"] = _error_message(_loads(data))
+
+
+@hookimpl
+def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
+    """A whole JSON response: its ``usage``."""
+    status = ctx.upstream_status or 0
+    if not 200 <= status < 300 or b'"usage"' not in body:
+        return
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return
+    if not isinstance(payload, dict):
+        return
+    flags = _flags(ctx)
+    if ctx.upstream_dialect == ANTHROPIC:
+        _set_anthropic(ctx, payload.get("usage"), replace=False)
+    else:
+        _set_openai(ctx, payload.get("usage"))
+    if ctx.usage:
+        flags["source"], flags["final"] = "body", True
+
+
+@hookimpl(tryfirst=True)
+def ccproxy_stream_end(ctx: RequestContext) -> None:
+    """Settle partial usage and the cost before the access log and metrics read them."""
+    flags = _flags(ctx)
+    # Partial: the closing numbers never came, yet something was counted or the request was cut short.
+    ctx.state["usage_partial"] = not flags["final"] and (
+        bool(ctx.usage) or ctx.outcome in (CLIENT_DISCONNECTED, UPSTREAM_ERROR)
+    )
+    if not ctx.usage:
+        ctx.state["cost"] = None
+        return
+    price = settings_for(ctx.config).prices.lookup(ctx.model or ctx.model_requested)
+    ctx.state["cost"] = round(price.cost(ctx.usage), 10) if price is not None else None
