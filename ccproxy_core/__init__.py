@@ -20,6 +20,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .hookspecs import hookimpl, hookspec
+from .plugins import PluginSettings
 
 __all__ = [
     "ANTHROPIC",
@@ -35,6 +36,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "PluginError",
+    "PluginSettings",
     "ProviderConfig",
     "ProxyError",
     "RateLimited",

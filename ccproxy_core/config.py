@@ -65,10 +65,22 @@ class ProviderConfig:
     timeouts: Timeouts | None = None
     #: Idle keep-alive connections kept per worker for this provider.
     max_keepalive: int = 100
+    #: Providers tried next, with the same model name, when this one fails before answering
+    #: (connect error, timeout, 429, 5xx). See ``retries`` and docs/reliability.md.
+    fallbacks: list[str] = field(default_factory=list)
 
     def serves(self, model: str) -> bool:
         """True when ``model`` matches one of this provider's globs."""
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+@dataclass(slots=True)
+class Fallback:
+    """One more (provider, model) to try when the ones before it failed before answering."""
+
+    model: str
+    #: The provider; by default the first whose globs match ``model``.
+    provider: str | None = None
 
 
 @dataclass(slots=True)
@@ -78,12 +90,42 @@ class ModelAlias:
     model: str
     #: The provider to use; by default the first whose globs match ``model``.
     provider: str | None = None
+    #: Tried in order after the alias's own target (and its provider's ``fallbacks``).
+    fallbacks: list[Fallback] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Retries:
+    """How failed upstream attempts are retried, always before the first byte reaches the client."""
+
+    #: Upstream attempts per request, the first included, over the model's route and its
+    #: fallbacks (each route is tried once even when there are more routes than this).
+    max_attempts: int = 2
+    #: Backoff before trying the same route again: ``backoff_base * 2**(n-1)`` seconds,
+    #: at most ``backoff_max``, times a random factor in [0.5, 1) (jitter).
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    #: A ``retry-after`` up to this many seconds is waited for before retrying that route;
+    #: a longer one means the route is not retried (its answer reaches the client if
+    #: nothing else works).
+    retry_after_cap: float = 5.0
+
+
+#: Sanic's ceiling for the request head.
+MAX_HEADER_CEILING = 16384
 
 
 @dataclass(slots=True)
 class Limits:
     #: Largest request body accepted, in bytes (413 beyond).
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Largest request head (request line and headers), in bytes (431 beyond); at most 16384.
+    max_header_bytes: int = MAX_HEADER_CEILING
+    #: Upstream exchanges in flight per worker (streamed or not); more get 503 ``overloaded``
+    #: with ``retry-after``. 0 means no limit.
+    max_concurrent_streams: int = 1000
+    #: The ``retry-after`` (seconds) sent with that 503.
+    overload_retry_after: int = 1
 
 
 @dataclass(slots=True)
@@ -94,6 +136,9 @@ class Config:
     models: dict[str, ModelAlias] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    retries: Retries = field(default_factory=Retries)
+    #: Seconds in-flight responses may run on after SIGTERM before they are ended with an error.
+    shutdown_grace: float = 30.0
     #: ``disabled``/``enabled`` lists and per-plugin settings, by plugin name.
     plugins: dict[str, Any] = field(default_factory=dict)
     #: The file this came from ("" when built in code).
@@ -258,6 +303,32 @@ def _check(config: Config) -> None:
         if target.provider is not None and target.provider not in config.providers:
             # A skipped provider is not an error: requests for the alias get a clear 404.
             log.warning("models.%s.provider: provider %r is not configured or was skipped", alias, target.provider)
+        for i, fallback in enumerate(target.fallbacks):
+            if fallback.provider is not None and fallback.provider not in config.providers:
+                log.warning(
+                    "models.%s.fallbacks[%d].provider: provider %r is not configured or was skipped; "
+                    "that fallback is not used", alias, i, fallback.provider
+                )
+    for name, provider in config.providers.items():
+        usable = []
+        for other in provider.fallbacks:
+            if other == name:
+                raise ConfigError(f"providers.{name}.fallbacks: a provider cannot be its own fallback")
+            if other not in config.providers:
+                log.warning("providers.%s.fallbacks: provider %r is not configured or was skipped; it is not used",
+                            name, other)
+            else:
+                usable.append(other)
+        provider.fallbacks = usable
+    if config.retries.max_attempts < 1:
+        raise ConfigError("retries.max_attempts: must be at least 1")
+    if config.retries.backoff_max < config.retries.backoff_base:
+        raise ConfigError("retries.backoff_max: must not be less than retries.backoff_base")
+    if not 1024 <= config.limits.max_header_bytes <= MAX_HEADER_CEILING:
+        raise ConfigError(
+            f"limits.max_header_bytes: must be between 1024 and {MAX_HEADER_CEILING} (Sanic's ceiling), "
+            f"got {config.limits.max_header_bytes}"
+        )
 
 
 def load_config(path: str | None = None) -> Config:

@@ -33,6 +33,8 @@ class Attempt:
     error: str | None = None
     #: Seconds from the request's start to the upstream's headers (or failure).
     elapsed: float | None = None
+    #: Seconds waited (backoff or ``retry-after``) before this attempt was sent.
+    delay: float = 0.0
 
 
 @dataclass(slots=True, eq=False)

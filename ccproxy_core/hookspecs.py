@@ -1,7 +1,8 @@
 """The plugin contract: pluggy markers and hook specifications, nothing else.
 
 Hooks are grouped by the phase of the service or of a request in which they run.
-Every implementation may be a plain function or an ``async def``; the core awaits
+Every implementation may be a plain function or an ``async def`` (except the two
+build-time hooks, ``ccproxy_configure`` and ``ccproxy_register_routes``); the core awaits
 whatever is awaitable, one implementation after another, in pluggy's call order.
 An implementation may accept any subset of a hook's arguments.
 
@@ -22,8 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from sanic import Request, Sanic
 
     from .config import Config, ProviderConfig
-    from .context import RequestContext
+    from .context import Attempt, RequestContext
     from .errors import ProxyError
+    from .plugins import PluginSettings
     from .sse import SSEEvent
     from .streaming import ResponseAdapter
 
@@ -37,10 +39,23 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
+def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
+    """Read and check this plugin's own settings (its block under ``plugins:``).
+
+    Runs once per process while the app is built, before ``ccproxy_register_routes``
+    and before any worker starts, so a bad setting stops ``create_app``. Each
+    implementation gets its own plugin's block as ``settings`` (empty when the
+    config has none). Raise ``settings.error(key, message)`` (a
+    :class:`ccproxy_core.ConfigError`) to refuse to start. Must be a plain function.
+    """
+
+
+@hookspec
 def ccproxy_register_routes(app: Sanic, config: Config) -> None:
     """Add routes to the Sanic app, e.g. ``/metrics``.
 
     Runs once per process while the app is built, before the server starts.
+    Must be a plain function.
     """
 
 
@@ -112,6 +127,25 @@ def ccproxy_request_headers(ctx: RequestContext, headers: dict[str, str]) -> Non
 
 
 # -- Response phase (once per upstream answer) -----------------------------------
+
+
+@hookspec
+def ccproxy_upstream_attempt(ctx: RequestContext, attempt: Attempt) -> None:
+    """One upstream attempt has its outcome: ``attempt.status`` or ``attempt.error``.
+
+    An observer, called once per attempt (fallbacks and retries make more than one
+    per request), before the core decides whether to retry, fall back or answer.
+    ``attempt`` is the last item of ``ctx.attempts``; ``attempt.delay`` is the backoff
+    waited before it. Attempts happen only before the first byte reaches the client.
+
+    Example::
+
+        @hookimpl
+        def ccproxy_upstream_attempt(ctx, attempt):
+            if attempt.error or (attempt.status or 0) >= 500:
+                print(f"{ctx.request_id}: {attempt.provider} failed: {attempt.error or attempt.status}")
+    """
+
 
 
 @hookspec

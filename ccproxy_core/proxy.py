@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,10 +16,12 @@ from sanic import Request
 from .config import Config, ProviderConfig
 from .context import RequestContext
 from .dialects import UPSTREAM_PATHS
-from .errors import InvalidRequest, NotFound
+from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import request_headers, valid_request_id
 from .plugins import Plugins
 from .streaming import AdapterChain, DeferredResponse, HandlerConfig, StreamingHandler, UpstreamRequest
+
+log = logging.getLogger("ccproxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,7 @@ class Proxy:
         self.plugins = plugins
         self.clients = clients
         self.transports = transports or {}
-        self.handler = StreamingHandler(plugins)
+        self.handler = StreamingHandler(plugins, retries=config.retries, limits=config.limits)
         self._adapter_wanted = plugins.implemented("ccproxy_response_adapter")
         self._body_hooks = plugins.implemented("ccproxy_request_body")
 
@@ -62,6 +66,7 @@ class Proxy:
         Raises:
             ProxyError: bad input, an unknown model, or a plugin refusing the request.
         """
+        check_headers(request.headers)
         body = parse_body(request.body)
         ctx.body = body
         ctx.model_requested = body["model"]
@@ -71,27 +76,90 @@ class Proxy:
         return self.handler.deferred(ctx, self._attempts(request, ctx, routes))
 
     def routes(self, model: str) -> list[Route]:
-        """The providers to try for ``model``, in order (aliases first, then provider globs)."""
+        """The routes to try for ``model``, in order: its own, then fallbacks.
+
+        The model's own route (an alias's target, else the first provider whose globs
+        match) comes first, followed by its provider's ``fallbacks`` (same model name);
+        then each of the alias's ``fallbacks`` with its provider's ``fallbacks``.
+        A (provider, model) pair appears once. Upstream URLs come from the configuration
+        only: the model name never reaches a URL.
+
+        Raises:
+            NotFound: no configured provider serves ``model``.
+        """
+        primary = self._route(model)
+        out: list[Route] = []
+        seen: set[tuple[str, str]] = set()
+        alias = self.config.models.get(model)
+        candidates = [primary]
+        if alias is not None:
+            for fallback in alias.fallbacks:
+                route = self._fallback_route(fallback.provider, fallback.model)
+                if route is not None:
+                    candidates.append(route)
+        for route in candidates:
+            for option in (route, *(
+                Route(self.config.providers[name], route.model)
+                for name in route.provider.fallbacks
+                if name in self.config.providers
+            )):
+                key = (option.provider.name, option.model)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(option)
+        return out
+
+    def _route(self, model: str) -> Route:
         alias = self.config.models.get(model)
         if alias is not None:
             if alias.provider is not None:
                 provider = self.config.providers.get(alias.provider)
                 if provider is None:
                     raise NotFound(f"model {model!r} maps to provider {alias.provider!r}, which is not configured")
-                return [Route(provider, alias.model)]
+                return Route(provider, alias.model)
             model_name = alias.model
         else:
             model_name = model
         for provider in self.config.providers.values():
             if provider.serves(model_name):
-                return [Route(provider, model_name)]
+                return Route(provider, model_name)
         raise NotFound(f"model {model!r} is not served by any configured provider")
+
+    def _fallback_route(self, provider_name: str | None, model: str) -> Route | None:
+        if provider_name is not None:
+            provider = self.config.providers.get(provider_name)
+            return Route(provider, model) if provider is not None else None
+        for provider in self.config.providers.values():
+            if provider.serves(model):
+                return Route(provider, model)
+        return None
 
     async def _attempts(
         self, request: Request, ctx: RequestContext, routes: list[Route]
     ) -> AsyncIterator[UpstreamRequest]:
+        """Prepare each route when it is needed; a route that cannot be prepared is skipped.
+
+        When no route can be prepared, the first route's error is raised (e.g. a 400 for
+        a dialect no plugin translates).
+        """
+        first_error: ProxyError | None = None
+        yielded = False
         for route in routes:
-            yield await self._prepare(request, ctx, route)
+            try:
+                prepared = await self._prepare(request, ctx, route)
+            except ProxyError as error:
+                if len(routes) == 1:
+                    raise
+                log.warning(
+                    "request %s: route %s (%s) skipped: %s", ctx.request_id, route.provider.name, route.model,
+                    error.message,
+                )
+                first_error = first_error or error
+                continue
+            yielded = True
+            yield prepared
+        if not yielded and first_error is not None:
+            raise first_error
 
     async def _prepare(self, request: Request, ctx: RequestContext, route: Route) -> UpstreamRequest:
         """Body, URL and headers for one attempt (runs lazily, when the attempt is made)."""
@@ -148,6 +216,30 @@ class Proxy:
         if len(adapters) > 1:
             return AdapterChain(adapters)
         return adapters[0] if adapters else None
+
+
+#: Characters a request header must not carry upstream (header injection), and a name's alphabet.
+_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+_NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9a-zA-Z]")
+
+
+def check_headers(headers: Any) -> None:
+    """Refuse header names that are not HTTP tokens and values holding CR, LF or NUL.
+
+    Such headers would be forwarded upstream as they came and could forge headers or
+    requests there (Sanic splits the head on CRLF only, so a bare LF reaches us).
+
+    Raises:
+        InvalidRequest: naming the header.
+    """
+    names = list(headers.keys())
+    values = list(headers.values())
+    if _NOT_TOKEN.search("".join(names)) or _UNSAFE_VALUE.search("".join(values)):
+        for name, value in headers.items():
+            if not name or _NOT_TOKEN.search(name):
+                raise InvalidRequest(f"request header name {name[:64]!r} is not a valid HTTP token")
+            if _UNSAFE_VALUE.search(value):
+                raise InvalidRequest(f"request header {name[:64]!r} contains a line break or NUL")
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

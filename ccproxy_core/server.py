@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.cookiejar
 import itertools
 import logging
@@ -19,6 +20,7 @@ from .context import ANTHROPIC, OPENAI, REJECTED
 from .errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
 from .plugins import Plugins
 from .proxy import Proxy
+from .streaming import END_WRITE_TIMEOUT
 from .transport import FastTransport
 
 log = logging.getLogger("ccproxy")
@@ -33,6 +35,20 @@ def dialect_for_path(path: str) -> str:
     return ANTHROPIC if path.rstrip("/").endswith("/messages") else OPENAI
 
 
+def _error_path(request: Request) -> str:
+    """The path an error answers; for a head Sanic could not parse, read from the raw request line."""
+    if request.method != "NONE":
+        return request.path
+    raw = getattr(getattr(request, "stream", None), "recv_buffer", b"") or b""
+    line = bytes(raw[:2048]).split(b"\r\n", 1)[0].split(b" ")
+    if len(line) >= 2:
+        target = line[1].decode("latin-1").split("?", 1)[0]
+        if "://" in target:  # absolute form
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
+        return target
+    return request.path
+
+
 class DialectErrorHandler(ErrorHandler):
     """The error boundary: every error leaves in the client's dialect, never with a traceback."""
 
@@ -45,7 +61,7 @@ class DialectErrorHandler(ErrorHandler):
         if ctx is not None:
             headers["x-request-id"] = ctx.request_id
         return response.raw(
-            dialects.error_body(dialect_for_path(request.path), error),
+            dialects.error_body(dialect_for_path(_error_path(request)), error),
             status=error.status,
             headers=headers,
             content_type="application/json",
@@ -56,6 +72,8 @@ def to_proxy_error(exception: Exception) -> ProxyError:
     """Map any exception that reached the boundary to a :class:`ProxyError`."""
     if isinstance(exception, ProxyError):
         return exception
+    if isinstance(exception, asyncio.CancelledError):  # sanic.exceptions.RequestCancelled: the client left
+        return ProxyError("the client closed the connection", status=499, kind="invalid_request_error")
     if isinstance(exception, SanicException):
         status = exception.status_code
         if status == 404:
@@ -63,6 +81,12 @@ def to_proxy_error(exception: Exception) -> ProxyError:
         if status == 405:
             return MethodNotAllowed("method not allowed on this route")
         if status == 413:
+            if "header" in str(exception).lower():
+                return ProxyError(
+                    "the request headers are larger than the configured limit",
+                    status=431,
+                    kind="request_too_large",
+                )
             return PayloadTooLarge("the request body is larger than the configured limit")
         if status < 500:
             return ProxyError(str(exception) or "bad request", status=status, kind="invalid_request_error")
@@ -109,6 +133,10 @@ def create_app(
     app = Sanic(name or ("ccproxy" if next(_app_numbers) == 1 else f"ccproxy_{time.monotonic_ns()}"))
     app.error_handler = DialectErrorHandler()
     app.config.REQUEST_MAX_SIZE = config.limits.max_body_bytes
+    # Process-wide in Sanic (and never above min(16384, REQUEST_MAX_SIZE)).
+    app.config.REQUEST_MAX_HEADER_SIZE = config.limits.max_header_bytes
+    # Sanic waits this long for connections after SIGTERM; our drain ends responses after shutdown_grace.
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.shutdown_grace + END_WRITE_TIMEOUT + 3
     app.config.RESPONSE_TIMEOUT = 365 * 24 * 3600  # the core's own timeouts govern upstream waits
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.NOISY_EXCEPTIONS = False
@@ -121,7 +149,7 @@ def create_app(
         clients: dict[str, httpx.AsyncClient] = {}
         transports: dict[str, httpx.AsyncBaseTransport] = {}
         for provider in config.providers.values():
-            transport = loaded.first_sync("ccproxy_upstream_transport", provider=provider) or default_transport(provider)
+            transport = await loaded.first("ccproxy_upstream_transport", provider=provider) or default_transport(provider)
             transports[provider.name] = transport
             clients[provider.name] = _no_cookies_client(transport)
         app.ctx.clients = clients
@@ -129,15 +157,30 @@ def create_app(
         app.ctx.proxy = Proxy(config, loaded, clients, transports)
         await loaded.call("ccproxy_startup", app=app, config=config)
 
+    @app.before_server_stop
+    async def _drain(app: Sanic) -> None:
+        # Runs before Sanic closes the listener; the drain goes on while Sanic waits for
+        # connections (GRACEFUL_SHUTDOWN_TIMEOUT), so new connections are no longer accepted.
+        proxy = getattr(app.ctx, "proxy", None)
+        if proxy is not None:
+            app.ctx.drain = asyncio.get_running_loop().create_task(proxy.handler.drain(config.shutdown_grace))
+
     @app.after_server_stop
     async def _close(app: Sanic) -> None:
+        drain = getattr(app.ctx, "drain", None)
+        if drain is not None and not drain.done():
+            try:
+                await asyncio.wait_for(drain, END_WRITE_TIMEOUT + 1)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
         await loaded.notify("ccproxy_shutdown", app=app)
         for client in getattr(app.ctx, "clients", {}).values():
             await client.aclose()
 
     async def proxy_route(request: Request) -> Any:
         proxy: Proxy = request.app.ctx.proxy
-        ctx = proxy.context(request, PROXY_ROUTES[request.path])
+        # Sanic also routes "/v1/messages/" here.
+        ctx = proxy.context(request, PROXY_ROUTES.get(request.path.rstrip("/")) or dialect_for_path(request.path))
         request.ctx.ccproxy = ctx
         try:
             return await proxy.handle(request, ctx)
@@ -160,20 +203,9 @@ def create_app(
 
     @app.get("/plugins")
     async def plugins_route(request: Request) -> response.HTTPResponse:
-        return response.json(
-            [
-                {
-                    "name": info.name,
-                    "distribution": info.distribution,
-                    "version": info.version,
-                    "enabled": info.enabled,
-                    "hooks": info.hooks,
-                }
-                for info in loaded.info.values()
-            ]
-        )
+        return response.json(loaded.describe())
 
-    loaded.pm.hook.ccproxy_register_routes(app=app, config=config)
+    loaded.call_sync("ccproxy_register_routes", app=app, config=config)
     return app
 
 

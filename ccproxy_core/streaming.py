@@ -12,8 +12,12 @@ coalescing, and byte for byte unless a response adapter rewrites the body.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
+import random
+import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,7 +26,7 @@ import httpx
 from sanic.response import HTTPResponse, ResponseStream
 
 from . import dialects
-from .config import Timeouts
+from .config import Limits, Retries, Timeouts
 from .context import (
     CLIENT_DISCONNECTED,
     COMPLETED,
@@ -32,6 +36,7 @@ from .context import (
     RequestContext,
 )
 from .errors import (
+    Overloaded,
     ProxyError,
     UpstreamConnectError,
     UpstreamError,
@@ -44,8 +49,37 @@ from .sse import SSEParser
 
 log = logging.getLogger("ccproxy")
 
-#: Statuses after which the next fallback attempt (if any) is tried.
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
+#: Statuses after which the next fallback attempt (if any) is tried, or the same one retried.
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
+#: A retryable answer kept (to pass through if nothing better comes) is buffered up to this size.
+MAX_KEPT_ERROR_BODY = 1024 * 1024
+#: Seconds the error event written at shutdown or on the total timeout may take.
+END_WRITE_TIMEOUT = 2.0
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait an upstream asked for: ``retry-after-ms``, or ``retry-after`` in seconds or as an HTTP date."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class ResponseAdapter(Protocol):
@@ -131,12 +165,60 @@ def _map_httpx_error(exc: Exception, timeouts: Timeouts, *, head: bool) -> Proxy
 class StreamingHandler:
     """Decides whether to stream and builds the deferred responses that do the work."""
 
-    def __init__(self, plugins: Plugins) -> None:
+    def __init__(self, plugins: Plugins, *, retries: Retries | None = None, limits: Limits | None = None) -> None:
         self.plugins = plugins
         # Plugins are fixed once loaded: decide the per-chunk work once.
         self.chunk_hooks = plugins.implemented("ccproxy_stream_chunk")
         self.event_hooks = plugins.implemented("ccproxy_stream_event")
         self.body_hooks = plugins.implemented("ccproxy_response_body")
+        self.attempt_hooks = plugins.implemented("ccproxy_upstream_attempt")
+        self.retries = retries or Retries()
+        limits = limits or Limits()
+        self.max_streams = limits.max_concurrent_streams
+        self.overload_retry_after = limits.overload_retry_after
+        #: The responses being sent now (this worker), for the concurrency limit and shutdown.
+        self.active: set[DeferredResponse] = set()
+        #: Set at shutdown: new responses are refused with 503.
+        self.draining = False
+
+    def refusal(self) -> ProxyError | None:
+        """The error a new response gets instead of an upstream call, or None to go ahead."""
+        if self.draining:
+            return Overloaded("the proxy is shutting down; retry on another instance", headers={"retry-after": "1"})
+        if self.max_streams and len(self.active) >= self.max_streams:
+            return Overloaded(
+                f"the proxy is at its limit of {self.max_streams} concurrent requests; retry shortly",
+                headers={"retry-after": str(self.overload_retry_after)},
+            )
+        return None
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: refuse new work, let responses run for ``grace`` seconds, then end the rest.
+
+        Each response still running is ended in its client's dialect (a 503 before its
+        head, an ``overloaded`` error event after it) and its upstream closed.
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        if self.active:
+            log.warning(
+                "shutting down: %d response(s) in flight, waiting up to %gs for them to finish",
+                len(self.active), grace,
+            )
+        deadline = loop.time() + grace
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        if not self.active:
+            log.info("shutting down: no response in flight")
+            return
+        log.warning("shutting down: grace period of %gs over, ending %d response(s) with an error", grace, len(self.active))
+        for response in list(self.active):
+            response.end(Overloaded("the proxy is shutting down; the response was cut short", headers={"retry-after": "1"}))
+        deadline = loop.time() + END_WRITE_TIMEOUT + 1
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.active:
+            log.error("shutting down: %d response(s) did not end; their connections are aborted", len(self.active))
 
     @staticmethod
     def should_stream_response(headers: Mapping[str, str]) -> bool:
@@ -214,7 +296,10 @@ async def _one(attempt: UpstreamRequest) -> AsyncIterator[UpstreamRequest]:
 class DeferredResponse(ResponseStream):
     """A Sanic response that calls the upstream when sent and relays its answer."""
 
-    __slots__ = ("handler", "ctx", "attempts", "on_headers")
+    __slots__ = (
+        "handler", "ctx", "attempts", "on_headers", "_task", "_reason", "_cancellable", "_timer", "_deadline",
+        "_is_sse",
+    )
 
     def __init__(
         self,
@@ -228,6 +313,14 @@ class DeferredResponse(ResponseStream):
         self.ctx = ctx
         self.attempts = attempts
         self.on_headers = on_headers
+        self.response = None  # type: ignore[assignment]  # set when the head is prepared
+        self._task: asyncio.Task[Any] | None = None
+        #: Why the response is being ended early (total timeout, shutdown); set with a cancel.
+        self._reason: ProxyError | None = None
+        self._cancellable = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._is_sse = False
 
     @staticmethod
     async def _unused(_: Any) -> None:  # pragma: no cover - stream() is overridden
@@ -236,70 +329,249 @@ class DeferredResponse(ResponseStream):
     async def stream(self) -> HTTPResponse:  # type: ignore[override]
         """Run the exchange; called by Sanic. Returns the response that was written."""
         ctx = self.ctx
+        handler = self.handler
+        refusal = handler.refusal()
+        if refusal is not None:
+            ctx.outcome, ctx.error = REJECTED, refusal
+            try:
+                await self._fail_before_head(refusal)
+            finally:
+                await asyncio.shield(self._finish(None, None))
+            return self.response
+        task = self._task = asyncio.current_task()
+        handler.active.add(self)
+        self._cancellable = True
         upstream: httpx.Response | None = None
         attempt: UpstreamRequest | None = None
         try:
             try:
-                upstream, attempt = await self._open()
-            except ProxyError as error:
-                ctx.outcome = UPSTREAM_ERROR if isinstance(error, UpstreamError) else REJECTED
-                await self._fail_before_head(error)
-                return self.response
-            await self._relay(upstream, attempt)
-        except asyncio.CancelledError:
-            if ctx.outcome is None:
-                ctx.outcome = CLIENT_DISCONNECTED
-            raise
+                try:
+                    upstream, attempt = await self._open()
+                except ProxyError as error:
+                    self._cancellable = False
+                    ctx.outcome = UPSTREAM_ERROR if isinstance(error, UpstreamError) else REJECTED
+                    await self._fail_before_head(error)
+                    return self.response
+                await self._relay(upstream, attempt)
+            except asyncio.CancelledError:
+                reason = self._reason
+                # Ours (total timeout, shutdown) unless the client left as well.
+                if reason is None or task is None or task.uncancel() > 0:
+                    if ctx.outcome is None:
+                        ctx.outcome = CLIENT_DISCONNECTED
+                    raise
+                await self._end_early(reason)
         finally:
+            self._cancellable = False
+            if self._timer is not None:
+                self._timer.cancel()
+            handler.active.discard(self)
             # Shielded: a second cancellation must not leak the pooled connection.
             await asyncio.shield(self._finish(upstream, attempt))
         return self.response
 
+    def end(self, reason: ProxyError) -> bool:
+        """End this response early with ``reason`` (from outside its task); False when too late.
+
+        Before the head the client gets ``reason`` as an error response; after it an error
+        event and a broken end. The upstream is closed either way.
+        """
+        if not self._cancellable or self._reason is not None or self._task is None or self._task.done():
+            return False
+        self._reason = reason
+        self._task.cancel()
+        return True
+
+    def _arm(self, total: float) -> None:
+        """Start the whole-exchange timer (once, when the first attempt is known)."""
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        remaining = max(0.0, total - self.ctx.elapsed())
+        self._deadline = loop.time() + remaining
+        self._timer = loop.call_later(
+            remaining, self.end, UpstreamTimeout(f"the response took longer than {total:g}s")
+        )
+
+    async def _end_early(self, reason: ProxyError) -> None:
+        """Our own cancellation arrived: answer with ``reason`` in the client's dialect."""
+        self._cancellable = False
+        ctx = self.ctx
+        log.warning("request %s: ended early: %s", ctx.request_id, reason.message)
+        if self.response is None:
+            ctx.outcome = UPSTREAM_ERROR if isinstance(reason, UpstreamError) else REJECTED
+            ctx.error = reason
+            await self.handler.plugins.notify("ccproxy_stream_error", ctx=ctx, error=reason)
+            await self._fail_before_head(reason)
+        else:
+            await self._fail_after_head(self.response, reason, self._is_sse, bounded=True)
+
     # -- before the head ----------------------------------------------------------
 
     async def _open(self) -> tuple[httpx.Response, UpstreamRequest]:
-        """Try the attempts in order; return the first usable upstream response.
+        """Try the attempts until one answers usably; return that response.
 
-        A connection failure, a timeout or a retryable status moves on to the
-        next attempt when there is one; the last answer (or error) stands.
+        Every route (the model's own, then its fallbacks) is tried once, in order, with
+        no wait in between. While ``retries.max_attempts`` allows, routes that failed
+        retryably (connect error, timeout, broken HTTP, a status in
+        :data:`RETRYABLE_STATUS`) are then tried again in the order they failed, each
+        after its backoff or ``retry-after`` (up to the cap; a longer ``retry-after``
+        means that route is not retried). When nothing answers usably, the last
+        upstream answer is passed through (with its ``retry-after``), else the last
+        error is the client's answer. Nothing has been written to the client yet.
         """
         ctx = self.ctx
-        plugins = self.handler.plugins
+        policy = self.handler.retries
+        loop = asyncio.get_running_loop()
+        routes: list[UpstreamRequest] = []
+        tries: list[int] = []
+        ready_at: dict[int, float] = {}  # loop time a failed route may be retried
+        retry: deque[int] = deque()
+        exhausted = False
+        prepare_error: ProxyError | None = None
         last_error: ProxyError | None = None
-        pending: tuple[httpx.Response, UpstreamRequest] | None = None
-        while True:
+        kept: tuple[httpx.Response, UpstreamRequest] | None = None
+        kept_buffered = False
+        count = 0
+
+        async def fresh() -> int | None:
+            nonlocal exhausted, prepare_error
+            if exhausted:
+                return None
             try:
                 attempt = await anext(self.attempts)
             except StopAsyncIteration:
-                break
+                exhausted = True
+                return None
             except ProxyError as error:  # preparing an attempt failed (e.g. cannot be translated)
-                last_error = last_error or error
-                break
-            if pending is not None:
-                await asyncio.shield(self._release(*pending))
-                pending = None
-            ctx.provider, ctx.model = attempt.provider, attempt.model
-            ctx.upstream_dialect = attempt.upstream_dialect
-            ctx.upstream_url = attempt.url
-            record = Attempt(attempt.provider, attempt.model, attempt.url)
-            ctx.attempts.append(record)
-            try:
-                upstream = await self._send(attempt)
-            except ProxyError as error:
-                record.error, record.elapsed = error.message, ctx.elapsed()
-                last_error = error
-                await self._release(None, attempt)
-                continue
-            record.status, record.elapsed = upstream.status_code, ctx.elapsed()
-            if upstream.status_code not in RETRYABLE_STATUS:
-                return upstream, attempt
-            pending, last_error = (upstream, attempt), None
-        if pending is not None:
-            return pending
-        error = last_error or UpstreamError("no upstream could be tried")
+                exhausted, prepare_error = True, error
+                return None
+            routes.append(attempt)
+            tries.append(0)
+            self._arm(attempt.timeouts.total)
+            return len(routes) - 1
+
+        def next_retry() -> tuple[int, float] | None:
+            if count >= policy.max_attempts:
+                return None
+            while retry:
+                index = retry.popleft()
+                delay = max(0.0, ready_at.get(index, 0.0) - loop.time())
+                if self._deadline is None or loop.time() + delay < self._deadline - 0.05:
+                    return index, delay
+            return None
+
+        try:
+            index = await fresh()
+            delay = 0.0
+            while index is not None:
+                attempt = routes[index]
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tries[index] += 1
+                count += 1
+                ctx.provider, ctx.model = attempt.provider, attempt.model
+                ctx.upstream_dialect = attempt.upstream_dialect
+                ctx.upstream_url = attempt.url
+                record = Attempt(attempt.provider, attempt.model, attempt.url, delay=delay)
+                ctx.attempts.append(record)
+                wait: float | None = None
+                try:
+                    upstream = await self._send(attempt)
+                except ProxyError as error:
+                    record.error, record.elapsed = error.message, ctx.elapsed()
+                    last_error = error
+                    await self._release(None, attempt)
+                    retryable = True
+                else:
+                    record.status, record.elapsed = upstream.status_code, ctx.elapsed()
+                    if upstream.status_code not in RETRYABLE_STATUS:
+                        if self.handler.attempt_hooks:
+                            await self.handler.plugins.notify("ccproxy_upstream_attempt", ctx=ctx, attempt=record)
+                        if len(ctx.attempts) > 1:
+                            log.info(
+                                "request %s: attempt %d at %s (%s) answered %d",
+                                ctx.request_id, len(ctx.attempts), attempt.provider, attempt.model,
+                                upstream.status_code,
+                            )
+                        if kept is not None:
+                            await asyncio.shield(self._release(kept[0], None))
+                            kept = None
+                        return upstream, attempt
+                    wait = retry_after_seconds(upstream.headers)
+                    retryable = wait is None or wait <= policy.retry_after_cap
+                    if kept is not None:
+                        await asyncio.shield(self._release(kept[0], None))
+                    kept, kept_buffered, last_error = (upstream, attempt), upstream.is_stream_consumed, None
+                if self.handler.attempt_hooks:
+                    await self.handler.plugins.notify("ccproxy_upstream_attempt", ctx=ctx, attempt=record)
+                if retryable:
+                    if wait is None:
+                        step = min(policy.backoff_max, policy.backoff_base * 2 ** (tries[index] - 1))
+                        wait = step * (0.5 + random.random() / 2)
+                    ready_at[index] = loop.time() + wait
+                    retry.append(index)
+                # Choose what comes next: an untried route first, then retries.
+                index = await fresh()
+                delay = 0.0
+                if index is None:
+                    chosen = next_retry()
+                    if chosen is not None:
+                        index, delay = chosen
+                failure = record.error or f"status {record.status}"
+                if index is None:
+                    log.warning(
+                        "request %s: attempt %d at %s (%s) failed: %s; no attempt left",
+                        ctx.request_id, len(ctx.attempts), attempt.provider, attempt.model, failure,
+                    )
+                    break
+                target = routes[index]
+                log.warning(
+                    "request %s: attempt %d at %s (%s) failed: %s; %s %s (%s)%s",
+                    ctx.request_id, len(ctx.attempts), attempt.provider, attempt.model, failure,
+                    "retrying" if target is attempt else "falling back to", target.provider, target.model,
+                    f" in {delay:.2f}s" if delay > 0 else "",
+                )
+                if kept is not None and not kept_buffered:
+                    # Another attempt follows: free the connection, keep the answer in memory.
+                    kept_buffered = True
+                    buffered = await self._keep(kept[0])
+                    if buffered is None:
+                        last_error = UpstreamProtocolError(f"the upstream answered {kept[0].status_code} and broke off")
+                        kept = None
+                    else:
+                        kept = (buffered, kept[1])
+        except BaseException:
+            if kept is not None:
+                await asyncio.shield(self._release(kept[0], None))
+            raise
+        if kept is not None:
+            return kept
+        error = last_error or prepare_error or UpstreamError("no upstream could be tried")
         ctx.error = error
-        await plugins.notify("ccproxy_stream_error", ctx=ctx, error=error)
+        await self.handler.plugins.notify("ccproxy_stream_error", ctx=ctx, error=error)
         raise error
+
+    async def _keep(self, upstream: httpx.Response) -> httpx.Response | None:
+        """``upstream`` with its body read (up to :data:`MAX_KEPT_ERROR_BODY`), its connection freed."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in upstream.aiter_raw():
+                size += len(chunk)
+                if size > MAX_KEPT_ERROR_BODY:
+                    return None
+                parts.append(chunk)
+        except httpx.HTTPError:
+            return None
+        finally:
+            await asyncio.shield(self._release(upstream, None))
+        return httpx.Response(
+            upstream.status_code,
+            headers=upstream.headers.multi_items(),
+            content=b"".join(parts),
+            request=upstream.request,
+        )
 
     async def _send(self, attempt: UpstreamRequest) -> httpx.Response:
         timeouts = attempt.timeouts
@@ -309,13 +581,20 @@ class DeferredResponse(ResponseStream):
             "write": timeouts.connect,
             "pool": timeouts.connect,
         }
-        request = httpx.Request(
-            attempt.method,
-            attempt.url,
-            headers=attempt.headers,
-            content=attempt.body,
-            extensions={"timeout": limits},
-        )
+        try:
+            request = httpx.Request(
+                attempt.method,
+                attempt.url,
+                headers=attempt.headers,
+                content=attempt.body,
+                extensions={"timeout": limits},
+            )
+        except UnicodeEncodeError:
+            # A non-ASCII header value (httpx encodes str as ASCII): forward the bytes the client sent.
+            raw = [(k, v.encode("utf-8", "surrogateescape")) for k, v in attempt.headers.items()]
+            request = httpx.Request(
+                attempt.method, attempt.url, headers=raw, content=attempt.body, extensions={"timeout": limits}
+            )
         try:
             if attempt.transport is not None:
                 response = await attempt.transport.handle_async_request(request)
@@ -331,6 +610,8 @@ class DeferredResponse(ResponseStream):
         """Answer with ``error`` in the client's dialect; nothing was written yet."""
         ctx = self.ctx
         ctx.status = error.status
+        if self.handler.draining:
+            self._close_after_response()
         headers = {"x-request-id": ctx.request_id, **error.headers}
         body = dialects.error_body(ctx.client_dialect, error)
         response = await self.request.respond(status=error.status, headers=headers, content_type="application/json")
@@ -349,14 +630,15 @@ class DeferredResponse(ResponseStream):
         ctx.response_headers = headers
         factory = attempt.handler_config.response_adapter
         adapter = await factory(ctx) if factory is not None else None
-        wants_events = self.handler.event_hooks
-        wants_body = self.handler.body_hooks
+        is_sse = "text/event-stream" in headers.get("content-type", "")
+        wants_events = self.handler.event_hooks and is_sse
+        wants_body = self.handler.body_hooks and not is_sse
         # A body already read into memory (e.g. httpx.MockTransport) can only be replayed decoded.
         decode = adapter is not None or wants_events or wants_body or upstream.is_stream_consumed
-        if decode:
+        # Observers alone (no adapter) leave an unencoded body as it is: its content-length stands.
+        if decode and (adapter is not None or "content-encoding" in headers):
             for name in BODY_FRAMING:
                 headers.pop(name, None)
-        is_sse = "text/event-stream" in headers.get("content-type", "")
         if is_sse:
             headers.update(STREAM_HEADERS)
         upstream_id = headers.get("x-request-id")
@@ -367,6 +649,7 @@ class DeferredResponse(ResponseStream):
             self.on_headers(ctx, upstream.status_code, headers)
         await plugins.notify("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
 
+        self._is_sse = is_sse
         response = await self.request.respond(
             status=ctx.status or upstream.status_code,
             headers=headers,
@@ -375,11 +658,9 @@ class DeferredResponse(ResponseStream):
         self.response = response
         await plugins.notify("ccproxy_stream_start", ctx=ctx)
 
-        parser = SSEParser() if wants_events and is_sse else None
-        body_parts: list[bytes] | None = [] if wants_body and not is_sse else None
+        parser = SSEParser() if wants_events else None
+        body_parts: list[bytes] | None = [] if wants_body else None
         chunks = upstream.aiter_bytes() if decode else upstream.aiter_raw()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (attempt.timeouts.total - ctx.elapsed())
         try:
             async for chunk in chunks:
                 if parser is not None:
@@ -390,8 +671,6 @@ class DeferredResponse(ResponseStream):
                 out = adapter.feed(chunk) if adapter is not None else chunk
                 if out:
                     await self._write(response, out, is_sse)
-                if loop.time() > deadline:
-                    raise UpstreamTimeout(f"the response took longer than {attempt.timeouts.total:g}s")
             if parser is not None:
                 for event in parser.flush():
                     await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
@@ -403,8 +682,14 @@ class DeferredResponse(ResponseStream):
                     await self._write(response, tail, is_sse)
         except (httpx.HTTPError, ProxyError) as exc:
             error = exc if isinstance(exc, ProxyError) else _map_httpx_error(exc, attempt.timeouts, head=False)
+            self._cancellable = False
             await self._fail_after_head(response, error, is_sse)
             return
+        except Exception as exc:  # plugin code (a response adapter's feed/finish) failed mid-response
+            self._cancellable = False
+            await self._fail_after_head(response, plugins.failed_mid_response(exc, ctx), is_sse)
+            return
+        self._cancellable = False
         await response.eof()
         ctx.outcome = COMPLETED
 
@@ -424,20 +709,48 @@ class DeferredResponse(ResponseStream):
             ctx.events_sent += (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
             ctx.state["_tail"] = data[-2:]
 
-    async def _fail_after_head(self, response: HTTPResponse, error: ProxyError, is_sse: bool) -> None:
-        """The head is out: say so in the client's dialect, then end visibly broken."""
+    async def _fail_after_head(
+        self, response: HTTPResponse, error: ProxyError, is_sse: bool, *, bounded: bool = False
+    ) -> None:
+        """The head is out: say so in the client's dialect, then end visibly broken.
+
+        ``bounded``: the error event may take at most :data:`END_WRITE_TIMEOUT` seconds
+        to write (a client that does not read is cut off instead).
+        """
         ctx = self.ctx
         ctx.outcome, ctx.error = UPSTREAM_ERROR, error
-        log.warning("request %s: upstream failed mid-response: %s", ctx.request_id, error.message)
+        if not bounded:
+            log.warning("request %s: upstream failed mid-response: %s", ctx.request_id, error.message)
         await self.handler.plugins.notify("ccproxy_stream_error", ctx=ctx, error=error)
+        if ctx.t_first_byte is None and not bounded:
+            # Nothing written yet, so the head is still ours: answer with a plain error response.
+            ctx.status = response.status = error.status
+            for name in ("content-length", "content-encoding", *STREAM_HEADERS):
+                response.headers.pop(name, None)
+            response.headers["content-type"] = "application/json"
+            response.headers.update(error.headers)
+            await self._write(response, dialects.error_body(ctx.client_dialect, error))
+            await response.eof()
+            return
+        written = True
         try:
             if is_sse:
-                await self._write(response, dialects.error_event(ctx.client_dialect, error), True)
+                event = self._write(response, dialects.error_event(ctx.client_dialect, error), True)
+                if bounded:
+                    try:
+                        await asyncio.wait_for(event, END_WRITE_TIMEOUT)
+                    except asyncio.TimeoutError:
+                        written = False
+                else:
+                    await event
         finally:
             # No terminating chunk: closing the transport makes the truncation visible.
             transport = self.request.transport
             if transport is not None and not transport.is_closing():
-                transport.close()
+                if written:
+                    transport.close()
+                else:
+                    transport.abort()
 
     @staticmethod
     async def _release(upstream: httpx.Response | None, attempt: UpstreamRequest | None) -> None:
@@ -450,9 +763,17 @@ class DeferredResponse(ResponseStream):
         if attempt is not None and attempt.close_client_on_finish:
             await attempt.client.aclose()
 
+    def _close_after_response(self) -> None:
+        """No keep-alive for this connection: the worker is shutting down."""
+        stream = getattr(self.request, "stream", None)
+        if stream is not None and hasattr(stream, "keep_alive"):
+            stream.keep_alive = False
+
     async def _finish(self, upstream: httpx.Response | None, attempt: UpstreamRequest | None) -> None:
         """Release the upstream and run the end-of-request hooks; runs once, shielded."""
         ctx = self.ctx
+        if self.handler.draining:
+            self._close_after_response()
         await self._release(upstream, attempt)
         ctx.duration = ctx.elapsed()
         ctx.state.pop("_tail", None)

@@ -484,7 +484,9 @@ class _ResponseStream(httpx.AsyncByteStream):
                 self._conn = None
                 self._pool._release(conn)
                 raise StopAsyncIteration
-            if not await conn.wait(self._timeout):
+            # Read per wait: the caller may lower "read" once the head arrived (the idle gap).
+            timeouts = self._request.extensions.get("timeout") or _NO_TIMEOUTS
+            if not await conn.wait(timeouts.get("read", self._timeout)):
                 self._conn = None
                 self._pool._discard(conn)
                 self._error = httpx.ReadTimeout("Timed out reading the response body.", request=self._request)

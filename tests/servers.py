@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import socket
 import threading
 from collections.abc import Callable, Coroutine
@@ -24,6 +25,7 @@ class ProxyThread:
     """
 
     def __init__(self, config: dict[str, Any], plugins: list[tuple[str, object]] = (), entry_points: bool = True):
+        config = only_first_party_plugins(config) if entry_points else config
         self.app = create_app(build_config(config, "test-config"), plugins=plugins, entry_points=entry_points)
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -85,6 +87,27 @@ class ProxyThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def only_first_party_plugins(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every installed third-party plugin disabled unless the config names it.
+
+    The test venv holds ``examples/ccproxy-example-plugin`` (and a developer's venv may
+    hold any ``ccproxy-*`` package); tests see only this project's own plugins unless
+    they ask for another one by name (settings under ``plugins:`` or an ``enabled`` list).
+    """
+    settings = dict(config.get("plugins") or {})
+    if "enabled" in settings:
+        return config
+    others = [
+        ep.name
+        for ep in importlib.metadata.entry_points(group="ccproxy")
+        if ep.dist is not None and ep.dist.name != "ccproxy" and ep.name not in settings
+    ]
+    if not others:
+        return config
+    settings["disabled"] = [*settings.get("disabled", []), *others]
+    return {**config, "plugins": settings}
 
 
 def provider_config(mock_url: str, **overrides: Any) -> dict[str, Any]:

@@ -1,0 +1,223 @@
+"""Client keys: only callers that present one of the proxy's own keys may use it.
+
+Settings (``plugins: auth:`` in the config)::
+
+    plugins:
+      auth:
+        keys: ["${CCPROXY_KEY_1}", "${CCPROXY_KEY_2:-}"]   # empty values are ignored
+        allow_public_without_keys: false
+        public_paths: ["/health"]
+
+* A client presents its key as ``x-api-key: KEY`` or ``Authorization: Bearer KEY`` (what
+  the Anthropic and OpenAI SDKs send). Missing or wrong: ``401`` in the client's dialect.
+* Keys are compared in constant time: SHA-256 of the presented value against each
+  key's, with :func:`hmac.compare_digest`, over every key, so neither which key
+  matched nor a key's length shows in the timing.
+* The client's key is never forwarded upstream (the core strips every credential
+  header and adds the provider's) and never logged.
+* Proxy routes are checked in ``ccproxy_request_received``; every other route (``/v1/models``,
+  ``/plugins``, plugin routes such as ``/metrics``) by a request middleware, except
+  ``public_paths`` (and paths under them).
+* With no key configured anyone who can reach the port can spend the providers' keys,
+  so the proxy must then listen on loopback only: at start-up a non-loopback address
+  stops the worker, unless ``allow_public_without_keys: true``, which logs a loud
+  warning instead. Either way the missing keys are logged at WARNING.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from sanic import Request, Sanic
+
+from ccproxy_core import AuthenticationError, ConfigError, hookimpl
+from ccproxy_core.config import Config
+from ccproxy_core.context import RequestContext
+
+log = logging.getLogger("ccproxy.auth")
+
+#: This plugin's name under ``plugins:`` (its entry-point name).
+NAME = "auth"
+#: Routes checked by ``ccproxy_request_received`` (the middleware leaves them alone).
+PROXY_PATHS = frozenset({"/v1/messages", "/v1/chat/completions"})
+
+
+@dataclass
+class AuthSettings:
+    """The ``plugins: auth:`` block."""
+
+    #: Proxy keys clients may present; empty strings (unset ``${VAR:-}``) are ignored.
+    keys: list[str] = field(default_factory=list)
+    #: With no keys, start even when listening on a non-loopback address (logged loudly).
+    allow_public_without_keys: bool = False
+    #: Paths (and paths under them) served without a key.
+    public_paths: list[str] = field(default_factory=lambda: ["/health"])
+
+
+def settings_of(config: Config | None) -> AuthSettings:
+    """This plugin's settings from ``config`` (checked by ``ccproxy_configure`` at build time)."""
+    data = config.plugin_settings(NAME) if config is not None else {}
+    keys = data.get("keys") or []
+    return AuthSettings(
+        keys=[k for k in keys if isinstance(k, str) and k],
+        allow_public_without_keys=bool(data.get("allow_public_without_keys", False)),
+        public_paths=list(data.get("public_paths", ["/health"])),
+    )
+
+
+@lru_cache(maxsize=64)
+def _digests(keys: tuple[str, ...]) -> tuple[bytes, ...]:
+    return tuple(hashlib.sha256(k.encode()).digest() for k in keys)
+
+
+def presented_keys(headers: Any) -> list[str]:
+    """The credentials a request carries: ``x-api-key`` values and ``Authorization: Bearer`` tokens."""
+    found: list[str] = []
+    for value in headers.getall("x-api-key", []):
+        found.append(value.strip())
+    for value in headers.getall("authorization", []):
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            found.append(token.strip())
+    return [k for k in found if k]
+
+
+def authorized(keys: tuple[str, ...], headers: Any) -> bool:
+    """True when some presented credential equals some key, compared in constant time."""
+    digests = _digests(keys)
+    ok = False
+    for value in presented_keys(headers):
+        candidate = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+        for digest in digests:
+            ok |= hmac.compare_digest(candidate, digest)
+    return ok
+
+
+def check(keys: tuple[str, ...], headers: Any) -> None:
+    """Raise :class:`AuthenticationError` unless ``headers`` carry one of ``keys``."""
+    if not keys or authorized(keys, headers):
+        return
+    if presented_keys(headers):
+        raise AuthenticationError("invalid proxy key (send one of this proxy's keys as x-api-key or Bearer token)")
+    raise AuthenticationError("missing proxy key: send it as the x-api-key header or as Authorization: Bearer")
+
+
+# -- hooks -------------------------------------------------------------------------------
+
+
+@hookimpl
+def ccproxy_configure(config: Config, settings: Any) -> None:
+    loaded: AuthSettings = settings.load(AuthSettings)
+    for i, path in enumerate(loaded.public_paths):
+        if not path.startswith("/"):
+            raise settings.error(f"public_paths[{i}]", f"expected a path starting with '/', got {path!r}")
+    given = settings.get("keys") or []
+    if given and not [k for k in loaded.keys if k]:
+        log.warning("plugins.auth.keys: every key is empty (unset environment variables?); no key is required")
+
+
+@hookimpl
+def ccproxy_register_routes(app: Sanic, config: Config) -> None:
+    settings = settings_of(config)
+    keys = tuple(settings.keys)
+    app.ctx.ccproxy_auth_keys = keys
+    if not keys:
+        return
+    public = tuple(p.rstrip("/") or "/" for p in settings.public_paths)
+
+    async def require_key(request: Request) -> None:
+        path = request.path
+        if path in PROXY_PATHS or request.method == "NONE":  # proxy routes: the hook; NONE: unparsable head
+            return
+        for prefix in public:
+            if path == prefix or path.startswith(prefix + "/"):
+                return
+        check(keys, request.headers)
+
+    app.register_middleware(require_key, "request")
+
+
+@hookimpl
+def ccproxy_request_received(ctx: RequestContext, request: Request) -> None:
+    keys = getattr(request.app.ctx, "ccproxy_auth_keys", None)
+    if keys is None:
+        keys = tuple(settings_of(ctx.config).keys)
+    check(keys, request.headers)
+
+
+@hookimpl
+def ccproxy_startup(app: Sanic, config: Config) -> None:
+    settings = settings_of(config)
+    if settings.keys:
+        log.info("auth: %d proxy key(s) configured; every proxy request must present one", len(settings.keys))
+        return
+    addresses = bound_addresses(app)
+    public = [a for a in addresses if not is_loopback(a)]
+    if public and not settings.allow_public_without_keys:
+        log.critical(
+            "REFUSING TO START: no proxy keys are configured (plugins.auth.keys) and the proxy listens on %s, "
+            "reachable from other machines: anyone could spend the providers' keys. Configure keys, listen on "
+            "127.0.0.1, or set plugins.auth.allow_public_without_keys: true.",
+            ", ".join(public),
+        )
+        raise ConfigError(
+            f"plugins.auth: no proxy keys configured and listening on {', '.join(public)}; "
+            "set plugins.auth.keys, listen on 127.0.0.1, or set allow_public_without_keys: true"
+        )
+    if public:
+        log.warning(
+            "!!! NO PROXY KEYS: listening on %s without client authentication "
+            "(allow_public_without_keys: true). Anyone who can reach this port can spend the providers' keys. !!!",
+            ", ".join(public),
+        )
+    elif not addresses:
+        log.warning(
+            "no proxy keys configured (plugins.auth.keys) and the listening address is unknown; "
+            "make sure only this machine can reach it"
+        )
+    else:
+        log.warning(
+            "no proxy keys configured (plugins.auth.keys): any local process can use the proxy (listening on %s only)",
+            ", ".join(addresses),
+        )
+
+
+# -- addresses ---------------------------------------------------------------------------
+
+
+def bound_addresses(app: Sanic) -> list[str]:
+    """The addresses this worker serves on, from Sanic's server info (empty when unknown)."""
+    found: list[str] = []
+    for info in getattr(app.state, "server_info", None) or []:
+        settings = getattr(info, "settings", {}) or {}
+        sock = settings.get("sock")
+        if settings.get("unix"):
+            found.append("unix:" + str(settings["unix"]))
+        elif isinstance(sock, socket.socket):
+            try:
+                name = sock.getsockname()
+            except OSError:
+                continue
+            found.append(name if isinstance(name, str) else str(name[0]))
+        elif settings.get("host") is not None:
+            found.append(str(settings["host"]))
+    if not found and getattr(app.state, "host", ""):
+        found.append(app.state.host)
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    """True for a loopback IP, ``localhost`` or a unix socket."""
+    if address.startswith("unix:") or address.startswith("/") or address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,972 @@
+"""Plugins end to end: discovery, settings, isolation, async implementations, every hook.
+
+Every test drives real requests over a real socket through the proxy (``tests/servers.py``)
+to the mock upstream, with small test plugins. Tests named ``test_<hook name>_...`` are the
+per-hook tests that ``tests/test_hook_docs.py`` requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pluggy
+import pytest
+
+from ccproxy_core import (
+    AuthenticationError,
+    ConfigError,
+    PluginSettings,
+    create_app,
+    hookimpl,
+)
+from ccproxy_core.config import build_config
+from ccproxy_core.plugins import Plugins
+from tests.servers import ProxyThread, provider_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ANTHROPIC_BODY = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [{"role": "user", "content": "Hello"}],
+}
+OPENAI_BODY = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
+PATHS = {"anthropic": ("/v1/messages", ANTHROPIC_BODY), "openai": ("/v1/chat/completions", OPENAI_BODY)}
+
+
+def post(url: str, body: dict, headers: dict | None = None, path: str = "/v1/messages") -> httpx.Response:
+    return httpx.post(url + path, json=body, headers=headers or {}, timeout=10)
+
+
+def config_with(mock_url: str, *names: str, **settings: Any) -> dict[str, Any]:
+    """The mock providers with only ``providers`` and the named plugins enabled (hermetic)."""
+    return provider_config(mock_url, plugins={"enabled": ["providers", *names], **settings})
+
+
+@pytest.fixture
+def serve(make_proxy, mock):
+    """``serve(name=plugin, ..., settings={...})``: a proxy with these plugins and nothing else."""
+
+    def start(settings: dict[str, Any] | None = None, **plugins: object) -> ProxyThread:
+        return make_proxy(config_with(mock.url, *plugins, **(settings or {})), plugins=list(plugins.items()))
+
+    return start
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+class Ends:
+    """Collects the final context of each request (``ccproxy_stream_end``), async."""
+
+    def __init__(self) -> None:
+        self.ctxs: list[Any] = []
+
+    @hookimpl
+    async def ccproxy_stream_end(self, ctx):
+        await asyncio.sleep(0)
+        self.ctxs.append(ctx)
+
+    def last(self) -> Any:
+        wait_for(lambda: self.ctxs)
+        return self.ctxs[-1]
+
+
+# -- discovery and /plugins ------------------------------------------------------------------
+
+
+def test_first_party_plugins_load_through_entry_points(make_proxy, mock):
+    server = make_proxy(provider_config(mock.url))
+    listed = {p["name"]: p for p in httpx.get(server.url + "/plugins").json()}
+    for name in ("providers", "demo"):
+        assert listed[name]["distribution"] == "ccproxy", listed[name]
+        assert listed[name]["version"] and listed[name]["enabled"] is True
+    assert "ccproxy_request_headers" in listed["providers"]["hooks"]
+    assert listed["demo"]["hooks"] == ["ccproxy_upstream_transport"]
+
+
+def test_plugins_route_lists_distribution_version_hooks_and_disabled(make_proxy, mock):
+    ends = Ends()
+    config = provider_config(mock.url, plugins={"disabled": ["demo"]})
+    server = make_proxy(config, plugins=[("ends", ends)])
+    listed = {p["name"]: p for p in httpx.get(server.url + "/plugins").json()}
+    assert listed["demo"]["enabled"] is False and listed["demo"]["distribution"] == "ccproxy"
+    assert listed["ends"] == {
+        "name": "ends",
+        "distribution": None,
+        "version": None,
+        "enabled": True,
+        "hooks": ["ccproxy_stream_end"],
+        "errors": {},
+    }
+    assert listed["providers"]["enabled"] is True
+
+
+def test_enabled_list_loads_only_those(make_proxy, mock):
+    server = make_proxy(config_with(mock.url))
+    listed = {p["name"]: p["enabled"] for p in httpx.get(server.url + "/plugins").json()}
+    assert listed["providers"] is True and listed["demo"] is False
+    assert post(server.url, {**ANTHROPIC_BODY, "stream": False}).status_code == 200
+
+
+# -- loading errors: one line, naming the plugin ---------------------------------------------
+
+
+def build(plugins: dict[str, object], settings: dict[str, Any] | None = None, path: str = "test.yaml") -> Plugins:
+    config = build_config({"plugins": settings or {}}, path)
+    return Plugins(config, list(plugins.items()), entry_points=False)
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_unknown_plugin_name_in_config_is_an_error():
+    with pytest.raises(ConfigError) as exc:
+        build({}, {"nosuch": {"a": 1}})
+    assert one_line(exc) == "test.yaml: plugins.nosuch: no installed plugin is called 'nosuch' (installed: none)"
+    with pytest.raises(ConfigError, match="plugins.ghost: no installed plugin"):
+        build({}, {"disabled": ["ghost"]})
+
+
+def test_misspelt_hook_name_names_plugin_and_hook():
+    class Typo:
+        @hookimpl
+        def ccproxy_strem_chunk(self, ctx, chunk): ...
+
+    with pytest.raises(ConfigError) as exc:
+        build({"typo": Typo()})
+    assert one_line(exc) == "plugin 'typo': unknown hook 'ccproxy_strem_chunk'; did you mean 'ccproxy_stream_chunk'?"
+
+
+def test_undecorated_ccproxy_function_is_a_hook_and_checked():
+    class Plain:
+        def ccproxy_stream_start(self, ctx): ...
+
+        def ccproxy_stream_ennd(self, ctx): ...
+
+    with pytest.raises(ConfigError, match="unknown hook 'ccproxy_stream_ennd'; did you mean 'ccproxy_stream_end'"):
+        build({"plain": Plain()})
+    del Plain.ccproxy_stream_ennd
+    assert build({"plain": Plain()}).implemented("ccproxy_stream_start")
+
+
+def test_argument_the_hook_does_not_pass_is_an_error():
+    class Wrong:
+        @hookimpl
+        def ccproxy_stream_chunk(self, ctx, data): ...
+
+    with pytest.raises(ConfigError) as exc:
+        build({"wrong": Wrong()})
+    assert one_line(exc) == (
+        "plugin 'wrong': ccproxy_stream_chunk() takes data, which ccproxy_stream_chunk does not pass "
+        "(it passes: ctx, chunk)"
+    )
+
+
+def test_wrappers_and_async_build_time_hooks_are_refused():
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def ccproxy_stream_start(self, ctx):
+            yield
+
+    with pytest.raises(ConfigError, match="plugin 'w': ccproxy_stream_start is a wrapper"):
+        build({"w": Wrapper()})
+
+    class AsyncRoutes:
+        @hookimpl
+        async def ccproxy_register_routes(self, app): ...
+
+    with pytest.raises(ConfigError) as exc:
+        build({"a": AsyncRoutes()})
+    assert "plugin 'a': ccproxy_register_routes must be a plain function, not async" in one_line(exc)
+
+
+def test_two_plugins_with_one_name_and_import_failure(monkeypatch):
+    class Dist:
+        def __init__(self, name: str) -> None:
+            self.name, self.version = name, "1.0"
+
+    class Installed:
+        def __init__(self, dist: str) -> None:
+            self.name, self.dist = "dup", Dist(dist)
+
+        def load(self) -> object:
+            return object()
+
+    import importlib.metadata
+
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.metadata, "entry_points", lambda **_: [Installed("ccproxy-a"), Installed("ccproxy-b")])
+        with pytest.raises(ConfigError) as exc:
+            Plugins(build_config({}, "x"))
+    assert one_line(exc) == "two installed plugins are called 'dup' (ccproxy-a and ccproxy-b); uninstall one of them"
+
+    class P:
+        pass
+
+    with pytest.raises(ConfigError, match="two plugins passed to create_app are called 'p'"):
+        Plugins(build_config({}, "x"), [("p", P()), ("p", P())], entry_points=False)
+    double = Plugins(build_config({}, "x"), [("demo", P())])  # replaces the installed demo plugin
+    assert double.info["demo"].distribution is None and not double.implemented("ccproxy_upstream_transport")
+
+    class EntryPoint:
+        name, dist = "broken", None
+
+        @staticmethod
+        def load():
+            raise ImportError("No module named 'missing_dependency'")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [EntryPoint()])
+    with pytest.raises(ConfigError) as exc:
+        Plugins(build_config({}, "x"))
+    assert one_line(exc).startswith("plugin 'broken' (registered in code) failed to import: ImportError(")
+
+
+# -- settings: ccproxy_configure -----------------------------------------------------------------
+
+
+@dataclass
+class ThresholdSettings:
+    token: str
+    threshold: int = 3
+    ratio: float = 0.5
+    verbose: bool = False
+    tags: list[str] | None = None
+
+
+class Configured:
+    """Reads and checks its settings the documented way."""
+
+    def __init__(self) -> None:
+        self.settings: ThresholdSettings | None = None
+        self.seen: PluginSettings | None = None
+
+    @hookimpl
+    def ccproxy_configure(self, config, settings):
+        self.seen = settings
+        self.settings = settings.load(ThresholdSettings)
+        if self.settings.threshold > 10:
+            raise settings.error("threshold", "must be at most 10")
+
+
+def test_ccproxy_configure_gets_each_plugin_its_own_settings(monkeypatch):
+    monkeypatch.setenv("MY_PLUGIN_TOKEN", "s3cret")
+    monkeypatch.setenv("MY_THRESHOLD", "7")
+    first, second = Configured(), Configured()
+    settings = {
+        "first": {"token": "${MY_PLUGIN_TOKEN}", "threshold": "${MY_THRESHOLD}", "verbose": "yes", "tags": ["a"]},
+        "second": {"token": "other"},
+    }
+    build({"first": first, "second": second}, settings)
+    assert first.settings == ThresholdSettings(token="s3cret", threshold=7, verbose=True, tags=["a"])
+    assert second.settings == ThresholdSettings(token="other")
+    assert first.seen is not None and first.seen.name == "first" and dict(first.seen)["token"] == "s3cret"
+
+
+@pytest.mark.parametrize(
+    "block,message",
+    [
+        ({"token": "t", "threshold": "many"}, "plugins.mine.threshold: expected a whole number, got str 'many'"),
+        ({"token": "t", "treshold": 3}, "plugins.mine.treshold: unknown setting (plugin 'mine' takes: token, "),
+        ({"threshold": 3}, "plugins.mine.token: required setting is missing"),
+        ({"token": "t", "threshold": 11}, "plugins.mine.threshold: must be at most 10"),
+        ({"token": "t", "verbose": "maybe"}, "plugins.mine.verbose: expected true or false, got str 'maybe'"),
+        ({"token": ["x"]}, "plugins.mine.token: expected a string, got list"),
+        ({"token": "t", "tags": "a"}, "plugins.mine.tags: expected a list, got str 'a'"),
+    ],
+)
+def test_ccproxy_configure_refuses_bad_settings_with_one_line(block, message):
+    with pytest.raises(ConfigError) as exc:
+        build({"mine": Configured()}, {"mine": block}, path="/etc/ccproxy.yaml")
+    assert one_line(exc).startswith("/etc/ccproxy.yaml: " + message), str(exc.value)
+
+
+def test_ccproxy_configure_other_failures_name_plugin(monkeypatch):
+    class Plain:
+        @hookimpl
+        def ccproxy_configure(self, settings):
+            raise ConfigError("needs a token")
+
+    class Crashing:
+        @hookimpl
+        def ccproxy_configure(self, settings):
+            raise KeyError("token")
+
+    with pytest.raises(ConfigError) as exc:
+        build({"plain": Plain()})
+    assert one_line(exc) == "test.yaml: plugins.plain: needs a token"
+    with pytest.raises(ConfigError) as exc:
+        build({"crashing": Crashing()})
+    assert one_line(exc) == "test.yaml: plugins.crashing: plugin 'crashing' failed in ccproxy_configure: KeyError('token')"
+    with pytest.raises(ConfigError, match=r"plugins.mine: expected a mapping of settings"):
+        build({"mine": Configured()}, {"mine": [1, 2]})
+    monkeypatch.delenv("UNSET_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match=r"plugins.mine.token: environment variable UNSET_TOKEN is not set"):
+        build({"mine": Configured()}, {"mine": {"token": "${UNSET_TOKEN}"}})
+
+
+def test_ccproxy_configure_error_stops_create_app_and_import_app(tmp_path, mock):
+    config = provider_config(mock.url, plugins={"example": {"header_value": "ok", "colour": "blue"}})
+    with pytest.raises(ConfigError, match=r"test-config: plugins.example.colour: unknown setting"):
+        create_app(build_config(config, "test-config"))
+    path = tmp_path / "ccproxy.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    result = subprocess.run(
+        [sys.executable, "-c", "import app"],
+        cwd=ROOT,
+        env={**os.environ, "CCPROXY_CONFIG": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"ccproxy: configuration error: {path}: plugins.example.colour: unknown setting")
+
+
+# -- service lifecycle -----------------------------------------------------------------------------
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def ccproxy_register_routes(self, app, config):
+        from sanic import response
+
+        @app.get("/lifecycle")
+        async def lifecycle(request):
+            return response.json({"started": request.app.ctx.lifecycle_started, "calls": self.calls})
+
+        self.calls.append("routes")
+
+    @hookimpl
+    async def ccproxy_startup(self, app, config):
+        await asyncio.sleep(0.01)
+        app.ctx.lifecycle_started = len(config.providers)
+        self.calls.append("startup")
+
+    @hookimpl
+    async def ccproxy_shutdown(self, app):
+        await asyncio.sleep(0.01)
+        self.calls.append("shutdown")
+
+
+def test_ccproxy_register_routes_ccproxy_startup_and_ccproxy_shutdown(mock):
+    plugin = Lifecycle()
+    server = ProxyThread(config_with(mock.url, "life"), plugins=[("life", plugin)])
+    assert plugin.calls == ["routes"]  # while the app is built, before any worker
+    with server:
+        body = httpx.get(server.url + "/lifecycle").json()
+        assert body == {"started": 2, "calls": ["routes", "startup"]}
+    assert plugin.calls == ["routes", "startup", "shutdown"]
+
+
+def test_ccproxy_register_routes_failure_is_a_config_error(mock):
+    class Clash:
+        @hookimpl
+        def ccproxy_register_routes(self, app):
+            raise RuntimeError("route /x exists")
+
+    with pytest.raises(ConfigError) as exc:
+        create_app(build_config(config_with(mock.url, "clash"), "t"), plugins=[("clash", Clash())])
+    assert one_line(exc) == "plugin 'clash' failed in ccproxy_register_routes: RuntimeError('route /x exists')"
+
+
+def test_ccproxy_startup_config_error_stops_the_worker(mock):
+    class Refuses:
+        @hookimpl
+        async def ccproxy_startup(self, config):
+            raise ConfigError("plugins.refuses: cannot reach the licence server")
+
+    server = ProxyThread(config_with(mock.url, "refuses"), plugins=[("refuses", Refuses())])
+    with pytest.raises(ConfigError, match="cannot reach the licence server"):
+        server.start()
+    server.stop()
+
+
+def test_ccproxy_upstream_transport_async_supplies_the_transport(serve, upstream):
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json={"from": "plugin transport"}, headers={"request-id": "req_local"})
+
+    class Local:
+        @hookimpl
+        async def ccproxy_upstream_transport(self, provider):
+            await asyncio.sleep(0)
+            return httpx.MockTransport(handler) if provider.name == "openai" else None
+
+    server = serve(local=Local())
+    r = post(server.url, {**OPENAI_BODY, "stream": False}, path="/v1/chat/completions")
+    assert r.json() == {"from": "plugin transport"} and seen == ["/v1/chat/completions"]
+    assert post(server.url, {**ANTHROPIC_BODY, "stream": False}).json()["type"] == "message"  # the mock
+
+
+# -- request phase ------------------------------------------------------------------------------------
+
+
+class Gate:
+    @hookimpl
+    async def ccproxy_request_received(self, ctx, request):
+        await asyncio.sleep(0)
+        if request.headers.get("x-proxy-key") != "letmein":
+            raise AuthenticationError("a valid x-proxy-key is required")
+        if ctx.body.get("crash"):
+            raise RuntimeError("bug in the gate")
+        ctx.state["gate"] = "passed"
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "openai"])
+def test_ccproxy_request_received_async_can_refuse_in_client_dialect(serve, upstream, dialect):
+    ends = Ends()
+    server = serve(gate=Gate(), ends=ends)
+    path, body = PATHS[dialect]
+    before = len(upstream.requests)
+    r = post(server.url, body, path=path)
+    assert r.status_code == 401
+    error = r.json()["error"]
+    assert error["message"] == "a valid x-proxy-key is required"
+    assert error["type"] == "authentication_error"
+    assert (r.json().get("type") == "error") is (dialect == "anthropic")
+    assert ends.last().outcome == "rejected"
+    r = post(server.url, {**body, "crash": True}, {"x-proxy-key": "letmein"}, path=path)
+    assert r.status_code == 500 and "plugin 'gate' failed in ccproxy_request_received" in r.json()["error"]["message"]
+    assert len(upstream.requests) == before
+    r = post(server.url, body, {"x-proxy-key": "letmein"}, path=path)
+    assert r.status_code == 200
+    wait_for(lambda: len(ends.ctxs) == 3)
+    assert ends.ctxs[-1].state["gate"] == "passed"
+
+
+class Translator:
+    """A tiny OpenAI -> Anthropic request translator (the first-party one is not loaded)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    async def ccproxy_request_adapter(self, ctx, body):
+        self.calls += 1
+        await asyncio.sleep(0)
+        if (ctx.client_dialect, ctx.upstream_dialect) != ("openai", "anthropic"):
+            return None
+        return {"model": ctx.model, "max_tokens": 32, "messages": body["messages"]}
+
+
+class Declines:
+    @hookimpl(tryfirst=True)
+    async def ccproxy_request_adapter(self, ctx, body):
+        return None  # an async implementation returning None does not win the firstresult hook
+
+
+def test_ccproxy_request_adapter_async_first_result_translates(serve, upstream):
+    translator = Translator()
+    server = serve(translator=translator, declines=Declines())
+    r = post(server.url, {**OPENAI_BODY, "model": "claude-sonnet-4-5", "stream": False}, path="/v1/chat/completions")
+    assert r.status_code == 200
+    sent = upstream.requests[-1]
+    assert sent.path == "/v1/messages"
+    assert sent.json() == {"model": "claude-sonnet-4-5", "max_tokens": 32, "messages": OPENAI_BODY["messages"]}
+    assert translator.calls == 1
+
+
+def test_ccproxy_request_adapter_none_means_a_clear_400(serve):
+    server = serve(declines=Declines())
+    r = post(server.url, {**OPENAI_BODY, "model": "claude-sonnet-4-5"}, path="/v1/chat/completions")
+    assert r.status_code == 400 and "no plugin translates" in r.json()["error"]["message"]
+
+
+def test_ccproxy_request_body_async_reserialises_only_when_changed(serve, upstream):
+    class Body:
+        @hookimpl
+        async def ccproxy_request_body(self, ctx, body):
+            await asyncio.sleep(0)
+            if "temperature" in body:
+                return None  # looked, changed nothing: the client's bytes go upstream
+            body["temperature"] = 0
+            return True
+
+    server = serve(body=Body())
+    raw = json.dumps({**ANTHROPIC_BODY, "stream": False}, indent=3).encode()
+    httpx.post(server.url + "/v1/messages", content=raw, headers={"content-type": "application/json"})
+    assert upstream.requests[-1].json() == {**ANTHROPIC_BODY, "stream": False, "temperature": 0}
+    raw = json.dumps({**ANTHROPIC_BODY, "stream": False, "temperature": 1}, indent=3).encode()
+    httpx.post(server.url + "/v1/messages", content=raw, headers={"content-type": "application/json"})
+    assert upstream.requests[-1].body == raw
+
+
+def test_ccproxy_request_headers_async_changes_upstream_headers(serve, upstream):
+    class Headers:
+        @hookimpl
+        async def ccproxy_request_headers(self, ctx, headers):
+            await asyncio.sleep(0)
+            headers["x-team"] = "search"
+            headers.pop("x-internal", None)
+
+    server = serve(headers=Headers())
+    post(server.url, {**ANTHROPIC_BODY, "stream": False}, {"x-internal": "1"})
+    seen = upstream.requests[-1]
+    assert seen.header("x-team") == "search" and seen.header("x-internal") is None
+    assert seen.header("x-api-key") == "sk-ant-upstream-SECRET"  # providers still ran
+
+
+# -- response phase -----------------------------------------------------------------------------------
+
+
+def test_ccproxy_upstream_attempt_async_sees_each_try(make_proxy, mock, upstream):
+    class Attempts:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, int | None, bool]] = []
+
+        @hookimpl
+        async def ccproxy_upstream_attempt(self, ctx, attempt):
+            await asyncio.sleep(0)
+            self.seen.append((attempt.provider, attempt.status, attempt is ctx.attempts[-1]))
+
+    attempts = Attempts()
+    config = config_with(mock.url, "attempts")
+    config["retries"] = {"max_attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}
+    server = make_proxy(config, plugins=[("attempts", attempts)])
+    assert post(server.url, ANTHROPIC_BODY).status_code == 200
+    assert attempts.seen == [("anthropic", 200, True)]
+    attempts.seen.clear()
+    assert post(server.url, ANTHROPIC_BODY, {"x-mock-status": "500"}).status_code == 500
+    assert attempts.seen == [("anthropic", 500, True), ("anthropic", 500, True)]  # tried, then retried
+
+
+class Replace:
+    """A response adapter: replaces one word (events are never split by the default mock)."""
+
+    def __init__(self, old: bytes, new: bytes, fail_at: int | None = None) -> None:
+        self.old, self.new, self.fail_at, self.fed = old, new, fail_at, 0
+
+    def feed(self, data: bytes) -> bytes:
+        self.fed += 1
+        if self.fail_at is not None and self.fed >= self.fail_at:
+            raise ValueError("adapter bug")
+        return data.replace(self.old, self.new)
+
+    def finish(self) -> bytes:
+        return b""
+
+
+def test_ccproxy_response_adapter_async_adapters_are_chained(serve, upstream):
+    class First:
+        @hookimpl(tryfirst=True)
+        async def ccproxy_response_adapter(self, ctx):
+            await asyncio.sleep(0)
+            ctx.response_headers["x-adapted"] = "yes"
+            return Replace(b"Hello", b"Howdy")
+
+    class Second:
+        @hookimpl
+        def ccproxy_response_adapter(self, ctx):
+            return Replace(b"Howdy", b"HOWDY")
+
+    server = serve(first=First(), second=Second())
+    direct = httpx.post(upstream.url + "/v1/messages", json=ANTHROPIC_BODY, timeout=10).content
+    r = post(server.url, ANTHROPIC_BODY)
+    assert r.headers["x-adapted"] == "yes" and "content-length" not in r.headers
+    assert b"HOWDY" in r.content and b"Hello" not in r.content and b"Hello" in direct
+    assert r.content.count(b"\n\n") == direct.count(b"\n\n")
+    r = post(server.url, {**ANTHROPIC_BODY, "stream": False})
+    assert r.json()["content"][0]["text"].startswith("HOWDY")
+
+
+def test_ccproxy_response_adapter_failing_before_the_head_is_a_500_in_dialect(serve, upstream):
+    class Refuses:
+        @hookimpl
+        async def ccproxy_response_adapter(self, ctx):
+            raise LookupError("no adapter for you")
+
+    server = serve(refuses=Refuses())
+    r = post(server.url, ANTHROPIC_BODY)
+    assert r.status_code == 500 and r.json()["type"] == "error"
+    assert "plugin 'refuses' failed in ccproxy_response_adapter" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "openai"])
+def test_ccproxy_response_adapter_failing_mid_stream_ends_with_error_in_client_dialect(serve, upstream, dialect):
+    class Breaks:
+        @hookimpl
+        def ccproxy_response_adapter(self, ctx):
+            return Replace(b"Hello", b"Howdy", fail_at=3)
+
+    ends = Ends()
+    server = serve(breaks=Breaks(), ends=ends)
+    path, body = PATHS[dialect]
+    received = b""
+    with pytest.raises(httpx.RemoteProtocolError):  # visibly broken, not a clean end
+        paced = {"x-mock-delay": "5"}  # one event per read: the third read fails
+        with httpx.stream("POST", server.url + path, json=body, headers=paced, timeout=10) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_raw():
+                received += chunk
+    last = received.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    if dialect == "anthropic":
+        assert last.startswith(b"event: error\ndata: ")
+        payload = json.loads(last.split(b"data: ", 1)[1])
+        assert payload["type"] == "error" and payload["error"]["type"] == "api_error"
+    else:
+        assert last.startswith(b"data: {") and b"[DONE]" not in received
+        payload = json.loads(last[len(b"data: "):])
+    assert "plugin 'breaks' failed" in json.dumps(payload)
+    ctx = ends.last()
+    assert ctx.error is not None and "breaks" in ctx.error.message
+
+
+def test_ccproxy_upstream_headers_async_changes_headers_and_status(serve, upstream):
+    class Head:
+        @hookimpl
+        async def ccproxy_upstream_headers(self, ctx, status, headers):
+            await asyncio.sleep(0)
+            headers["x-upstream-status"] = str(status)
+            if status == 529:
+                ctx.status = 503
+                headers["retry-after"] = "1"
+
+    server = serve(head=Head())
+    r = post(server.url, ANTHROPIC_BODY)
+    assert r.status_code == 200 and r.headers["x-upstream-status"] == "200"
+    r = post(server.url, ANTHROPIC_BODY, {"x-mock-status": "529"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.headers["x-upstream-status"] == "529"
+
+
+def test_ccproxy_stream_start_async_runs_once_before_the_first_byte(serve, upstream):
+    class Start:
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []
+
+        @hookimpl
+        async def ccproxy_stream_start(self, ctx):
+            await asyncio.sleep(0)
+            self.seen.append((ctx.status, ctx.bytes_sent))
+
+    start = Start()
+    server = serve(start=start)
+    post(server.url, ANTHROPIC_BODY)
+    post(server.url, {**OPENAI_BODY, "stream": False}, path="/v1/chat/completions")
+    assert start.seen == [(200, 0), (200, 0)]
+
+
+class Chunks:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.chunks: list[bytes] = []
+
+    @hookimpl
+    async def ccproxy_stream_chunk(self, ctx, chunk):
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.chunks.append(chunk)
+
+
+def test_ccproxy_stream_chunk_async_sees_every_write_before_it_goes(serve, upstream):
+    chunks = Chunks()
+    server = serve(chunks=chunks)
+    r = post(server.url, ANTHROPIC_BODY, {"x-mock-events": "5", "x-mock-delay": "5"})
+    assert b"".join(chunks.chunks) == r.content and len(chunks.chunks) >= 5
+
+
+def _timed_stream(url: str, headers: dict[str, str]) -> tuple[float, list[float]]:
+    arrivals: list[float] = []
+    t0 = time.perf_counter()
+    with httpx.stream("POST", url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers, timeout=20) as r:
+        for _ in r.iter_raw():
+            arrivals.append(time.perf_counter())
+    return time.perf_counter() - t0, arrivals
+
+
+def test_ccproxy_stream_chunk_slow_observer_delays_by_its_own_run_time_per_call(serve, upstream):
+    """An async observer sleeping 50 ms holds each write for 50 ms, in line, and for nothing more.
+
+    Calls run one after another before the bytes they observe are written (never gathered or
+    queued), so a stream pays (calls x 50 ms) at most; while it waits, the upstream's next events
+    pile up and go out in the next write, so there are never more calls than upstream reads.
+    """
+    fast = serve(ends=Ends())
+    slow, ends = Chunks(delay=0.05), Ends()
+    server = serve(slow=slow, ends=ends)
+
+    # A fast upstream (an event every 10 ms): the observer is the bottleneck.
+    headers = {"x-mock-events": "10", "x-mock-delay": "10"}
+    baseline, _ = _timed_stream(fast.url, headers)
+    elapsed, arrivals = _timed_stream(server.url, headers)
+    calls = len(slow.chunks)
+    assert calls == ends.last().chunks_sent >= 2
+    assert elapsed >= calls * 0.05, (elapsed, calls)  # in line: the calls' sleeps never overlap
+    assert elapsed <= baseline + calls * 0.05 + 0.4, (elapsed, baseline, calls)
+    gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
+    assert gaps[len(gaps) // 2] >= 0.045, gaps  # each write waited for its own call
+
+    # A slower upstream (an event every 80 ms): each write is 50 ms late, the delay does not add up.
+    slow.chunks.clear()
+    headers = {"x-mock-events": "5", "x-mock-delay": "80"}
+    baseline, _ = _timed_stream(fast.url, headers)
+    elapsed, _ = _timed_stream(server.url, headers)
+    calls = len(slow.chunks)
+    assert calls >= 8
+    assert elapsed - baseline <= 0.3 < calls * 0.05, (elapsed, baseline, calls)  # not calls x 50 ms
+
+
+def test_ccproxy_stream_event_async_whole_events_across_split_reads(serve, upstream):
+    class Events:
+        def __init__(self) -> None:
+            self.events: list[Any] = []
+
+        @hookimpl
+        async def ccproxy_stream_event(self, ctx, event):
+            await asyncio.sleep(0)
+            self.events.append((ctx.upstream_dialect, event))
+
+    events = Events()
+    server = serve(events=events)
+    r = post(server.url, ANTHROPIC_BODY, {"x-mock-split": "1", "x-mock-events": "3"})
+    names = [e.event for _, e in events.events]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    assert names.count("content_block_delta") == 3 and len(names) == r.content.count(b"\n\n")
+    assert all(json.loads(e.data)["type"] == e.event for _, e in events.events)
+    events.events.clear()
+    r = post(server.url, OPENAI_BODY, {"x-mock-split": "1"}, path="/v1/chat/completions")
+    assert [e.data for _, e in events.events][-1] == "[DONE]"
+    assert {d for d, _ in events.events} == {"openai"}
+
+
+def test_ccproxy_response_body_async_gets_the_whole_decoded_body(serve, upstream):
+    class Body:
+        def __init__(self) -> None:
+            self.bodies: list[bytes] = []
+
+        @hookimpl
+        async def ccproxy_response_body(self, ctx, body):
+            await asyncio.sleep(0)
+            self.bodies.append(body)
+
+    plugin = Body()
+    server = serve(body=plugin)
+    r = post(server.url, {**ANTHROPIC_BODY, "stream": False}, {"x-mock-gzip": "1", "accept-encoding": "gzip"})
+    assert plugin.bodies == [r.content] and json.loads(plugin.bodies[0])["type"] == "message"
+    post(server.url, ANTHROPIC_BODY)  # streams are not collected
+    assert len(plugin.bodies) == 1
+
+
+def test_ccproxy_stream_error_async_reports_failures_before_and_after_head(serve, upstream):
+    class Errors:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, int]] = []
+
+        @hookimpl
+        async def ccproxy_stream_error(self, ctx, error):
+            await asyncio.sleep(0)
+            self.seen.append((ctx.outcome, error.status))
+
+    errors = Errors()
+    server = serve(errors=errors)
+    with pytest.raises(httpx.RemoteProtocolError):
+        post(server.url, ANTHROPIC_BODY, {"x-mock-drop-after": "2"})
+    wait_for(lambda: errors.seen)
+    assert errors.seen == [("upstream_error", 502)]
+    r = post(server.url, ANTHROPIC_BODY, {"x-mock-reset": "1"})
+    assert r.status_code == 502
+    wait_for(lambda: len(errors.seen) == 2)
+
+
+def test_ccproxy_stream_end_async_exactly_once_per_request(serve, upstream):
+    ends = Ends()
+    server = serve(ends=ends)
+    post(server.url, ANTHROPIC_BODY)
+    post(server.url, {**OPENAI_BODY, "stream": False}, path="/v1/chat/completions")
+    post(server.url, {"model": "no-such-model"})
+    wait_for(lambda: len(ends.ctxs) == 3)
+    time.sleep(0.1)
+    assert [c.outcome for c in ends.ctxs] == ["completed", "completed", "rejected"]
+    assert ends.ctxs[0].stream and ends.ctxs[0].events_sent > 0 and ends.ctxs[0].duration > 0
+
+
+# -- isolation and ordering -----------------------------------------------------------------------------
+
+
+class Faulty:
+    """Raises in every observer hook."""
+
+    @hookimpl
+    def ccproxy_upstream_headers(self, ctx):
+        raise RuntimeError("headers bug")
+
+    @hookimpl
+    async def ccproxy_stream_start(self, ctx):
+        raise RuntimeError("start bug")
+
+    @hookimpl
+    def ccproxy_stream_chunk(self, ctx, chunk):
+        raise RuntimeError("chunk bug")
+
+    @hookimpl
+    async def ccproxy_stream_event(self, ctx, event):
+        raise RuntimeError("event bug")
+
+    @hookimpl
+    def ccproxy_stream_error(self, ctx, error):
+        raise RuntimeError("error bug")
+
+    @hookimpl
+    async def ccproxy_stream_end(self, ctx):
+        raise RuntimeError("end bug")
+
+
+def test_observer_exceptions_are_isolated_and_logged_once_with_the_plugin_name(serve, upstream, caplog):
+    chunks, ends = Chunks(), Ends()
+    server = serve(faulty=Faulty(), chunks=chunks, ends=ends)
+    direct = httpx.post(upstream.url + "/v1/messages", json=ANTHROPIC_BODY, timeout=10).content
+    with caplog.at_level(logging.ERROR, logger="ccproxy"):
+        for _ in range(3):
+            r = post(server.url, ANTHROPIC_BODY)
+            assert r.status_code == 200 and r.content.count(b"\n\n") == direct.count(b"\n\n")
+        with pytest.raises(httpx.RemoteProtocolError):
+            post(server.url, ANTHROPIC_BODY, {"x-mock-drop-after": "1"})
+        wait_for(lambda: len(ends.ctxs) == 4)
+    assert b"".join(chunks.chunks).count(b"event: message_stop") == 3  # the other plugin saw everything
+    records = [r for r in caplog.records if "faulty" in r.getMessage()]
+    hooks = Counter(r.args[1] for r in records)
+    expected = ["ccproxy_upstream_headers", "ccproxy_stream_start", "ccproxy_stream_chunk",
+                "ccproxy_stream_event", "ccproxy_stream_error", "ccproxy_stream_end"]
+    assert hooks == Counter(expected), hooks  # once each, however often it failed
+    assert all(r.exc_info for r in records)
+    listed = {p["name"]: p for p in httpx.get(server.url + "/plugins").json()}
+    assert listed["faulty"]["errors"]["ccproxy_stream_end"] == 4
+    assert listed["faulty"]["errors"]["ccproxy_stream_chunk"] > 4
+
+
+def test_sync_and_async_implementations_run_in_order(serve, upstream):
+    order: list[str] = []
+
+    class A:
+        @hookimpl(tryfirst=True)
+        async def ccproxy_stream_start(self, ctx):
+            await asyncio.sleep(0.02)
+            order.append("a")
+
+    class B:
+        @hookimpl
+        def ccproxy_stream_start(self, ctx):
+            order.append("b")
+
+    class C:
+        @hookimpl(trylast=True)
+        async def ccproxy_stream_start(self, ctx):
+            order.append("c")
+
+    server = serve(c=C(), b=B(), a=A())
+    post(server.url, ANTHROPIC_BODY)
+    assert order == ["a", "b", "c"]
+
+
+# -- cost: no pluggy on the chunk path ------------------------------------------------------------------
+
+
+def test_no_ccproxy_stream_chunk_implementation_means_no_plugin_call_per_chunk(serve, upstream, monkeypatch):
+    ends = Ends()
+    server = serve(ends=ends)
+    plugins = server.app.ctx.plugins
+    notified: list[str] = []
+    real_notify = plugins.notify
+
+    async def recording_notify(hook_name: str, **kwargs: Any) -> None:
+        notified.append(hook_name)
+        await real_notify(hook_name, **kwargs)
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("pluggy was called while serving a request")
+
+    monkeypatch.setattr(plugins, "notify", recording_notify)
+    # Every pluggy hook call of this app goes through its HookCaller's _hookexec (pytest's own do not).
+    for caller in vars(plugins.pm.hook).values():
+        if isinstance(caller, pluggy.HookCaller):
+            monkeypatch.setattr(caller, "_hookexec", forbidden)
+    with pytest.raises(AssertionError, match="pluggy was called"):
+        plugins.pm.hook.ccproxy_stream_chunk(ctx=None, chunk=b"")  # the trap works
+    r = post(server.url, ANTHROPIC_BODY, {"x-mock-events": "20", "x-mock-delay": "2"})
+    assert r.status_code == 200 and r.content.count(b"event: content_block_delta") == 20
+    ctx = ends.last()
+    assert ctx.chunks_sent >= 20 and ctx.outcome == "completed"
+    assert "ccproxy_stream_chunk" not in notified and "ccproxy_stream_event" not in notified
+    assert notified.count("ccproxy_stream_end") == 1
+
+
+# -- the example plugin: a separately installed package --------------------------------------------------
+
+
+def _example_installed() -> bool:
+    import importlib.metadata
+
+    return any(ep.name == "example" for ep in importlib.metadata.entry_points(group="ccproxy"))
+
+
+def test_example_plugin_is_discovered_configured_from_yaml_and_fires(make_proxy, mock, upstream, monkeypatch, tmp_path):
+    assert _example_installed(), "run `make install`: it installs examples/ccproxy-example-plugin"
+    monkeypatch.setenv("EXAMPLE_HEADER", "from-yaml")
+    path = tmp_path / "ccproxy.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            providers:
+              anthropic: {{format: anthropic, base_url: "{mock.url}", api_key: k, models: ["claude-*"]}}
+              openai: {{format: openai, base_url: "{mock.url}/v1", api_key: k, models: ["gpt-*"]}}
+            plugins:
+              example:
+                header_value: ${{EXAMPLE_HEADER}}
+            """
+        )
+    )
+    import yaml
+
+    server = make_proxy(yaml.safe_load(path.read_text()))  # no plugins= : only entry points
+    listed = {p["name"]: p for p in httpx.get(server.url + "/plugins").json()}
+    assert listed["example"]["distribution"] == "ccproxy-example-plugin"
+    assert listed["example"]["version"] == "0.1.0" and listed["example"]["enabled"] is True
+    assert "ccproxy_stream_event" in listed["example"]["hooks"]
+    before = httpx.get(server.url + "/example/stats").json()
+    r = post(server.url, ANTHROPIC_BODY, {"x-mock-events": "4"})
+    assert r.headers["x-example"] == "from-yaml"
+    o = post(server.url, OPENAI_BODY, path="/v1/chat/completions")
+    assert o.headers["x-example"] == "from-yaml"
+    wait_for(lambda: httpx.get(server.url + "/example/stats").json()["requests"] == before["requests"] + 2)
+    stats = httpx.get(server.url + "/example/stats").json()
+    assert stats["by_type"]["content_block_delta"] - before["by_type"].get("content_block_delta", 0) == 4
+    anthropic = sum(stats["by_type"].values()) - stats["by_type"].get("message", 0)
+    assert anthropic - (before["events"] - before["by_type"].get("message", 0)) == r.content.count(b"\n\n")
+    # OpenAI events have no name; another plugin may ask the upstream for a usage chunk the client never sees.
+    assert stats["by_type"]["message"] - before["by_type"].get("message", 0) >= o.content.count(b"\n\n")
+
+
+def test_example_plugin_disabled_or_misconfigured(make_proxy, mock):
+    assert _example_installed()
+    server = make_proxy(provider_config(mock.url, plugins={"disabled": ["example"], "example": {"header_value": "x"}}))
+    assert "x-example" not in post(server.url, {**ANTHROPIC_BODY, "stream": False}).headers
+    assert httpx.get(server.url + "/example/stats").status_code == 404
+    with pytest.raises(ConfigError, match=r"plugins.example.header_name: not a valid header name: 'x y'"):
+        create_app(build_config(provider_config(mock.url, plugins={"example": {"header_name": "x y"}}), "t"))
