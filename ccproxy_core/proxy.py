@@ -232,9 +232,11 @@ def check_headers(headers: Any) -> None:
     Raises:
         InvalidRequest: naming the header.
     """
-    names = list(headers.keys())
-    values = list(headers.values())
-    if _NOT_TOKEN.search("".join(names)) or _UNSAFE_VALUE.search("".join(values)):
+    values = "".join(headers.values())  # ~2 us for Claude Code's ~25 headers
+    if (
+        "\n" in values or "\r" in values or "\0" in values
+        or _NOT_TOKEN.search("".join(headers.keys())) or "" in headers
+    ):
         for name, value in headers.items():
             if not name or _NOT_TOKEN.search(name):
                 raise InvalidRequest(f"request header name {name[:64]!r} is not a valid HTTP token")
