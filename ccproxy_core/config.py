@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import yaml
 
-from .context import ANTHROPIC, OPENAI
 from .errors import ConfigError
 
 log = logging.getLogger("ccproxy")

@@ -7,6 +7,7 @@ import importlib.metadata
 import socket
 import threading
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from sanic import Sanic
@@ -15,6 +16,33 @@ from ccproxy_core import create_app
 from ccproxy_core.config import build_config
 
 Sanic.test_mode = True
+
+ROOT = Path(__file__).resolve().parent.parent
+ANTHROPIC_BODY: dict[str, Any] = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [{"role": "user", "content": "Hello"}],
+}
+OPENAI_BODY: dict[str, Any] = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
+#: Client dialect -> (route, a streaming request body for it).
+PATHS = {"anthropic": ("/v1/messages", ANTHROPIC_BODY), "openai": ("/v1/chat/completions", OPENAI_BODY)}
+#: Makes the mock's ids and clock fixed, so proxied and direct bytes compare equal.
+FIXED = {"x-mock-fixed-ids": "1"}
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (or resets) the connection."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class ProxyThread:

@@ -11,16 +11,8 @@ import httpx
 import pytest
 
 from ccproxy_core import hookimpl
-from tests.servers import provider_config
+from tests.servers import ANTHROPIC_BODY, FIXED, OPENAI_BODY, provider_config
 
-ANTHROPIC_BODY = {
-    "model": "claude-sonnet-4-5",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "Hello"}],
-}
-OPENAI_BODY = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
-FIXED = {"x-mock-fixed-ids": "1"}
 
 
 class Recorder:

@@ -23,12 +23,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 
 from ccproxy_core import hookimpl
 from tests.mock_upstream import MockUpstreamThread
-from tests.servers import ProxyThread, provider_config
+from tests.servers import ProxyThread, provider_config, read_all
 
 ANTHROPIC_BODY = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
                   "messages": [{"role": "user", "content": "Hello"}]}
@@ -169,19 +168,6 @@ def close(sock: socket.socket, *, reset: bool) -> None:
     if reset:  # RST instead of FIN
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def read_all(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -27,17 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ccproxy_core import hookimpl
 from ccproxy_core.config import Config, ProviderConfig
-from tests.servers import provider_config
+from tests.servers import ANTHROPIC_BODY, FIXED, OPENAI_BODY, ROOT, provider_config
 
-ROOT = Path(__file__).resolve().parent.parent
-ANTHROPIC_BODY = {
-    "model": "claude-sonnet-4-5",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "Hello"}],
-}
-OPENAI_BODY = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
-FIXED = {"x-mock-fixed-ids": "1"}
 SECRETS = ("sk-ant-upstream-SECRET", "sk-openai-upstream-SECRET")
 CLIENT_KEY = "sk-proxy-client-SECRET-0001"
 

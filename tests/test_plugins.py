@@ -17,7 +17,6 @@ import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,18 +32,9 @@ from ccproxy_core import (
 )
 from ccproxy_core.config import build_config
 from ccproxy_core.plugins import Plugins
-from tests.servers import ProxyThread, provider_config
+from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, PATHS, ProxyThread, ROOT, provider_config
 
-ROOT = Path(__file__).resolve().parent.parent
 
-ANTHROPIC_BODY = {
-    "model": "claude-sonnet-4-5",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "Hello"}],
-}
-OPENAI_BODY = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
-PATHS = {"anthropic": ("/v1/messages", ANTHROPIC_BODY), "openai": ("/v1/chat/completions", OPENAI_BODY)}
 
 
 def post(url: str, body: dict, headers: dict | None = None, path: str = "/v1/messages") -> httpx.Response:

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,17 +24,8 @@ from ccproxy_core.streaming import retry_after_seconds
 from plugins import auth
 from tests.mock_upstream import MockUpstreamThread
 from tests.scripted_upstream import Answer, ScriptedUpstream
-from tests.servers import provider_config
+from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, PATHS, ROOT, provider_config
 
-ROOT = Path(__file__).resolve().parent.parent
-ANTHROPIC_BODY = {
-    "model": "claude-sonnet-4-5",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "Hello"}],
-}
-OPENAI_BODY = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
-PATHS = {"anthropic": ("/v1/messages", ANTHROPIC_BODY), "openai": ("/v1/chat/completions", OPENAI_BODY)}
 CLIENT_KEYS = ["ccp-client-KEY-one-1234567890", "ccp-client-KEY-two-0987654321"]
 PROVIDER_KEYS = ["sk-ant-upstream-SECRET", "sk-openai-upstream-SECRET"]
 
@@ -120,7 +110,7 @@ def test_missing_or_wrong_key_is_401_in_dialect(keyed, upstream, dialect):
     for headers in ({}, {"x-api-key": "wrong"}, {"authorization": "Bearer wrong"}, {"authorization": "Basic " + CLIENT_KEYS[0]},
                     {"x-api-key": ""}, {"x-api-key": CLIENT_KEYS[0][:-1]}, {"x-api-key": CLIENT_KEYS[0] + "x"}):
         r = httpx.post(keyed.url + path, json=body, headers=headers)
-        data = assert_dialect_error(dialect, r, 401, "authentication_error")
+        assert_dialect_error(dialect, r, 401, "authentication_error")
         assert CLIENT_KEYS[0] not in r.text
     assert upstream.upstream.requests == []  # nothing reached the provider
 

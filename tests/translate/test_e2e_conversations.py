@@ -6,9 +6,6 @@ import base64
 import json
 from typing import Any
 
-import anthropic
-import openai
-
 from tests.translate.test_e2e import CLAUDE, GPT, HI, anthropic_client, mock_headers, openai_client, proxy  # noqa: F401
 
 PIXEL = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")).decode()
