@@ -1,0 +1,1 @@
+# Baseline: same wrapper, nothing changed.

@@ -1,0 +1,899 @@
+"""ccproxy's benchmark (issue 7): one command, side by side, bounded in time.
+
+    python bench/run.py            # full run, about 4-5 minutes
+    python bench/run.py --quick    # about 1-1.5 minutes
+
+What runs, all on 127.0.0.1:
+
+* ``bench/upstream.py``: a mock upstream (both dialects, JSON and SSE), its own process
+  pinned to CPU 1, plain HTTP and TLS (a self-signed certificate made here with the
+  ``openssl`` CLI).
+* The proxy: ``sanic app.app --single-process`` pinned to CPU 0, with a generated config
+  whose providers point at the mock upstream (routing globs, provider headers, the
+  bundled plugin set loaded from entry points). When the config accepts
+  ``transport: fast|httpx`` it runs once with each.
+* The load client (``bench/loadgen.py``), in this process, pinned to CPU 1 too.
+* Baselines: the client straight to the upstream ("direct"), and nginx as a reverse
+  proxy when ``nginx`` is installed.
+
+Proxy CPU is ``utime + stime`` from ``/proc/PID/stat`` before and after each phase;
+RSS is ``VmRSS`` from ``/proc/PID/status``. "Added" figures are the proxy's minus
+the direct baseline's, from the same run. The Markdown report goes to stdout and to
+``bench/results/latest.md``; progress goes to stderr. Every subprocess dies with
+this one (SIGKILL on parent death, and a clean stop on exit or Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import loadgen  # noqa: E402
+from loadgen import Request, Result, Target, build_request  # noqa: E402
+
+PROXY_CPU = 0
+CLIENT_CPU = 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DIALECTS = ("anthropic", "openai")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Durations and sizes of the phases."""
+
+    json_seconds: float
+    json1_seconds: float
+    big_seconds: float
+    stream_seconds: float
+    ttfb_rounds: int
+    many_seconds: float
+    extra_startups: int
+    warmup_seconds: float = 0.6
+    json_concurrency: int = 32
+    big_body_bytes: int = 80_000
+    stream_concurrency: int = 16
+    stream_events: int = 50
+    stream_rate: float = 500.0
+    ttfb_clients: int = 20
+    ttfb_events: int = 6
+    ttfb_rate: float = 1000.0
+    many_streams: int = 500
+    many_rate: float = 50.0
+    many_ramp: float = 1.0
+
+
+FULL = Plan(json_seconds=5, json1_seconds=2, big_seconds=3, stream_seconds=5, ttfb_rounds=20, many_seconds=8, extra_startups=3)
+QUICK = Plan(json_seconds=2, json1_seconds=1, big_seconds=1.5, stream_seconds=2, ttfb_rounds=6, many_seconds=3, extra_startups=0)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _libc_prctl_deathsig() -> None:
+    """Child side: get SIGKILL when the benchmark dies, however it dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def pin(cpu: int) -> bool:
+    """Pin the calling process to ``cpu`` when it is available (not on a 1-CPU machine)."""
+    if hasattr(os, "sched_setaffinity") and cpu in os.sched_getaffinity(0) and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {cpu})
+        return True
+    return False
+
+
+class Children:
+    """Every subprocess the benchmark starts; all are stopped on the way out."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, argv: list[str], *, cpu: int, log_path: Path, env: dict[str, str] | None = None,
+              stdin: int | None = subprocess.DEVNULL, stdout: int | None = None) -> subprocess.Popen[bytes]:
+        # All CPUs first (this process is pinned to the client's), then the child's own.
+        all_cpus = set(range(os.cpu_count() or 1))
+
+        def setup() -> None:
+            _libc_prctl_deathsig()
+            if hasattr(os, "sched_setaffinity"):
+                try:
+                    os.sched_setaffinity(0, all_cpus)
+                except OSError:
+                    pass
+                pin(cpu)
+
+        logf = open(log_path, "wb")
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdin=stdin,
+            stdout=stdout if stdout is not None else logf, stderr=logf, preexec_fn=setup,
+        )
+        logf.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 3.0) -> None:
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGINT)  # Sanic stops cleanly on SIGINT
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.procs):
+            try:
+                self.stop(proc, timeout=2.0)
+            except Exception:
+                proc.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """Per CPU: (user + nice + system ticks, steal ticks) from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith("cpu") and line[3].isdigit():
+                f = line.split()
+                vals = [int(x) for x in f[1:]]
+                out[int(f[0][3:])] = (vals[0] + vals[1] + vals[2], vals[7] if len(vals) > 7 else 0)
+    return out
+
+
+class Meter:
+    """One phase: the proxy's CPU seconds, and how busy CPU 0 was with anything else."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.c0 = cpu_seconds(pid) if pid else 0.0
+        self.s0 = core_ticks()
+        self.t0 = time.perf_counter()
+        self.cpu = float("nan")
+        self.others = float("nan")
+
+    def stop(self) -> Meter:
+        wall = time.perf_counter() - self.t0
+        if self.pid:
+            self.cpu = cpu_seconds(self.pid) - self.c0
+        s1 = core_ticks()
+        if PROXY_CPU in s1 and PROXY_CPU in self.s0:
+            busy = (s1[PROXY_CPU][0] - self.s0[PROXY_CPU][0]) / CLK_TCK
+            steal = (s1[PROXY_CPU][1] - self.s0[PROXY_CPU][1]) / CLK_TCK
+            mine = self.cpu if self.pid else 0.0
+            self.others = max(0.0, busy - mine + steal) / wall * 100
+        return self
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- setup -------------------------------------------------------------------------------------
+
+
+def make_certificate(tmp: Path) -> tuple[Path, Path] | None:
+    """A self-signed certificate for 127.0.0.1, or None without the openssl CLI."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+           "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    done = subprocess.run(cmd, capture_output=True, timeout=60)
+    if done.returncode != 0:
+        log(f"openssl failed, TLS rows skipped: {done.stderr.decode(errors='replace').strip()[:200]}")
+        return None
+    return cert, key
+
+
+def proxy_config(path: Path, upstream_port: int, *, tls: bool, transport: str | None,
+                 enabled_plugins: list[str] | None = None) -> None:
+    """A deployment like a team's: real providers (pointing at the mock), the demo ones, an alias.
+
+    ``enabled_plugins`` restricts the loaded plugins to that allow-list (the demo providers,
+    which need the ``demo`` plugin, are then left out unless it is listed).
+    """
+    scheme = "https" if tls else "http"
+    extra = ""
+    if transport is not None:
+        extra += f"    transport: {transport}\n"
+    if tls:
+        extra += "    verify_tls: false\n"
+    demo = """  demo:
+    format: anthropic
+    base_url: demo://anthropic
+    requires_key: false
+    models: ["demo", "demo-claude"]
+  demo-openai:
+    format: openai
+    base_url: demo://openai
+    requires_key: false
+    models: ["demo-gpt"]
+"""
+    if enabled_plugins is not None and "demo" not in enabled_plugins:
+        demo = ""
+    text = f"""# generated by bench/run.py
+providers:
+  anthropic:
+    format: anthropic
+    base_url: {scheme}://127.0.0.1:{upstream_port}
+    api_key: sk-ant-bench-provider-key
+    models: ["claude-*"]
+    headers:
+      x-bench-gateway: ccproxy
+{extra}  openai:
+    format: openai
+    base_url: {scheme}://127.0.0.1:{upstream_port}/v1
+    api_key: sk-bench-provider-key
+    models: ["gpt-*", "o[0-9]*", "chatgpt-*"]
+    headers:
+      x-bench-gateway: ccproxy
+{extra}{demo}models:
+  sonnet:
+    model: claude-bench-1
+    provider: anthropic
+timeouts:
+  connect: 10
+  headers: 60
+  idle: 60
+  total: 600
+"""
+    if enabled_plugins is not None:
+        text += f"plugins:\n  enabled: [{', '.join(enabled_plugins)}]\n"
+    path.write_text(text)
+
+
+def probe(cfg: Path, log_path: Path) -> dict[str, Any]:
+    """Build the app with ``cfg`` in a subprocess: accepted? which transports? which plugins?"""
+    done = subprocess.run(
+        [sys.executable, str(HERE / "probe.py")], cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(cfg)},
+        capture_output=True, timeout=60,
+    )
+    log_path.write_bytes(done.stdout + done.stderr)
+    if done.returncode != 0:
+        return {"ok": False, "error": (done.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]}
+    for line in reversed(done.stdout.decode(errors="replace").splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"ok": False, "error": "no output"}
+
+
+def nginx_config(tmp: Path, port: int, upstream_port: int, tls: bool) -> Path:
+    scheme = "https" if tls else "http"
+    conf = tmp / f"nginx-{port}.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx-{port}.pid;
+error_log {tmp}/nginx-{port}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  fastcgi_temp_path {tmp}/nginx-fastcgi;
+  uwsgi_temp_path {tmp}/nginx-uwsgi;
+  scgi_temp_path {tmp}/nginx-scgi;
+  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 1024; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    keepalive_requests 1000000;
+    location / {{
+      proxy_pass {scheme}://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_ssl_verify off;
+      proxy_ssl_session_reuse on;
+      proxy_read_timeout 120s;
+      client_max_body_size 64m;
+    }}
+  }}
+}}
+""")
+    return conf
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+def pct(values: list[int], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``; nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1)))))
+    return float(ordered[k])
+
+
+@dataclass
+class Variant:
+    """One column of the report."""
+
+    name: str
+    target: Target
+    kind: str  # "direct", "proxy", "nginx"
+    tls: bool
+    transport: str | None = None
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Bench:
+    def __init__(self, plan: Plan, children: Children, tmp: Path) -> None:
+        self.plan = plan
+        self.children = children
+        self.tmp = tmp
+        self.startups: list[float] = []
+
+    def requests(self, target: Target, **kw: Any) -> list[Request]:
+        return [build_request(target, d, **kw) for d in DIALECTS]
+
+    async def start(self, v: Variant) -> subprocess.Popen[bytes]:
+        """Spawn the variant's server; record spawn → first 200 on a proxied request."""
+        log_path = self.tmp / f"{v.name.replace(' ', '-')}.log"
+        req = build_request(v.target, "anthropic")
+        t0 = time.perf_counter()
+        proc = self.children.spawn(v.argv, cpu=PROXY_CPU, log_path=log_path, env=v.env)
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{v.name} exited with {proc.returncode}:\n{log_tail(log_path)}")
+            try:
+                status = await loadgen.one_request(v.target, req, timeout=10)
+                if status == 200:
+                    elapsed = time.perf_counter() - t0
+                    break
+                raise RuntimeError(f"{v.name}: first request answered {status}:\n{log_tail(log_path)}")
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > 30:
+                raise RuntimeError(f"{v.name} did not answer within 30 s:\n{log_tail(log_path)}")
+            await asyncio.sleep(0.005)
+        v.metrics.setdefault("startup", []).append(elapsed)
+        return proc
+
+    async def run_variant(self, v: Variant) -> None:
+        p, m, t = self.plan, v.metrics, v.target
+        proc = None
+        pid = None
+        if v.kind != "direct":
+            for _ in range(self.plan.extra_startups if v.kind == "proxy" else 0):
+                extra = await self.start(v)
+                self.children.stop(extra)
+            proc = await self.start(v)
+            pid = proc.pid
+            if v.kind == "proxy":
+                self.startups += v.metrics["startup"]
+
+        try:
+            # Warm-up: imports done lazily, pools filled, code paths hot.
+            await loadgen.closed_loop(t, self.requests(t), p.json_concurrency, p.warmup_seconds)
+            await loadgen.closed_loop(t, self.requests(t, stream=True, events=10, rate=2000), 8, p.warmup_seconds / 2)
+            if pid:
+                m["rss_warm"] = status_kb(pid, "VmRSS") / 1024
+
+            log(f"{v.name}: JSON, 1 client")
+            r = await loadgen.closed_loop(t, self.requests(t), 1, p.json1_seconds)
+            m["json1_p50"], m["json1_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
+            m["errors"] = r.errors
+
+            log(f"{v.name}: JSON, {p.json_concurrency} clients")
+            meter = Meter(pid)
+            r = await loadgen.closed_loop(t, self.requests(t), p.json_concurrency, p.json_seconds)
+            meter.stop()
+            m["json_rps"] = r.requests / r.wall
+            m["json_cpu_us"] = meter.cpu / max(1, r.requests) * 1e6
+            m["others_json"] = meter.others
+            m["json_p50"], m["json_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
+            m["errors"] += r.errors
+            m["statuses"] = r.statuses
+
+            log(f"{v.name}: JSON with {p.big_body_bytes // 1000} KB bodies, {p.json_concurrency} clients")
+            meter = Meter(pid)
+            r = await loadgen.closed_loop(t, self.requests(t, body_bytes=p.big_body_bytes), p.json_concurrency, p.big_seconds)
+            meter.stop()
+            m["big_rps"] = r.requests / r.wall
+            m["big_cpu_us"] = meter.cpu / max(1, r.requests) * 1e6
+            m["big_p50"] = pct(r.latencies, 50) / 1e6
+            m["errors"] += r.errors
+
+            log(f"{v.name}: {p.stream_concurrency} concurrent {p.stream_events}-event streams at {p.stream_rate:g} events/s")
+            meter = Meter(pid)
+            r = await loadgen.closed_loop(
+                t, self.requests(t, stream=True, events=p.stream_events, rate=p.stream_rate),
+                p.stream_concurrency, p.stream_seconds,
+            )
+            meter.stop()
+            m["others_stream"] = meter.others
+            m["st_streams"], m["st_incomplete"] = r.streams, r.incomplete_streams
+            m["st_cpu_stream_ms"] = meter.cpu / max(1, r.streams) * 1e3
+            m["st_cpu_event_us"] = meter.cpu / max(1, r.events) * 1e6
+            m["st_lat_p50"], m["st_lat_p99"] = pct(r.event_latencies, 50) / 1e6, pct(r.event_latencies, 99) / 1e6
+            m["st_gap_p50"], m["st_gap_p99"] = pct(r.gaps, 50) / 1e6, pct(r.gaps, 99) / 1e6
+            m["st_multi"] = r.multi_event_reads / max(1, r.event_reads) * 100
+            m["st_events"], m["st_expected"] = r.events, r.expected_events
+            m["st_ttfb_p50"] = pct(r.ttfb, 50) / 1e6
+            m["errors"] += r.errors
+
+            log(f"{v.name}: {p.ttfb_clients} streams starting together, {p.ttfb_rounds} rounds")
+            meter = Meter(pid)
+            r = await loadgen.together(
+                t, self.requests(t, stream=True, events=p.ttfb_events, rate=p.ttfb_rate), p.ttfb_clients, p.ttfb_rounds
+            )
+            m["others_ttfb"] = meter.stop().others
+            m["ttfb_p50"], m["ttfb_p99"] = pct(r.ttfb, 50) / 1e6, pct(r.ttfb, 99) / 1e6
+            m["errors"] += r.errors
+
+            events = int(p.many_rate * p.many_seconds)
+            log(f"{v.name}: {p.many_streams} concurrent streams x {p.many_rate:g} events/s x {p.many_seconds:g} s")
+            rss_peak = [0]
+
+            async def sample_rss() -> None:
+                while True:
+                    rss_peak[0] = max(rss_peak[0], status_kb(pid, "VmRSS"))
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.ensure_future(sample_rss()) if pid else None
+            meter = Meter(pid)
+            r = await loadgen.many_streams(
+                t, self.requests(t, stream=True, events=events, rate=p.many_rate), p.many_streams,
+                p.many_ramp, timeout=p.many_ramp + p.many_seconds + 15,
+            )
+            meter.stop()
+            m["others_many"] = meter.others
+            if sampler is not None:
+                sampler.cancel()
+                m["many_rss_peak"] = rss_peak[0] / 1024
+                m["rss_hwm"] = status_kb(pid, "VmHWM") / 1024
+            m["many_events"], m["many_expected"] = r.events, r.expected_events
+            m["many_incomplete"] = r.incomplete_streams
+            m["many_lat_p50"] = pct(r.event_latencies, 50) / 1e6
+            m["many_lat_p99"] = pct(r.event_latencies, 99) / 1e6
+            m["many_lat_max"] = pct(r.event_latencies, 100) / 1e6
+            m["many_multi"] = r.multi_event_reads / max(1, r.event_reads) * 100
+            m["many_gap_p99"] = pct(r.gaps, 99) / 1e6
+            m["many_cpu_pct"] = meter.cpu / r.wall * 100
+            m["many_cpu_event_us"] = meter.cpu / max(1, r.events) * 1e6
+            m["errors"] += r.errors
+        finally:
+            if proc is not None:
+                self.children.stop(proc)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if value != value:  # nan
+            return "—"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+PINNED = {"ok": False}
+
+
+def machine() -> list[str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import uvloop  # noqa: F401
+
+        loop_name = "uvloop " + uvloop.__version__
+    except ImportError:
+        loop_name = "asyncio"
+    return [
+        f"- CPU: {model}, `nproc` = {os.cpu_count()}; "
+        + (f"proxy pinned to CPU {PROXY_CPU}, load client and mock upstream to CPU {CLIENT_CPU}"
+           if PINNED["ok"] else "**not pinned** (fewer than 2 CPUs available): every process shares the CPU"),
+        f"- Python {platform.python_version()} ({platform.python_implementation()}), {loop_name}, Linux {platform.release()}",
+    ]
+
+
+def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any], startups: list[float],
+           seconds: float) -> str:
+    p = plan
+    done = [v for v in variants if v.metrics and not v.error]
+    base = {tls: next((v for v in done if v.kind == "direct" and v.tls == tls), None) for tls in (False, True)}
+
+    def added(v: Variant, key: str) -> float | None:
+        b = base[v.tls]
+        if v.kind == "direct" or b is None or key not in v.metrics or key not in b.metrics:
+            return None
+        return v.metrics[key] - b.metrics[key]
+
+    def cell(v: Variant, key: str, digits: int = 2) -> str:
+        return fmt(v.metrics.get(key), digits)
+
+    def events_cell(v: Variant, got: str, want: str) -> str:
+        if got not in v.metrics:
+            return "—"
+        return f"{v.metrics[got]:,} / {v.metrics[want]:,}"
+
+    rows: list[tuple[str, Any]] = [
+        ("start-up: spawn → first proxied 200 (ms)",
+         lambda v: fmt(statistics.median(v.metrics["startup"]) * 1e3, 0) if v.metrics.get("startup") else "—"),
+        ("RSS after warm-up (MB)", lambda v: cell(v, "rss_warm", 1)),
+        ("JSON, 1 client: latency p50 / p99 (ms)", lambda v: f"{cell(v, 'json1_p50')} / {cell(v, 'json1_p99')}"),
+        ("JSON, 1 client: added p50 (ms)", lambda v: fmt(added(v, "json1_p50"))),
+        (f"JSON, {p.json_concurrency} clients: requests/s", lambda v: cell(v, "json_rps")),
+        (f"JSON, {p.json_concurrency} clients: **proxy CPU per request (µs)**", lambda v: cell(v, "json_cpu_us", 0)),
+        (f"JSON, {p.json_concurrency} clients: latency p50 / p99 (ms)", lambda v: f"{cell(v, 'json_p50')} / {cell(v, 'json_p99')}"),
+        (f"JSON {p.big_body_bytes // 1000} KB bodies, {p.json_concurrency} clients: requests/s",
+         lambda v: cell(v, "big_rps")),
+        (f"JSON {p.big_body_bytes // 1000} KB bodies: proxy CPU per request (µs)", lambda v: cell(v, "big_cpu_us", 0)),
+        (f"{p.stream_events}-event streams ({p.stream_concurrency} concurrent, {p.stream_rate:g} ev/s): streams done",
+         lambda v: f"{v.metrics['st_streams'] - v.metrics['st_incomplete']:,} / {v.metrics['st_streams']:,}"
+         if "st_streams" in v.metrics else "—"),
+        ("… **proxy CPU per stream (ms)** / per event (µs)",
+         lambda v: f"{cell(v, 'st_cpu_stream_ms')} / {cell(v, 'st_cpu_event_us', 1)}"),
+        ("… event latency p50 / p99 (ms)", lambda v: f"{cell(v, 'st_lat_p50')} / {cell(v, 'st_lat_p99')}"),
+        ("… added event latency p99 (ms)", lambda v: fmt(added(v, "st_lat_p99"))),
+        (f"… inter-arrival gap p50 / p99 (ms; sent every {1000 / p.stream_rate:g} ms)",
+         lambda v: f"{cell(v, 'st_gap_p50')} / {cell(v, 'st_gap_p99')}"),
+        ("… reads carrying >1 event (%)", lambda v: cell(v, "st_multi")),
+        (f"TTFB, {p.ttfb_clients} streams starting together: p50 / p99 (ms)",
+         lambda v: f"{cell(v, 'ttfb_p50')} / {cell(v, 'ttfb_p99')}"),
+        ("… **added TTFB p50 (ms)**", lambda v: fmt(added(v, "ttfb_p50"))),
+        (f"{p.many_streams} streams × {p.many_rate:g} ev/s × {p.many_seconds:g} s: events delivered",
+         lambda v: events_cell(v, "many_events", "many_expected")),
+        ("… event latency p50 / p99 / max (ms)",
+         lambda v: f"{cell(v, 'many_lat_p50')} / {cell(v, 'many_lat_p99')} / {cell(v, 'many_lat_max')}"),
+        ("… **added event latency p99 (ms)**", lambda v: fmt(added(v, "many_lat_p99"))),
+        ("… reads carrying >1 event (%)", lambda v: cell(v, "many_multi")),
+        ("… proxy CPU (% of one core) / per event (µs)",
+         lambda v: f"{cell(v, 'many_cpu_pct', 0)} / {cell(v, 'many_cpu_event_us', 1)}"),
+        ("… **proxy RSS peak (MB)**", lambda v: cell(v, "many_rss_peak", 1)),
+        ("errors (non-200, broken connections)", lambda v: cell(v, "errors")),
+        (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams (%)",
+         lambda v: " / ".join(cell(v, k, 0) for k in ("others_json", "others_stream", "others_ttfb", "others_many"))),
+    ]
+    out = [f"# ccproxy benchmark ({mode} run, {time.strftime('%Y-%m-%d %H:%M %Z')}, {seconds:.0f} s)", ""]
+    out += machine()
+    out.append("")
+    for v in variants:
+        if v.note or v.error:
+            out.append(f"- **{v.name}**: {v.note}{' — FAILED: ' + v.error.splitlines()[0] if v.error else ''}")
+    if probes.get("plugins"):
+        out.append(f"- plugins loaded (entry points): {', '.join(probes['plugins'])}")
+    out.append("")
+    header = "| | " + " | ".join(v.name for v in done) + " |"
+    out += [header, "|---" * (len(done) + 1) + "|"]
+    for label, fn in rows:
+        cells = []
+        for v in done:
+            try:
+                cells.append(fn(v))
+            except (KeyError, TypeError, ValueError):
+                cells.append("—")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out.append("")
+    # Goals, judged on the first proxy column (the configured default transport, plain HTTP upstream).
+    proxy = next((v for v in done if v.kind == "proxy" and not v.tls), None)
+    if proxy is not None:
+        m = proxy.metrics
+        startup = statistics.median(startups) if startups else float("nan")
+        lost = m.get("many_expected", 0) - m.get("many_events", 0)
+        goals = [
+            ("proxy CPU per non-streaming request, 32 clients", "≤ 150 µs", f"{fmt(m.get('json_cpu_us'), 0)} µs",
+             m.get("json_cpu_us", 1e9) <= 150),
+            ("proxy CPU per 50-event stream (per event)", "≤ 1.5 ms (≤ 30 µs)",
+             f"{fmt(m.get('st_cpu_stream_ms'))} ms ({fmt(m.get('st_cpu_event_us'), 1)} µs)",
+             m.get("st_cpu_stream_ms", 1e9) <= 1.5),
+            ("no coalescing: reads with >1 event, proxy vs direct", "≤ direct + 0.5 points",
+             f"{fmt(m.get('st_multi'))} % vs {fmt(base[False].metrics.get('st_multi') if base[False] else None)} %",
+             base[False] is not None and m.get("st_multi", 1e9) <= base[False].metrics.get("st_multi", 0) + 0.5),
+            (f"{p.many_streams} streams × {p.many_rate:g} ev/s: every event delivered", "all",
+             f"{m.get('many_events', 0):,} / {m.get('many_expected', 0):,}", lost == 0 and m.get("many_expected", 0) > 0),
+            ("… added p99 event latency", "≤ 5 ms", f"{fmt(added(proxy, 'many_lat_p99'))} ms",
+             (added(proxy, "many_lat_p99") or 1e9) <= 5),
+            ("… proxy RSS", "≤ 80 MB", f"{fmt(m.get('many_rss_peak'), 1)} MB", m.get("many_rss_peak", 1e9) <= 80),
+            (f"added TTFB p50, {p.ttfb_clients} streams together", "≤ 2 ms", f"{fmt(added(proxy, 'ttfb_p50'))} ms",
+             (added(proxy, "ttfb_p50") or 1e9) <= 2),
+            (f"start-up, spawn → first proxied 200 (median of {len(startups)})", "≤ 1 s",
+             f"{fmt(startup * 1e3, 0)} ms", startup <= 1.0),
+        ]
+        out += [f"Goals, judged on **{proxy.name}**:", "", "| goal | target | measured | |", "|---|---|---|---|"]
+        for goal, target, measured, ok in goals:
+            out.append(f"| {goal} | {target} | {measured} | {'✅' if ok else '❌'} |")
+        out.append("")
+        busy = [(k, m[k]) for k in ("others_json", "others_stream", "others_ttfb", "others_many")
+                if isinstance(m.get(k), float) and m[k] == m[k]]
+        worst = max(busy, key=lambda kv: kv[1]) if busy else None
+        if worst is not None and worst[1] > 10:
+            out += [
+                f"⚠ CPU {PROXY_CPU} was up to {worst[1]:.0f} % busy with other processes (or stolen by the "
+                "hypervisor) while the proxy was measured: its latency and throughput figures are inflated by "
+                "waiting for the CPU; CPU-per-request figures much less so. Re-run on a quiet machine to judge "
+                "the latency goals.",
+                "",
+            ]
+    out += [
+        "Notes: CPU is the proxy process's utime+stime (/proc/PID/stat, 10 ms ticks) over the phase divided by "
+        "requests, streams or events; 'added' = this column minus the direct column of the same run (plain or TLS). "
+        "Requests alternate Anthropic (`/v1/messages?beta=true`) and OpenAI (`/v1/chat/completions`). "
+        f"'CPU {PROXY_CPU} busy with other processes' is /proc/stat's user+nice+system+steal for that CPU minus the "
+        "proxy's own CPU, over the phase. "
+        f"The load client and the mock upstream share CPU {CLIENT_CPU}, so the direct column is bounded by them.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
+    plan = QUICK if args.quick else FULL
+    t_start = time.perf_counter()
+    certs = None if args.no_tls else make_certificate(tmp)
+    upstream_argv = [sys.executable, str(HERE / "upstream.py"), "--cpu", str(CLIENT_CPU), "--watch-stdin",
+                     "--max-seconds", str(args.time_limit + 60)]
+    if certs:
+        upstream_argv += ["--cert", str(certs[0]), "--key", str(certs[1])]
+    up = children.spawn(upstream_argv, cpu=CLIENT_CPU, log_path=tmp / "upstream.log", stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE)
+    line = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, up.stdout.readline), 20)
+    if not line:
+        raise RuntimeError("mock upstream did not start:\n" + log_tail(tmp / "upstream.log"))
+    ports = json.loads(line)
+    log(f"mock upstream: {ports}")
+
+    sanic = Path(sys.executable).with_name("sanic")
+    sanic_argv = [str(sanic)] if sanic.exists() else [sys.executable, "-m", "sanic"]
+
+    # Does the config take `transport:`, and what does each value give?
+    transports: list[str | None] = [None]
+    probes: dict[str, Any] = {}
+    notes: dict[str | None, str] = {}
+    found: list[str | None] = []
+    for choice in ("fast", "httpx"):
+        cfg = tmp / f"probe-{choice}.yaml"
+        proxy_config(cfg, ports["port"], tls=False, transport=choice)
+        result = probe(cfg, tmp / f"probe-{choice}.log")
+        if not result.get("ok"):
+            log(f"config with `transport: {choice}` rejected: {result.get('error')}")
+            continue
+        probes.setdefault("plugins", result.get("plugins"))
+        classes = sorted(set((result.get("transports") or {}).get(p, "unknown") for p in ("anthropic", "openai")))
+        notes[choice] = f"`transport: {choice}` → {', '.join(c.rsplit('.', 1)[-1] for c in classes) or 'unknown'}"
+        found.append(choice)
+    if found:
+        transports = found
+    else:
+        cfg = tmp / "probe-default.yaml"
+        proxy_config(cfg, ports["port"], tls=False, transport=None)
+        result = probe(cfg, tmp / "probe-default.log")
+        probes.setdefault("plugins", result.get("plugins"))
+        notes[None] = "no `transport` key in this version's config"
+    if args.no_httpx:
+        transports = [t for t in transports if t != "httpx"] or transports
+    log(f"proxy variants: {transports}; plugins: {probes.get('plugins')}")
+
+    variants: list[Variant] = []
+    tls_modes = [False] + ([True] if certs else [])
+    nginx = shutil.which("nginx")
+    for tls in tls_modes:
+        up_port = ports["tls_port"] if tls else ports["port"]
+        suffix = " (TLS)" if tls else ""
+        client_ssl = None
+        if tls:
+            import ssl
+
+            client_ssl = ssl.create_default_context()
+            client_ssl.check_hostname = False
+            client_ssl.verify_mode = ssl.CERT_NONE
+        variants.append(Variant("direct" + suffix, Target("direct", "127.0.0.1", up_port, ssl=client_ssl), "direct", tls,
+                                note="client → mock upstream" + (", TLS" if tls else "") if tls else ""))
+        for choice in transports:
+            if tls and args.quick and choice == "httpx":
+                continue  # keeps --quick near a minute
+            port = free_port()
+            cfg = tmp / f"proxy-{choice}-{'tls' if tls else 'plain'}.yaml"
+            proxy_config(cfg, up_port, tls=tls, transport=choice)
+            name = f"proxy {choice}{suffix}" if choice else f"proxy{suffix}"
+            variants.append(Variant(
+                name, Target("proxy", "127.0.0.1", port), "proxy", tls, choice,
+                argv=sanic_argv + ["app.app", "--single-process", "--host", "127.0.0.1", "--port", str(port)],
+                env={"CCPROXY_CONFIG": str(cfg)},
+                note=(notes.get(choice, "") + ("; upstream over TLS, `verify_tls: false`" if tls else ""))
+                if not tls or choice == transports[0] else "",
+            ))
+        if args.core_only and not tls:
+            port = free_port()
+            cfg = tmp / "proxy-core-only.yaml"
+            proxy_config(cfg, up_port, tls=False, transport=transports[0], enabled_plugins=["providers"])
+            variants.append(Variant(
+                f"proxy {transports[0] or ''} core only".replace("  ", " "), Target("proxy", "127.0.0.1", port),
+                "proxy", False, transports[0],
+                argv=sanic_argv + ["app.app", "--single-process", "--host", "127.0.0.1", "--port", str(port)],
+                env={"CCPROXY_CONFIG": str(cfg)},
+                note="`plugins: enabled: [providers]`: only the plugin that adds provider credentials",
+            ))
+        if nginx and not args.no_nginx and not (tls and args.quick):
+            port = free_port()
+            conf = nginx_config(tmp, port, up_port, tls)
+            variants.append(Variant("nginx" + suffix, Target("nginx", "127.0.0.1", port), "nginx", tls,
+                                    argv=[nginx, "-e", "stderr", "-p", str(tmp), "-c", str(conf)],
+                                    note="nginx reverse proxy, 1 worker, `proxy_buffering off`"))
+    if not nginx:
+        log("nginx not installed: no nginx column")
+
+    bench = Bench(plan, children, tmp)
+    for v in variants:
+        log(f"=== {v.name}")
+        try:
+            await bench.run_variant(v)
+        except Exception as exc:  # one broken column must not lose the others
+            v.error = f"{type(exc).__name__}: {exc}"
+            log(f"{v.name} failed: {v.error}")
+    children.stop(up)
+    report = render(variants, plan, "quick" if args.quick else "full", probes, bench.startups,
+                    time.perf_counter() - t_start)
+    if not any(v.kind == "direct" for v in variants if not v.error):
+        report += "\n(no direct baseline: 'added' figures unavailable)\n"
+    return report
+
+
+async def guarded(coro: Any, limit: float, signals: tuple[int, ...]) -> Any:
+    """Run ``coro`` for at most ``limit`` seconds; a signal cancels it (KeyboardInterrupt out).
+
+    Inside the loop a Python signal handler must not raise: uvloop may report the
+    exception and carry on. The loop's own handlers cancel the task instead.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    got: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        got.append(signum)
+        if task is not None:
+            task.cancel()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    def quiet_when_interrupted(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not got:  # after a signal, cancelled helpers have nothing worth printing
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(quiet_when_interrupted)
+    try:
+        return await asyncio.wait_for(coro, limit)
+    except asyncio.CancelledError:
+        if got:
+            raise KeyboardInterrupt(f"signal {got[0]}") from None
+        raise
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ccproxy benchmark (issue 7)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short run, about 1-1.5 minutes (no httpx or nginx column over TLS)")
+    parser.add_argument("--no-tls", action="store_true", help="skip the TLS-to-upstream columns")
+    parser.add_argument("--no-httpx", action="store_true", help="skip the `transport: httpx` columns")
+    parser.add_argument("--core-only", action="store_true",
+                        help="add a column with only the `providers` plugin loaded (the cost of the others)")
+    parser.add_argument("--no-nginx", action="store_true", help="skip nginx even when installed")
+    parser.add_argument("--out", default=str(HERE / "results" / "latest.md"), help="where the Markdown goes too")
+    parser.add_argument("--time-limit", type=float, default=None, help="hard stop, seconds (default 200 quick / 480 full)")
+    args = parser.parse_args(argv)
+    args.time_limit = args.time_limit or (200.0 if args.quick else 480.0)
+
+    PINNED["ok"] = pin(CLIENT_CPU)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    def on_signal(signum: int, _frame: Any) -> None:  # while the event loop is not running
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Ctrl-C must still clean up.
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for sig in signals:
+        signal.signal(sig, on_signal)
+
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+
+    children = Children()
+    tmp = Path(tempfile.mkdtemp(prefix="ccproxy-bench-"))
+    try:
+        report = asyncio.run(guarded(amain(args, children, tmp), args.time_limit, signals))
+    except KeyboardInterrupt:
+        log("interrupted; stopping subprocesses")
+        return 130
+    except asyncio.TimeoutError:
+        log(f"time limit of {args.time_limit:g} s reached; stopping (logs in {tmp})")
+        return 3
+    finally:
+        children.stop_all()
+    print(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    log(f"written to {out}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
