@@ -113,3 +113,13 @@ def test_bundled_config_loads_offline(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     config = load_config(str(ROOT / "config.yaml"))
     assert set(config.providers) == {"demo", "demo-openai"}
+
+
+def test_bundled_config_uses_real_providers_when_keys_are_set(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-test")
+    config = load_config(str(ROOT / "config.yaml"))
+    anthropic, openai = config.providers["anthropic"], config.providers["openai"]
+    assert (anthropic.base_url, anthropic.api_key, anthropic.format) == ("https://api.anthropic.com", "sk-ant-test", "anthropic")
+    assert (openai.base_url, openai.api_key, openai.format) == ("https://api.openai.com/v1", "sk-openai-test", "openai")
+    assert anthropic.serves("claude-sonnet-4-5") and openai.serves("gpt-4o") and openai.serves("o3")
