@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.servers import ProxyThread, provider_config
+from tests.servers import ProxyThread, provider_config, read_all
 
 KEY = "fuzz-proxy-key-0123456789"
 MAX_EXAMPLES = 1000
@@ -108,16 +108,7 @@ def translating_proxy(mock):
 def exchange(port: int, raw: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(raw)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionError:
-                break
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return read_all(sock)
 
 
 def check(method: str, path: str, reply: bytes) -> None:
@@ -189,8 +180,6 @@ def test_fuzz_request_bodies_reach_only_the_configured_upstream(fuzz_proxy, mock
     _send_body(fuzz_proxy, mock, body, path)
 
 
-@pytest.mark.xfail(strict=False, reason="plugins/translate raises on malformed fields (e.g. metadata: true gives "
-                   "AttributeError, a 500 PluginError); to be fixed in the translate plugin")
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
 @given(body=request_shaped, path=st.sampled_from(["/v1/messages", "/v1/chat/completions"]))
 def test_fuzz_translated_request_bodies(translating_proxy, mock, body: dict[str, Any], path: str):

@@ -70,7 +70,7 @@ class JSONResponseAdapter(BufferedAdapter):
     def convert(self, body: bytes) -> bytes:
         try:
             payload = loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             payload = None
         if not isinstance(payload, dict):
             raise UpstreamProtocolError("the upstream's response body is not a JSON object")
@@ -181,7 +181,8 @@ def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
     if _is_stream(ctx):
         ctx.response_headers["content-type"] = SSE_CONTENT_TYPE
         if upstream == ANTHROPIC:
-            include_usage = bool(((ctx.body or {}).get("stream_options") or {}).get("include_usage"))
+            options = (ctx.body or {}).get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
             return AnthropicToOpenAIStream(model=model, include_usage=include_usage, thinking=thinking)
         return OpenAIToAnthropicStream(model=model)
     ctx.response_headers["content-type"] = JSON_CONTENT_TYPE

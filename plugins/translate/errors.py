@@ -77,7 +77,7 @@ def upstream_error(upstream_dialect: str, status: int, body: bytes) -> ProxyErro
     """
     try:
         error = _error_object(loads(body))
-    except ValueError:
+    except (ValueError, RecursionError):
         error = None
     if error is None:
         text = body.decode("utf-8", "replace").strip()[:_MAX_MESSAGE]

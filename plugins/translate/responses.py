@@ -1,4 +1,9 @@
-"""Non-streaming response bodies and usage: Anthropic Message <-> OpenAI ChatCompletion."""
+"""Non-streaming response bodies and usage: Anthropic Message <-> OpenAI ChatCompletion.
+
+Odd but valid upstream bodies convert (no usage, null content, no choices); a body
+whose fields have types the dialect does not allow raises
+:class:`UpstreamProtocolError` (502) naming the field.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ import time
 import uuid
 from typing import Any
 
+from ccproxy_core.errors import UpstreamProtocolError
+
 from . import mappings as m
 from .base import Settings, dumps, loads
+from .check import expect_dict, expect_list, expect_str
 
 __all__ = [
     "anthropic_usage_to_openai",
@@ -41,7 +49,16 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def anthropic_usage_to_openai(usage: dict[str, Any]) -> dict[str, Any]:
+def _dict(value: Any) -> dict[str, Any]:
+    """Usage objects: anything else counts as none (as counts that are not numbers count as 0)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _bad(message: str) -> UpstreamProtocolError:
+    return UpstreamProtocolError(f"the upstream's response body cannot be translated: {message}")
+
+
+def anthropic_usage_to_openai(usage: dict[str, Any] | None) -> dict[str, Any]:
     """Anthropic usage -> OpenAI usage.
 
     ``prompt_tokens`` = input + cache read + cache creation tokens (Anthropic's
@@ -49,6 +66,7 @@ def anthropic_usage_to_openai(usage: dict[str, Any]) -> dict[str, Any]:
     reads, ``cache_write_tokens`` = cache creation (only when non-zero);
     ``completion_tokens_details.reasoning_tokens`` = ``output_tokens_details.thinking_tokens``.
     """
+    usage = _dict(usage)
     cache_read = _int(usage.get("cache_read_input_tokens"))
     cache_write = _int(usage.get("cache_creation_input_tokens"))
     prompt = _int(usage.get("input_tokens")) + cache_read + cache_write
@@ -62,8 +80,8 @@ def anthropic_usage_to_openai(usage: dict[str, Any]) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": details,
     }
-    thinking = (usage.get("output_tokens_details") or {}).get("thinking_tokens")
-    if isinstance(thinking, int):
+    thinking = _dict(usage.get("output_tokens_details")).get("thinking_tokens")
+    if isinstance(thinking, int) and not isinstance(thinking, bool):
         out["completion_tokens_details"] = {"reasoning_tokens": thinking}
     return out
 
@@ -71,8 +89,8 @@ def anthropic_usage_to_openai(usage: dict[str, Any]) -> dict[str, Any]:
 def openai_usage_to_anthropic(usage: dict[str, Any] | None) -> dict[str, Any]:
     """OpenAI usage -> Anthropic usage, the inverse of :func:`anthropic_usage_to_openai`
     (``input_tokens`` = prompt tokens minus cached and cache-write tokens)."""
-    usage = usage or {}
-    details = usage.get("prompt_tokens_details") or {}
+    usage = _dict(usage)
+    details = _dict(usage.get("prompt_tokens_details"))
     cached = _int(details.get("cached_tokens"))
     written = _int(details.get("cache_write_tokens"))
     out: dict[str, Any] = {
@@ -81,8 +99,8 @@ def openai_usage_to_anthropic(usage: dict[str, Any] | None) -> dict[str, Any]:
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
-    if isinstance(reasoning, int) and reasoning:
+    reasoning = _int(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+    if reasoning:
         out["output_tokens_details"] = {"thinking_tokens": reasoning}
     return out
 
@@ -99,7 +117,7 @@ def tool_input_from_arguments(arguments: Any) -> dict[str, Any]:
         return {}
     try:
         value = loads(arguments)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         value = None
     return value if isinstance(value, dict) else {"_raw": arguments if isinstance(arguments, str) else dumps(arguments)}
 
@@ -107,25 +125,37 @@ def tool_input_from_arguments(arguments: Any) -> dict[str, Any]:
 def anthropic_message_to_openai(
     msg: dict[str, Any], *, model: str | None, settings: Settings, created: int | None = None
 ) -> dict[str, Any]:
-    """An Anthropic Message -> an OpenAI ``chat.completion`` (one choice)."""
+    """An Anthropic Message -> an OpenAI ``chat.completion`` (one choice).
+
+    Raises:
+        UpstreamProtocolError: a field has a type the Messages API does not allow.
+    """
     texts: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in msg.get("content") or ():
+    content = msg.get("content")
+    if isinstance(content, str):  # not the Messages API's shape, but plainly text
+        content = [{"type": "text", "text": content}]
+    for i, block in enumerate(expect_list(content, "content", default=(), error=_bad)):
+        at = f"content[{i}]"
+        block = expect_dict(block, at, error=_bad)
         kind = block.get("type")
         if kind == "text":
-            texts.append(block.get("text", ""))
+            texts.append(expect_str(block.get("text"), at, "text", default="", error=_bad))
         elif kind == "tool_use":
             calls.append(
                 {
-                    "id": block.get("id"),
+                    "id": expect_str(block.get("id"), at, "id", default=None, error=_bad) or new_tool_id(),
                     "type": "function",
-                    "function": {"name": block.get("name"), "arguments": dumps(block.get("input") or {})},
+                    "function": {
+                        "name": expect_str(block.get("name"), at, "name", default="", error=_bad),
+                        "arguments": dumps(expect_dict(block.get("input"), at, "input", default={}, error=_bad)),
+                    },
                 }
             )
         elif kind == "thinking":
-            thinking.append(block.get("thinking", ""))
-        # redacted_thinking and server-tool blocks have no OpenAI form (documented)
+            thinking.append(expect_str(block.get("thinking"), at, "thinking", default="", error=_bad))
+        # redacted_thinking, server-tool and unknown blocks have no OpenAI form (documented)
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts or not calls else None,
@@ -135,9 +165,9 @@ def anthropic_message_to_openai(
         message["tool_calls"] = calls
     if thinking and settings.thinking == "reasoning_content":
         message["reasoning_content"] = "".join(thinking)
-    stop = msg.get("stop_reason")
+    stop = expect_str(msg.get("stop_reason"), "stop_reason", default=None, error=_bad)
     return {
-        "id": openai_id(msg.get("id")),
+        "id": openai_id(expect_str(msg.get("id"), "id", default=None, error=_bad)),
         "object": "chat.completion",
         "created": int(time.time()) if created is None else created,
         "model": model or msg.get("model"),
@@ -149,51 +179,63 @@ def anthropic_message_to_openai(
                 "finish_reason": m.STOP_TO_FINISH.get(stop, "stop") if stop else "stop",
             }
         ],
-        "usage": anthropic_usage_to_openai(msg.get("usage") or {}),
+        "usage": anthropic_usage_to_openai(msg.get("usage")),
     }
 
 
 def openai_completion_to_anthropic(completion: dict[str, Any], *, model: str | None) -> dict[str, Any]:
-    """An OpenAI ``chat.completion`` (first choice) -> an Anthropic Message."""
-    choices = completion.get("choices") or [{}]
-    choice = choices[0]
-    message = choice.get("message") or {}
+    """An OpenAI ``chat.completion`` (first choice) -> an Anthropic Message.
+
+    Raises:
+        UpstreamProtocolError: a field has a type Chat Completions does not allow.
+    """
+    choices = expect_list(completion.get("choices"), "choices", default=(), error=_bad)
+    choice = expect_dict(choices[0], "choices[0]", error=_bad) if choices else {}
+    message = expect_dict(choice.get("message"), "choices[0].message", default={}, error=_bad)
     content: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = message.get("content")
     if isinstance(text, list):  # some compatible servers return parts
-        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-    if text:
+        text = "".join(_part_text(part, f"choices[0].message.content[{i}]") for i, part in enumerate(text))
+    if expect_str(text, "choices[0].message.content", default=None, error=_bad):
         content.append({"type": "text", "text": text})
-    refusal = message.get("refusal")
+    refusal = expect_str(message.get("refusal"), "choices[0].message.refusal", default=None, error=_bad)
     if refusal:
         content.append({"type": "text", "text": refusal})
-    calls = list(message.get("tool_calls") or ())
-    legacy = message.get("function_call")
+    calls = list(expect_list(message.get("tool_calls"), "choices[0].message.tool_calls", default=(), error=_bad))
+    legacy = expect_dict(message.get("function_call"), "choices[0].message.function_call", default=None, error=_bad)
     if legacy:
         calls.append({"function": legacy})
-    for call in calls:
-        fn = call.get("function") or {}
+    for i, call in enumerate(calls):
+        at = f"choices[0].message.tool_calls[{i}]"
+        call = expect_dict(call, at, error=_bad)
+        fn = expect_dict(call.get("function"), at, "function", default={}, error=_bad)
         content.append(
             {
                 "type": "tool_use",
-                "id": call.get("id") or new_tool_id(),
-                "name": fn.get("name"),
+                "id": expect_str(call.get("id"), at, "id", default=None, error=_bad) or new_tool_id(),
+                "name": expect_str(fn.get("name"), at, "function.name", default="", error=_bad),
                 "input": tool_input_from_arguments(fn.get("arguments")),
             }
         )
+    finish = expect_str(choice.get("finish_reason"), "choices[0].finish_reason", default=None, error=_bad)
     return {
-        "id": anthropic_id(completion.get("id")),
+        "id": anthropic_id(expect_str(completion.get("id"), "id", default=None, error=_bad)),
         "type": "message",
         "role": "assistant",
         "model": model or completion.get("model"),
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason"), has_tools=bool(calls), refused=bool(refusal)),
+        "stop_reason": stop_reason(finish, has_tools=bool(calls), refused=bool(refusal)),
         "stop_sequence": None,
         "usage": openai_usage_to_anthropic(completion.get("usage")),
     }
+
+
+def _part_text(part: Any, where: str) -> str:
+    """The text of a content part some compatible servers return (other parts have none)."""
+    return expect_str(expect_dict(part, where, error=_bad).get("text"), where, "text", default="", error=_bad)
 
 
 def stop_reason(finish_reason: str | None, *, has_tools: bool, refused: bool) -> str:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ccproxy_core.errors import InvalidRequest
 from plugins.translate.base import Settings
 from plugins.translate.requests import anthropic_to_openai, openai_to_anthropic
+from tests.translate.strategies import json_values, mutated
 
 DEFAULT = Settings()
 
@@ -548,3 +552,300 @@ def test_round_trip_openai_anthropic_openai_keeps_the_conversation() -> None:
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
         "tool_choice": "required",
     }
+
+
+# == Malformed fields: a 400 naming the field path ====================================
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"messages": "hi"}, "messages: expected a non-empty array, got a string"),
+        ({"messages": None}, "messages: expected a non-empty array, got null"),
+        ({"messages": [5]}, "messages[0]: expected an object, got a number"),
+        ({"messages": [{"content": "x"}]}, "messages[0].role: expected a string, got null"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content: expected a string or an array of content parts, got a number"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content: expected a string or an array of content parts, got null"),
+        ({"messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content[0]: expected an object, got a string"),
+        ({"messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages[0].content[0].type: expected a string, got null"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text: expected a string, got a number"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": True}]}]}, "messages[0].content[0].cache_control: expected an object, got a boolean"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": [{"type": "image_url", "image_url": "https://x/y.png"}]}]}, "messages[2].content[0].image_url: expected an object, got a string"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}]}, "messages[0].content[0].image_url.url: expected a non-empty string, got an empty string"),
+        ({"messages": [{"role": "user", "content": [{"type": "file", "file": "f"}]}]}, "messages[0].content[0].file: expected an object, got a string"),
+        ({"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_data": "data:text/plain;base64,/w=="}}]}]}, "messages[0].content[0].file.file_data is not base64 UTF-8 text"),
+        ({"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_data": "data:text/plain;base64,é"}}]}]}, "messages[0].content[0].file.file_data is not base64 UTF-8 text"),
+        ({"messages": [{"role": "system", "content": [{"type": "text", "text": None}]}]}, "messages[0].content[0].text: expected a string, got null"),
+        ({"messages": [{"role": "assistant", "content": 5}]}, "messages[0].content: expected a string or an array of content parts, got a number"),
+        ({"messages": [{"role": "assistant", "refusal": ["no"]}]}, "messages[0].refusal: expected a string, got an array"),
+        ({"messages": [{"role": "assistant", "tool_calls": "x"}]}, "messages[0].tool_calls: expected an array, got a string"),
+        ({"messages": [{"role": "assistant", "tool_calls": [None]}]}, "messages[0].tool_calls[0]: expected an object, got null"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": "f"}]}]}, "messages[0].tool_calls[0].function: expected an object, got a string"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"arguments": "{}"}}]}]}, "messages[0].tool_calls[0].function.name: expected a non-empty string, got null"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}]}]}, "messages[0].tool_calls[0].function.arguments: expected a string, got an object"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[" * 100_000}}]}]}, "messages[0].tool_calls[0].function.arguments: not valid JSON"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": 7, "function": {"name": "f"}}]}]}, "messages[0].tool_calls[0].id: expected a non-empty string, got a number"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": 1, "function": {"name": "f"}}]}]}, "messages[0].tool_calls[0].type: expected a string, got a number"),
+        ({"messages": [{"role": "tool", "tool_call_id": "", "content": "x"}]}, "messages[0].tool_call_id: expected a non-empty string, got an empty string"),
+        ({"messages": [{"role": "tool", "tool_call_id": "c", "content": 5}]}, "messages[0].content: expected a string or an array of content parts, got a number"),
+        ({"tools": True}, "tools: expected an array, got a boolean"),
+        ({"tools": [5]}, "tools[0]: expected an object, got a number"),
+        ({"tools": [{"type": "function", "function": "f"}]}, "tools[0].function: expected an object, got a string"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}, "tools[0].function.parameters: expected an object, got a string"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "description": 1}}]}, "tools[0].function.description: expected a string, got a number"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]}, "tools[0].function.strict: expected true or false, got a string"),
+        ({"tool_choice": 5}, "tool_choice: expected a string or an object, got a number"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": "f"}}, "tool_choice.function: expected an object, got a string"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"function": {"name": "f"}}}, "tool_choice.type: expected a string, got null"),
+        ({"parallel_tool_calls": "no"}, "parallel_tool_calls: expected true or false, got a string"),
+        ({"stop": 5}, "stop: expected a string or an array of strings, got a number"),
+        ({"stop": {"a": 1}}, "stop: expected a string or an array of strings, got an object"),
+        ({"stop": ["a", 1]}, "stop[1]: expected a string, got a number"),
+        ({"max_tokens": "10"}, "max_tokens: expected an integer, got a string"),
+        ({"max_completion_tokens": 1.5}, "max_completion_tokens: expected an integer, got a number"),
+        ({"temperature": True}, "temperature: expected a number, got a boolean"),
+        ({"top_p": "1"}, "top_p: expected a number, got a string"),
+        ({"top_k": 1.5}, "top_k: expected an integer, got a number"),
+        ({"n": True}, "n: expected an integer, got a boolean"),
+        ({"user": 5}, "user: expected a string, got a number"),
+        ({"safety_identifier": {}}, "safety_identifier: expected a string, got an object"),
+        ({"reasoning_effort": ["high"]}, "reasoning_effort: expected a string, got an array"),
+        ({"response_format": "json"}, "response_format: expected an object, got a string"),
+        ({"response_format": {}}, "response_format.type: expected a string, got null"),
+        ({"response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format.json_schema: expected an object, got a string"),
+        ({"stream_options": True}, "stream_options: expected an object, got a boolean"),
+        ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage: expected true or false, got a string"),
+        ({"modalities": "audio"}, "modalities: expected an array, got a string"),
+    ],
+)
+def test_o2a_malformed_fields(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        to_anthropic(body)
+    assert info.value.message == message and info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"messages": {"role": "user"}}, "messages: expected a non-empty array, got an object"),
+        ({"messages": []}, "messages: expected a non-empty array, got an empty array"),
+        ({"messages": ["hi"]}, "messages[0]: expected an object, got a string"),
+        ({"messages": [{"role": 1, "content": "x"}]}, "messages[0].role: expected a string, got a number"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content: expected a string or an array of content blocks, got null"),
+        ({"messages": [{"role": "user", "content": [5]}]}, "messages[0].content[0]: expected an object, got a number"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text: expected a string, got null"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": "x"}]}]}, "messages[0].content[0].source: expected an object, got a string"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png"}}]}]}, "messages[0].content[0].source.data: expected a string, got null"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": 5}}]}]}, "messages[0].content[0].source.url: expected a non-empty string, got a number"),
+        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "data": None}}]}]}, "messages[0].content[0].source.data: expected a string, got null"),
+        ({"messages": [{"role": "user", "content": [{"type": "document", "title": 5, "source": {"type": "base64", "media_type": "application/pdf", "data": "JV"}}]}]}, "messages[0].content[0].title: expected a string, got a number"),
+        ({"messages": [{"role": "user", "content": [{"type": "video", "source": {}}]}]}, "messages[0].content[0]: content block type 'video' cannot be translated to the OpenAI Chat Completions API"),
+        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "content": "x"}]}]}, "messages[0].content[0].tool_use_id: expected a non-empty string, got null"),
+        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": 5}]}]}, "messages[0].content[0].content: expected a string or an array of content blocks, got a number"),
+        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": ["x"]}]}]}, "messages[0].content[0].content[0]: expected an object, got a string"),
+        ({"messages": [{"role": "assistant", "content": {"type": "text"}}]}, "messages[0].content: expected a string or an array of content blocks, got an object"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "x"}]}]}, "messages[0].content[0].input: expected an object, got a string"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "input": {}}]}]}, "messages[0].content[0].name: expected a non-empty string, got null"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "f", "input": {}}]}]}, "messages[0].content[0].id: expected a non-empty string, got null"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "web_fetch_tool_result", "tool_use_id": "s", "content": {}}]}]}, "messages[0].content[0]: content block type 'web_fetch_tool_result' cannot be translated to the OpenAI Chat Completions API"),
+        ({"messages": [{"role": "assistant", "content": [{"text": "x"}]}]}, "messages[0].content[0].type: expected a string, got null"),
+        ({"system": 5}, "system: expected a string or an array of text blocks, got a number"),
+        ({"system": False}, "system: expected a string or an array of text blocks, got a boolean"),
+        ({"system": [{"type": "text", "text": 5}]}, "system[0].text: expected a string, got a number"),
+        ({"metadata": True}, "metadata: expected an object, got a boolean"),
+        ({"metadata": {"user_id": 5}}, "metadata.user_id: expected a string, got a number"),
+        ({"max_tokens": "100"}, "max_tokens: expected an integer, got a string"),
+        ({"temperature": "warm"}, "temperature: expected a number, got a string"),
+        ({"top_p": []}, "top_p: expected a number, got an empty array"),
+        ({"stop_sequences": "END"}, "stop_sequences: expected an array, got a string"),
+        ({"stop_sequences": ["a", None]}, "stop_sequences[1]: expected a string, got null"),
+        ({"tools": {"name": "f"}}, "tools: expected an array, got an object"),
+        ({"tools": ["f"]}, "tools[0]: expected an object, got a string"),
+        ({"tools": [{"name": 5}]}, "tools[0].name: expected a non-empty string, got a number"),
+        ({"tools": [{"name": "f", "input_schema": []}]}, "tools[0].input_schema: expected an object, got an empty array"),
+        ({"tools": [{"name": "f", "strict": 1}]}, "tools[0].strict: expected true or false, got a number"),
+        ({"tool_choice": "auto"}, "tool_choice: expected an object, got a string"),
+        ({"tool_choice": {"name": "f"}}, "tool_choice.type: expected a string, got null"),
+        ({"tools": [{"name": "f"}], "tool_choice": {"type": "tool"}}, "tool_choice.name: expected a non-empty string, got null"),
+        ({"tools": [{"name": "f"}], "tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"}}, "tool_choice.disable_parallel_tool_use: expected true or false, got a string"),
+        ({"thinking": True}, "thinking: expected an object, got a boolean"),
+        ({"thinking": {"budget_tokens": 2000}}, "thinking.type: expected a string, got null"),
+        ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens: expected an integer, got null"),
+        ({"thinking": {"type": "enabled", "budget_tokens": "2000"}}, "thinking.budget_tokens: expected an integer, got a string"),
+        ({"output_config": 5}, "output_config: expected an object, got a number"),
+        ({"output_config": {"effort": ["high"]}}, "output_config.effort: expected a string, got an array"),
+        ({"output_config": {"format": "json"}}, "output_config.format: expected an object, got a string"),
+        ({"output_config": {"format": {"type": "json_object"}}}, "output_config.format type 'json_object' cannot be translated (json_schema only)"),
+        ({"output_config": {"format": {"type": "json_schema", "schema": True}}}, "output_config.format.schema: expected an object, got a boolean"),
+    ],
+)
+def test_a2o_malformed_fields(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        to_openai(body)
+    assert info.value.message == message and info.value.status == 400
+
+
+def test_malformed_fields_are_checked_even_when_a_setting_skips_them() -> None:
+    rejects(lambda b: to_openai(b, Settings(reasoning_effort=False)), {"thinking": "on"}, "thinking: expected an object")
+    tool_turn = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "r"},
+    ]
+    rejects(to_anthropic, {"messages": tool_turn, "reasoning_effort": "turbo"}, "reasoning_effort 'turbo'")
+
+
+# == Random JSON: a dict or a 400, nothing else =======================================
+
+OPENAI_FULL: dict[str, Any] = {
+    "model": "gpt-4o",
+    "messages": [
+        {"role": "system", "content": "S"},
+        {"role": "developer", "content": [{"type": "text", "text": "D", "cache_control": {"type": "ephemeral"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+                {"type": "file", "file": {"file_data": "data:text/plain;base64,aMOpbGxv"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Checking."}],
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": '{"city": "Paris"}'}},
+                {"id": "call:2", "type": "function", "function": {"name": "t", "arguments": ""}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call:2", "content": [{"type": "text", "text": "noon"}]},
+        {"role": "user", "content": "thanks"},
+        {"role": "assistant", "content": None, "refusal": "no"},
+        {"role": "developer", "content": "late"},
+        {"role": "user", "content": "more"},
+    ],
+    "tools": [
+        {"type": "function", "function": {"name": "w", "description": "Weather", "parameters": {"type": "object"}, "strict": True}},
+        {"type": "function", "function": {"name": "t"}, "cache_control": {"type": "ephemeral"}},
+    ],
+    "tool_choice": {"type": "function", "function": {"name": "w"}},
+    "parallel_tool_calls": False,
+    "stop": ["END"],
+    "max_completion_tokens": 30000,
+    "max_tokens": 100,
+    "temperature": 1.5,
+    "top_p": 0.9,
+    "top_k": 5,
+    "user": "u",
+    "safety_identifier": "s",
+    "reasoning_effort": "high",
+    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "modalities": ["text"],
+    "n": 1,
+    "seed": 1,
+    "metadata": {"a": "b"},
+}
+
+ANTHROPIC_FULL: dict[str, Any] = {
+    "model": "claude",
+    "max_tokens": 1000,
+    "system": [{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "T"}],
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+                {"type": "document", "title": "a", "source": {"type": "base64", "media_type": "application/pdf", "data": "JV"}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hello"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "hm", "signature": "sig"},
+                {"type": "redacted_thinking", "data": "x"},
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "w", "input": {"city": "Paris"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny", "is_error": False},
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "text", "text": "noon"},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+                ]},
+                {"type": "text", "text": "thanks"},
+            ],
+        },
+        {"role": "system", "content": "late"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "more"},
+    ],
+    "tools": [
+        {"name": "w", "description": "Weather", "input_schema": {"type": "object"}, "strict": True},
+        {"type": "custom", "name": "t", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}},
+    ],
+    "tool_choice": {"type": "tool", "name": "w", "disable_parallel_tool_use": True},
+    "stop_sequences": ["END"],
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "top_k": 5,
+    "metadata": {"user_id": "u"},
+    "thinking": {"type": "enabled", "budget_tokens": 5000},
+    "output_config": {"effort": "high", "format": {"type": "json_schema", "schema": {"type": "object"}}},
+    "stream": True,
+    "context_management": {"edits": []},
+}  # fmt: skip
+
+CONVERTERS = [openai_to_anthropic, anthropic_to_openai]
+SETTINGS = [DEFAULT, Settings(reasoning_effort=False, max_tokens_field="max_tokens", thinking="drop")]
+TOP_KEYS = sorted({*OPENAI_FULL, *ANTHROPIC_FULL})
+random_bodies = st.dictionaries(st.sampled_from(TOP_KEYS) | st.text(max_size=8), json_values, max_size=8)
+
+
+def test_the_fuzz_seed_bodies_are_valid() -> None:
+    assert openai_to_anthropic(OPENAI_FULL, model="m", settings=DEFAULT, ignored=[])["tools"]
+    assert anthropic_to_openai(ANTHROPIC_FULL, model="m", settings=DEFAULT, ignored=[])["tools"]
+
+
+def _dict_or_400(convert: Any, body: dict[str, Any], settings: Settings) -> None:
+    before = copy.deepcopy(body)
+    try:
+        out = convert(body, model="m", settings=settings, ignored=[])
+    except InvalidRequest as exc:
+        assert exc.status == 400 and exc.message
+    else:
+        assert isinstance(out, dict) and out["messages"]
+        json.dumps(out, allow_nan=False)
+    assert body == before, "the input must not be modified"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    convert=st.sampled_from(CONVERTERS),
+    body=st.one_of(random_bodies, mutated([OPENAI_FULL, ANTHROPIC_FULL])),
+    options=st.sampled_from(SETTINGS),
+)
+def test_random_json_gives_a_dict_or_a_400(convert: Any, body: dict[str, Any], options: Settings) -> None:
+    _dict_or_400(convert, body, options)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(body=mutated([OPENAI_FULL]), options=st.sampled_from(SETTINGS))
+def test_mutated_openai_bodies_give_a_dict_or_a_400(body: dict[str, Any], options: Settings) -> None:
+    _dict_or_400(openai_to_anthropic, body, options)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(body=mutated([ANTHROPIC_FULL]), options=st.sampled_from(SETTINGS))
+def test_mutated_anthropic_bodies_give_a_dict_or_a_400(body: dict[str, Any], options: Settings) -> None:
+    _dict_or_400(anthropic_to_openai, body, options)

@@ -11,6 +11,8 @@ import httpx2
 import openai
 import pluggy
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ccproxy_core import hookspecs
 from ccproxy_core.context import ANTHROPIC, OPENAI, RequestContext
@@ -32,6 +34,7 @@ from plugins.translate.responses import (
     openai_usage_to_anthropic,
 )
 from plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from tests.translate.strategies import json_values, mutated
 
 ANTHROPIC_MESSAGE = {
     "id": "msg_01EcyWo6m4hyW8KHs2y2pei5",
@@ -455,6 +458,76 @@ def test_json_adapter_on_an_error_payload_under_200() -> None:
     with pytest.raises(ProxyError, match="model overloaded") as info:
         adapter.finish()
     assert info.value.kind == "api_error"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "body", "expected"),
+    [
+        (ANTHROPIC, {"id": "msg_1", "content": None}, {"content": "", "finish_reason": "stop", "prompt_tokens": 0}),
+        (ANTHROPIC, {"content": [], "usage": None, "stop_reason": None}, {"content": "", "finish_reason": "stop", "prompt_tokens": 0}),
+        (ANTHROPIC, {"content": "hi"}, {"content": "hi", "finish_reason": "stop", "prompt_tokens": 0}),
+        (ANTHROPIC, {"content": [{"type": "text", "text": "a"}, {"type": "server_tool_use"}], "usage": {"input_tokens": "x"}}, {"content": "a", "finish_reason": "stop", "prompt_tokens": 0}),
+        (OPENAI, {"choices": []}, {"content": [], "stop_reason": "end_turn", "input_tokens": 0}),
+        (OPENAI, {"choices": None, "usage": None}, {"content": [], "stop_reason": "end_turn", "input_tokens": 0}),
+        (OPENAI, {"choices": [{"message": {"content": None}, "finish_reason": None}]}, {"content": [], "stop_reason": "end_turn", "input_tokens": 0}),
+        (OPENAI, {"choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "x"}]}}], "usage": {"prompt_tokens_details": None}}, {"content": [{"type": "text", "text": "a"}], "stop_reason": "end_turn", "input_tokens": 0}),
+    ],
+)  # fmt: skip
+def test_json_adapter_on_odd_but_valid_bodies(upstream: str, body: dict[str, Any], expected: dict[str, Any]) -> None:
+    adapter = translate.ccproxy_response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
+    adapter.feed(json.dumps(body).encode())
+    out = json.loads(adapter.finish())
+    if upstream == ANTHROPIC:
+        got = {"content": out["choices"][0]["message"]["content"], "finish_reason": out["choices"][0]["finish_reason"],
+               "prompt_tokens": out["usage"]["prompt_tokens"]}  # fmt: skip
+    else:
+        got = {"content": out["content"], "stop_reason": out["stop_reason"], "input_tokens": out["usage"]["input_tokens"]}
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("upstream", "body", "message"),
+    [
+        (ANTHROPIC, {"content": 5}, "content: expected an array, got a number"),
+        (ANTHROPIC, {"content": ["text"]}, "content[0]: expected an object, got a string"),
+        (ANTHROPIC, {"content": [{"type": "text", "text": 5}]}, "content[0].text: expected a string, got a number"),
+        (ANTHROPIC, {"content": [{"type": "tool_use", "name": "f", "input": "x"}]}, "content[0].input: expected an object, got a string"),
+        (ANTHROPIC, {"content": [], "stop_reason": ["end_turn"]}, "stop_reason: expected a string, got an array"),
+        (OPENAI, {"choices": "x"}, "choices: expected an array, got a string"),
+        (OPENAI, {"choices": [None]}, "choices[0]: expected an object, got null"),
+        (OPENAI, {"choices": [{"message": "hi"}]}, "choices[0].message: expected an object, got a string"),
+        (OPENAI, {"choices": [{"message": {"content": 5}}]}, "choices[0].message.content: expected a string, got a number"),
+        (OPENAI, {"choices": [{"message": {"content": [5]}}]}, "choices[0].message.content[0]: expected an object, got a number"),
+        (OPENAI, {"choices": [{"message": {"tool_calls": {"id": "c"}}}]}, "choices[0].message.tool_calls: expected an array, got an object"),
+        (OPENAI, {"choices": [{"message": {"tool_calls": [{"function": "f"}]}}]}, "choices[0].message.tool_calls[0].function: expected an object, got a string"),
+        (OPENAI, {"choices": [{"message": {}, "finish_reason": {"a": 1}}]}, "choices[0].finish_reason: expected a string, got an object"),
+    ],
+)
+def test_json_adapter_on_bodies_that_cannot_be_translated(upstream: str, body: dict[str, Any], message: str) -> None:
+    adapter = translate.ccproxy_response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
+    adapter.feed(json.dumps(body).encode())
+    with pytest.raises(UpstreamProtocolError) as info:
+        adapter.finish()
+    assert info.value.status == 502
+    assert info.value.message == f"the upstream's response body cannot be translated: {message}"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    upstream=st.sampled_from([ANTHROPIC, OPENAI]),
+    body=st.one_of(json_values, mutated([ANTHROPIC_MESSAGE, OPENAI_COMPLETION])),
+)
+def test_random_upstream_json_gives_json_or_an_upstream_error(upstream: str, body: Any) -> None:
+    adapter = translate.ccproxy_response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
+    adapter.feed(json.dumps(body).encode())
+    try:
+        out = json.loads(adapter.finish())
+    except UpstreamProtocolError:
+        return
+    except ProxyError:  # an error payload under 200, raised as that error
+        assert body.get("error") is not None or body.get("type") == "error"
+        return
+    assert isinstance(out, dict) and out["model"] == "client-model"
 
 
 def test_rename_json_adapter() -> None:
