@@ -294,7 +294,21 @@ timeouts:
 """
     if enabled_plugins is not None:
         text += f"plugins:\n  enabled: [{', '.join(enabled_plugins)}]\n"
+    elif NOT_PRODUCT_PLUGINS & installed_plugins():
+        # Installed for the tests (examples/ccproxy-example-plugin), not part of the product.
+        text += f"plugins:\n  disabled: [{', '.join(sorted(NOT_PRODUCT_PLUGINS & installed_plugins()))}]\n"
     path.write_text(text)
+
+
+#: Installed plugins the benchmark leaves out: `example` is the test suite's sample third-party plugin.
+NOT_PRODUCT_PLUGINS = frozenset({"example"})
+
+
+def installed_plugins() -> set[str]:
+    """Names in the ``ccproxy`` entry-point group of the interpreter running the benchmark (the venv's)."""
+    import importlib.metadata
+
+    return {ep.name for ep in importlib.metadata.entry_points(group="ccproxy")}
 
 
 def probe(cfg: Path, log_path: Path) -> dict[str, Any]:

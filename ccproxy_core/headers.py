@@ -40,22 +40,24 @@ STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
-def _connection_tokens(pairs: list[tuple[str, str]]) -> set[str]:
-    tokens: set[str] = set()
-    for name, value in pairs:
-        if name == "connection":
-            tokens.update(t.strip().lower() for t in value.split(","))
-    return tokens
-
-
 def _filter(pairs: Iterable[tuple[str, str]], drop: frozenset[str] | set[str]) -> dict[str, str]:
-    pairs = [(name.lower(), value) for name, value in pairs]
-    drop = drop | _connection_tokens(pairs) if any(n == "connection" for n, _ in pairs) else drop
+    """One pass: keep what is not in ``drop`` (nor ``proxy-*``), joining repeats; then remove the
+    headers that ``connection`` names (it is hop-by-hop itself, so it is always in ``drop``)."""
     out: dict[str, str] = {}
+    connection: str | None = None
     for name, value in pairs:
+        name = name.lower()
         if name in drop or name.startswith("proxy-"):
+            if name == "connection":
+                connection = value if connection is None else f"{connection},{value}"
             continue
-        out[name] = f"{out[name]}, {value}" if name in out else value
+        if name in out:
+            out[name] = f"{out[name]}, {value}"
+        else:
+            out[name] = value
+    if connection is not None:
+        for token in connection.split(","):
+            out.pop(token.strip().lower(), None)
     return out
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
-import uuid
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,29 @@ from .plugins import Plugins
 from .streaming import AdapterChain, DeferredResponse, HandlerConfig, StreamingHandler, UpstreamRequest
 
 log = logging.getLogger("ccproxy")
+
+
+class _RequestIds:
+    """Request ids: 32 hex digits like ``uuid4().hex``, a random per-process prefix plus a counter.
+
+    Unique per process and, through the 64-bit random prefix (new in a forked child), across
+    workers; about 0.2 µs instead of uuid4's 1.7 µs.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(secrets.randbits(64))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_request_ids = _RequestIds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +80,7 @@ class Proxy:
         """A new context for ``request``; the client's ``x-request-id`` is kept when sane."""
         request_id = request.headers.get("x-request-id")
         if not valid_request_id(request_id):
-            request_id = uuid.uuid4().hex
+            request_id = _request_ids.next()
         return RequestContext(
             request_id=request_id, method=request.method, route=request.path, client_dialect=dialect, config=self.config
         )

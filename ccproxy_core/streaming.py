@@ -290,6 +290,63 @@ class StreamingHandler:
         return DeferredResponse(self, ctx, aiter(attempts), on_headers)
 
 
+def _header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
+    """``headers.multi_items()`` with the names as received (the caller lower-cases them), cheaper.
+
+    ASCII headers (nearly all) are decoded here; otherwise httpx's own guess of the encoding is used.
+    """
+    try:
+        return [(k.decode("ascii"), v.decode("ascii")) for k, v in headers.raw]
+    except UnicodeDecodeError:
+        return headers.multi_items()
+
+
+_URLS: dict[str, httpx.URL] = {}
+
+
+def parsed_url(url: str) -> httpx.URL:
+    """``httpx.URL(url)``, cached: upstream URLs repeat (a base URL, a path, the client's query)."""
+    parsed = _URLS.get(url)
+    if parsed is None:
+        if len(_URLS) >= 1024:  # the query string comes from clients: bound the cache
+            _URLS.clear()
+        parsed = _URLS[url] = httpx.URL(url)
+    return parsed
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _plain_send(transport: FastTransport) -> bool:
+    """True unless a subclass overrides ``handle_async_request`` (then it gets an ``httpx.Request``)."""
+    return type(transport).handle_async_request is FastTransport.handle_async_request
+
+
+def wire_headers(method: str, url: httpx.URL, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
+    """The header lines ``httpx.Request(method, url, headers=headers, content=body)`` sends, in its order.
+
+    ``Host`` (from ``url.netloc``) comes first unless given; ``Content-Length`` is added
+    last for a non-empty body (``0`` after ``Host`` for an empty POST/PUT/PATCH body)
+    unless a framing header is given. Values are ASCII, or the UTF-8 bytes the client
+    sent when a value is not (httpx would refuse it).
+    """
+    try:
+        raw = [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+    except UnicodeEncodeError:
+        raw = [(k.encode("ascii"), v.encode("utf-8", "surrogateescape")) for k, v in headers.items()]
+    names = headers.keys() if all(k.islower() for k in headers) else {k.lower() for k in headers}
+    has_length = "content-length" in names
+    auto: list[tuple[bytes, bytes]] = []
+    if "host" not in names and url.host:
+        auto.append((b"Host", url.netloc))
+    if body:
+        if not has_length:
+            raw.append((b"Content-Length", str(len(body)).encode("ascii")))
+    elif not has_length and "transfer-encoding" not in names and method in _BODY_METHODS:
+        auto.append((b"Content-Length", b"0"))
+    return auto + raw if auto else raw
+
+
 async def _one(attempt: UpstreamRequest) -> AsyncIterator[UpstreamRequest]:
     yield attempt
 
@@ -360,7 +417,7 @@ class DeferredResponse(ResponseStream):
 
     __slots__ = (
         "handler", "ctx", "attempts", "on_headers", "_task", "_reason", "_cancellable", "_timer", "_deadline",
-        "_is_sse",
+        "_is_sse", "_tail",
     )
 
     def __init__(
@@ -383,6 +440,7 @@ class DeferredResponse(ResponseStream):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._is_sse = False
+        self._tail = b""  # the last bytes written to the client (counting events across writes)
 
     @staticmethod
     async def _unused(_: Any) -> None:  # pragma: no cover - stream() is overridden
@@ -636,11 +694,15 @@ class DeferredResponse(ResponseStream):
             return None
         finally:
             await asyncio.shield(self._release(upstream, None))
+        try:
+            request: httpx.Request | None = upstream.request
+        except RuntimeError:  # FastTransport.send's responses have none
+            request = None
         return httpx.Response(
             upstream.status_code,
             headers=upstream.headers.multi_items(),
             content=b"".join(parts),
-            request=upstream.request,
+            request=request,
         )
 
     async def _send(self, attempt: UpstreamRequest) -> httpx.Response:
@@ -651,28 +713,30 @@ class DeferredResponse(ResponseStream):
             "write": timeouts.connect,
             "pool": timeouts.connect,
         }
+        url = parsed_url(attempt.url)
+        transport = attempt.transport
         try:
-            request = httpx.Request(
-                attempt.method,
-                attempt.url,
-                headers=attempt.headers,
-                content=attempt.body,
-                extensions={"timeout": limits},
-            )
-        except UnicodeEncodeError:
-            # A non-ASCII header value (httpx encodes str as ASCII): forward the bytes the client sent.
-            raw = [(k, v.encode("utf-8", "surrogateescape")) for k, v in attempt.headers.items()]
-            request = httpx.Request(
-                attempt.method, attempt.url, headers=raw, content=attempt.body, extensions={"timeout": limits}
-            )
-        try:
-            if attempt.transport is not None:
-                if _cancel_safe(attempt):
-                    response = await attempt.transport.handle_async_request(request)
-                else:
-                    response = await _uninterrupted(attempt.transport.handle_async_request(request))
+            if isinstance(transport, FastTransport) and _plain_send(transport):
+                # The hot path: the transport writes these parts as they are, no httpx.Request.
+                method = attempt.method.upper()
+                headers = wire_headers(method, url, attempt.headers, attempt.body)
+                response = await transport.send(method, url, headers, attempt.body, limits)
             else:
-                response = await _uninterrupted(attempt.client.send(request, stream=True))
+                try:
+                    request = httpx.Request(
+                        attempt.method, url, headers=attempt.headers, content=attempt.body,
+                        extensions={"timeout": limits},
+                    )
+                except UnicodeEncodeError:
+                    # A non-ASCII header value (httpx encodes str as ASCII): forward the bytes the client sent.
+                    raw = [(k, v.encode("utf-8", "surrogateescape")) for k, v in attempt.headers.items()]
+                    request = httpx.Request(
+                        attempt.method, url, headers=raw, content=attempt.body, extensions={"timeout": limits}
+                    )
+                if transport is not None:
+                    response = await _uninterrupted(transport.handle_async_request(request))
+                else:
+                    response = await _uninterrupted(attempt.client.send(request, stream=True))
         except httpx.HTTPError as exc:
             raise _map_httpx_error(exc, timeouts, head=True) from exc
         # From here on each read may wait at most the idle gap (transports read this dict per read).
@@ -699,17 +763,20 @@ class DeferredResponse(ResponseStream):
         plugins = self.handler.plugins
         ctx.upstream_status = ctx.status = upstream.status_code
         ctx.t_upstream_headers = ctx.elapsed()
-        headers = response_headers(upstream.headers.multi_items())
+        headers = response_headers(_header_items(upstream.headers))
         ctx.response_headers = headers
         factory = attempt.handler_config.response_adapter
         adapter = await factory(ctx) if factory is not None else None
         is_sse = "text/event-stream" in headers.get("content-type", "")
         wants_events = self.handler.event_hooks and is_sse
         wants_body = self.handler.body_hooks and not is_sse
-        # A body already read into memory (e.g. httpx.MockTransport) can only be replayed decoded.
-        decode = adapter is not None or wants_events or wants_body or upstream.is_stream_consumed
+        # Adapters and observers get decoded bytes; without a content-encoding those are the raw
+        # bytes (and httpx's decoder chain costs a few µs per read). A body already read into
+        # memory (e.g. httpx.MockTransport) can only be replayed decoded.
+        encoded = "content-encoding" in headers
+        decode = ((adapter is not None or wants_events or wants_body) and encoded) or upstream.is_stream_consumed
         # Observers alone (no adapter) leave an unencoded body as it is: its content-length stands.
-        if decode and (adapter is not None or "content-encoding" in headers):
+        if adapter is not None or (decode and encoded):
             for name in BODY_FRAMING:
                 headers.pop(name, None)
         if is_sse:
@@ -780,9 +847,9 @@ class DeferredResponse(ResponseStream):
         if count_events:
             # Events end at a blank line. Prefixing the previous write's last byte(s), too
             # short to hold a whole match, counts one that straddles two writes exactly once.
-            tail = ctx.state.get("_tail", b"")
+            tail = self._tail
             ctx.events_sent += (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
-            ctx.state["_tail"] = data[-2:]
+            self._tail = data[-2:]
 
     async def _fail_after_head(
         self, response: HTTPResponse, error: ProxyError, is_sse: bool, *, bounded: bool = False
@@ -851,7 +918,6 @@ class DeferredResponse(ResponseStream):
             self._close_after_response()
         await self._release(upstream, attempt)
         ctx.duration = ctx.elapsed()
-        ctx.state.pop("_tail", None)
         if ctx.outcome is None:
             ctx.outcome = COMPLETED
         await self.handler.plugins.notify("ccproxy_stream_end", ctx=ctx)

@@ -10,9 +10,14 @@ configured provider ``api_key``, a proxy key of the ``auth`` plugin (``plugins.a
 value listed under ``redact`` becomes ``[REDACTED]``; in bodies the values of keys such as
 ``api_key``, ``authorization`` or ``password`` do too.
 
+Lines are written out in batches: a line goes out at the end of the event-loop iteration that
+produced it, and at most every :data:`FLUSH_INTERVAL` (0.1 s) under load, so a busy worker makes
+about ten writes a second instead of one per request. Pending lines are written at shutdown (and at
+interpreter exit). Outside a running event loop each line is written at once.
+
 Settings (``plugins: access_log: {...}``):
 
-* ``path``: also append each line to this file (opened at start-up, one write per line).
+* ``path``: also append each line to this file (opened at start-up, written in batches as above).
 * ``log_bodies``: add the client's request body and a non-streamed response body (debugging only).
 * ``max_body_chars``: a body longer than this (as JSON text) is logged as a truncated string (65536).
 * ``redact``: more literal values to redact (e.g. proxy keys handed to users).
@@ -22,11 +27,14 @@ Settings (``plugins: access_log: {...}``):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -50,19 +58,36 @@ _KEY_LIKE = (
 )
 _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
 _SETTINGS = ("path", "log_bodies", "max_body_chars", "redact", "stderr")
+#: Seconds between two writes of the log under load (see the module docstring).
+FLUSH_INTERVAL = 0.1
+#: The record's fields whose text comes from a client, an upstream or a config (everything else is a
+#: number, a flag or one of the proxy's own words): only these can hold a secret, so only these are
+#: redacted when bodies are not logged.
+_FREE_TEXT = ("request_id", "upstream_request_id", "route", "provider", "model_requested", "model", "error",
+              "error_kind")
+_ATTEMPT_FREE_TEXT = ("provider", "model", "error")
+#: Types of the other fields' values: nothing to redact in them.
+_PLAIN = frozenset({int, float, bool, type(None)})
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 class Redactor:
-    """Replaces key-like strings and configured secrets in JSON text (the result stays valid JSON)."""
+    """Replaces key-like strings and configured secrets in JSON text (the result stays valid JSON),
+    or in a plain string (:meth:`value`)."""
 
     def __init__(self, secrets: list[str]) -> None:
         literal = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
         # Secrets are matched as they appear inside a JSON string (escaped).
         parts = [re.escape(json.dumps(s, ensure_ascii=False)[1:-1]) for s in literal] + list(_KEY_LIKE)
         self.pattern = re.compile("|".join(parts))
+        # ... and as they are, in a string not yet encoded.
+        self.raw = re.compile("|".join([re.escape(s) for s in literal] + list(_KEY_LIKE)))
 
     def text(self, value: str) -> str:
         return self.pattern.sub(REDACTED, value)
+
+    def value(self, value: str) -> str:
+        return self.raw.sub(REDACTED, value)
 
 
 def _redact_keys(value: Any) -> Any:
@@ -77,12 +102,75 @@ def _redact_keys(value: Any) -> Any:
     return value
 
 
+class _Batch:
+    """Lines written together: when the event loop finishes the iteration that produced them, and
+    no sooner than :data:`FLUSH_INTERVAL` after the previous write. Without a running loop, at once."""
+
+    __slots__ = ("lines", "write", "due", "handle", "loop", "last")
+
+    def __init__(self, write: Callable[[str], None], due: Callable[[], None] | None = None) -> None:
+        self.lines: list[str] = []
+        self.write = write  # takes the joined lines, each ending in a newline
+        self.due = due or self.flush  # what the timer calls (a handler takes its lock first)
+        self.handle: asyncio.Handle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # where ``handle`` is scheduled
+        self.last = -math.inf  # loop time of the last write
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self.handle is not None:
+            if self.loop is loop:
+                return  # a write is scheduled already
+            self.handle.cancel()  # scheduled in a loop that has stopped (e.g. a test's): schedule here
+        self.loop = loop
+        wait = self.last + FLUSH_INTERVAL - loop.time()
+        self.handle = loop.call_later(wait, self.due) if wait > 0 else loop.call_soon(self.due)
+
+    def flush(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cancel()
+        if self.lines:
+            text = "".join(self.lines)
+            self.lines.clear()
+            try:
+                self.last = asyncio.get_running_loop().time()
+            except RuntimeError:
+                pass
+            self.write(text)
+
+
 class _StderrLines(logging.StreamHandler):
-    """The handler this plugin adds when logging is not configured: the bare JSON line."""
+    """The handler this plugin adds when logging is not configured: the bare JSON line, in batches."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
         self.setFormatter(logging.Formatter("%(message)s"))
+        self.batch = _Batch(self._write, self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.batch.add(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+
+    def _write(self, text: str) -> None:
+        stream = self.stream
+        stream.write(text)
+        if hasattr(stream, "flush"):
+            stream.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self.batch.flush()
+        finally:
+            self.release()
 
 
 class AccessLog:
@@ -114,16 +202,27 @@ class AccessLog:
             secrets += [k for k in proxy_keys if isinstance(k, str)]
         self.redactor = Redactor(secrets + extra)
         self.file: TextIO | None = None
+        self.batch = _Batch(self._write)
         self.pid = os.getpid()  # made at worker start-up, so the worker's own
 
     def open(self) -> None:
         if self.path:
             try:
-                self.file = open(self.path, "a", encoding="utf-8", buffering=1)
+                self.file = open(self.path, "a", encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"plugins.access_log.path: cannot open {self.path!r}: {exc.strerror}") from None
 
+    def write(self, line: str) -> None:
+        """Append ``line`` to the file (in the next batch)."""
+        self.batch.add(line + "\n")
+
+    def _write(self, text: str) -> None:
+        if self.file is not None:
+            self.file.write(text)
+            self.file.flush()
+
     def close(self) -> None:
+        self.batch.flush()
         if self.file is not None:
             self.file.close()
             self.file = None
@@ -144,7 +243,30 @@ class AccessLog:
         return text[: self.max_body_chars] + f"...[truncated {len(text) - self.max_body_chars} chars]"
 
     def line(self, ctx: RequestContext) -> str:
-        return self.redactor.text(json.dumps(self.record(ctx), ensure_ascii=False, separators=(",", ":"), default=str))
+        record = self.record(ctx)
+        usage = record["usage"]
+        if (
+            self.log_bodies
+            or record["cost_usd"].__class__ not in _PLAIN
+            or record["usage_partial"].__class__ not in _PLAIN
+            or (usage is not None and any(v.__class__ not in _PLAIN for v in usage.values()))
+        ):
+            # Bodies hold text anywhere (as may values other plugins left in ctx.state or ctx.usage):
+            # redact the whole line as JSON text.
+            return self.redactor.text(_ENCODER.encode(record))
+        # Otherwise only the free-text fields can hold a secret; they are short, and usually clean.
+        search = self.redactor.raw.search
+        redact = self.redactor.value
+        for key in _FREE_TEXT:
+            value = record[key]
+            if value.__class__ is str and search(value):
+                record[key] = redact(value)
+        for attempt in record["attempts"]:
+            for key in _ATTEMPT_FREE_TEXT:
+                value = attempt[key]
+                if value.__class__ is str and search(value):
+                    attempt[key] = redact(value)
+        return _ENCODER.encode(record)
 
     def record(self, ctx: RequestContext) -> dict[str, Any]:
         state = ctx.state
@@ -223,8 +345,27 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``datetime.fromtimestamp(timestamp, timezone.utc)`` in ISO 8601 with milliseconds and ``Z``.
+
+    The date and time of day are formatted once per second; the microseconds are rounded
+    half-even as ``datetime`` does, then cut to milliseconds as ``isoformat`` does.
+    """
+    frac, whole = math.modf(timestamp)
+    seconds = int(whole)
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        seconds += 1
+        micros -= 1_000_000
+    if micros < 0:  # before 1970
+        return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if _second[0] != seconds:
+        _second[1] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = seconds
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 _logs: dict[int, tuple[Config, AccessLog]] = {}
@@ -257,6 +398,9 @@ def ccproxy_shutdown(app: Any) -> None:
     entry = _logs.pop(id(getattr(app.ctx, "config", None)), None)
     if entry is not None:
         entry[1].close()
+    for handler in logger.handlers:
+        if isinstance(handler, _StderrLines):
+            handler.flush()
 
 
 @hookimpl
@@ -287,4 +431,4 @@ def ccproxy_stream_end(ctx: RequestContext) -> None:
     line = access.line(ctx)
     logger.info(line)
     if access.file is not None:
-        access.file.write(line + "\n")
+        access.write(line)
