@@ -19,13 +19,10 @@ hot-path change without editing the project.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -103,23 +100,7 @@ def main() -> int:
     parser.add_argument("--slice", type=float, default=1.5)
     parser.add_argument("--concurrency", type=int, default=None)
     args = parser.parse_args()
-    run.pin(run.CLIENT_CPU)
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    children = run.Children()
-    tmp = Path(tempfile.mkdtemp(prefix="ccproxy-ab-"))
-    try:
-        asyncio.run(asyncio.wait_for(amain(args, children, tmp), 600))
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        children.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run.drive(amain, args, "ccproxy-ab-", 600)
 
 
 if __name__ == "__main__":

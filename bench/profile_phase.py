@@ -30,8 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -181,23 +179,7 @@ def main() -> int:
         args.tool = "py-spy" if _pyspy() else "cprofile"
     if args.tool == "py-spy" and not _pyspy():
         parser.error("py-spy is not installed (pip install py-spy), or use --tool cprofile")
-    run.pin(run.CLIENT_CPU)
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    children = run.Children()
-    tmp = Path(tempfile.mkdtemp(prefix="ccproxy-profile-"))
-    try:
-        asyncio.run(asyncio.wait_for(amain(args, children, tmp), args.seconds + 120))
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        children.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run.drive(amain, args, "ccproxy-profile-", args.seconds + 120)
 
 
 if __name__ == "__main__":

@@ -853,6 +853,31 @@ async def guarded(coro: Any, limit: float, signals: tuple[int, ...]) -> Any:
             loop.remove_signal_handler(sig)
 
 
+def drive(amain: Any, args: Any, prefix: str, timeout: float) -> int:
+    """Run ``amain(args, children, tmp)`` on uvloop (when installed) for a side tool, then clean up.
+
+    Pins this process to the client CPU; subprocesses and the temporary directory
+    go whatever happens. Returns the exit status (130 on Ctrl-C).
+    """
+    pin(CLIENT_CPU)
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    children = Children()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        asyncio.run(asyncio.wait_for(amain(args, children, tmp), timeout))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        children.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ccproxy benchmark (issue 7)")
     parser.add_argument("--quick", action="store_true",
