@@ -64,6 +64,13 @@ class ProviderConfig:
     timeouts: Timeouts | None = None
     #: Idle keep-alive connections kept per worker for this provider.
     max_keepalive: int = 100
+    #: Open connections (busy and idle) per worker for this provider; more requests wait
+    #: up to ``timeouts.connect`` for one (a pool timeout).
+    max_connections: int = 1000
+    #: Seconds an idle keep-alive connection stays in the pool (keep it below the upstream's own).
+    keepalive_expiry: float = 15.0
+    #: A PEM file of CA certificates trusted for this provider instead of the default store.
+    ca_file: str = ""
     #: Providers tried next, with the same model name, when this one fails before answering
     #: (connect error, timeout, 429, 5xx). See ``retries`` and docs/reliability.md.
     fallbacks: list[str] = field(default_factory=list)
@@ -125,6 +132,27 @@ class Limits:
     max_concurrent_streams: int = 1000
     #: The ``retry-after`` (seconds) sent with that 503.
     overload_retry_after: int = 1
+    #: Request bodies being received at once by one worker may hold this many bytes in all;
+    #: a body that would pass it gets 503 ``overloaded`` with ``retry-after``.
+    max_inflight_body_bytes: int = 256 * 1024 * 1024
+    #: Seconds a client may take to send the whole request head (408 beyond).
+    head_timeout: float = 30.0
+    #: Seconds a client may take to send the whole request body (408 beyond).
+    body_timeout: float = 120.0
+    #: Seconds one write to the client may wait for it to read (a stalled reader is cut off).
+    send_timeout: float = 60.0
+    #: Longest ``model`` name accepted, in characters (400 beyond).
+    max_model_length: int = 256
+    #: Largest upstream response head (status line and headers), in bytes (502 beyond).
+    max_response_head_bytes: int = 64 * 1024
+    #: Most header lines in an upstream response head (502 beyond).
+    max_response_headers: int = 100
+    #: Largest upstream body held or decoded whole (a non-streamed answer), in bytes (502 beyond).
+    max_response_body_bytes: int = 64 * 1024 * 1024
+    #: Largest decoded/compressed size ratio of a compressed upstream body (502 beyond).
+    max_decompression_ratio: int = 100
+    #: Largest single server-sent event from the upstream, in bytes (an error event beyond).
+    max_sse_event_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
