@@ -53,7 +53,12 @@ class RequestContext:
     started_at: float = field(default_factory=time.time)
     #: The client's parsed JSON body (None until parsed, or for non-JSON routes).
     body: dict[str, Any] | None = None
+    #: The client asked for a stream (``"stream": true``).
     stream: bool = False
+    #: The upstream is asked to stream: ``stream`` and the provider has ``supports_streaming``.
+    #: When the client asked for a stream and this is False, the answer is JSON that a
+    #: response adapter turns into a stream in the client's dialect.
+    upstream_stream: bool = False
     model_requested: str | None = None
     #: The model name sent upstream (differs from ``model_requested`` for aliases).
     model: str | None = None
