@@ -123,7 +123,7 @@ def tls_context(provider: ProviderConfig, config_path: str = "") -> ssl.SSLConte
         try:
             ctx = ssl.create_default_context(cafile=provider.ca_file)
         except (OSError, ssl.SSLError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a PEM file of CA certificates"
+            reason = "not a PEM file of CA certificates" if isinstance(exc, ssl.SSLError) else exc.strerror or str(exc)
             raise ConfigError(
                 f"{config_path or '<config>'}: providers.{provider.name}.ca_file: cannot load {provider.ca_file!r}: {reason}"
             ) from None
