@@ -31,9 +31,20 @@ Design, in one pass over a request:
   response whose body is still arriving aborts the socket, so the upstream stops
   generating. ``aclose()`` never awaits anything, so it is idempotent and cannot be
   interrupted by a cancellation.
-* **Retry.** A request that fails on a *reused* connection before any response byte
-  arrived (the server closed an idle keep-alive connection as we picked it) is sent
-  once more on a new connection, when its body is replayable bytes.
+* **Never sent twice silently.** Before a pooled connection carries a request it is
+  checked: not closing, and its socket not readable (one ``poll(0)``, ~0.5 µs; an idle
+  keep-alive socket that is readable holds the server's FIN or junk the loop has not
+  delivered yet). A dead one is closed and the next one (or a new connection) is used:
+  nothing was sent. A request is written again only when the write failed synchronously
+  (the kernel refused it; caught for plain TCP, not under TLS). Once written, a failure
+  before any response byte is an ``httpx.RemoteProtocolError`` ("Server disconnected
+  without sending a response") or ``httpx.ReadError`` (reset), for the caller to retry
+  by its own policy and report: an LLM request that reached the upstream is billed.
+* **Bounded heads.** At most ``max_head_bytes`` (interim heads included) are fed to the
+  parser before the head completes, and ``on_header`` stops the parser at the
+  ``max_headers``-th + 1 line: :class:`ResponseHeadTooLarge` (a ``RemoteProtocolError``
+  naming the limit). ``100`` and ``103`` are skipped as interim; ``101``, other ``1xx``
+  and statuses outside 100-599 are a ``RemoteProtocolError``: a proxy cannot relay them.
 
 No content decoding happens here: ``content-encoding`` is left to httpx
 (``Response.aiter_bytes``) or to the caller (``aiter_raw`` gives the bytes as sent).
@@ -659,7 +670,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         verify: Verify TLS certificates (default). ``False`` disables verification
             (ignored when ``ssl_context`` is given).
         ssl_context: Context for ``https://`` origins; default
-            ``ssl.create_default_context()`` with ALPN ``http/1.1``. SNI is the URL host.
+            ``httpx.create_ssl_context(verify)`` (certifi's CA bundle, as httpx's own
+            transport uses) with ALPN ``http/1.1``. SNI is the URL host.
         max_connections: Bound on open connections (busy and idle), all origins.
         max_keepalive: Idle connections kept per origin; more are closed on release.
         keepalive_expiry: Seconds an idle connection may stay in the pool.
@@ -955,10 +967,7 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            ctx = ssl.create_default_context()
-            if not self._verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
+            ctx = httpx.create_ssl_context(verify=self._verify)  # certifi's store, as httpx's own transport
             ctx.set_alpn_protocols(["http/1.1"])
             self._ssl_context = ctx
         return self._ssl_context

@@ -798,7 +798,7 @@ def test_tls_verification_and_verify_false(run: Any, tls_cert: tuple[Path, Path]
                 assert await r.aread() == b"hello"
             assert srv.connections == 1
             with pytest.raises(httpx.ConnectError) as info:
-                await direct(FastTransport(), "GET", srv.url)  # system CAs: self-signed is refused
+                await direct(FastTransport(), "GET", srv.url)  # default store (certifi): self-signed is refused
             assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
             r = await direct(FastTransport(verify=False), "GET", srv.url)
             assert await r.aread() == b"hello"
