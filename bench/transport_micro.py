@@ -8,6 +8,7 @@ CPU time (user + system) per request. The server's CPU is not counted.
 Paths measured:
   direct   ``await transport.handle_async_request(httpx.Request(...))``, read body, aclose
   client   ``await httpx.AsyncClient(transport=...).post(...)`` (adds httpx's client layer)
+  idle check  FastTransport's check of a pooled connection before reuse, alone (per call)
 
 Usage: ``python bench/transport_micro.py [--loop asyncio|uvloop|both]``. Stops by itself
 (the server exits with its parent or after 300 s).

@@ -222,7 +222,7 @@ class _Connection(asyncio.Protocol):
 
         An idle keep-alive connection whose socket is readable holds the server's EOF (or
         bytes nobody asked for) that the loop has not delivered yet: the server closed it.
-        One ``poll(0)`` system call, about 1 µs.
+        One ``poll(0)`` system call: ~0.5 µs (bench/transport_micro.py, "idle check").
         """
         if self.transport.is_closing():  # type: ignore[union-attr]
             return False
