@@ -8,6 +8,7 @@ CPU time (user + system) per request. The server's CPU is not counted.
 Paths measured:
   direct   ``await transport.handle_async_request(httpx.Request(...))``, read body, aclose
   client   ``await httpx.AsyncClient(transport=...).post(...)`` (adds httpx's client layer)
+  idle check  FastTransport's check of a pooled connection before reuse, alone (per call)
 
 Usage: ``python bench/transport_micro.py [--loop asyncio|uvloop|both]``. Stops by itself
 (the server exits with its parent or after 300 s).
@@ -118,6 +119,22 @@ async def measure(call: Any, arg: Any, url: str) -> tuple[float, float]:
     return seq, conc
 
 
+def idle_checks(transport: FastTransport) -> list[tuple[str, float, float]]:
+    """Cost of checking a pooled connection before reuse: the closing flag, and the full check."""
+    conn = next(c for dq in transport._idle.values() for c in dq)
+    rows = []
+    for label, check in (
+        ("  idle check: is_closing() only", conn.transport.is_closing),
+        ("  idle check: alive() (+ poll(0))", conn.alive),
+    ):
+        t0 = cpu()
+        for _ in range(100_000):
+            check()
+        per = (cpu() - t0) / 100_000 * 1e6
+        rows.append((label, per, per))
+    return rows
+
+
 async def run_all(url: str) -> list[tuple[str, float, float]]:
     rows = []
     # Cost of building the httpx.Request alone (included in both "direct" rows).
@@ -133,6 +150,8 @@ async def run_all(url: str) -> list[tuple[str, float, float]]:
     ):
         transport = factory()
         rows.append((f"{name} direct", *await measure(one_direct, transport, url)))
+        if isinstance(transport, FastTransport):
+            rows += idle_checks(transport)
         await transport.aclose()
     for name, factory in (
         ("FastTransport", lambda: FastTransport(trust_env=False)),

@@ -6,6 +6,7 @@ import asyncio
 import http.cookiejar
 import itertools
 import logging
+import ssl
 import time
 from typing import Any, Iterable
 
@@ -15,13 +16,13 @@ from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 
 from . import dialects
-from .config import Config, ProviderConfig, load_config
+from .config import Config, Limits, ProviderConfig, load_config
 from .context import ANTHROPIC, OPENAI, REJECTED
-from .errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
+from .errors import ConfigError, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
 from .plugins import Plugins
 from .proxy import Proxy
 from .streaming import END_WRITE_TIMEOUT
-from .transport import FastTransport
+from .transport import FastTransport, ResponseHeadTooLarge, environment_proxy
 
 log = logging.getLogger("ccproxy")
 _app_numbers = itertools.count(1)
@@ -94,18 +95,95 @@ def to_proxy_error(exception: Exception) -> ProxyError:
 
 
 def _no_cookies_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
-    """An httpx client that never stores or sends cookies (a shared gateway must not mix users')."""
+    """An httpx client that never stores or sends cookies (a shared gateway must not mix users').
+
+    ``trust_env=False``: the proxy environment is applied by the transport itself
+    (:func:`default_transport`), since the core calls transports directly.
+    """
     client = httpx.AsyncClient(transport=transport, timeout=None, follow_redirects=False, trust_env=False)
     client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return client
 
 
-def default_transport(provider: ProviderConfig) -> httpx.AsyncBaseTransport:
-    """The transport used when no plugin supplies one: the project's own, or httpx's stock one."""
+def tls_context(provider: ProviderConfig, config_path: str = "") -> ssl.SSLContext | None:
+    """The TLS context for ``provider`` (None for a plain-HTTP provider without ``ca_file``).
+
+    One store for both transports: certifi's bundle, as httpx builds it by default
+    (``SSL_CERT_FILE``/``SSL_CERT_DIR`` override it), or ``ca_file`` instead when set;
+    ``verify_tls: false`` turns verification off.
+
+    Raises:
+        ConfigError: ``ca_file`` is missing, unreadable or holds no PEM certificate.
+    """
+    if not provider.ca_file and not provider.base_url.startswith("https://"):
+        return None
+    if not provider.verify_tls:
+        ctx = httpx.create_ssl_context(verify=False)
+    elif provider.ca_file:
+        try:
+            ctx = ssl.create_default_context(cafile=provider.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = "not a PEM file of CA certificates" if isinstance(exc, ssl.SSLError) else exc.strerror or str(exc)
+            raise ConfigError(
+                f"{config_path or '<config>'}: providers.{provider.name}.ca_file: cannot load {provider.ca_file!r}: {reason}"
+            ) from None
+    else:
+        ctx = httpx.create_ssl_context(verify=True)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class _BoundedHTTPTransport(httpx.AsyncHTTPTransport):
+    """httpx's stock transport plus ``limits.max_response_headers`` (h11 bounds the head's size itself)."""
+
+    def __init__(self, *, max_headers: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_headers = max_headers
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:  # noqa: D102
+        response = await super().handle_async_request(request)
+        if len(response.headers.raw) > self._max_headers:
+            await response.aclose()
+            raise ResponseHeadTooLarge(
+                f"the upstream's response has more than limits.max_response_headers ({self._max_headers}) header lines",
+                request=request,
+            )
+        return response
+
+
+def default_transport(
+    provider: ProviderConfig, limits: Limits | None = None, ssl_context: ssl.SSLContext | None = None
+) -> httpx.AsyncBaseTransport:
+    """The transport used when no plugin supplies one: the project's own, or httpx's stock one.
+
+    Both get the provider's pool settings, ``ssl_context`` (see :func:`tls_context`), the
+    response-head limits and the proxy the environment names for ``base_url``.
+    """
+    limits = limits or Limits()
+    if ssl_context is None:
+        ssl_context = tls_context(provider)
     if provider.transport == "fast":
-        return FastTransport(verify=provider.verify_tls, max_keepalive=provider.max_keepalive)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=provider.max_keepalive)
-    return httpx.AsyncHTTPTransport(verify=provider.verify_tls, limits=limits, trust_env=True)
+        return FastTransport(
+            verify=provider.verify_tls,
+            ssl_context=ssl_context,
+            max_connections=provider.max_connections,
+            max_keepalive=provider.max_keepalive,
+            keepalive_expiry=provider.keepalive_expiry,
+            max_head_bytes=limits.max_response_head_bytes,
+            max_headers=limits.max_response_headers,
+        )
+    url = httpx.URL(provider.base_url)
+    return _BoundedHTTPTransport(
+        verify=ssl_context if ssl_context is not None else provider.verify_tls,
+        limits=httpx.Limits(
+            max_connections=provider.max_connections,
+            max_keepalive_connections=provider.max_keepalive,
+            keepalive_expiry=provider.keepalive_expiry,
+        ),
+        proxy=environment_proxy(url.scheme, url.host),
+        trust_env=False,
+        max_headers=limits.max_response_headers,
+    )
 
 
 def create_app(
@@ -130,6 +208,7 @@ def create_app(
     if not isinstance(config, Config):
         config = load_config(config)
     loaded = Plugins(config, plugins, entry_points=entry_points)
+    tls = {name: tls_context(provider, config.path) for name, provider in config.providers.items()}
     app = Sanic(name or ("ccproxy" if next(_app_numbers) == 1 else f"ccproxy_{time.monotonic_ns()}"))
     app.error_handler = DialectErrorHandler()
     app.config.REQUEST_MAX_SIZE = config.limits.max_body_bytes
@@ -149,7 +228,8 @@ def create_app(
         clients: dict[str, httpx.AsyncClient] = {}
         transports: dict[str, httpx.AsyncBaseTransport] = {}
         for provider in config.providers.values():
-            transport = await loaded.first("ccproxy_upstream_transport", provider=provider) or default_transport(provider)
+            transport = await loaded.first("ccproxy_upstream_transport", provider=provider) or default_transport(
+                provider, config.limits, tls[provider.name])
             transports[provider.name] = transport
             clients[provider.name] = _no_cookies_client(transport)
         app.ctx.clients = clients
