@@ -151,6 +151,8 @@ class SSEParser:
 
 #: Two line ends in a row (a blank line) in raw bytes: every pair of ``\n``, ``\r\n``, ``\r`` holds one.
 _BLANK = (b"\n\n", b"\n\r", b"\r\r")
+#: A read ending in one of these ends with a blank line (``\n\r`` may be the start of a ``\r\n`` line end).
+_ENDS = (b"\n\n", b"\n\r\n", b"\n\r", b"\r\r")
 
 
 class EventSizeLimit:
@@ -175,24 +177,25 @@ class EventSizeLimit:
         Raises:
             UpstreamProtocolError: an event is longer than ``max_bytes``.
         """
+        size = self._size + len(data)
+        if data.endswith(_ENDS):  # the usual read: whole events
+            if size > self.max_bytes and self._largest(data) > self.max_bytes:
+                self._too_large()
+            self._size, self._last = 0, b"\n"
+            return
         if not data:
             return
-        if data.endswith(b"\n\n"):
-            start = len(data)
+        if b"\r" in data:
+            i = max(data.rfind(b"\n\r"), data.rfind(b"\r\r"), data.rfind(b"\n\n"))
         else:
-            if b"\r" in data:
-                i = max(data.rfind(b"\n\r"), data.rfind(b"\r\r"), data.rfind(b"\n\n"))
-            else:
-                i = data.rfind(b"\n\n")
-            start = i + 2 if i >= 0 else 1 if self._last + data[:1] in _BLANK else 0
+            i = data.rfind(b"\n\n")
+        start = i + 2 if i >= 0 else 1 if self._last + data[:1] in _BLANK else 0
         if start:  # events ended in this read; the one being read starts at `start`
             if self._size + start > self.max_bytes and self._largest(data[:start]) > self.max_bytes:
                 self._too_large()
-            self._size = len(data) - start
-        else:
-            self._size += len(data)
-        self._last = data[-1:]
-        if self._size > self.max_bytes:
+            size = len(data) - start
+        self._size, self._last = size, data[-1:]
+        if size > self.max_bytes:
             self._too_large()
 
     def _largest(self, ended: bytes) -> int:
