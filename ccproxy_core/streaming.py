@@ -806,18 +806,22 @@ class DeferredResponse(ResponseStream):
         is_sse = "text/event-stream" in headers.get("content-type", "")
         wants_events = self.handler.event_hooks and is_sse
         wants_body = self.handler.body_hooks and not is_sse
-        # Adapters and observers get decoded bytes; without a content-encoding those are the raw
-        # bytes (and httpx's decoder chain costs a few µs per read). A body already read into
-        # memory (e.g. httpx.MockTransport) can only be replayed decoded.
+        # Adapters and observers get decoded bytes (decoding.py: bounded pieces, bounded ratio);
+        # without a content-encoding those are the raw bytes. A body already read into memory
+        # (e.g. httpx.MockTransport) can only be replayed decoded.
         encoding = headers.get("content-encoding")
         encoded = encoding is not None
         decode = ((adapter is not None or wants_events or wants_body) and encoded) or upstream.is_stream_consumed
         limits = self.handler.limits
+        refusal: ProxyError | None = None
         decoder = None
         if decode and encoded and not upstream.is_stream_consumed:
             decoder = decoder_for(encoding, limits.max_decompression_ratio)  # type: ignore[arg-type]
-            if decoder is None and adapter is None:  # a coding we cannot bound: pass it through unread
-                decode = wants_events = wants_body = False
+            if decoder is None:  # a coding we cannot bound (br, zstd, several)
+                if adapter is None:  # observers only: pass it through unread
+                    decode = wants_events = wants_body = False
+                else:
+                    refusal = UpstreamProtocolError("the upstream's body has a content-encoding the proxy cannot decode")
         # Observers alone (no adapter) leave an unencoded body as it is: its content-length stands.
         if adapter is not None or (decode and encoded):
             for name in BODY_FRAMING:
@@ -852,13 +856,13 @@ class DeferredResponse(ResponseStream):
         reads = adapter is not None or wants_events or wants_body
         events = EventSizeLimit(limits.max_sse_event_bytes) if is_sse and reads and limits.max_sse_event_bytes > 0 else None
         max_held = limits.max_response_body_bytes if not is_sse and reads else 0
+        length = upstream.headers.get("content-length", "") if max_held > 0 and not encoded else ""
+        if length.isdigit() and int(length) > max_held:  # announced too large: refused before any byte
+            refusal = _body_too_large(max_held)
         held = 0
         try:
-            if decode and encoded and decoder is None and not upstream.is_stream_consumed:
-                raise UpstreamProtocolError("the upstream's body has a content-encoding the proxy cannot decode")
-            length = upstream.headers.get("content-length", "") if max_held > 0 and not encoded else ""
-            if length.isdigit() and int(length) > max_held:  # announced too large: refuse before any byte
-                raise _body_too_large(max_held)
+            if refusal is not None:
+                raise refusal
             async for chunk in chunks:
                 if events is not None:
                     events.feed(chunk)
