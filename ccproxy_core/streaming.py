@@ -897,7 +897,7 @@ class DeferredResponse(ResponseStream):
             await self._fail_after_head(response, plugins.failed_mid_response(exc, ctx), is_sse)
             return
         self._cancellable = False
-        await response.eof()
+        await self._eof(response)
         ctx.outcome = COMPLETED
 
     async def _write(self, response: HTTPResponse, data: bytes, count_events: bool = False) -> None:
@@ -906,13 +906,10 @@ class DeferredResponse(ResponseStream):
             await self.handler.plugins.notify("ccproxy_stream_chunk", ctx=ctx, chunk=data)
         if ctx.t_first_byte is None:
             ctx.t_first_byte = ctx.elapsed()
-        writable = self._writable
-        if writable is None:
-            writable = self._writable = _write_gate(self.request)
-        if writable.is_set():  # the client keeps up: the write does not wait
+        if self._gate().is_set():  # the client keeps up: the write does not wait
             await response.send(data)
         else:
-            await self._send_waiting(response, data)
+            await self._waiting(response.send(data))
         ctx.bytes_sent += len(data)
         ctx.chunks_sent += 1
         if count_events:
@@ -922,16 +919,29 @@ class DeferredResponse(ResponseStream):
             ctx.events_sent += (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
             self._tail = data[-2:]
 
-    async def _send_waiting(self, response: HTTPResponse, data: bytes) -> None:
-        """``response.send(data)`` while the client's buffer is full: a client that does not
-        take it within ``limits.send_timeout`` is cut off (its upstream is then closed)."""
+    def _gate(self) -> asyncio.Event | _Open:
+        gate = self._writable
+        if gate is None:
+            gate = self._writable = _write_gate(self.request)
+        return gate
+
+    async def _eof(self, response: HTTPResponse) -> None:
+        """``response.eof()``, bounded like a write (the last chunk may wait for a stalled reader too)."""
+        if self._gate().is_set():
+            await response.eof()
+        else:
+            await self._waiting(response.eof())
+
+    async def _waiting(self, sending: Awaitable[None]) -> None:
+        """A write while the client's buffer is full: a client that does not take it within
+        ``limits.send_timeout`` is cut off (its upstream is then closed)."""
         timeout = self.handler.limits.send_timeout
         if timeout <= 0:
-            await response.send(data)
+            await sending
             return
         timer = asyncio.get_running_loop().call_later(timeout, self._cut_stalled_client, timeout)
         try:
-            await response.send(data)
+            await sending
         finally:
             timer.cancel()
 
@@ -967,7 +977,7 @@ class DeferredResponse(ResponseStream):
             response.headers["content-type"] = "application/json"
             response.headers.update(error.headers)
             await self._write(response, dialects.error_body(ctx.client_dialect, error))
-            await response.eof()
+            await self._eof(response)
             return
         written = True
         try:

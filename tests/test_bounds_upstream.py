@@ -557,3 +557,32 @@ def test_header_filter_behaviour_is_unchanged():
     pairs = [("A", "1"), ("Connection", "x-drop, keep-alive"), ("X-Drop", "no"), ("a", "2"), ("Set-Cookie", "s"),
              ("Proxy-Thing", "p"), ("connection", "x-other"), ("X-Other", "o"), ("B", "3")]
     assert response_headers(pairs) == {"a": "1, 2", "b": "3"}
+
+
+def test_client_that_stops_reading_a_json_answer_is_cut():
+    """A 16 MiB JSON answer the client stops reading: whichever write waits (one of the body's,
+    or the final chunk's), it is bounded by send_timeout, so the response and its upstream end."""
+    ends = Ends()
+    text = b"a" * (16 * MiB)
+    body = (b'{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text",'
+            b'"text":"' + text + b'"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}')
+    pieces = lambda: (body[i:i + 65536] for i in range(0, len(body), 65536))  # noqa: E731
+    with Hostile(chunked(200, pieces, content_type="application/json")) as up, ProxyThread(
+        config(up.url, send_timeout=1), plugins=[("ends", ends)]
+    ) as proxy:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", proxy.port))
+        payload = json.dumps({**ANTHROPIC_BODY, "stream": False}).encode()
+        sock.sendall(f"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(payload)}\r\n\r\n".encode() + payload)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 6
+        while not ends.seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.close()
+        assert up.wait_for_cut() or up.sent < len(body), "the upstream was not closed"
+    assert len(ends.seen) == 1, "the response never ended"
+    outcome, error = ends.seen[0]
+    assert outcome == "client_disconnected" and isinstance(error, SendTimeout)
