@@ -122,3 +122,13 @@ class PluginError(ProxyError):
 
     status = 500
     kind = "api_error"
+
+
+class SendTimeout(ProxyError):
+    """The client did not read the response for ``limits.send_timeout`` seconds; its connection was cut.
+
+    Recorded as ``ctx.error`` (outcome ``client_disconnected``); the client never sees it.
+    """
+
+    status = 408
+    kind = "timeout_error"

@@ -42,21 +42,32 @@ _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 def _filter(pairs: Iterable[tuple[str, str]], drop: frozenset[str] | set[str]) -> dict[str, str]:
     """One pass: keep what is not in ``drop`` (nor ``proxy-*``), joining repeats; then remove the
-    headers that ``connection`` names (it is hop-by-hop itself, so it is always in ``drop``)."""
+    headers that ``connection`` names (it is hop-by-hop itself, so it is always in ``drop``).
+
+    Linear in the input: repeated values are collected and joined once per name.
+    """
     out: dict[str, str] = {}
-    connection: str | None = None
+    repeated: dict[str, list[str]] = {}
+    connection: list[str] = []
     for name, value in pairs:
         name = name.lower()
         if name in drop or name.startswith("proxy-"):
             if name == "connection":
-                connection = value if connection is None else f"{connection},{value}"
+                connection.append(value)
             continue
         if name in out:
-            out[name] = f"{out[name]}, {value}"
+            values = repeated.get(name)
+            if values is None:
+                repeated[name] = [out[name], value]
+            else:
+                values.append(value)
         else:
             out[name] = value
-    if connection is not None:
-        for token in connection.split(","):
+    if repeated:
+        for name, values in repeated.items():
+            out[name] = ", ".join(values)
+    if connection:
+        for token in ",".join(connection).split(","):
             out.pop(token.strip().lower(), None)
     return out
 

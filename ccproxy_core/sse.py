@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SSEEvent", "SSEParser", "encode_event"]
+from .errors import UpstreamProtocolError
+
+__all__ = ["EventSizeLimit", "SSEEvent", "SSEParser", "encode_event"]
 
 _BOM = "\ufeff"
 
@@ -145,6 +147,68 @@ class SSEParser:
                 if value.isascii() and value.isdigit():
                     self._retry = int(value)
         return events
+
+
+#: Two line ends in a row (a blank line) in raw bytes: every pair of ``\n``, ``\r\n``, ``\r`` holds one.
+_BLANK = (b"\n\n", b"\n\r", b"\r\r")
+#: A read ending in one of these ends with a blank line (``\n\r`` may be the start of a ``\r\n`` line end).
+_ENDS = (b"\n\n", b"\n\r\n", b"\n\r", b"\r\r")
+
+
+class EventSizeLimit:
+    """Bounds the size of one event in a byte stream split anywhere, without buffering it.
+
+    :meth:`feed` sees every read (before any parser) and counts the bytes since the
+    last blank line; an event longer than ``max_bytes`` (line ends included, a line
+    end or two of slack) raises. Work per read: a search from its end for the last
+    blank line, which in the usual read (whole events) is found at once.
+    """
+
+    __slots__ = ("max_bytes", "_size", "_last")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._size = 0  # bytes of the event being read so far
+        self._last = b""  # the previous read's last byte (a blank line may straddle two reads)
+
+    def feed(self, data: bytes) -> None:
+        """Count one read.
+
+        Raises:
+            UpstreamProtocolError: an event is longer than ``max_bytes``.
+        """
+        size = self._size + len(data)
+        if data.endswith(_ENDS):  # the usual read: whole events
+            if size > self.max_bytes and self._largest(data) > self.max_bytes:
+                self._too_large()
+            self._size, self._last = 0, b"\n"
+            return
+        if not data:
+            return
+        if b"\r" in data:
+            i = max(data.rfind(b"\n\r"), data.rfind(b"\r\r"), data.rfind(b"\n\n"))
+        else:
+            i = data.rfind(b"\n\n")
+        start = i + 2 if i >= 0 else 1 if self._last + data[:1] in _BLANK else 0
+        if start:  # events ended in this read; the one being read starts at `start`
+            if self._size + start > self.max_bytes and self._largest(data[:start]) > self.max_bytes:
+                self._too_large()
+            size = len(data) - start
+        self._size, self._last = size, data[-1:]
+        if size > self.max_bytes:
+            self._too_large()
+
+    def _largest(self, ended: bytes) -> int:
+        """The longest event ended in ``ended`` (the first one continues the bytes counted before)."""
+        ended = self._last + ended
+        if b"\r" in ended:
+            ended = ended.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        sizes = [len(event) for event in ended.split(b"\n\n")]
+        sizes[0] += self._size
+        return max(sizes)
+
+    def _too_large(self) -> None:
+        raise UpstreamProtocolError(f"the upstream sent a server-sent event larger than {self.max_bytes} bytes")
 
 
 def encode_event(

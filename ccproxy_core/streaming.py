@@ -35,9 +35,11 @@ from .context import (
     Attempt,
     RequestContext,
 )
+from .decoding import decoded, decoder_for
 from .errors import (
     Overloaded,
     ProxyError,
+    SendTimeout,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -45,7 +47,7 @@ from .errors import (
 )
 from .headers import BODY_FRAMING, STREAM_HEADERS, response_headers
 from .plugins import Plugins
-from .sse import SSEParser
+from .sse import EventSizeLimit, SSEParser
 from .transport import FastTransport
 
 log = logging.getLogger("ccproxy")
@@ -174,7 +176,7 @@ class StreamingHandler:
         self.body_hooks = plugins.implemented("ccproxy_response_body")
         self.attempt_hooks = plugins.implemented("ccproxy_upstream_attempt")
         self.retries = retries or Retries()
-        limits = limits or Limits()
+        limits = self.limits = limits or Limits()
         self.max_streams = limits.max_concurrent_streams
         self.overload_retry_after = limits.overload_retry_after
         #: The responses being sent now (this worker), for the concurrency limit and shutdown.
@@ -412,12 +414,34 @@ def _close_late(task: asyncio.Future[httpx.Response]) -> None:
     closing.add_done_callback(_closing.discard)
 
 
+def _body_too_large(limit: int) -> UpstreamProtocolError:
+    return UpstreamProtocolError(f"the upstream's response body is larger than {limit} bytes")
+
+
+class _Open:
+    """A write gate that is always open (no Sanic protocol to ask, e.g. under ASGI)."""
+
+    @staticmethod
+    def is_set() -> bool:
+        return True
+
+
+def _write_gate(request: Any) -> asyncio.Event | _Open:
+    """The event Sanic's ``send`` waits on before each write (cleared while the client's buffer is full)."""
+    try:
+        gate = request.protocol._can_write
+    except AttributeError:
+        return _Open()
+    return gate if isinstance(gate, asyncio.Event) else _Open()
+
+
 class DeferredResponse(ResponseStream):
     """A Sanic response that calls the upstream when sent and relays its answer."""
 
     __slots__ = (
         "handler", "ctx", "attempts", "on_headers", "_task", "_reason", "_cancellable", "_timer", "_deadline",
         "_is_sse", "_tail",
+        "_writable",
     )
 
     def __init__(
@@ -441,6 +465,7 @@ class DeferredResponse(ResponseStream):
         self._deadline: float | None = None
         self._is_sse = False
         self._tail = b""  # the last bytes written to the client (counting events across writes)
+        self._writable: asyncio.Event | _Open | None = None  # set while the client's buffer has room
 
     @staticmethod
     async def _unused(_: Any) -> None:  # pragma: no cover - stream() is overridden
@@ -680,30 +705,38 @@ class DeferredResponse(ResponseStream):
         raise error
 
     async def _keep(self, upstream: httpx.Response, attempt: UpstreamRequest) -> httpx.Response | None:
-        """``upstream`` with its body read (up to :data:`MAX_KEPT_ERROR_BODY`), its connection freed."""
+        """``upstream`` with its body read (up to :data:`MAX_KEPT_ERROR_BODY`, decoded within the
+        limits when it is gzip or deflate), its connection freed; None if that failed."""
+        limits = self.handler.limits
+        cap = min(MAX_KEPT_ERROR_BODY, limits.max_response_body_bytes or MAX_KEPT_ERROR_BODY)
+        headers = upstream.headers.multi_items()
+        encoding = upstream.headers.get("content-encoding")
+        decoder = decoder_for(encoding, limits.max_decompression_ratio) if encoding is not None else None
         parts: list[bytes] = []
         size = 0
         chunks = upstream.aiter_raw() if _cancel_safe(attempt) else _guarded(upstream.aiter_raw())
+        if decoder is not None:
+            chunks = decoded(chunks, decoder)
         try:
             async for chunk in chunks:
                 size += len(chunk)
-                if size > MAX_KEPT_ERROR_BODY:
+                if size > cap:
                     return None
                 parts.append(chunk)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ProxyError):
             return None
         finally:
             await asyncio.shield(self._release(upstream, None))
+        body = b"".join(parts)
+        if decoder is not None:
+            headers = [(k, v) for k, v in headers if k.lower() not in BODY_FRAMING]
+            headers.append(("content-length", str(len(body))))
         try:
             request: httpx.Request | None = upstream.request
         except RuntimeError:  # FastTransport.send's responses have none
             request = None
-        return httpx.Response(
-            upstream.status_code,
-            headers=upstream.headers.multi_items(),
-            content=b"".join(parts),
-            request=request,
-        )
+        # A stream, not content=: httpx would decode content= at once, without any bound.
+        return httpx.Response(upstream.status_code, headers=headers, stream=httpx.ByteStream(body), request=request)
 
     async def _send(self, attempt: UpstreamRequest) -> httpx.Response:
         timeouts = attempt.timeouts
@@ -739,6 +772,9 @@ class DeferredResponse(ResponseStream):
                     response = await _uninterrupted(attempt.client.send(request, stream=True))
         except httpx.HTTPError as exc:
             raise _map_httpx_error(exc, timeouts, head=True) from exc
+        if not 200 <= response.status_code <= 599:  # 101 (an upgrade), other 1xx, 600+: nothing to relay
+            await asyncio.shield(self._release(response, None))
+            raise UpstreamProtocolError(f"the upstream answered with status {response.status_code}, which cannot be relayed")
         # From here on each read may wait at most the idle gap (transports read this dict per read).
         limits["read"] = timeouts.idle
         return response
@@ -770,11 +806,22 @@ class DeferredResponse(ResponseStream):
         is_sse = "text/event-stream" in headers.get("content-type", "")
         wants_events = self.handler.event_hooks and is_sse
         wants_body = self.handler.body_hooks and not is_sse
-        # Adapters and observers get decoded bytes; without a content-encoding those are the raw
-        # bytes (and httpx's decoder chain costs a few µs per read). A body already read into
-        # memory (e.g. httpx.MockTransport) can only be replayed decoded.
-        encoded = "content-encoding" in headers
+        # Adapters and observers get decoded bytes (decoding.py: bounded pieces, bounded ratio);
+        # without a content-encoding those are the raw bytes. A body already read into memory
+        # (e.g. httpx.MockTransport) can only be replayed decoded.
+        encoding = headers.get("content-encoding")
+        encoded = encoding is not None
         decode = ((adapter is not None or wants_events or wants_body) and encoded) or upstream.is_stream_consumed
+        limits = self.handler.limits
+        refusal: ProxyError | None = None
+        decoder = None
+        if decode and encoded and not upstream.is_stream_consumed:
+            decoder = decoder_for(encoding, limits.max_decompression_ratio)  # type: ignore[arg-type]
+            if decoder is None:  # a coding we cannot bound (br, zstd, several)
+                if adapter is None:  # observers only: pass it through unread
+                    decode = wants_events = wants_body = False
+                else:
+                    refusal = UpstreamProtocolError("the upstream's body has a content-encoding the proxy cannot decode")
         # Observers alone (no adapter) leave an unencoded body as it is: its content-length stands.
         if adapter is not None or (decode and encoded):
             for name in BODY_FRAMING:
@@ -800,11 +847,29 @@ class DeferredResponse(ResponseStream):
 
         parser = SSEParser() if wants_events else None
         body_parts: list[bytes] | None = [] if wants_body else None
-        chunks = upstream.aiter_bytes() if decode else upstream.aiter_raw()
+        chunks = upstream.aiter_bytes() if upstream.is_stream_consumed else upstream.aiter_raw()
         if not _cancel_safe(attempt):
             chunks = _guarded(chunks)
+        if decoder is not None:
+            chunks = decoded(chunks, decoder)
+        # What the proxy holds of a body it reads: one event of a stream, a whole other body.
+        reads = adapter is not None or wants_events or wants_body
+        events = EventSizeLimit(limits.max_sse_event_bytes) if is_sse and reads and limits.max_sse_event_bytes > 0 else None
+        max_held = limits.max_response_body_bytes if not is_sse and reads else 0
+        length = upstream.headers.get("content-length", "") if max_held > 0 and not encoded else ""
+        if length.isdigit() and int(length) > max_held:  # announced too large: refused before any byte
+            refusal = _body_too_large(max_held)
+        held = 0
         try:
+            if refusal is not None:
+                raise refusal
             async for chunk in chunks:
+                if events is not None:
+                    events.feed(chunk)
+                elif max_held > 0:
+                    held += len(chunk)
+                    if held > max_held:
+                        raise _body_too_large(max_held)
                 if parser is not None:
                     for event in parser.feed(chunk):
                         await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
@@ -832,7 +897,7 @@ class DeferredResponse(ResponseStream):
             await self._fail_after_head(response, plugins.failed_mid_response(exc, ctx), is_sse)
             return
         self._cancellable = False
-        await response.eof()
+        await self._eof(response)
         ctx.outcome = COMPLETED
 
     async def _write(self, response: HTTPResponse, data: bytes, count_events: bool = False) -> None:
@@ -841,7 +906,10 @@ class DeferredResponse(ResponseStream):
             await self.handler.plugins.notify("ccproxy_stream_chunk", ctx=ctx, chunk=data)
         if ctx.t_first_byte is None:
             ctx.t_first_byte = ctx.elapsed()
-        await response.send(data)
+        if self._gate().is_set():  # the client keeps up: the write does not wait
+            await response.send(data)
+        else:
+            await self._waiting(response.send(data))
         ctx.bytes_sent += len(data)
         ctx.chunks_sent += 1
         if count_events:
@@ -850,6 +918,43 @@ class DeferredResponse(ResponseStream):
             tail = self._tail
             ctx.events_sent += (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
             self._tail = data[-2:]
+
+    def _gate(self) -> asyncio.Event | _Open:
+        gate = self._writable
+        if gate is None:
+            gate = self._writable = _write_gate(self.request)
+        return gate
+
+    async def _eof(self, response: HTTPResponse) -> None:
+        """``response.eof()``, bounded like a write (the last chunk may wait for a stalled reader too)."""
+        if self._gate().is_set():
+            await response.eof()
+        else:
+            await self._waiting(response.eof())
+
+    async def _waiting(self, sending: Awaitable[None]) -> None:
+        """A write while the client's buffer is full: a client that does not take it within
+        ``limits.send_timeout`` is cut off (its upstream is then closed)."""
+        timeout = self.handler.limits.send_timeout
+        if timeout <= 0:
+            await sending
+            return
+        timer = asyncio.get_running_loop().call_later(timeout, self._cut_stalled_client, timeout)
+        try:
+            await sending
+        finally:
+            timer.cancel()
+
+    def _cut_stalled_client(self, timeout: float) -> None:
+        """Abort the client's connection; Sanic then cancels this response's task."""
+        ctx = self.ctx
+        if ctx.outcome is None:
+            ctx.outcome = CLIENT_DISCONNECTED
+            ctx.error = SendTimeout(f"the client read nothing for {timeout:g}s; the response was cut off")
+        log.warning("request %s: the client read nothing for %gs; cut off, upstream closed", ctx.request_id, timeout)
+        transport = self.request.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
 
     async def _fail_after_head(
         self, response: HTTPResponse, error: ProxyError, is_sse: bool, *, bounded: bool = False
@@ -872,7 +977,7 @@ class DeferredResponse(ResponseStream):
             response.headers["content-type"] = "application/json"
             response.headers.update(error.headers)
             await self._write(response, dialects.error_body(ctx.client_dialect, error))
-            await response.eof()
+            await self._eof(response)
             return
         written = True
         try:

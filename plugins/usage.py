@@ -275,34 +275,45 @@ _NULL_USAGE = (b',"usage":null', b', "usage": null', b'"usage":null,', b'"usage"
 class UsageChunkRemover:
     """A response adapter that drops the ``choices: []`` usage frame and ``"usage": null`` fields.
 
-    Bytes are held only up to the next blank line (the end of the event being read); everything
-    else passes through unchanged. In JSON text an unescaped ``"usage":null`` can only be a key and
-    its value, so removing it (with its comma) leaves valid JSON.
+    Bytes are held only up to the next blank line (the end of the event being read; the core
+    bounds one event at ``limits.max_sse_event_bytes`` before any adapter sees it); everything
+    else passes through unchanged. Work is linear in the bytes fed: held pieces are joined once,
+    and each read is searched once (plus the 3 bytes before it, where a separator may start).
+    In JSON text an unescaped ``"usage":null`` can only be a key and its value, so removing it
+    (with its comma) leaves valid JSON.
     """
 
-    __slots__ = ("_tail", "_dropped")
+    __slots__ = ("_held", "_edge", "_dropped")
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._held: list[bytes] = []  # pieces of the event being read (no separator among them)
+        self._edge = b""  # the last 3 held bytes
         self._dropped = False
 
     def feed(self, data: bytes) -> bytes:
-        if not self._tail and data.endswith(b"\n\n"):  # the usual read: whole events
+        held = self._held
+        if not held and data.endswith(b"\n\n"):  # the usual read: whole events
             return self._clean(data)
-        buf = self._tail + data if self._tail else data
-        cut = -1
+        edge = self._edge if held else b""
+        probe = edge + data if edge else data
+        cut = -1  # the end of the last separator, in data
         for sep in _SEPARATORS:
-            i = buf.rfind(sep)
+            i = probe.rfind(sep)
             if i >= 0:
-                cut = max(cut, i + len(sep))
-        if cut < 0:
-            self._tail = buf
+                cut = max(cut, i + len(sep) - len(edge))
+        if cut <= 0:
+            if data:
+                held.append(data)
+                self._edge = (edge + data)[-3:]
             return b""
-        self._tail = buf[cut:]
-        return self._clean(buf[:cut])
+        head = b"".join(held) + data[:cut] if held else data[:cut]
+        self._held = [data[cut:]] if cut < len(data) else []
+        self._edge = data[cut:][-3:]
+        return self._clean(head)
 
     def finish(self) -> bytes:
-        rest, self._tail = self._tail, b""
+        rest = b"".join(self._held)
+        self._held, self._edge = [], b""
         return self._clean(rest) if rest else b""
 
     def _clean(self, data: bytes) -> bytes:
@@ -316,10 +327,15 @@ class UsageChunkRemover:
     def _drop_usage_frame(self, data: bytes) -> bytes:
         out: list[bytes] = []
         start = 0
+        found = dict.fromkeys(_SEPARATORS, -1)  # next position of each separator (searched forward once)
         while start < len(data):
             end, seplen = len(data), 0
             for sep in _SEPARATORS:
-                i = data.find(sep, start)
+                i = found[sep]
+                if i < start and i != -2:
+                    i = found[sep] = data.find(sep, start)
+                    if i < 0:
+                        i = found[sep] = -2  # none left
                 if 0 <= i < end:
                     end, seplen = i, len(sep)
             frame = data[start : end + seplen]
