@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import re
+from json.decoder import scanstring
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -251,44 +252,70 @@ class _DuplicateKey(Exception):
         self.key = key
 
 
-_decode_value = json.JSONDecoder().raw_decode
+_scan_value = json.JSONDecoder().scan_once  # the C decoder: (value, end) at an index
 _space = re.compile(r"[ \t\n\r]*").match
+_WS = " \t\n\r"
 
 
 def _loads_object(text: str) -> Any:
     """``json.loads(text)``, refusing a top-level object that gives a key twice.
 
-    The top level is walked here (a few µs); each member's value is parsed by the C
-    decoder. Anything but an object is left to ``json.loads``.
+    The top level is walked here (about 0.5 µs a member); each member's value is parsed
+    by the C decoder, as ``json.loads`` would. Anything but an object, and any syntax
+    error, is left to ``json.loads`` (so its error messages are the usual ones).
+
+    Raises:
+        _DuplicateKey: naming the key.
     """
-    end = _space(text).end()
-    if text[end : end + 1] != "{":
-        return json.loads(text)
+    try:
+        body = _walk_object(text)
+    except (ValueError, IndexError, StopIteration):
+        body = None
+    return json.loads(text) if body is None else body
+
+
+def _walk_object(text: str) -> dict[str, Any] | None:
+    """The top-level object of ``text`` (None when it is not one); raises on a syntax error."""
+    end = 0 if text[0] == "{" else _space(text).end()
+    if text[end] != "{":
+        return None
     body: dict[str, Any] = {}
-    end = _space(text, end + 1).end()
-    if text[end : end + 1] == "}":
+    end += 1
+    c = text[end]
+    if c in _WS:
+        end = _space(text, end).end()
+        c = text[end]
+    if c == "}":
         end += 1
     else:
         while True:
-            if text[end : end + 1] != '"':
-                raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, end)
-            key, end = _decode_value(text, end)
-            end = _space(text, end).end()
-            if text[end : end + 1] != ":":
-                raise json.JSONDecodeError("Expecting ':' delimiter", text, end)
-            value, end = _decode_value(text, _space(text, end + 1).end())
+            if c != '"':
+                raise ValueError
+            key, end = scanstring(text, end + 1)
+            if text[end] != ":":
+                end = _space(text, end).end()
+                if text[end] != ":":
+                    raise ValueError
+            end += 1
+            if text[end] in _WS:
+                end = _space(text, end + 1).end()
+            value, end = _scan_value(text, end)
             if key in body:
                 raise _DuplicateKey(key)
             body[key] = value
-            end = _space(text, end).end()
-            delimiter = text[end : end + 1]
-            if delimiter == "}":
-                end += 1
+            c = text[end]
+            if c in _WS:
+                end = _space(text, end).end()
+                c = text[end]
+            end += 1
+            if c == "}":
                 break
-            if delimiter != ",":
-                raise json.JSONDecodeError("Expecting ',' delimiter", text, end)
-            end = _space(text, end + 1).end()
-    end = _space(text, end).end()
-    if end != len(text):
-        raise json.JSONDecodeError("Extra data", text, end)
+            if c != ",":
+                raise ValueError
+            c = text[end]
+            if c in _WS:
+                end = _space(text, end).end()
+                c = text[end]
+    if end != len(text) and _space(text, end).end() != len(text):
+        raise ValueError
     return body
