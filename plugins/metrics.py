@@ -12,6 +12,11 @@ and removes it when the main process stops. A worker that stops marks its live g
 (``mark_process_dead``); a scrape also drops the live gauges of workers that died without stopping.
 If ``PROMETHEUS_MULTIPROC_DIR`` is already set it is used as it is (and never deleted).
 
+Label values come from bounded sets: configured model names keep their own ``model`` value, at
+most :data:`MAX_MODEL_LABELS` other names per worker get one, and the rest are counted as
+:data:`OTHER` (model names come from clients; the core refuses names over
+``limits.max_model_length``).
+
 Settings (``plugins: metrics: {...}``):
 
 * ``path``: the route (default ``/metrics``).
