@@ -517,3 +517,18 @@ def test_health_ready_shows_details_without_keys(make_proxy, upstream):
     server = make_proxy()
     details = httpx.get(server.url + "/health/ready").json()
     assert details["status"] == "ready" and "providers" in details
+
+
+def test_body_nested_as_deep_as_the_parser_goes_is_served_and_logged(make_proxy, upstream, caplog):
+    """Depth the parser accepts (900) passes through aliases, translation and the access log's bodies."""
+    config = keyed_config(upstream.url)
+    config["models"] = {"smart": {"model": "claude-sonnet-4-5"}}
+    config["plugins"]["access_log"] = {"log_bodies": True}
+    server = make_proxy(config)
+    caplog.set_level(logging.INFO)
+    for model, path in (("smart", "/v1/messages"), ("claude-sonnet-4-5", "/v1/chat/completions")):
+        raw = (b'{"model": "%s", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "metadata": '
+               % model.encode() + b"[" * 900 + b"]" * 900 + b"}")
+        assert exchange(server.port, head(path, len(raw), key=True) + raw).startswith(b"HTTP/1.1 200 ")
+    time.sleep(0.3)
+    assert caplog.text.count("nested too deeply to log") == 2 and "RecursionError" not in caplog.text
