@@ -123,11 +123,14 @@ class DeadlineProtocol(HttpProtocol):
     * ``KEEP_ALIVE_TIMEOUT`` stays an idle timer between requests. Sanic's ``REQUEST_TIMEOUT``
       and ``RESPONSE_TIMEOUT`` are not used: the core's own timeouts govern upstream waits.
 
-    The checks run every :attr:`check_every` seconds per connection (at most 1 s), so a
-    deadline is enforced within that much of its time.
+    The checks run every :attr:`check_every` seconds (at most 1 s) while a request is being
+    received, so a deadline is enforced within that much of its time; an idle connection is
+    checked every :attr:`idle_every` seconds (a quarter of the shortest of the two deadlines and
+    the keep-alive timeout), still often enough to start the checks of a request that begins
+    well before its deadlines.
     """
 
-    __slots__ = ("head_timeout", "body_timeout", "check_every")
+    __slots__ = ("head_timeout", "body_timeout", "check_every", "idle_every")
 
     def _setup(self) -> None:
         super()._setup()
@@ -136,6 +139,7 @@ class DeadlineProtocol(HttpProtocol):
         self.head_timeout = limits.head_timeout
         self.body_timeout = limits.body_timeout
         self.check_every = max(0.1, min(1.0, self.head_timeout / 4, self.body_timeout / 4, self.keep_alive_timeout / 4))
+        self.idle_every = max(self.check_every, min(self.head_timeout, self.body_timeout, self.keep_alive_timeout) / 4)
 
     def data_received(self, data: bytes) -> None:
         http = self.http
@@ -150,18 +154,21 @@ class DeadlineProtocol(HttpProtocol):
             if not self._task or http is None:
                 return
             stage = http.stage
+            every = self.check_every
             if stage is Stage.REQUEST:
                 if monotonic() - self._time > self.head_timeout:
                     self._head_late(http)
             elif getattr(http, "request_body", None) and http.perft0 is not None:
                 if perf_counter() - http.perft0 > self.body_timeout:
                     self._body_late(http)
-            elif stage is Stage.IDLE and monotonic() - self._time > self.keep_alive_timeout:
-                self._task.cancel()
-                return
+            elif stage is Stage.IDLE:
+                if monotonic() - self._time > self.keep_alive_timeout:
+                    self._task.cancel()
+                    return
+                every = self.idle_every
             # Checks go on after a deadline: a handler that turned the cancellation into its 408 lets the
             # connection go on to discard the rest of the body, which the next check cuts.
-            self._callback_check_timeouts = self.loop.call_later(self.check_every, self.check_timeouts)
+            self._callback_check_timeouts = self.loop.call_later(every, self.check_timeouts)
         except Exception:
             log.exception("DeadlineProtocol.check_timeouts failed")
 
