@@ -74,6 +74,13 @@ class MethodNotAllowed(ProxyError):
     kind = "invalid_request_error"
 
 
+class RequestTimeout(ProxyError):
+    """The client did not send the request head or body within its deadline (408)."""
+
+    status = 408
+    kind = "invalid_request_error"
+
+
 class PayloadTooLarge(ProxyError):
     """The request body exceeds the configured limit (413)."""
 

@@ -86,6 +86,18 @@ def ccproxy_upstream_transport(provider: ProviderConfig) -> httpx.AsyncBaseTrans
 
 
 @hookspec
+def ccproxy_request_head(ctx: RequestContext, request: Request) -> None:
+    """A request reached a proxy route; its head has arrived, its body has not been read.
+
+    ``request.headers`` and ``ctx.request_id``, ``ctx.route``, ``ctx.client_dialect`` are
+    there; ``ctx.body`` is None and ``request.body`` empty. Raise a
+    :class:`ccproxy_core.ProxyError` (for example ``AuthenticationError``) to refuse the
+    request before a byte of its body is read or held; any other exception is a plugin
+    failure and refuses it with a 500 in the client's dialect.
+    """
+
+
+@hookspec
 def ccproxy_request_received(ctx: RequestContext, request: Request) -> None:
     """A request reached a proxy route; ``ctx.body`` holds its parsed JSON body.
 

@@ -6,7 +6,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from .context import RequestContext
 from .dialects import UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import request_headers, valid_request_id
+from .intake import check_headers, parse_body
 from .plugins import Plugins
 from .streaming import AdapterChain, DeferredResponse, HandlerConfig, StreamingHandler, UpstreamRequest
 
@@ -92,7 +92,7 @@ class Proxy:
             ProxyError: bad input, an unknown model, or a plugin refusing the request.
         """
         check_headers(request.headers)
-        body = parse_body(request.body)
+        body = parse_body(request.body, self.config.limits.max_model_length)
         ctx.body = body
         ctx.model_requested = body["model"]
         await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
@@ -241,49 +241,3 @@ class Proxy:
         if len(adapters) > 1:
             return AdapterChain(adapters)
         return adapters[0] if adapters else None
-
-
-#: Characters a request header must not carry upstream (header injection), and a name's alphabet.
-_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
-_NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9a-zA-Z]")
-
-
-def check_headers(headers: Any) -> None:
-    """Refuse header names that are not HTTP tokens and values holding CR, LF or NUL.
-
-    Such headers would be forwarded upstream as they came and could forge headers or
-    requests there (Sanic splits the head on CRLF only, so a bare LF reaches us).
-
-    Raises:
-        InvalidRequest: naming the header.
-    """
-    values = "".join(headers.values())  # ~2 us for Claude Code's ~25 headers
-    if (
-        "\n" in values or "\r" in values or "\0" in values
-        or _NOT_TOKEN.search("".join(headers.keys())) or "" in headers
-    ):
-        for name, value in headers.items():
-            if not name or _NOT_TOKEN.search(name):
-                raise InvalidRequest(f"request header name {name[:64]!r} is not a valid HTTP token")
-            if _UNSAFE_VALUE.search(value):
-                raise InvalidRequest(f"request header {name[:64]!r} contains a line break or NUL")
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """The request's JSON object, checked only for what routing needs."""
-    if not raw:
-        raise InvalidRequest("the request body is empty; expected a JSON object")
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRequest("the request body is not valid UTF-8") from None
-    except ValueError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {type(body).__name__}")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("model: a non-empty string is required")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise InvalidRequest("stream: must be true or false")
-    return body

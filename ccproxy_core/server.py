@@ -19,6 +19,7 @@ from . import dialects
 from .config import Config, Limits, ProviderConfig, load_config
 from .context import ANTHROPIC, OPENAI, REJECTED
 from .errors import ConfigError, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
+from .intake import DeadlineProtocol, Intake
 from .plugins import Plugins
 from .proxy import Proxy
 from .streaming import END_WRITE_TIMEOUT
@@ -186,6 +187,18 @@ def default_transport(
     )
 
 
+class _App(Sanic):
+    """Sanic serving with :class:`DeadlineProtocol` (deadlines on the request head and body) unless
+    told otherwise: ``sanic app.app`` (any number of workers), ``app.run`` and ``create_server``
+    all prepare the server through these two methods."""
+
+    def prepare(self, *args: Any, protocol: Any = None, **kwargs: Any) -> None:
+        super().prepare(*args, protocol=protocol or DeadlineProtocol, **kwargs)
+
+    async def create_server(self, *args: Any, protocol: Any = None, **kwargs: Any) -> Any:
+        return await super().create_server(*args, protocol=protocol or DeadlineProtocol, **kwargs)
+
+
 def create_app(
     config: Config | str | None = None,
     *,
@@ -209,7 +222,7 @@ def create_app(
         config = load_config(config)
     loaded = Plugins(config, plugins, entry_points=entry_points)
     tls = {name: tls_context(provider, config.path) for name, provider in config.providers.items()}
-    app = Sanic(name or ("ccproxy" if next(_app_numbers) == 1 else f"ccproxy_{time.monotonic_ns()}"))
+    app = _App(name or ("ccproxy" if next(_app_numbers) == 1 else f"ccproxy_{time.monotonic_ns()}"))
     app.error_handler = DialectErrorHandler()
     app.config.REQUEST_MAX_SIZE = config.limits.max_body_bytes
     # Process-wide in Sanic (and never above min(16384, REQUEST_MAX_SIZE)).
@@ -222,6 +235,7 @@ def create_app(
     app.ctx.config = config
     app.ctx.plugins = loaded
     app.ctx.started_at = time.time()
+    intake = app.ctx.intake = Intake(config, loaded)
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:
@@ -263,6 +277,7 @@ def create_app(
         ctx = proxy.context(request, PROXY_ROUTES.get(request.path.rstrip("/")) or dialect_for_path(request.path))
         request.ctx.ccproxy = ctx
         try:
+            await intake.receive(request, ctx)
             return await proxy.handle(request, ctx)
         except ProxyError as error:
             ctx.outcome, ctx.error, ctx.status = REJECTED, error, error.status
@@ -271,7 +286,8 @@ def create_app(
             raise
 
     for path in PROXY_ROUTES:
-        app.add_route(proxy_route, path, methods=["POST"], name=path.strip("/").replace("/", "_"))
+        # stream=True: Sanic reads no body before the handler; the intake reads it after the head hooks.
+        app.add_route(proxy_route, path, methods=["POST"], name=path.strip("/").replace("/", "_"), stream=True)
 
     @app.get("/v1/models")
     async def models(request: Request) -> response.HTTPResponse:

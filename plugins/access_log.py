@@ -236,8 +236,11 @@ class AccessLog:
                 value = json.loads(text)
             except ValueError:
                 return text[: self.max_body_chars]
-        value = _redact_keys(value)
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        try:
+            value = _redact_keys(value)
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        except RecursionError:  # parsed, but nested too deeply to walk again here
+            return "[body nested too deeply to log]"
         if len(text) <= self.max_body_chars:
             return value
         return text[: self.max_body_chars] + f"...[truncated {len(text) - self.max_body_chars} chars]"

@@ -15,9 +15,12 @@ Settings (``plugins: auth:`` in the config)::
   matched nor a key's length shows in the timing.
 * The client's key is never forwarded upstream (the core strips every credential
   header and adds the provider's) and never logged.
-* Proxy routes are checked in ``ccproxy_request_received``; every other route (``/v1/models``,
-  ``/plugins``, plugin routes such as ``/metrics``) by a request middleware, except
-  ``public_paths`` (and paths under them).
+* Proxy routes are checked in ``ccproxy_request_head``, on the headers, before the body is
+  read; every other route (``/v1/models``, ``/plugins``, plugin routes such as ``/metrics``)
+  by a request middleware, except ``public_paths`` (and paths under them).
+* The middleware sets ``request.ctx.ccproxy_authenticated`` (True or False) on every request
+  it sees, public paths included, so that a public route can show more to a caller with a
+  key (``/health/ready`` does). It is not set when no key is configured.
 * With no key configured anyone who can reach the port can spend the providers' keys,
   so the proxy must then listen on loopback only: at start-up a non-loopback address
   stops the worker, unless ``allow_public_without_keys: true``, which logs a loud
@@ -45,7 +48,7 @@ log = logging.getLogger("ccproxy.auth")
 
 #: This plugin's name under ``plugins:`` (its entry-point name).
 NAME = "auth"
-#: Routes checked by ``ccproxy_request_received`` (the middleware leaves them alone).
+#: Routes checked by ``ccproxy_request_head`` (the middleware leaves them alone).
 PROXY_PATHS = frozenset({"/v1/messages", "/v1/chat/completions"})
 
 
@@ -138,14 +141,16 @@ def ccproxy_register_routes(app: Sanic, config: Config) -> None:
             return
         for prefix in public:
             if path == prefix or path.startswith(prefix + "/"):
+                request.ctx.ccproxy_authenticated = authorized(keys, request.headers)
                 return
         check(keys, request.headers)
+        request.ctx.ccproxy_authenticated = True
 
     app.register_middleware(require_key, "request")
 
 
 @hookimpl
-def ccproxy_request_received(ctx: RequestContext, request: Request) -> None:
+def ccproxy_request_head(ctx: RequestContext, request: Request) -> None:
     keys = getattr(request.app.ctx, "ccproxy_auth_keys", None)
     if keys is None:
         keys = tuple(settings_of(ctx.config).keys)

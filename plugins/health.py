@@ -10,6 +10,11 @@ answers, with the upstream's error); they are there to be read.
 
 With several workers each one answers for itself (``pid`` says which).
 
+The path is public (under the ``auth`` plugin's ``/health``), so when proxy keys are configured
+only a caller that presents one gets those details; anyone else gets the status code and
+``{"status": ...}`` alone. Without keys everyone gets the details (the proxy is then reachable
+from this machine only, see the ``auth`` plugin).
+
 Settings (``plugins: health: {...}``):
 
 * ``path``: the route (default ``/health/ready``).
@@ -128,7 +133,11 @@ def ccproxy_register_routes(app: Any, config: Config) -> None:
     app.register_listener(after_server_stop, "after_server_stop")
 
     async def ready_route(request: Any) -> Any:
-        return response.json(health.payload(), status=200 if health.phase == "ready" else 503)
+        status = 200 if health.phase == "ready" else 503
+        # Set by the auth plugin's middleware when keys are configured; absent without keys.
+        if getattr(request.ctx, "ccproxy_authenticated", True):
+            return response.json(health.payload(), status=status)
+        return response.json({"status": health.phase}, status=status)
 
     app.add_route(ready_route, path, methods=["GET"], name="ccproxy_health_ready")
 

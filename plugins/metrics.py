@@ -12,6 +12,11 @@ and removes it when the main process stops. A worker that stops marks its live g
 (``mark_process_dead``); a scrape also drops the live gauges of workers that died without stopping.
 If ``PROMETHEUS_MULTIPROC_DIR`` is already set it is used as it is (and never deleted).
 
+Label values come from bounded sets: configured model names keep their own ``model`` value, at
+most :data:`MAX_MODEL_LABELS` other names per worker get one, and the rest are counted as
+:data:`OTHER` (model names come from clients; the core refuses names over
+``limits.max_model_length``).
+
 Settings (``plugins: metrics: {...}``):
 
 * ``path``: the route (default ``/metrics``).
@@ -49,8 +54,14 @@ DIRECTIONS = (
     ("cache_creation", "cache_creation_input_tokens"),
 )
 
-#: Distinct label sets kept per metric; beyond it the model label becomes ``_other``
-#: (model names come from clients, and a glob such as ``claude-*`` admits any of them).
+#: The label value that stands for models beyond :data:`MAX_MODEL_LABELS` (and label sets beyond
+#: :data:`MAX_SERIES`).
+OTHER = "_other"
+#: Distinct model names that are not configured names which one worker gives a label value of their
+#: own (model names come from clients, and a glob such as ``claude-*`` admits any of them);
+#: later ones are counted as :data:`OTHER`.
+MAX_MODEL_LABELS = 100
+#: Distinct label sets kept per metric; beyond it the model label becomes :data:`OTHER`.
 MAX_SERIES = 2000
 
 
@@ -105,10 +116,39 @@ def _message_kind(message: str) -> str:
     return "other"
 
 
+def configured_models(config: Config) -> frozenset[str]:
+    """The model names the configuration spells out: aliases, their targets and fallbacks, and the
+    providers' model names that are not globs."""
+    names = set()
+    for alias, target in config.models.items():
+        names.update((alias, target.model), (f.model for f in target.fallbacks))
+    for provider in config.providers.values():
+        names.update(m for m in provider.models if not any(c in m for c in "*?["))
+    return frozenset(names)
+
+
+class ModelLabels:
+    """The ``model`` label value of a model name: a configured name as it is, the first
+    :data:`MAX_MODEL_LABELS` other names this worker sees as they are, then :data:`OTHER`."""
+
+    def __init__(self, config: Config, limit: int = MAX_MODEL_LABELS) -> None:
+        self.known = configured_models(config)
+        self.seen: set[str] = set()
+        self.limit = limit
+
+    def __call__(self, model: str) -> str:
+        if model in self.known or model in self.seen:
+            return model
+        if len(self.seen) < self.limit:
+            self.seen.add(model)
+            return model
+        return OTHER
+
+
 class Metrics:
     """The metric objects of one worker and their cached label children."""
 
-    def __init__(self, settings: Settings, plugins: Any, multiprocess_dir: str | None) -> None:
+    def __init__(self, settings: Settings, plugins: Any, multiprocess_dir: str | None, config: Config) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
         self.multiprocess_dir = multiprocess_dir
@@ -121,6 +161,7 @@ class Metrics:
         self.registry = None if multiprocess_dir is not None else CollectorRegistry()
         reg = self.registry
         self.plugins = plugins
+        self.model_label = ModelLabels(config)
         self.requests = Counter(
             "ccproxy_requests",
             "Client requests on the proxy routes, counted when they end.",
@@ -187,7 +228,7 @@ class Metrics:
         if found is not None:
             return found
         if model_index is not None and len(cache) >= MAX_SERIES:
-            labels = (*labels[:model_index], "_other", *labels[model_index + 1 :])
+            labels = (*labels[:model_index], OTHER, *labels[model_index + 1 :])
             found = cache.get(labels)
             if found is not None:
                 return found
@@ -211,7 +252,7 @@ class Metrics:
 
     def record(self, ctx: RequestContext) -> None:
         provider = ctx.provider or ""
-        model = ctx.model or ""
+        model = self.model_label(ctx.model) if ctx.model else ""
         route = ctx.route
         self.child(self.requests, (route, provider, model, str(ctx.status or ""), ctx.outcome or ""), 2).inc()
         series = (route, provider, model)
@@ -348,7 +389,7 @@ def ccproxy_startup(app: Any, config: Config) -> None:
     if path:
         os.makedirs(path, exist_ok=True)  # prometheus-client writes there from the first metric on
     multiprocess_dir = path or None
-    _metrics[id(config)] = (config, Metrics(Settings(config), app.ctx.plugins, multiprocess_dir))
+    _metrics[id(config)] = (config, Metrics(Settings(config), app.ctx.plugins, multiprocess_dir, config))
 
 
 @hookimpl
