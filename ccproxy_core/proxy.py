@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import os
 import re
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,34 +16,13 @@ from .config import Config, ProviderConfig
 from .context import RequestContext
 from .dialects import UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
-from .headers import request_headers, valid_request_id
+from .headers import request_headers, request_id
 from .plugins import Plugins
 from .streaming import AdapterChain, DeferredResponse, HandlerConfig, StreamingHandler, UpstreamRequest
 
 log = logging.getLogger("ccproxy")
 
 
-class _RequestIds:
-    """Request ids: 32 hex digits like ``uuid4().hex``, a random per-process prefix plus a counter.
-
-    Unique per process and, through the 64-bit random prefix (new in a forked child), across
-    workers; about 0.2 µs instead of uuid4's 1.7 µs.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.prefix = secrets.token_hex(8)
-        self.counter = itertools.count(secrets.randbits(64))
-
-    def next(self) -> str:
-        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-_request_ids = _RequestIds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +53,9 @@ class Proxy:
         self._body_hooks = plugins.implemented("ccproxy_request_body")
 
     def context(self, request: Request, dialect: str) -> RequestContext:
-        """A new context for ``request``; the client's ``x-request-id`` is kept when sane."""
-        request_id = request.headers.get("x-request-id")
-        if not valid_request_id(request_id):
-            request_id = _request_ids.next()
+        """A new context for ``request``; its id is seeded by the client's ``x-request-id`` when sane."""
         return RequestContext(
-            request_id=request_id, method=request.method, route=request.path, client_dialect=dialect, config=self.config
+            request_id=request_id(request.headers.get("x-request-id")), method=request.method, route=request.path, client_dialect=dialect, config=self.config
         )
 
     async def handle(self, request: Request, ctx: RequestContext) -> DeferredResponse:
@@ -197,7 +170,6 @@ class Proxy:
         headers = request_headers(request.headers.items())
         headers.update(provider.headers)
         headers.setdefault("content-type", "application/json")
-        headers["x-request-id"] = ctx.request_id
         await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)
         return UpstreamRequest(
             method="POST",

@@ -43,7 +43,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .headers import BODY_FRAMING, STREAM_HEADERS, response_headers
+from .headers import BODY_FRAMING, REQUEST_ID_HEADER, STREAM_HEADERS, response_headers
 from .plugins import Plugins
 from .sse import SSEParser
 from .transport import FastTransport
@@ -417,7 +417,7 @@ class DeferredResponse(ResponseStream):
 
     __slots__ = (
         "handler", "ctx", "attempts", "on_headers", "_task", "_reason", "_cancellable", "_timer", "_deadline",
-        "_is_sse", "_tail",
+        "_is_sse", "_tail", "_ending", "_done", "_length",
     )
 
     def __init__(
@@ -441,6 +441,10 @@ class DeferredResponse(ResponseStream):
         self._deadline: float | None = None
         self._is_sse = False
         self._tail = b""  # the last bytes written to the client (counting events across writes)
+        #: The end of the response (end-of-body observers, the tail, eof), once the upstream body ended.
+        self._ending: asyncio.Future[None] | None = None
+        self._done = False  # the response's last byte was handed to the transport
+        self._length: int | None = None  # the body's content-length, when the client is told one
 
     @staticmethod
     async def _unused(_: Any) -> None:  # pragma: no cover - stream() is overridden
@@ -475,10 +479,9 @@ class DeferredResponse(ResponseStream):
                 await self._relay(upstream, attempt)
             except asyncio.CancelledError:
                 reason = self._reason
-                # Ours (total timeout, shutdown) unless the client left as well.
+                # Ours (total timeout, shutdown) unless the client left as well; the outcome is
+                # settled in _finish, once the end of the response (if it began) is over.
                 if reason is None or task is None or task.uncancel() > 0:
-                    if ctx.outcome is None:
-                        ctx.outcome = CLIENT_DISCONNECTED
                     raise
                 await self._end_early(reason)
         finally:
@@ -749,7 +752,7 @@ class DeferredResponse(ResponseStream):
         ctx.status = error.status
         if self.handler.draining:
             self._close_after_response()
-        headers = {"x-request-id": ctx.request_id, **error.headers}
+        headers = {REQUEST_ID_HEADER: ctx.request_id, **error.headers}
         body = dialects.error_body(ctx.client_dialect, error)
         response = await self.request.respond(status=error.status, headers=headers, content_type="application/json")
         self.response = response
@@ -781,15 +784,14 @@ class DeferredResponse(ResponseStream):
                 headers.pop(name, None)
         if is_sse:
             headers.update(STREAM_HEADERS)
-        upstream_id = headers.get("x-request-id")
-        if upstream_id is not None and upstream_id != ctx.request_id:
-            headers["x-upstream-request-id"] = upstream_id
-        headers["x-request-id"] = ctx.request_id
+        headers[REQUEST_ID_HEADER] = ctx.request_id  # the provider's own ids pass through untouched
         if self.on_headers is not None:
             self.on_headers(ctx, upstream.status_code, headers)
         await plugins.notify("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
 
         self._is_sse = is_sse
+        length = headers.get("content-length")
+        self._length = int(length) if length is not None and length.isdigit() else None
         response = await self.request.respond(
             status=ctx.status or upstream.status_code,
             headers=headers,
@@ -813,27 +815,58 @@ class DeferredResponse(ResponseStream):
                 out = adapter.feed(chunk) if adapter is not None else chunk
                 if out:
                     await self._write(response, out, is_sse)
-            if parser is not None:
-                for event in parser.flush():
-                    await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
-            if body_parts is not None:
-                await plugins.notify("ccproxy_response_body", ctx=ctx, body=b"".join(body_parts))
-            if adapter is not None:
-                tail = adapter.finish()
-                if tail:
-                    await self._write(response, tail, is_sse)
         except (httpx.HTTPError, ProxyError) as exc:
             error = exc if isinstance(exc, ProxyError) else _map_httpx_error(exc, attempt.timeouts, head=False)
             self._cancellable = False
             await self._fail_after_head(response, error, is_sse)
             return
-        except Exception as exc:  # plugin code (a response adapter's feed/finish) failed mid-response
+        except Exception as exc:  # plugin code (a response adapter's feed) failed mid-response
             self._cancellable = False
             await self._fail_after_head(response, plugins.failed_mid_response(exc, ctx), is_sse)
             return
+        except asyncio.CancelledError:
+            # A client that read the last byte (a content-length body) may leave before the
+            # upstream's end was read: its body is whole, so the response ends as usual.
+            if not self._delivered():
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
         self._cancellable = False
+        # From here the end of the response runs to its end even if the client leaves meanwhile
+        # (a cancellation lands in this await only; _finish waits for the rest).
+        self._ending = asyncio.ensure_future(self._end(response, parser, body_parts, adapter, is_sse))
+        await asyncio.shield(self._ending)
+
+    async def _end(
+        self,
+        response: HTTPResponse,
+        parser: SSEParser | None,
+        body_parts: list[bytes] | None,
+        adapter: ResponseAdapter | None,
+        is_sse: bool,
+    ) -> None:
+        """The upstream body ended: the end-of-body observers, the adapter's tail, the end of the response."""
+        ctx = self.ctx
+        plugins = self.handler.plugins
+        try:
+            if parser is not None:
+                for event in parser.flush():
+                    await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
+            if body_parts is not None:
+                await plugins.notify("ccproxy_response_body", ctx=ctx, body=b"".join(body_parts))
+            tail = adapter.finish() if adapter is not None else b""
+        except Exception as exc:  # a response adapter's finish failed
+            await self._fail_after_head(response, plugins.failed_mid_response(exc, ctx), is_sse)
+            return
+        if tail:
+            await self._write(response, tail, is_sse)
         await response.eof()
-        ctx.outcome = COMPLETED
+        self._done = True
+
+    def _delivered(self) -> bool:
+        """True once the response's last byte was handed to the transport (nothing is left to send)."""
+        return self._done or (self._length is not None and self.ctx.bytes_sent >= self._length)
 
     async def _write(self, response: HTTPResponse, data: bytes, count_events: bool = False) -> None:
         ctx = self.ctx
@@ -914,10 +947,13 @@ class DeferredResponse(ResponseStream):
     async def _finish(self, upstream: httpx.Response | None, attempt: UpstreamRequest | None) -> None:
         """Release the upstream and run the end-of-request hooks; runs once, shielded."""
         ctx = self.ctx
+        if self._ending is not None:
+            await asyncio.wait([self._ending])  # a client that left meanwhile does not stop it
         if self.handler.draining:
             self._close_after_response()
         await self._release(upstream, attempt)
         ctx.duration = ctx.elapsed()
         if ctx.outcome is None:
-            ctx.outcome = COMPLETED
+            # One rule: the response is complete when its last byte was handed to the transport.
+            ctx.outcome = COMPLETED if self._delivered() else CLIENT_DISCONNECTED
         await self.handler.plugins.notify("ccproxy_stream_end", ctx=ctx)

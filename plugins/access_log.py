@@ -286,7 +286,7 @@ class AccessLog:
             "time": _iso(ctx.started_at),
             "pid": self.pid,
             "request_id": ctx.request_id,
-            "upstream_request_id": headers.get("x-upstream-request-id") or headers.get("request-id"),
+            "upstream_request_id": headers.get("request-id") or headers.get("x-request-id"),
             "method": ctx.method,
             "route": ctx.route,
             "client_dialect": ctx.client_dialect,
