@@ -36,8 +36,16 @@ from .context import (
     RequestContext,
 )
 from .errors import (
+    CONNECT_TIMEOUT,
+    HEADERS_TIMEOUT,
+    IDLE_TIMEOUT,
+    POOL_TIMEOUT,
+    STATUS,
+    TOTAL_TIMEOUT,
+    WRITE_TIMEOUT,
     Overloaded,
     ProxyError,
+    UpstreamConfigError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -147,13 +155,31 @@ class UpstreamRequest:
 
 
 def _map_httpx_error(exc: Exception, timeouts: Timeouts, *, head: bool) -> ProxyError:
-    """The one place httpx's exceptions become ours."""
+    """The one place httpx's exceptions become ours, each with its :data:`~.errors.ERROR_KINDS` entry."""
     if isinstance(exc, httpx.ConnectTimeout):
-        return UpstreamTimeout(f"timed out connecting to the upstream after {timeouts.connect:g}s")
-    if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)):
+        return UpstreamTimeout(
+            f"timed out connecting to the upstream after {timeouts.connect:g}s", error_kind=CONNECT_TIMEOUT
+        )
+    if isinstance(exc, httpx.PoolTimeout):
+        return UpstreamTimeout(
+            f"no connection to the upstream became free within {timeouts.connect:g}s (the connection pool is full)",
+            error_kind=POOL_TIMEOUT,
+        )
+    if isinstance(exc, httpx.WriteTimeout):
+        return UpstreamTimeout(
+            f"sending the request to the upstream stalled for {timeouts.connect:g}s", error_kind=WRITE_TIMEOUT
+        )
+    if isinstance(exc, httpx.TimeoutException):  # ReadTimeout
         if head:
-            return UpstreamTimeout(f"the upstream sent no response headers within {timeouts.headers:g}s")
-        return UpstreamTimeout(f"the upstream sent nothing for {timeouts.idle:g}s")
+            return UpstreamTimeout(
+                f"the upstream sent no response headers within {timeouts.headers:g}s", error_kind=HEADERS_TIMEOUT
+            )
+        return UpstreamTimeout(f"the upstream sent nothing for {timeouts.idle:g}s", error_kind=IDLE_TIMEOUT)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        # The URL comes from the configuration: name the problem, never the URL (it may hold a key).
+        return UpstreamConfigError(
+            "the provider's URL cannot be used (unsupported scheme or proxy); check its base_url in the configuration"
+        )
     if isinstance(exc, httpx.ConnectError):
         return UpstreamConnectError("could not connect to the upstream")
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -513,7 +539,8 @@ class DeferredResponse(ResponseStream):
         remaining = max(0.0, total - self.ctx.elapsed())
         self._deadline = loop.time() + remaining
         self._timer = loop.call_later(
-            remaining, self.end, UpstreamTimeout(f"the response took longer than {total:g}s")
+            remaining, self.end,
+            UpstreamTimeout(f"the response took longer than {total:g}s", error_kind=TOTAL_TIMEOUT),
         )
 
     async def _end_early(self, reason: ProxyError) -> None:
@@ -603,14 +630,20 @@ class DeferredResponse(ResponseStream):
                 try:
                     upstream = await self._send(attempt)
                 except ProxyError as error:
-                    record.error, record.elapsed = error.message, ctx.elapsed()
+                    record.error, record.error_kind, record.elapsed = error.message, error.error_kind, ctx.elapsed()
                     last_error = error
-                    retryable = True
+                    # A URL that cannot be used fails the same way every time: no retry, no fallback.
+                    retryable = not isinstance(error, UpstreamConfigError)
+                    if not retryable:
+                        exhausted = True
+                        retry.clear()
                 else:
                     # From here the response is always held by `kept`, so that a cancellation
                     # at any await below still closes it.
                     previous, kept = kept, (upstream, attempt)
                     record.status, record.elapsed = upstream.status_code, ctx.elapsed()
+                    if upstream.status_code >= 400:
+                        record.error_kind = STATUS
                     if previous is not None:
                         await asyncio.shield(self._release(previous[0], None))
                     if upstream.status_code not in RETRYABLE_STATUS:

@@ -319,6 +319,7 @@ class AccessLog:
                     "model": a.model,
                     "status": a.status,
                     "error": a.error,
+                    "error_kind": a.error_kind,
                     "elapsed_ms": _ms(a.elapsed),
                 }
                 for a in ctx.attempts
