@@ -70,8 +70,15 @@ class Proxy:
         ctx.model_requested = body["model"]
         await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
         routes = self.routes(ctx.model_requested)
-        ctx.stream = body.get("stream") is True and routes[0].provider.supports_streaming
-        return self.handler.deferred(ctx, self._attempts(request, ctx, routes))
+        ctx.stream = body.get("stream") is True
+        # The first route that can be prepared is the call; the others are its fallbacks, prepared
+        # only if needed. Raises the first route's error when none can be prepared.
+        attempts = self._attempts(request, ctx, routes)
+        first = await anext(attempts)
+        return self.handler.handle_streaming_request(
+            first.method, first.url, first.headers, first.body, first.handler_config, ctx, first.client,
+            timeouts=first.timeouts, transport=first.transport, fallbacks=attempts,
+        )
 
     def routes(self, model: str) -> list[Route]:
         """The routes to try for ``model``, in order: its own, then fallbacks.
@@ -163,6 +170,12 @@ class Proxy:
         """Body, URL and headers for one attempt (runs lazily, when the attempt is made)."""
         provider = route.provider
         ctx.provider, ctx.model, ctx.upstream_dialect = provider.name, route.model, provider.format
+        handler_config = HandlerConfig(
+            response_adapter=self._adapter if self._adapter_wanted else None,
+            supports_streaming=provider.supports_streaming,
+        )
+        # Per attempt (fallbacks may differ), before the request adapter and body hooks see it.
+        ctx.upstream_stream = ctx.stream and self.handler.should_stream(ctx.body or {}, handler_config)
         body = await self._upstream_body(request, ctx)
         url = provider.base_url + UPSTREAM_PATHS[provider.format]
         if request.query_string and not ctx.translated:
@@ -176,10 +189,7 @@ class Proxy:
             url=url,
             headers=headers,
             body=body,
-            handler_config=HandlerConfig(
-                response_adapter=self._adapter if self._adapter_wanted else None,
-                supports_streaming=provider.supports_streaming,
-            ),
+            handler_config=handler_config,
             client=self.clients[provider.name],
             transport=self.transports.get(provider.name),
             timeouts=self.config.timeouts_for(provider),
@@ -191,7 +201,10 @@ class Proxy:
     async def _upstream_body(self, request: Request, ctx: RequestContext) -> bytes:
         """The client's bytes when nothing must change; otherwise the adapted body re-serialised."""
         assert ctx.body is not None
-        changed = ctx.translated or ctx.model != ctx.model_requested
+        # A client's stream from a provider that cannot stream: ask for JSON (a response adapter
+        # turns the answer into the client's stream).
+        unstreamed = ctx.stream and not ctx.upstream_stream
+        changed = ctx.translated or ctx.model != ctx.model_requested or unstreamed
         if not changed and not self._body_hooks:
             return request.body
         if ctx.translated:
@@ -203,6 +216,9 @@ class Proxy:
                 )
         else:
             body = {**ctx.body, "model": ctx.model}
+            if unstreamed:
+                body["stream"] = False
+                body.pop("stream_options", None)
         if self._body_hooks:
             results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
             changed = changed or any(r is True for r in results)

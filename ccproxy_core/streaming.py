@@ -256,10 +256,15 @@ class StreamingHandler:
         return "text/event-stream" in value.lower()
 
     @staticmethod
-    def should_stream(body: bytes, handler_config: HandlerConfig) -> bool:
-        """True only when the provider streams and the JSON body says ``"stream": true``."""
+    def should_stream(body: bytes | Mapping[str, Any], handler_config: HandlerConfig) -> bool:
+        """True only when the provider streams and the JSON body says ``"stream": true``.
+
+        ``body`` is the request's bytes (not JSON, or not an object: False) or its parsed object.
+        """
         if not handler_config.supports_streaming:
             return False
+        if isinstance(body, Mapping):
+            return body.get("stream") is True
         try:
             data = json.loads(body)
         except (ValueError, TypeError):
@@ -279,12 +284,20 @@ class StreamingHandler:
         *,
         timeouts: Timeouts | None = None,
         on_headers: HeadersCallback | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        fallbacks: AsyncIterable[UpstreamRequest] | None = None,
     ) -> DeferredResponse:
         """A deferred response for one upstream call; nothing happens until Sanic sends it.
 
         With no ``client`` one is created from ``client_config`` and closed when
         the response is over. ``on_headers(ctx, status, headers)`` runs once when
-        the upstream's head arrives, before the header hooks.
+        the upstream's head arrives, before the header hooks. ``transport``, when
+        given, is called directly instead of ``client.send``.
+
+        ``fallbacks`` are further attempts (the proxy routes pass the model's other
+        routes), tried in order when this one fails retryably, each prepared only when
+        it is needed; a :class:`ProxyError` raised while preparing one answers the client.
+        The ``retries`` policy governs them all (see :meth:`DeferredResponse._open`).
         """
         attempt = UpstreamRequest(
             method=method,
@@ -298,22 +311,9 @@ class StreamingHandler:
             model=request_context.model or "",
             upstream_dialect=request_context.upstream_dialect,
             close_client_on_finish=client is None,
+            transport=transport,
         )
-        return self.deferred(request_context, _one(attempt), on_headers=on_headers)
-
-    def deferred(
-        self,
-        ctx: RequestContext,
-        attempts: AsyncIterable[UpstreamRequest],
-        *,
-        on_headers: HeadersCallback | None = None,
-    ) -> DeferredResponse:
-        """A deferred response that tries ``attempts`` in order until one answers usably.
-
-        ``attempts`` is iterated lazily: the next one is prepared only when needed, and
-        a :class:`ProxyError` raised while preparing one answers the client.
-        """
-        return DeferredResponse(self, ctx, aiter(attempts), on_headers)
+        return DeferredResponse(self, request_context, _chain(attempt, fallbacks), on_headers)
 
 
 def _header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
@@ -373,8 +373,13 @@ def wire_headers(method: str, url: httpx.URL, headers: Mapping[str, str], body: 
     return auto + raw if auto else raw
 
 
-async def _one(attempt: UpstreamRequest) -> AsyncIterator[UpstreamRequest]:
-    yield attempt
+async def _chain(
+    first: UpstreamRequest, rest: AsyncIterable[UpstreamRequest] | None
+) -> AsyncIterator[UpstreamRequest]:
+    yield first
+    if rest is not None:
+        async for attempt in rest:
+            yield attempt
 
 
 def _cancel_safe(attempt: UpstreamRequest) -> bool:
@@ -801,11 +806,14 @@ class DeferredResponse(ResponseStream):
         ctx.t_upstream_headers = ctx.elapsed()
         headers = response_headers(_header_items(upstream.headers))
         ctx.response_headers = headers
+        # Observers read the upstream's body; the client gets what the adapter makes of it
+        # (e.g. a stream synthesised from a JSON answer, for a provider that cannot stream).
+        upstream_sse = "text/event-stream" in headers.get("content-type", "")
         factory = attempt.handler_config.response_adapter
         adapter = await factory(ctx) if factory is not None else None
-        is_sse = "text/event-stream" in headers.get("content-type", "")
-        wants_events = self.handler.event_hooks and is_sse
-        wants_body = self.handler.body_hooks and not is_sse
+        is_sse = self.handler.should_stream_response(headers)
+        wants_events = self.handler.event_hooks and upstream_sse
+        wants_body = self.handler.body_hooks and not upstream_sse
         # Adapters and observers get decoded bytes; without a content-encoding those are the raw
         # bytes (and httpx's decoder chain costs a few µs per read). A body already read into
         # memory (e.g. httpx.MockTransport) can only be replayed decoded.
