@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import json
 import logging
 import random
@@ -199,6 +200,13 @@ class StreamingHandler:
         self.event_hooks = plugins.implemented("ccproxy_stream_event")
         self.body_hooks = plugins.implemented("ccproxy_response_body")
         self.attempt_hooks = plugins.implemented("ccproxy_upstream_attempt")
+        #: Some end-of-body observer is async, so it can be suspended and a client leaving then could
+        #: cut it short: such observers run in a task of their own (sync ones cannot be interrupted).
+        self.end_hooks_suspend = any(
+            inspect.iscoroutinefunction(func)
+            for name in ("ccproxy_stream_event", "ccproxy_response_body")
+            for _, func, _ in plugins.impls(name)
+        )
         self.retries = retries or Retries()
         limits = limits or Limits()
         self.max_streams = limits.max_concurrent_streams
@@ -472,7 +480,7 @@ class DeferredResponse(ResponseStream):
         self._deadline: float | None = None
         self._is_sse = False
         self._tail = b""  # the last bytes written to the client (counting events across writes)
-        #: The end of the response (end-of-body observers, the tail, eof), once the upstream body ended.
+        #: Async end-of-body observers running in their own task (see ``_end``).
         self._ending: asyncio.Future[None] | None = None
         self._done = False  # the response's last byte was handed to the transport
         self._length: int | None = None  # the body's content-length, when the client is told one
@@ -874,10 +882,7 @@ class DeferredResponse(ResponseStream):
             if task is not None:
                 task.uncancel()
         self._cancellable = False
-        # From here the end of the response runs to its end even if the client leaves meanwhile
-        # (a cancellation lands in this await only; _finish waits for the rest).
-        self._ending = asyncio.ensure_future(self._end(response, parser, body_parts, adapter, is_sse))
-        await asyncio.shield(self._ending)
+        await self._end(response, parser, body_parts, adapter, is_sse)
 
     async def _end(
         self,
@@ -887,23 +892,37 @@ class DeferredResponse(ResponseStream):
         adapter: ResponseAdapter | None,
         is_sse: bool,
     ) -> None:
-        """The upstream body ended: the end-of-body observers, the adapter's tail, the end of the response."""
-        ctx = self.ctx
-        plugins = self.handler.plugins
+        """The upstream body ended: the end-of-body observers, the adapter's tail, the last chunk.
+
+        The observers see the whole body even if the client leaves now: sync ones cannot be
+        interrupted, async ones run in a task that a cancellation does not reach (``_finish``
+        waits for it). Then the tail and the last chunk; ``_done`` once it was handed over.
+        """
+        events = parser.flush() if parser is not None else ()
+        if events or body_parts is not None:
+            observing = self._observe_end(events, body_parts)
+            if self.handler.end_hooks_suspend:
+                self._ending = asyncio.ensure_future(observing)
+                await asyncio.shield(self._ending)
+            else:
+                await observing
         try:
-            if parser is not None:
-                for event in parser.flush():
-                    await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
-            if body_parts is not None:
-                await plugins.notify("ccproxy_response_body", ctx=ctx, body=b"".join(body_parts))
             tail = adapter.finish() if adapter is not None else b""
         except Exception as exc:  # a response adapter's finish failed
-            await self._fail_after_head(response, plugins.failed_mid_response(exc, ctx), is_sse)
+            await self._fail_after_head(response, self.handler.plugins.failed_mid_response(exc, self.ctx), is_sse)
             return
         if tail:
             await self._write(response, tail, is_sse)
         await response.eof()
         self._done = True
+
+    async def _observe_end(self, events: Any, body_parts: list[bytes] | None) -> None:
+        ctx = self.ctx
+        plugins = self.handler.plugins
+        for event in events:
+            await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
+        if body_parts is not None:
+            await plugins.notify("ccproxy_response_body", ctx=ctx, body=b"".join(body_parts))
 
     def _delivered(self) -> bool:
         """True once the response's last byte was handed to the transport (nothing is left to send)."""
@@ -988,7 +1007,7 @@ class DeferredResponse(ResponseStream):
     async def _finish(self, upstream: httpx.Response | None, attempt: UpstreamRequest | None) -> None:
         """Release the upstream and run the end-of-request hooks; runs once, shielded."""
         ctx = self.ctx
-        if self._ending is not None:
+        if self._ending is not None and not self._ending.done():
             await asyncio.wait([self._ending])  # a client that left meanwhile does not stop it
         if self.handler.draining:
             self._close_after_response()

@@ -7,6 +7,7 @@ end-of-response hooks. Such a response was delivered: it is ``completed`` with i
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 from collections import Counter
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ccproxy_core import hookimpl
 from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ROOT, provider_config
 from tests.test_observability import ANTHROPIC_USAGE, OPENAI_USAGE, log_lines
 
@@ -78,3 +80,28 @@ def test_one_shot_clients_of_the_bundled_demo(make_proxy, tmp_path, monkeypatch)
         ("/v1/chat/completions", {**message, "model": "demo-gpt", "stream": True}, usage),
         ("/v1/chat/completions", {**message, "model": "demo-gpt", "stream": False}, usage),
     ])
+
+
+class SlowObserver:
+    """An async body hook that takes a while: a client leaving meanwhile must not cut it short."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    @hookimpl
+    async def ccproxy_response_body(self, ctx, body):
+        await asyncio.sleep(0.05)
+        self.seen.append(len(body))
+
+
+def test_async_end_observers_finish_after_the_client_left(make_proxy, mock, tmp_path):
+    log = tmp_path / "access.log"
+    config = provider_config(mock.url, retries={"max_attempts": 1})
+    config["plugins"] = {"access_log": {"path": str(log)}}
+    observer = SlowObserver()
+    server = make_proxy(config, plugins=[("slow", observer)])
+    sizes = [len(_one_shot(server.port, "/v1/messages", {**ANTHROPIC_BODY, "stream": False})) for _ in range(5)]
+    lines = log_lines(log, 5)
+    assert [line["outcome"] for line in lines] == ["completed"] * 5
+    assert observer.seen == sizes  # each ran to its end, before the request was logged
+    assert all(line["usage"] == ANTHROPIC_USAGE for line in lines)
