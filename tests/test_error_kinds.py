@@ -140,6 +140,11 @@ def test_pool_timeout_is_named(make_proxy, mock, tmp_path):
         client: httpx.AsyncClient | None = None
 
         @hookimpl
+        async def ccproxy_shutdown(self, app):
+            if self.client is not None:
+                await self.client.aclose()
+
+        @hookimpl
         def ccproxy_register_routes(self, app):
             @app.post("/pooled")
             async def pooled(request):
