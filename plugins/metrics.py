@@ -136,8 +136,9 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "ccproxy_upstream_errors",
-            "Upstream failures by kind: http_<status>, connect, timeout, protocol, other (before the "
-            "response head), stream_<kind> (after it), in_band (an error event inside a stream).",
+            "Upstream failures by kind: http_<status>, connect, connect_timeout, pool_timeout, write_timeout, "
+            "headers_timeout, total_timeout, protocol, unsupported_protocol, other (before the response head), "
+            "stream_<kind> (after it), in_band (an error event inside a stream).",
             ["provider", "kind"],
             registry=reg,
         )
