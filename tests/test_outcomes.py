@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from ccproxy_core import hookimpl
 from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ROOT, provider_config
