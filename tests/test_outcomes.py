@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-
 from ccproxy_core import hookimpl
 from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ROOT, provider_config
 from tests.test_observability import ANTHROPIC_USAGE, OPENAI_USAGE, log_lines
