@@ -30,7 +30,11 @@ class Attempt:
     model: str
     url: str
     status: int | None = None
+    #: What went wrong, for people (the message of the error, or None).
     error: str | None = None
+    #: What went wrong, for programs: one of ``ccproxy_core.errors.ERROR_KINDS`` (``status`` for an
+    #: error status), None when the attempt answered below 400.
+    error_kind: str | None = None
     #: Seconds from the request's start to the upstream's headers (or failure).
     elapsed: float | None = None
     #: Seconds waited (backoff or ``retry-after``) before this attempt was sent.

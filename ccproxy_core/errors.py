@@ -11,6 +11,25 @@ client's own API error shape.
 from __future__ import annotations
 
 
+#: Why an upstream attempt failed (``Attempt.error_kind``, ``ProxyError.error_kind``): a small fixed set
+#: that logs and metrics use as it is. Each names one failure; the message says the rest.
+CONNECT = "connect"  #: refused, reset or unreachable before the request was sent
+CONNECT_TIMEOUT = "connect_timeout"  #: no connection within ``timeouts.connect``
+POOL_TIMEOUT = "pool_timeout"  #: no pooled connection became free within ``timeouts.connect``
+WRITE_TIMEOUT = "write_timeout"  #: sending the request stalled past ``timeouts.connect``
+HEADERS_TIMEOUT = "headers_timeout"  #: no response head within ``timeouts.headers``
+IDLE_TIMEOUT = "idle_timeout"  #: the body stalled past ``timeouts.idle``
+TOTAL_TIMEOUT = "total_timeout"  #: the whole exchange took longer than ``timeouts.total``
+PROTOCOL = "protocol"  #: broken HTTP, or a connection closed before the response ended
+STATUS = "status"  #: the upstream answered with an error status (``Attempt.status``)
+UNSUPPORTED_PROTOCOL = "unsupported_protocol"  #: the configured URL cannot be used (not an outage)
+OTHER = "other"  #: anything else (e.g. a plugin failing mid-response)
+ERROR_KINDS = (
+    CONNECT, CONNECT_TIMEOUT, POOL_TIMEOUT, WRITE_TIMEOUT, HEADERS_TIMEOUT, IDLE_TIMEOUT, TOTAL_TIMEOUT,
+    PROTOCOL, STATUS, UNSUPPORTED_PROTOCOL, OTHER,
+)
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message is one readable line."""
 
@@ -19,7 +38,10 @@ class ProxyError(Exception):
     """An error the client sees, with an HTTP status and a neutral kind."""
 
     status: int = 500
+    #: The dialect-neutral error type the client sees (each dialect maps it to its own).
     kind: str = "api_error"
+    #: For upstream failures, why the attempt failed: one of :data:`ERROR_KINDS`.
+    error_kind: str = OTHER
 
     def __init__(
         self,
@@ -28,6 +50,7 @@ class ProxyError(Exception):
         status: int | None = None,
         kind: str | None = None,
         headers: dict[str, str] | None = None,
+        error_kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -35,6 +58,8 @@ class ProxyError(Exception):
             self.status = status
         if kind is not None:
             self.kind = kind
+        if error_kind is not None:
+            self.error_kind = error_kind
         #: Extra response headers, e.g. ``retry-after``.
         self.headers: dict[str, str] = headers or {}
 
@@ -112,6 +137,8 @@ class UpstreamError(ProxyError):
 class UpstreamConnectError(UpstreamError):
     """The upstream refused or dropped the connection before answering (502)."""
 
+    error_kind = CONNECT
+
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer or stalled past a configured timeout (504)."""
@@ -122,6 +149,18 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The upstream broke HTTP, or ended the body early (502)."""
+
+    error_kind = PROTOCOL
+
+
+class UpstreamConfigError(UpstreamError):
+    """The provider's configured URL cannot be used (500): a configuration problem, not an outage.
+
+    Never retried nor fallen back from: every further request would fail the same way.
+    """
+
+    status = 500
+    error_kind = UNSUPPORTED_PROTOCOL
 
 
 class PluginError(ProxyError):

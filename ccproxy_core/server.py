@@ -20,6 +20,7 @@ from .config import Config, Limits, ProviderConfig, load_config
 from .context import ANTHROPIC, OPENAI, REJECTED
 from .errors import ConfigError, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
 from .intake import DeadlineProtocol, Intake
+from .headers import REQUEST_ID_HEADER, request_id
 from .plugins import Plugins
 from .proxy import Proxy
 from .streaming import END_WRITE_TIMEOUT
@@ -60,14 +61,22 @@ class DialectErrorHandler(ErrorHandler):
             log.error("unhandled error on %s %s", request.method, request.path, exc_info=exception)
         ctx = getattr(request.ctx, "ccproxy", None)
         headers = dict(error.headers)
-        if ctx is not None:
-            headers["x-request-id"] = ctx.request_id
+        # Every error carries the gateway's id; before a request context exists (404, 405, 413,
+        # a malformed head) one is made here, seeded by a sane client x-request-id as usual.
+        headers[REQUEST_ID_HEADER] = ctx.request_id if ctx is not None else request_id(_client_request_id(request))
         return response.raw(
             dialects.error_body(dialect_for_path(_error_path(request)), error),
             status=error.status,
             headers=headers,
             content_type="application/json",
         )
+
+
+def _client_request_id(request: Request) -> str | None:
+    try:
+        return request.headers.get("x-request-id")
+    except Exception:  # a head Sanic could not parse
+        return None
 
 
 def to_proxy_error(exception: Exception) -> ProxyError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import json
 import logging
 import random
@@ -37,15 +38,23 @@ from .context import (
 )
 from .decoding import decoded, decoder_for
 from .errors import (
+    CONNECT_TIMEOUT,
+    HEADERS_TIMEOUT,
+    IDLE_TIMEOUT,
+    POOL_TIMEOUT,
+    STATUS,
+    TOTAL_TIMEOUT,
+    WRITE_TIMEOUT,
     Overloaded,
     ProxyError,
     SendTimeout,
+    UpstreamConfigError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .headers import BODY_FRAMING, STREAM_HEADERS, response_headers
+from .headers import BODY_FRAMING, REQUEST_ID_HEADER, STREAM_HEADERS, response_headers
 from .plugins import Plugins
 from .sse import EventSizeLimit, SSEParser
 from .transport import FastTransport
@@ -149,13 +158,31 @@ class UpstreamRequest:
 
 
 def _map_httpx_error(exc: Exception, timeouts: Timeouts, *, head: bool) -> ProxyError:
-    """The one place httpx's exceptions become ours."""
+    """The one place httpx's exceptions become ours, each with its :data:`~.errors.ERROR_KINDS` entry."""
     if isinstance(exc, httpx.ConnectTimeout):
-        return UpstreamTimeout(f"timed out connecting to the upstream after {timeouts.connect:g}s")
-    if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)):
+        return UpstreamTimeout(
+            f"timed out connecting to the upstream after {timeouts.connect:g}s", error_kind=CONNECT_TIMEOUT
+        )
+    if isinstance(exc, httpx.PoolTimeout):
+        return UpstreamTimeout(
+            f"no connection to the upstream became free within {timeouts.connect:g}s (the connection pool is full)",
+            error_kind=POOL_TIMEOUT,
+        )
+    if isinstance(exc, httpx.WriteTimeout):
+        return UpstreamTimeout(
+            f"sending the request to the upstream stalled for {timeouts.connect:g}s", error_kind=WRITE_TIMEOUT
+        )
+    if isinstance(exc, httpx.TimeoutException):  # ReadTimeout
         if head:
-            return UpstreamTimeout(f"the upstream sent no response headers within {timeouts.headers:g}s")
-        return UpstreamTimeout(f"the upstream sent nothing for {timeouts.idle:g}s")
+            return UpstreamTimeout(
+                f"the upstream sent no response headers within {timeouts.headers:g}s", error_kind=HEADERS_TIMEOUT
+            )
+        return UpstreamTimeout(f"the upstream sent nothing for {timeouts.idle:g}s", error_kind=IDLE_TIMEOUT)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        # The URL comes from the configuration: name the problem, never the URL (it may hold a key).
+        return UpstreamConfigError(
+            "the provider's URL cannot be used (unsupported scheme or proxy); check its base_url in the configuration"
+        )
     if isinstance(exc, httpx.ConnectError):
         return UpstreamConnectError("could not connect to the upstream")
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -175,6 +202,13 @@ class StreamingHandler:
         self.event_hooks = plugins.implemented("ccproxy_stream_event")
         self.body_hooks = plugins.implemented("ccproxy_response_body")
         self.attempt_hooks = plugins.implemented("ccproxy_upstream_attempt")
+        #: Some end-of-body observer is async, so it can be suspended and a client leaving then could
+        #: cut it short: such observers run in a task of their own (sync ones cannot be interrupted).
+        self.end_hooks_suspend = any(
+            inspect.iscoroutinefunction(func)
+            for name in ("ccproxy_stream_event", "ccproxy_response_body")
+            for _, func, _ in plugins.impls(name)
+        )
         self.retries = retries or Retries()
         limits = self.limits = limits or Limits()
         self.max_streams = limits.max_concurrent_streams
@@ -232,10 +266,15 @@ class StreamingHandler:
         return "text/event-stream" in value.lower()
 
     @staticmethod
-    def should_stream(body: bytes, handler_config: HandlerConfig) -> bool:
-        """True only when the provider streams and the JSON body says ``"stream": true``."""
+    def should_stream(body: bytes | Mapping[str, Any], handler_config: HandlerConfig) -> bool:
+        """True only when the provider streams and the JSON body says ``"stream": true``.
+
+        ``body`` is the request's bytes (not JSON, or not an object: False) or its parsed object.
+        """
         if not handler_config.supports_streaming:
             return False
+        if isinstance(body, Mapping):
+            return body.get("stream") is True
         try:
             data = json.loads(body)
         except (ValueError, TypeError):
@@ -255,12 +294,20 @@ class StreamingHandler:
         *,
         timeouts: Timeouts | None = None,
         on_headers: HeadersCallback | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        fallbacks: AsyncIterable[UpstreamRequest] | None = None,
     ) -> DeferredResponse:
         """A deferred response for one upstream call; nothing happens until Sanic sends it.
 
         With no ``client`` one is created from ``client_config`` and closed when
         the response is over. ``on_headers(ctx, status, headers)`` runs once when
-        the upstream's head arrives, before the header hooks.
+        the upstream's head arrives, before the header hooks. ``transport``, when
+        given, is called directly instead of ``client.send``.
+
+        ``fallbacks`` are further attempts (the proxy routes pass the model's other
+        routes), tried in order when this one fails retryably, each prepared only when
+        it is needed; a :class:`ProxyError` raised while preparing one answers the client.
+        The ``retries`` policy governs them all (see :meth:`DeferredResponse._open`).
         """
         attempt = UpstreamRequest(
             method=method,
@@ -274,22 +321,9 @@ class StreamingHandler:
             model=request_context.model or "",
             upstream_dialect=request_context.upstream_dialect,
             close_client_on_finish=client is None,
+            transport=transport,
         )
-        return self.deferred(request_context, _one(attempt), on_headers=on_headers)
-
-    def deferred(
-        self,
-        ctx: RequestContext,
-        attempts: AsyncIterable[UpstreamRequest],
-        *,
-        on_headers: HeadersCallback | None = None,
-    ) -> DeferredResponse:
-        """A deferred response that tries ``attempts`` in order until one answers usably.
-
-        ``attempts`` is iterated lazily: the next one is prepared only when needed, and
-        a :class:`ProxyError` raised while preparing one answers the client.
-        """
-        return DeferredResponse(self, ctx, aiter(attempts), on_headers)
+        return DeferredResponse(self, request_context, _chain(attempt, fallbacks), on_headers)
 
 
 def _header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
@@ -349,8 +383,13 @@ def wire_headers(method: str, url: httpx.URL, headers: Mapping[str, str], body: 
     return auto + raw if auto else raw
 
 
-async def _one(attempt: UpstreamRequest) -> AsyncIterator[UpstreamRequest]:
-    yield attempt
+async def _chain(
+    first: UpstreamRequest, rest: AsyncIterable[UpstreamRequest] | None
+) -> AsyncIterator[UpstreamRequest]:
+    yield first
+    if rest is not None:
+        async for attempt in rest:
+            yield attempt
 
 
 def _cancel_safe(attempt: UpstreamRequest) -> bool:
@@ -440,8 +479,7 @@ class DeferredResponse(ResponseStream):
 
     __slots__ = (
         "handler", "ctx", "attempts", "on_headers", "_task", "_reason", "_cancellable", "_timer", "_deadline",
-        "_is_sse", "_tail",
-        "_writable",
+        "_is_sse", "_tail", "_writable", "_ending", "_done", "_length",
     )
 
     def __init__(
@@ -466,6 +504,10 @@ class DeferredResponse(ResponseStream):
         self._is_sse = False
         self._tail = b""  # the last bytes written to the client (counting events across writes)
         self._writable: asyncio.Event | _Open | None = None  # set while the client's buffer has room
+        #: Async end-of-body observers running in their own task (see ``_end``).
+        self._ending: asyncio.Future[None] | None = None
+        self._done = False  # the response's last byte was handed to the transport
+        self._length: int | None = None  # the body's content-length, when the client is told one
 
     @staticmethod
     async def _unused(_: Any) -> None:  # pragma: no cover - stream() is overridden
@@ -500,10 +542,9 @@ class DeferredResponse(ResponseStream):
                 await self._relay(upstream, attempt)
             except asyncio.CancelledError:
                 reason = self._reason
-                # Ours (total timeout, shutdown) unless the client left as well.
+                # Ours (total timeout, shutdown) unless the client left as well; the outcome is
+                # settled in _finish, once the end of the response (if it began) is over.
                 if reason is None or task is None or task.uncancel() > 0:
-                    if ctx.outcome is None:
-                        ctx.outcome = CLIENT_DISCONNECTED
                     raise
                 await self._end_early(reason)
         finally:
@@ -535,7 +576,8 @@ class DeferredResponse(ResponseStream):
         remaining = max(0.0, total - self.ctx.elapsed())
         self._deadline = loop.time() + remaining
         self._timer = loop.call_later(
-            remaining, self.end, UpstreamTimeout(f"the response took longer than {total:g}s")
+            remaining, self.end,
+            UpstreamTimeout(f"the response took longer than {total:g}s", error_kind=TOTAL_TIMEOUT),
         )
 
     async def _end_early(self, reason: ProxyError) -> None:
@@ -625,14 +667,20 @@ class DeferredResponse(ResponseStream):
                 try:
                     upstream = await self._send(attempt)
                 except ProxyError as error:
-                    record.error, record.elapsed = error.message, ctx.elapsed()
+                    record.error, record.error_kind, record.elapsed = error.message, error.error_kind, ctx.elapsed()
                     last_error = error
-                    retryable = True
+                    # A URL that cannot be used fails the same way every time: no retry, no fallback.
+                    retryable = not isinstance(error, UpstreamConfigError)
+                    if not retryable:
+                        exhausted = True
+                        retry.clear()
                 else:
                     # From here the response is always held by `kept`, so that a cancellation
                     # at any await below still closes it.
                     previous, kept = kept, (upstream, attempt)
                     record.status, record.elapsed = upstream.status_code, ctx.elapsed()
+                    if upstream.status_code >= 400:
+                        record.error_kind = STATUS
                     if previous is not None:
                         await asyncio.shield(self._release(previous[0], None))
                     if upstream.status_code not in RETRYABLE_STATUS:
@@ -785,12 +833,12 @@ class DeferredResponse(ResponseStream):
         ctx.status = error.status
         if self.handler.draining:
             self._close_after_response()
-        headers = {"x-request-id": ctx.request_id, **error.headers}
+        headers = {REQUEST_ID_HEADER: ctx.request_id, **error.headers}
         body = dialects.error_body(ctx.client_dialect, error)
         response = await self.request.respond(status=error.status, headers=headers, content_type="application/json")
         self.response = response
         await self._write(response, body)
-        await response.eof()
+        await self._eof(response)
 
     # -- after the head -------------------------------------------------------------
 
@@ -801,11 +849,14 @@ class DeferredResponse(ResponseStream):
         ctx.t_upstream_headers = ctx.elapsed()
         headers = response_headers(_header_items(upstream.headers))
         ctx.response_headers = headers
+        # Observers read the upstream's body; the client gets what the adapter makes of it
+        # (e.g. a stream synthesised from a JSON answer, for a provider that cannot stream).
+        upstream_sse = "text/event-stream" in headers.get("content-type", "")
         factory = attempt.handler_config.response_adapter
         adapter = await factory(ctx) if factory is not None else None
-        is_sse = "text/event-stream" in headers.get("content-type", "")
-        wants_events = self.handler.event_hooks and is_sse
-        wants_body = self.handler.body_hooks and not is_sse
+        is_sse = self.handler.should_stream_response(headers)
+        wants_events = self.handler.event_hooks and upstream_sse
+        wants_body = self.handler.body_hooks and not upstream_sse
         # Adapters and observers get decoded bytes (decoding.py: bounded pieces, bounded ratio);
         # without a content-encoding those are the raw bytes. A body already read into memory
         # (e.g. httpx.MockTransport) can only be replayed decoded.
@@ -828,15 +879,14 @@ class DeferredResponse(ResponseStream):
                 headers.pop(name, None)
         if is_sse:
             headers.update(STREAM_HEADERS)
-        upstream_id = headers.get("x-request-id")
-        if upstream_id is not None and upstream_id != ctx.request_id:
-            headers["x-upstream-request-id"] = upstream_id
-        headers["x-request-id"] = ctx.request_id
+        headers[REQUEST_ID_HEADER] = ctx.request_id  # the provider's own ids pass through untouched
         if self.on_headers is not None:
             self.on_headers(ctx, upstream.status_code, headers)
         await plugins.notify("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
 
         self._is_sse = is_sse
+        length = headers.get("content-length")
+        self._length = int(length) if length is not None and length.isdigit() else None
         response = await self.request.respond(
             status=ctx.status or upstream.status_code,
             headers=headers,
@@ -852,12 +902,15 @@ class DeferredResponse(ResponseStream):
             chunks = _guarded(chunks)
         if decoder is not None:
             chunks = decoded(chunks, decoder)
-        # What the proxy holds of a body it reads: one event of a stream, a whole other body.
+        # What the proxy holds of an upstream body it reads: one event of a stream, a whole other body.
         reads = adapter is not None or wants_events or wants_body
-        events = EventSizeLimit(limits.max_sse_event_bytes) if is_sse and reads and limits.max_sse_event_bytes > 0 else None
-        max_held = limits.max_response_body_bytes if not is_sse and reads else 0
-        length = upstream.headers.get("content-length", "") if max_held > 0 and not encoded else ""
-        if length.isdigit() and int(length) > max_held:  # announced too large: refused before any byte
+        events = (
+            EventSizeLimit(limits.max_sse_event_bytes)
+            if upstream_sse and reads and limits.max_sse_event_bytes > 0 else None
+        )
+        max_held = limits.max_response_body_bytes if not upstream_sse and reads else 0
+        announced = upstream.headers.get("content-length", "") if max_held > 0 and not encoded else ""
+        if announced.isdigit() and int(announced) > max_held:  # announced too large: refused before any byte
             refusal = _body_too_large(max_held)
         held = 0
         try:
@@ -878,27 +931,69 @@ class DeferredResponse(ResponseStream):
                 out = adapter.feed(chunk) if adapter is not None else chunk
                 if out:
                     await self._write(response, out, is_sse)
-            if parser is not None:
-                for event in parser.flush():
-                    await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
-            if body_parts is not None:
-                await plugins.notify("ccproxy_response_body", ctx=ctx, body=b"".join(body_parts))
-            if adapter is not None:
-                tail = adapter.finish()
-                if tail:
-                    await self._write(response, tail, is_sse)
         except (httpx.HTTPError, ProxyError) as exc:
             error = exc if isinstance(exc, ProxyError) else _map_httpx_error(exc, attempt.timeouts, head=False)
             self._cancellable = False
             await self._fail_after_head(response, error, is_sse)
             return
-        except Exception as exc:  # plugin code (a response adapter's feed/finish) failed mid-response
+        except Exception as exc:  # plugin code (a response adapter's feed) failed mid-response
             self._cancellable = False
             await self._fail_after_head(response, plugins.failed_mid_response(exc, ctx), is_sse)
             return
+        except asyncio.CancelledError:
+            # A client that read the last byte (a content-length body) may leave before the
+            # upstream's end was read: its body is whole, so the response ends as usual.
+            if not self._delivered():
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
         self._cancellable = False
+        await self._end(response, parser, body_parts, adapter, is_sse)
+
+    async def _end(
+        self,
+        response: HTTPResponse,
+        parser: SSEParser | None,
+        body_parts: list[bytes] | None,
+        adapter: ResponseAdapter | None,
+        is_sse: bool,
+    ) -> None:
+        """The upstream body ended: the end-of-body observers, the adapter's tail, the last chunk.
+
+        The observers see the whole body even if the client leaves now: sync ones cannot be
+        interrupted, async ones run in a task that a cancellation does not reach (``_finish``
+        waits for it). Then the tail and the last chunk; ``_done`` once it was handed over.
+        """
+        events = parser.flush() if parser is not None else ()
+        if events or body_parts is not None:
+            observing = self._observe_end(events, body_parts)
+            if self.handler.end_hooks_suspend:
+                self._ending = asyncio.ensure_future(observing)
+                await asyncio.shield(self._ending)
+            else:
+                await observing
+        try:
+            tail = adapter.finish() if adapter is not None else b""
+        except Exception as exc:  # a response adapter's finish failed
+            await self._fail_after_head(response, self.handler.plugins.failed_mid_response(exc, self.ctx), is_sse)
+            return
+        if tail:
+            await self._write(response, tail, is_sse)
         await self._eof(response)
-        ctx.outcome = COMPLETED
+        self._done = True
+
+    async def _observe_end(self, events: Any, body_parts: list[bytes] | None) -> None:
+        ctx = self.ctx
+        plugins = self.handler.plugins
+        for event in events:
+            await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
+        if body_parts is not None:
+            await plugins.notify("ccproxy_response_body", ctx=ctx, body=b"".join(body_parts))
+
+    def _delivered(self) -> bool:
+        """True once the response's last byte was handed to the transport (nothing is left to send)."""
+        return self._done or (self._length is not None and self.ctx.bytes_sent >= self._length)
 
     async def _write(self, response: HTTPResponse, data: bytes, count_events: bool = False) -> None:
         ctx = self.ctx
@@ -1019,10 +1114,13 @@ class DeferredResponse(ResponseStream):
     async def _finish(self, upstream: httpx.Response | None, attempt: UpstreamRequest | None) -> None:
         """Release the upstream and run the end-of-request hooks; runs once, shielded."""
         ctx = self.ctx
+        if self._ending is not None and not self._ending.done():
+            await asyncio.wait([self._ending])  # a client that left meanwhile does not stop it
         if self.handler.draining:
             self._close_after_response()
         await self._release(upstream, attempt)
         ctx.duration = ctx.elapsed()
         if ctx.outcome is None:
-            ctx.outcome = COMPLETED
+            # One rule: the response is complete when its last byte was handed to the transport.
+            ctx.outcome = COMPLETED if self._delivered() else CLIENT_DISCONNECTED
         await self.handler.plugins.notify("ccproxy_stream_end", ctx=ctx)

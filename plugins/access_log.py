@@ -289,7 +289,7 @@ class AccessLog:
             "time": _iso(ctx.started_at),
             "pid": self.pid,
             "request_id": ctx.request_id,
-            "upstream_request_id": headers.get("x-upstream-request-id") or headers.get("request-id"),
+            "upstream_request_id": headers.get("request-id") or headers.get("x-request-id"),
             "method": ctx.method,
             "route": ctx.route,
             "client_dialect": ctx.client_dialect,
@@ -322,6 +322,7 @@ class AccessLog:
                     "model": a.model,
                     "status": a.status,
                     "error": a.error,
+                    "error_kind": a.error_kind,
                     "elapsed_ms": _ms(a.elapsed),
                 }
                 for a in ctx.attempts

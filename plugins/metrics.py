@@ -38,7 +38,7 @@ from typing import Any
 from ccproxy_core import hookimpl
 from ccproxy_core.config import Config
 from ccproxy_core.context import UPSTREAM_ERROR, RequestContext
-from ccproxy_core.errors import ConfigError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from ccproxy_core.errors import STATUS, ConfigError
 
 NAME = "metrics"
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -89,31 +89,6 @@ class Settings:
         self.multiprocess_dir = raw.get("multiprocess_dir")
         self.duration_buckets = _buckets(raw, "duration_buckets", DURATION_BUCKETS)
         self.ttfb_buckets = _buckets(raw, "ttfb_buckets", TTFB_BUCKETS)
-
-
-def _error_kind(error: Any) -> str:
-    if isinstance(error, UpstreamTimeout):
-        return "timeout"
-    if isinstance(error, UpstreamConnectError):
-        return "connect"
-    if isinstance(error, UpstreamProtocolError):
-        return "protocol"
-    return "other"
-
-
-_MESSAGE_KINDS = (
-    (re.compile(r"timed out|within \d|sent nothing for|took longer than"), "timeout"),
-    (re.compile(r"connect"), "connect"),
-    (re.compile(r"protocol|closed the response early"), "protocol"),
-)
-
-
-def _message_kind(message: str) -> str:
-    """The kind of an earlier attempt's failure, of which only the message is kept."""
-    for pattern, kind in _MESSAGE_KINDS:
-        if pattern.search(message):
-            return kind
-    return "other"
 
 
 def configured_models(config: Config) -> frozenset[str]:
@@ -202,8 +177,9 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "ccproxy_upstream_errors",
-            "Upstream failures by kind: http_<status>, connect, timeout, protocol, other (before the "
-            "response head), stream_<kind> (after it), in_band (an error event inside a stream).",
+            "Upstream failures by kind: http_<status>, connect, connect_timeout, pool_timeout, write_timeout, "
+            "headers_timeout, total_timeout, protocol, unsupported_protocol, other (before the response head), "
+            "stream_<kind> (after it), in_band (an error event inside a stream).",
             ["provider", "kind"],
             registry=reg,
         )
@@ -277,14 +253,19 @@ class Metrics:
         self.sync_plugin_errors()
 
     def _count_upstream_errors(self, ctx: RequestContext) -> None:
+        """One count per failed attempt, by its typed ``error_kind`` (the label values are a fixed set)."""
         last = len(ctx.attempts) - 1
         for i, attempt in enumerate(ctx.attempts):
-            if attempt.error is not None:
-                kind = _error_kind(ctx.error) if i == last and ctx.error is not None else _message_kind(attempt.error)
-            elif attempt.status is not None and attempt.status >= 400:
+            if attempt.error_kind == STATUS:
                 kind = f"http_{attempt.status}"
+            elif attempt.error_kind is not None:
+                kind = attempt.error_kind
             elif i == last and ctx.outcome == UPSTREAM_ERROR and ctx.error is not None:
-                kind = "stream_" + _error_kind(ctx.error)  # failed after the head was relayed
+                # Ended by the core while this attempt ran: after its head was relayed (a truncated
+                # response: stream_<kind>) or before it answered (the total timeout).
+                kind = ctx.error.error_kind
+                if attempt.status is not None:
+                    kind = "stream_" + kind
             else:
                 continue
             self.child(self.upstream_errors, (attempt.provider, kind)).inc()

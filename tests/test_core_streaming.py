@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from typing import Any
 
@@ -22,6 +23,11 @@ class Recorder:
         self.events: list[tuple[str, Any]] = []
         self.chunks: list[bytes] = []
         self.ends: list[Any] = []
+        self.ended = threading.Event()
+
+    def wait_end(self) -> None:
+        """``ccproxy_stream_end`` runs after the last byte went out: a client may see the body first."""
+        assert self.ended.wait(5)
 
     @hookimpl
     def ccproxy_upstream_headers(self, ctx, status, headers):
@@ -44,6 +50,7 @@ class Recorder:
     def ccproxy_stream_end(self, ctx):
         self.events.append(("end", ctx.outcome))
         self.ends.append(ctx)
+        self.ended.set()
 
 
 def post(url: str, body: dict, headers: dict | None = None, path: str = "/v1/messages", **kw: Any) -> httpx.Response:
@@ -99,12 +106,12 @@ def test_upstream_error_status_headers_and_body_pass_through(proxy, upstream):
 
 def test_response_headers_filtered_and_request_id(proxy, upstream):
     proxied = post(proxy.url, {**ANTHROPIC_BODY, "stream": False}, {"x-request-id": "client-id-123"})
-    assert proxied.headers["x-request-id"] == "client-id-123"
+    assert proxied.headers["x-ccproxy-request-id"] == "client-id-123"
     assert proxied.headers["request-id"].startswith("req_")
     assert "set-cookie" not in proxied.headers
     assert upstream.upstream.requests[-1].header("x-request-id") == "client-id-123"
     generated = post(proxy.url, {**ANTHROPIC_BODY, "stream": False})
-    assert len(generated.headers["x-request-id"]) == 32
+    assert len(generated.headers["x-ccproxy-request-id"]) == 32
 
 
 def test_request_headers_forwarded_credentials_replaced(proxy, upstream):
@@ -300,6 +307,7 @@ def test_lifecycle_hooks_fire_in_order(make_proxy, upstream):
     server = make_proxy(plugins=[("recorder", recorder)])
     r = post(server.url, ANTHROPIC_BODY)
     assert r.headers["x-seen-by-plugin"] == "yes"
+    recorder.wait_end()
     kinds = [kind for kind, _ in recorder.events]
     assert kinds == ["headers", "start", "end"]
     assert b"".join(recorder.chunks) == r.content

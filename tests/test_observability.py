@@ -136,12 +136,12 @@ def test_access_log_fields_usage_and_cost_both_dialects_streamed_and_not(make_pr
         r = httpx.post(
             server.url + path, json={**body, "stream": stream}, headers={"x-request-id": f"obs-{i}"}, timeout=10
         )
-        assert r.status_code == 200 and r.headers["x-request-id"] == f"obs-{i}"
+        assert r.status_code == 200 and r.headers["x-ccproxy-request-id"] == f"obs-{i}"
         responses.append((r, started))
     lines = log_lines(log, len(CASES))
     assert len(lines) == len(CASES)
     for line, (r, started), (path, body, stream, dialect, usage, cost) in zip(lines, responses, CASES):
-        assert line["request_id"] == r.headers["x-request-id"]
+        assert line["request_id"] == r.headers["x-ccproxy-request-id"]
         assert line["upstream_request_id"].startswith("req_")
         assert line["pid"] == os.getpid()
         assert abs(datetime.fromisoformat(line["time"].replace("Z", "+00:00")).timestamp() - started) < 2
@@ -347,13 +347,15 @@ def test_metrics_counts_histograms_tokens_cost_and_plugin_errors(make_proxy, moc
     sock = raw_request(server.port, "/v1/messages", ANTHROPIC_BODY, {"x-mock-delay": "150", "x-mock-events": "3"})
     recv_until(sock, b"message_start")
     assert metric(scrape(server.url), "ccproxy_active_streams") == 1
-    recv_until(sock, b"message_stop")
+    recv_until(sock, b"\r\n0\r\n\r\n")  # the whole response, to its last chunk
     sock.close()
-    time.sleep(0.1)
 
-    samples = scrape(server.url)
     anthropic = {"route": "/v1/messages", "provider": "anthropic", "model": "claude-sonnet-4-5"}
     openai = {"route": "/v1/chat/completions", "provider": "openai", "model": "gpt-4o"}
+    # The request is counted when it ends, just after its last byte went out.
+    deadline = time.monotonic() + 5
+    while metric(samples := scrape(server.url), "ccproxy_active_streams") and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert metric(samples, "ccproxy_requests_total", **anthropic, status="200", outcome="completed") == 4
     assert metric(samples, "ccproxy_requests_total", **openai, status="200", outcome="completed") == 2
     assert metric(samples, "ccproxy_request_duration_seconds_count", **anthropic) == 4

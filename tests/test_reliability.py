@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import logging
 import os
 import signal
@@ -356,19 +357,22 @@ def test_same_route_retries_with_backoff_until_max_attempts(make_proxy, upstream
 
 
 def test_retry_after_honoured_then_success():
+    # An HTTP date (1 s resolution) 4-5 s ahead: whenever the 503 is sent, it asks for a wait well over 1 s.
+    when = math.ceil(time.time()) + 4
     script = [Answer(429, {"retry-after": "0.4"}, {"type": "error", "error": {"type": "rate_limit_error", "message": "x"}}),
-              Answer(503, {"retry-after": email.utils.formatdate(time.time() + 1, usegmt=True)}),
+              Answer(503, {"retry-after": email.utils.formatdate(when, usegmt=True)}),
               Answer(200)]
     with ScriptedUpstream(script) as up:
         from tests.servers import ProxyThread
 
-        config = provider_config(up.url, retries={"max_attempts": 3, "retry_after_cap": 3, "backoff_base": 0.01})
+        config = provider_config(up.url, retries={"max_attempts": 3, "retry_after_cap": 6, "backoff_base": 0.01})
         with ProxyThread(config) as server:
             r = httpx.post(server.url + "/v1/messages", json={**ANTHROPIC_BODY, "stream": False}, timeout=10)
         assert r.status_code == 200 and r.json()["id"] == "msg_scripted"
         gaps = [b - a for a, b in zip(up.arrivals, up.arrivals[1:])]
         assert 0.38 <= gaps[0] < 1.0, gaps  # retry-after: 0.4
-        assert gaps[1] >= 0.0 and len(up.arrivals) == 3  # an HTTP date (1 s resolution) parsed
+        assert len(up.arrivals) == 3
+        assert gaps[1] >= 1.0, gaps  # the HTTP date was parsed: not the 0.01 s backoff
 
 
 def test_retry_after_above_cap_is_not_waited_for():
@@ -421,6 +425,12 @@ def test_handler_made_client_survives_retries_and_is_closed(make_proxy, upstream
     from ccproxy_core.streaming import HandlerConfig
 
     made: list[Any] = []
+    closed: list[bool] = []
+
+    class Transport(httpx.AsyncHTTPTransport):
+        async def aclose(self) -> None:
+            closed.append(True)
+            await super().aclose()
 
     class Direct:
         @hookimpl
@@ -431,22 +441,27 @@ def test_handler_made_client_survives_retries_and_is_closed(make_proxy, upstream
                 ctx = proxy.context(request, "anthropic")
                 deferred = proxy.handler.handle_streaming_request(
                     "POST", request.headers["x-target"], {"x-mock-status": request.headers.get("x-status", "")},
-                    request.body, HandlerConfig(), ctx, client_config={"timeout": 5},
+                    request.body, HandlerConfig(), ctx, client_config={"timeout": 5, "transport": Transport()},
                 )
                 made.append(deferred)
                 return deferred
 
     dead = f"http://127.0.0.1:{closed_port()}/v1/messages"
-    server = make_proxy(retries={"max_attempts": 3, "backoff_base": 0.01}, plugins=[("direct", Direct())])
+    recorder = Recorder()
+    server = make_proxy(
+        retries={"max_attempts": 3, "backoff_base": 0.01}, plugins=[("direct", Direct()), ("recorder", recorder)]
+    )
     r = httpx.post(server.url + "/direct", json=ANTHROPIC_BODY, headers={"x-target": dead})
     assert_dialect_error("anthropic", r, 502)
+    recorder.wait_end(1)
+    assert len(closed) == 1 and made[0].ctx.outcome == "upstream_error" and len(made[0].ctx.attempts) == 3
     r = httpx.post(server.url + "/direct", json={**ANTHROPIC_BODY, "stream": False},
                    headers={"x-target": upstream.url + "/v1/messages", "x-status": "500"})
     assert r.status_code == 500 and r.json()["type"] == "error"
     assert len(upstream.upstream.requests) == 3
-    time.sleep(0.2)
-    for deferred in made:
-        assert deferred.ctx.outcome in ("upstream_error", "completed")
+    recorder.wait_end(2)  # the end hooks run after the last byte went out
+    assert len(closed) == 2  # one client per response, closed once, after all its retries
+    assert made[1].ctx.outcome == "completed"  # the upstream's own 500, relayed in full
 
 
 # -- timeouts: each its own error, before and after the head --------------------------------------
