@@ -12,6 +12,7 @@ from typing import Any
 
 from ccproxy_core import ANTHROPIC, OPENAI, PluginSettings
 from ccproxy_core.hookspecs import hookimpl
+from plugins.usage import settings_for as usage_settings
 
 from . import mappings
 from .adapters import (
@@ -54,6 +55,10 @@ def ccproxy_configure(settings: PluginSettings) -> None:
 def ccproxy_request_adapter(ctx: Any, body: dict[str, Any]) -> dict[str, Any] | None:
     """Convert the body between dialects; None when there is nothing to translate.
 
+    The upstream is asked to stream when ``ctx.upstream_stream`` (the client asked and the
+    provider streams); an OpenAI upstream is then asked for the usage chunk unless
+    ``plugins.usage.request_stream_usage`` is false.
+
     Top-level fields the upstream has no use for are listed in
     ``ctx.state["translate"]["ignored_fields"]``.
     """
@@ -61,7 +66,10 @@ def ccproxy_request_adapter(ctx: Any, body: dict[str, Any]) -> dict[str, Any] | 
     if convert is None:
         return None
     ignored: list[str] = []
-    out = convert(body, model=ctx.model, settings=Settings.of(ctx), ignored=ignored)
+    options: dict[str, Any] = {"stream": ctx.upstream_stream}
+    if ctx.upstream_stream and ctx.upstream_dialect == OPENAI:
+        options["stream_usage"] = usage_settings(ctx.config).request_stream_usage
+    out = convert(body, model=ctx.model, settings=Settings.of(ctx), ignored=ignored, **options)
     if ignored:
         ctx.state.setdefault(PLUGIN_NAME, {})["ignored_fields"] = ignored
         log.debug("request %s: ignored fields %s", ctx.request_id, ", ".join(ignored))

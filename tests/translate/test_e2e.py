@@ -129,6 +129,20 @@ def test_stream_asks_openai_upstream_for_usage(proxy: ProxyThread, upstream: Any
     assert upstream.requests[-1].header("anthropic-version") is None
 
 
+@pytest.mark.parametrize("ask", [True, False])
+def test_request_stream_usage_setting_governs_translated_requests_too(mock: Any, upstream: Any, ask: bool) -> None:
+    config = provider_config(mock.url, plugins={"usage": {"request_stream_usage": ask}})
+    with ProxyThread(config) as server:
+        with anthropic_client(server).messages.stream(model=GPT, max_tokens=10, messages=HI) as stream:
+            message = stream.get_final_message()
+    body = upstream.requests[-1].json()
+    assert body["stream"] is True
+    if ask:
+        assert body["stream_options"] == {"include_usage": True} and message.usage.output_tokens > 0
+    else:
+        assert "stream_options" not in body and message.content[0].text  # no usage chunk, the answer is whole
+
+
 def test_upstream_errors_reach_clients_in_their_dialect(proxy: ProxyThread) -> None:
     with pytest.raises(openai.RateLimitError) as info:
         openai_client(proxy, **mock_headers(status="429")).chat.completions.create(model=CLAUDE, messages=HI)
