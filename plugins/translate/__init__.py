@@ -26,6 +26,7 @@ from .base import PLUGIN_NAME, ResponseAdapter, Settings
 from .headers import add_client_headers
 from .requests import anthropic_to_openai, openai_to_anthropic
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from .synthesize import StreamSynthesizer, stream_adapter
 
 __all__ = [
     "AnthropicToOpenAIStream",
@@ -36,6 +37,7 @@ __all__ = [
     "ModelRenameStreamAdapter",
     "ResponseAdapter",
     "Settings",
+    "StreamSynthesizer",
     "anthropic_to_openai",
     "openai_to_anthropic",
 ]
@@ -93,8 +95,10 @@ def ccproxy_request_headers(ctx: Any, headers: dict[str, str]) -> None:
 
 @hookimpl
 def ccproxy_response_adapter(ctx: Any) -> ResponseAdapter | None:
-    """The adapter for a translated response or for an aliased model; else None."""
-    return choose_adapter(ctx, Settings.of(ctx))
+    """The adapter for a stream made from a JSON answer (``supports_streaming: false``), for a
+    translated response or for an aliased model; else None."""
+    settings = Settings.of(ctx)
+    return stream_adapter(ctx, settings) or choose_adapter(ctx, settings)
 
 
 @hookimpl
