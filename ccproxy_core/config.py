@@ -358,7 +358,7 @@ def _check(config: Config, key_variables: dict[str, list[str]] | None = None) ->
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"plugins.{key}: expected a list of plugin names")
 
-    def known(where: str, name: str) -> bool:
+    def known(where: str, name: str, warn: bool = True) -> bool:
         """False (with a warning) for a provider skipped for lack of a key; an error for one not in the file."""
         if name in config.providers:
             return True
@@ -366,7 +366,8 @@ def _check(config: Config, key_variables: dict[str, list[str]] | None = None) ->
             raise ConfigError(
                 f"{where}: no provider is called {name!r} (providers: {', '.join(sorted(declared)) or 'none'})"
             )
-        log.warning("%s: provider %r is skipped (no api_key: %s)", where, name, config.skipped[name].hint())
+        if warn:
+            log.warning("%s: provider %r is skipped (no api_key: %s)", where, name, config.skipped[name].hint())
         return False
 
     for alias, target in config.models.items():
@@ -375,15 +376,13 @@ def _check(config: Config, key_variables: dict[str, list[str]] | None = None) ->
         for i, fallback in enumerate(target.fallbacks):
             if fallback.provider is not None:
                 known(f"models.{alias}.fallbacks[{i}].provider", fallback.provider)  # skipped: not used
-    for name, provider in list(config.providers.items()) + [(n, s.provider) for n, s in config.skipped.items()]:
+    for name, provider in [*config.providers.items(), *((n, s.provider) for n, s in config.skipped.items())]:
+        active = name in config.providers  # a skipped provider's names are checked, its warnings spared
         usable = []
         for other in provider.fallbacks:
             if other == name:
                 raise ConfigError(f"providers.{name}.fallbacks: a provider cannot be its own fallback")
-            if name in config.skipped:
-                if other not in declared:
-                    known(f"providers.{name}.fallbacks", other)
-            elif known(f"providers.{name}.fallbacks", other):
+            if known(f"providers.{name}.fallbacks", other, warn=active):
                 usable.append(other)
         provider.fallbacks = usable
     if config.retries.max_attempts < 1:
