@@ -470,6 +470,45 @@ def test_text_and_calls_arriving_inside_an_open_call_are_held_in_order() -> None
     ]
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_interleaving_of_parallel_calls_and_text_gives_a_valid_stream_with_every_input(data: st.DataObject) -> None:
+    """Calls (and text) cut into random pieces and merged in any order that keeps each one's own order."""
+    n = data.draw(st.integers(1, 4))
+    inputs = [data.draw(st.dictionaries(st.sampled_from("abc"), st.integers() | st.text(max_size=5), max_size=3))
+              for _ in range(n)]
+    streams: list[list[dict]] = []
+    for i, value in enumerate(inputs):
+        text = json.dumps(value)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=4)))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        streams.append([_call(i, pieces[0], f"id{i}", f"f{i}"), *(_call(i, p) for p in pieces[1:])])
+    texts = data.draw(st.lists(st.sampled_from(["x", "yz"]), max_size=3))
+    streams.append([{"content": t} for t in texts])
+    merged: list[dict] = []
+    while any(streams):
+        merged.append(data.draw(st.sampled_from([s for s in streams if s])).pop(0))
+    out = OpenAIToAnthropicStream(model=MODEL).feed(_chunks(*merged))
+    rows = _blocks(out)
+    open_block, seen, args, kinds = None, [], {}, {}
+    for kind, index, value in rows:  # one block at a time, indexes 0, 1, … in order
+        if kind == "start":
+            assert open_block is None and index == len(seen)
+            open_block = index
+            seen.append(index)
+            kinds[index] = value
+        elif kind == "delta":
+            assert index == open_block
+            args[index] = args.get(index, "") + value
+        else:
+            assert index == open_block
+            open_block = None
+    assert open_block is None
+    calls = {kinds[i]: json.loads(args.get(i) or "{}") for i in seen if kinds[i] != "text"}
+    assert calls == {f"id{i}": value for i, value in enumerate(inputs)}
+    assert "".join(args.get(i, "") for i in seen if kinds[i] == "text") == "".join(texts)
+
+
 def test_arguments_after_a_complete_json_object_are_an_error() -> None:
     adapter = OpenAIToAnthropicStream(model=MODEL)
     adapter.feed(_chunks(_call(0, "{}", "a", "f"), _call(1, "{", "b", "g"), finish=None).rsplit(b"data: [DONE]", 1)[0])
