@@ -254,3 +254,11 @@ def test_auth_flags_from_the_environment_are_read_as_booleans(monkeypatch):
     monkeypatch.setenv("CCPROXY_TEST_PUBLIC", "false")
     config = build_config({"plugins": {"auth": {"allow_public_without_keys": "${CCPROXY_TEST_PUBLIC}"}}})
     assert settings_of(config).allow_public_without_keys is False
+
+
+def test_every_first_party_plugin_has_its_bad_settings_tested():
+    import importlib.metadata
+
+    first_party = {ep.name for ep in importlib.metadata.entry_points(group="ccproxy") if ep.dist.name == "ccproxy"}
+    tested = {settings.split(":", 1)[0] for settings, _ in PLUGIN_MISTAKES}
+    assert tested == first_party
