@@ -400,9 +400,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's SafeLoader, refusing a mapping that repeats a key (SafeLoader keeps the last)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)  # merge keys (<<) may be overridden; written keys may not repeat
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with << may be overridden; keys written here may not repeat
             key = self.construct_object(key_node, deep=True)
             try:
                 first = seen.setdefault(key, key_node)

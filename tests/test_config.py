@@ -135,6 +135,15 @@ def test_nothing_to_serve_unknown_names_and_duplicate_keys_are_errors(tmp_path, 
     assert message in str(info.value)
 
 
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    config = load_config(write(tmp_path, (
+        "providers:\n"
+        "  one: &base {format: openai, base_url: 'http://127.0.0.1:1/v1', requires_key: false, models: [a]}\n"
+        "  two: {<<: *base, models: [b]}\n"
+    )))
+    assert config.providers["two"].models == ["b"] and config.providers["two"].format == "openai"
+
+
 def test_a_skipped_provider_named_by_an_alias_or_fallback_is_a_warning(caplog, monkeypatch):
     monkeypatch.delenv("CCPROXY_TEST_UNSET", raising=False)
     config = build_config({
