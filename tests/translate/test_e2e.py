@@ -73,13 +73,12 @@ def test_anthropic_client_streams_from_openai_upstream(proxy: ProxyThread, scena
 
 
 @pytest.mark.parametrize("scenario", [{}, {"split": "1"}])
-def test_anthropic_client_gets_interleaved_parallel_tool_calls(proxy: ProxyThread, upstream: Any, scenario) -> None:
+def test_anthropic_client_gets_interleaved_parallel_tool_calls(proxy: ProxyThread, scenario: dict[str, str]) -> None:
     """An OpenAI upstream alternating the argument pieces of two calls: both reach the client whole."""
     client = anthropic_client(proxy, **mock_headers(content="parallel_tools", interleave="1", **scenario))
     with client.messages.stream(model=GPT, max_tokens=100, messages=HI) as stream:
         events = list(stream)
         message = stream.get_final_message()
-    assert upstream.completed == 1  # the mock sent its whole (interleaved) stream
     assert message.stop_reason == "tool_use"
     assert [(b.type, b.id, b.input) for b in message.content] == [
         ("tool_use", "call_01A09q90qw90lq917835lq9", {"location": "San Francisco, CA", "unit": "celsius"}),
