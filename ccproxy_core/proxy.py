@@ -98,7 +98,6 @@ class Proxy:
         await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
         routes = self.routes(ctx.model_requested)
         ctx.stream = body.get("stream") is True and routes[0].provider.supports_streaming
-        ctx.upstream_stream = ctx.stream  # until the core's supports_streaming work sets it per route
         return self.handler.deferred(ctx, self._attempts(request, ctx, routes))
 
     def routes(self, model: str) -> list[Route]:
