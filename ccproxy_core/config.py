@@ -156,6 +156,21 @@ class Limits:
 
 
 @dataclass(slots=True)
+class SkippedProvider:
+    """A provider left out because its ``api_key`` is empty (kept to explain 404s)."""
+
+    provider: ProviderConfig
+    #: The environment variable(s) its ``api_key`` comes from (``${VAR}``), if any.
+    variables: list[str] = field(default_factory=list)
+
+    def hint(self) -> str:
+        """What to do about it, e.g. ``set ANTHROPIC_API_KEY`` (never a key's value)."""
+        if self.variables:
+            return "set " + " or ".join(self.variables)
+        return f"set providers.{self.provider.name}.api_key"
+
+
+@dataclass(slots=True)
 class Config:
     """The whole deployment."""
 
@@ -170,6 +185,8 @@ class Config:
     plugins: dict[str, Any] = field(default_factory=dict)
     #: The file this came from ("" when built in code).
     path: str = ""
+    #: Providers skipped for lack of a key, by name (not a YAML key: filled by validation).
+    skipped: dict[str, SkippedProvider] = field(default_factory=dict)
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """The settings block of plugin ``name`` (an empty dict when absent)."""
@@ -278,7 +295,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'top level'}: expected a mapping, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "name")}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "name", "skipped")}
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -299,15 +316,27 @@ def build_config(data: Any, path: str = "") -> Config:
     """Validate an already-parsed YAML document."""
     try:
         config = _build(Config, data, "")
-        _check(config)
+        _check(config, _key_variables(data))
     except ConfigError as exc:
         raise ConfigError(f"{path or '<config>'}: {exc}") from None
     config.path = path
     return config
 
 
-def _check(config: Config) -> None:
+def _key_variables(data: Any) -> dict[str, list[str]]:
+    """The ``${VAR}`` names each provider's ``api_key`` is written with, by provider."""
+    providers = data.get("providers") if isinstance(data, dict) else None
+    found: dict[str, list[str]] = {}
+    for name, raw in (providers or {}).items():
+        key = raw.get("api_key") if isinstance(raw, dict) else None
+        if isinstance(key, str):
+            found[str(name)] = [m.group(1) for m in _VAR.finditer(key)]
+    return found
+
+
+def _check(config: Config, key_variables: dict[str, list[str]] | None = None) -> None:
     """Cross-field rules, and providers without a key skipped with a warning."""
+    declared = set(config.providers)
     for name, provider in list(config.providers.items()):
         provider.name = name
         where = f"providers.{name}"
@@ -319,32 +348,41 @@ def _check(config: Config) -> None:
         if not provider.models:
             raise ConfigError(f"{where}.models: list at least one model glob")
         if provider.requires_key and not provider.api_key:
-            log.warning("provider %r has no api_key; it is skipped (set its key, or requires_key: false)", name)
+            skipped = SkippedProvider(provider, (key_variables or {}).get(name, []))
+            log.warning("provider %r has no api_key; it is skipped (%s, or requires_key: false)", name, skipped.hint())
+            config.skipped[name] = skipped
             del config.providers[name]
     settings = config.plugins
     for key in ("disabled", "enabled"):
         names = settings.get(key, [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"plugins.{key}: expected a list of plugin names")
+
+    def known(where: str, name: str, warn: bool = True) -> bool:
+        """False (with a warning) for a provider skipped for lack of a key; an error for one not in the file."""
+        if name in config.providers:
+            return True
+        if name not in declared:
+            raise ConfigError(
+                f"{where}: no provider is called {name!r} (providers: {', '.join(sorted(declared)) or 'none'})"
+            )
+        if warn:
+            log.warning("%s: provider %r is skipped (no api_key: %s)", where, name, config.skipped[name].hint())
+        return False
+
     for alias, target in config.models.items():
-        if target.provider is not None and target.provider not in config.providers:
-            # A skipped provider is not an error: requests for the alias get a clear 404.
-            log.warning("models.%s.provider: provider %r is not configured or was skipped", alias, target.provider)
+        if target.provider is not None:
+            known(f"models.{alias}.provider", target.provider)  # skipped: requests get a 404 naming the key
         for i, fallback in enumerate(target.fallbacks):
-            if fallback.provider is not None and fallback.provider not in config.providers:
-                log.warning(
-                    "models.%s.fallbacks[%d].provider: provider %r is not configured or was skipped; "
-                    "that fallback is not used", alias, i, fallback.provider
-                )
-    for name, provider in config.providers.items():
+            if fallback.provider is not None:
+                known(f"models.{alias}.fallbacks[{i}].provider", fallback.provider)  # skipped: not used
+    for name, provider in [*config.providers.items(), *((n, s.provider) for n, s in config.skipped.items())]:
+        active = name in config.providers  # a skipped provider's names are checked, its warnings spared
         usable = []
         for other in provider.fallbacks:
             if other == name:
                 raise ConfigError(f"providers.{name}.fallbacks: a provider cannot be its own fallback")
-            if other not in config.providers:
-                log.warning("providers.%s.fallbacks: provider %r is not configured or was skipped; it is not used",
-                            name, other)
-            else:
+            if known(f"providers.{name}.fallbacks", other, warn=active):
                 usable.append(other)
         provider.fallbacks = usable
     if config.retries.max_attempts < 1:
@@ -358,12 +396,49 @@ def _check(config: Config) -> None:
         )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a mapping that repeats a key (SafeLoader keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with << may be overridden; keys written here may not repeat
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error follows
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_serves(config: Config) -> None:
+    """A deployment file must leave at least one provider to serve requests."""
+    if config.providers:
+        return
+    if config.skipped:
+        hints = "; ".join(f"{name}: {s.hint()}" for name, s in config.skipped.items())
+        raise ConfigError(
+            f"providers: every provider is skipped because its api_key is empty ({hints}), "
+            "so nothing can be served; set a key, or add a provider with requires_key: false"
+        )
+    raise ConfigError("providers: no provider is configured; list at least one (see docs/configuration.md)")
+
+
 def load_config(path: str | None = None) -> Config:
-    """Read ``path`` (default ``$CCPROXY_CONFIG`` or ``config.yaml``) into a :class:`Config`."""
+    """Read ``path`` (default ``$CCPROXY_CONFIG`` or ``config.yaml``) into a :class:`Config`.
+
+    Besides what :func:`build_config` checks, the file must not be empty, must not repeat a
+    key in any mapping, and must leave at least one provider that is not skipped.
+    """
     path = path or os.environ.get("CCPROXY_CONFIG") or DEFAULT_CONFIG
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (set CCPROXY_CONFIG to choose another)") from None
     except OSError as exc:
@@ -373,4 +448,11 @@ def load_config(path: str | None = None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    return build_config(data, path)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; it needs at least a providers: section (see docs/configuration.md)")
+    config = build_config(data, path)
+    try:
+        _check_serves(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config

@@ -27,7 +27,7 @@ from sanic.http import Stage
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 from .config import Limits
-from .errors import InvalidRequest, Overloaded, PayloadTooLarge, ProxyError, RequestTimeout
+from .errors import InvalidRequest, Overloaded, PayloadTooLarge, RequestTimeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from sanic import Request

@@ -120,7 +120,8 @@ class Proxy:
             if alias.provider is not None:
                 provider = self.config.providers.get(alias.provider)
                 if provider is None:
-                    raise NotFound(f"model {model!r} maps to provider {alias.provider!r}, which is not configured")
+                    why = self._why_skipped(alias.provider)
+                    raise NotFound(f"model {model!r} maps to provider {alias.provider!r}, {why}")
                 return Route(provider, alias.model)
             model_name = alias.model
         else:
@@ -128,7 +129,16 @@ class Proxy:
         for provider in self.config.providers.values():
             if provider.serves(model_name):
                 return Route(provider, model_name)
+        for name, skipped in self.config.skipped.items():
+            if skipped.provider.serves(model_name):
+                raise NotFound(f"model {model!r} would be served by provider {name!r}, {self._why_skipped(name)}")
         raise NotFound(f"model {model!r} is not served by any configured provider")
+
+    def _why_skipped(self, name: str) -> str:
+        skipped = self.config.skipped.get(name)
+        if skipped is None:
+            return "which is not configured"
+        return f"which is skipped because its api_key is empty: {skipped.hint()}"
 
     def _fallback_route(self, provider_name: str | None, model: str) -> Route | None:
         if provider_name is not None:

@@ -35,6 +35,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -42,6 +43,7 @@ from ccproxy_core import hookimpl
 from ccproxy_core.config import Config
 from ccproxy_core.context import RequestContext
 from ccproxy_core.errors import ConfigError
+from ccproxy_core.plugins import PluginSettings
 
 NAME = "access_log"
 logger = logging.getLogger("ccproxy.access")
@@ -57,7 +59,6 @@ _KEY_LIKE = (
     r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
 )
 _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
-_SETTINGS = ("path", "log_bodies", "max_body_chars", "redact", "stderr")
 #: Seconds between two writes of the log under load (see the module docstring).
 FLUSH_INTERVAL = 0.1
 #: The record's fields whose text comes from a client, an upstream or a config (everything else is a
@@ -173,26 +174,40 @@ class _StderrLines(logging.StreamHandler):
             self.release()
 
 
+@dataclass(slots=True)
+class AccessLogSettings:
+    """The ``plugins: access_log:`` block (see the module docstring)."""
+
+    path: str | None = None
+    log_bodies: bool = False
+    max_body_chars: int = 65536
+    redact: list[str] = field(default_factory=list)
+    stderr: bool = True
+
+
+def load_settings(config: Config, settings: PluginSettings | None = None) -> AccessLogSettings:
+    """Check ``plugins.access_log``.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type, naming the file and the key.
+    """
+    if settings is None:
+        settings = PluginSettings(NAME, config.plugin_settings(NAME), config.path)
+    loaded = settings.load(AccessLogSettings)
+    if loaded.max_body_chars < 0:
+        raise settings.error("max_body_chars", f"must not be negative, got {loaded.max_body_chars}")
+    return loaded
+
+
 class AccessLog:
     """The access log of one app: settings, redaction and the optional file."""
 
     def __init__(self, config: Config) -> None:
-        raw = config.plugin_settings(NAME)
-        unknown = set(raw) - set(_SETTINGS)
-        if unknown:
-            raise ConfigError(
-                f"plugins.access_log.{sorted(unknown)[0]}: unknown key (expected one of: {', '.join(_SETTINGS)})"
-            )
-        self.path = raw.get("path") or None
-        self.log_bodies = _flag(raw.get("log_bodies", False), "log_bodies")
-        self.stderr = _flag(raw.get("stderr", True), "stderr")
-        limit = raw.get("max_body_chars", 65536)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"plugins.access_log.max_body_chars: expected a whole number, got {limit!r}")
-        self.max_body_chars = limit
-        extra = raw.get("redact", [])
-        if not isinstance(extra, list) or not all(isinstance(v, str) for v in extra):
-            raise ConfigError("plugins.access_log.redact: expected a list of strings")
+        settings = load_settings(config)
+        self.path = settings.path or None
+        self.log_bodies = settings.log_bodies
+        self.stderr = settings.stderr
+        self.max_body_chars = settings.max_body_chars
         secrets = [p.api_key for p in config.providers.values() if p.api_key]
         secrets += [
             v for p in config.providers.values() for k, v in p.headers.items() if _SECRET_HEADER.search(k)
@@ -200,7 +215,7 @@ class AccessLog:
         proxy_keys = config.plugin_settings("auth").get("keys")  # the first-party auth plugin's client keys
         if isinstance(proxy_keys, list):
             secrets += [k for k in proxy_keys if isinstance(k, str)]
-        self.redactor = Redactor(secrets + extra)
+        self.redactor = Redactor(secrets + settings.redact)
         self.file: TextIO | None = None
         self.batch = _Batch(self._write)
         self.pid = os.getpid()  # made at worker start-up, so the worker's own
@@ -337,14 +352,6 @@ class AccessLog:
         return record
 
 
-def _flag(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise ConfigError(f"plugins.access_log.{key}: expected true or false, got {value!r}")
-
-
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -384,6 +391,17 @@ def _lookup(config: Config | None) -> AccessLog | None:
     access = AccessLog(config)  # start-up did not run (an app driven by hand): no file
     _logs[id(config)] = (config, access)
     return access
+
+
+@hookimpl
+def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
+    """Check ``plugins: access_log:`` while the app is built, the file's path included."""
+    path = load_settings(config, settings).path
+    if path:
+        try:
+            open(path, "a", encoding="utf-8").close()
+        except OSError as exc:
+            raise settings.error("path", f"cannot open {path!r}: {exc.strerror}") from None
 
 
 @hookimpl

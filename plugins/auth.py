@@ -40,7 +40,7 @@ from typing import Any
 
 from sanic import Request, Sanic
 
-from ccproxy_core import AuthenticationError, ConfigError, hookimpl
+from ccproxy_core import AuthenticationError, ConfigError, PluginSettings, hookimpl
 from ccproxy_core.config import Config
 from ccproxy_core.context import RequestContext
 
@@ -66,13 +66,11 @@ class AuthSettings:
 
 def settings_of(config: Config | None) -> AuthSettings:
     """This plugin's settings from ``config`` (checked by ``ccproxy_configure`` at build time)."""
-    data = config.plugin_settings(NAME) if config is not None else {}
-    keys = data.get("keys") or []
-    return AuthSettings(
-        keys=[k for k in keys if isinstance(k, str) and k],
-        allow_public_without_keys=bool(data.get("allow_public_without_keys", False)),
-        public_paths=list(data.get("public_paths", ["/health"])),
-    )
+    if config is None:
+        return AuthSettings()
+    loaded = PluginSettings(NAME, config.plugin_settings(NAME), config.path).load(AuthSettings)
+    loaded.keys = [k for k in loaded.keys if k]
+    return loaded
 
 
 @lru_cache(maxsize=64)
@@ -116,7 +114,7 @@ def check(keys: tuple[str, ...], headers: Any) -> None:
 
 
 @hookimpl
-def ccproxy_configure(config: Config, settings: Any) -> None:
+def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
     loaded: AuthSettings = settings.load(AuthSettings)
     for i, path in enumerate(loaded.public_paths):
         if not path.startswith("/"):

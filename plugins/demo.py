@@ -7,6 +7,8 @@ path it is called on, streaming a word at a time when asked to stream.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncio
 import json
 import time
@@ -16,11 +18,21 @@ from typing import Any
 
 import httpx
 
-from ccproxy_core import hookimpl
+from ccproxy_core import PluginSettings, hookimpl
 from ccproxy_core.config import ProviderConfig
 
 #: Pause between streamed words, in seconds.
 WORD_DELAY = 0.03
+
+
+@dataclass(slots=True)
+class _NoSettings:
+    """This plugin takes no settings: any key under ``plugins: demo:`` is refused."""
+
+
+@hookimpl
+def ccproxy_configure(settings: PluginSettings) -> None:
+    settings.load(_NoSettings)
 
 
 @hookimpl

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ccproxy_core import hookimpl
 from ccproxy_core.config import Config
 from ccproxy_core.context import UPSTREAM_ERROR, RequestContext
-from ccproxy_core.errors import ConfigError
+from ccproxy_core.plugins import PluginSettings
 
 NAME = "health"
 
@@ -102,17 +103,34 @@ def _lookup(config: Config | None) -> Health | None:
     return entry[1] if entry is not None and entry[0] is config else None
 
 
+@dataclass(slots=True)
+class HealthSettings:
+    """The ``plugins: health:`` block."""
+
+    path: str = "/health/ready"
+
+
+def load_settings(config: Config, settings: PluginSettings | None = None) -> HealthSettings:
+    """Check ``plugins.health``; raises :class:`ConfigError` naming the file and the key."""
+    if settings is None:
+        settings = PluginSettings(NAME, config.plugin_settings(NAME), config.path)
+    loaded = settings.load(HealthSettings)
+    if not loaded.path.startswith("/"):
+        raise settings.error("path", f"must start with '/', got {loaded.path!r}")
+    return loaded
+
+
+@hookimpl
+def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
+    """Check ``plugins: health:`` while the app is built."""
+    load_settings(config, settings)
+
+
 @hookimpl
 def ccproxy_register_routes(app: Any, config: Config) -> None:
     from sanic import response
 
-    raw = config.plugin_settings(NAME)
-    unknown = set(raw) - {"path"}
-    if unknown:
-        raise ConfigError(f"plugins.health.{sorted(unknown)[0]}: unknown key (expected path)")
-    path = str(raw.get("path") or "/health/ready")
-    if not path.startswith("/"):
-        raise ConfigError(f"plugins.health.path: must start with '/', got {path!r}")
+    path = load_settings(config).path
     health = Health(config)
     health.plugins = getattr(app.ctx, "plugins", None)
     _health[id(config)] = (config, health)

@@ -33,12 +33,14 @@ import re
 import shutil
 import tempfile
 from collections import Counter as CountOf
+from dataclasses import dataclass
 from typing import Any
 
 from ccproxy_core import hookimpl
 from ccproxy_core.config import Config
 from ccproxy_core.context import UPSTREAM_ERROR, RequestContext
-from ccproxy_core.errors import STATUS, ConfigError
+from ccproxy_core.errors import STATUS
+from ccproxy_core.plugins import PluginSettings
 
 NAME = "metrics"
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -65,30 +67,39 @@ MAX_MODEL_LABELS = 100
 MAX_SERIES = 2000
 
 
-def _buckets(raw: dict[str, Any], key: str, default: tuple[float, ...]) -> tuple[float, ...]:
-    value = raw.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and v > 0 for v in value):
-        raise ConfigError(f"plugins.metrics.{key}: expected a list of positive numbers (seconds)")
-    return tuple(sorted(float(v) for v in value))
+@dataclass(slots=True)
+class MetricsSettings:
+    """The ``plugins: metrics:`` block (see the module docstring)."""
+
+    path: str = "/metrics"
+    multiprocess_dir: str | None = None
+    duration_buckets: list[float] | None = None
+    ttfb_buckets: list[float] | None = None
 
 
 class Settings:
-    def __init__(self, config: Config) -> None:
-        raw = config.plugin_settings(NAME)
-        unknown = set(raw) - {"path", "multiprocess_dir", "duration_buckets", "ttfb_buckets"}
-        if unknown:
-            raise ConfigError(
-                f"plugins.metrics.{sorted(unknown)[0]}: unknown key "
-                "(expected path, multiprocess_dir, duration_buckets, ttfb_buckets)"
-            )
-        self.path = str(raw.get("path") or "/metrics")
-        if not self.path.startswith("/"):
-            raise ConfigError(f"plugins.metrics.path: must start with '/', got {self.path!r}")
-        self.multiprocess_dir = raw.get("multiprocess_dir")
-        self.duration_buckets = _buckets(raw, "duration_buckets", DURATION_BUCKETS)
-        self.ttfb_buckets = _buckets(raw, "ttfb_buckets", TTFB_BUCKETS)
+    """The checked settings, buckets sorted and defaulted."""
+
+    def __init__(self, config: Config, settings: PluginSettings | None = None) -> None:
+        if settings is None:
+            settings = PluginSettings(NAME, config.plugin_settings(NAME), config.path)
+        loaded = settings.load(MetricsSettings)
+        if not loaded.path.startswith("/"):
+            raise settings.error("path", f"must start with '/', got {loaded.path!r}")
+        self.path = loaded.path
+        self.multiprocess_dir = loaded.multiprocess_dir
+        self.duration_buckets = _buckets(settings, "duration_buckets", loaded.duration_buckets, DURATION_BUCKETS)
+        self.ttfb_buckets = _buckets(settings, "ttfb_buckets", loaded.ttfb_buckets, TTFB_BUCKETS)
+
+
+def _buckets(
+    settings: PluginSettings, key: str, value: list[float] | None, default: tuple[float, ...]
+) -> tuple[float, ...]:
+    if value is None:
+        return default
+    if not value or not all(v > 0 for v in value):
+        raise settings.error(key, "expected a list of positive numbers (seconds)")
+    return tuple(sorted(value))
 
 
 def configured_models(config: Config) -> frozenset[str]:
@@ -321,6 +332,12 @@ _metrics: dict[int, tuple[Config, Metrics]] = {}
 def _lookup(config: Config | None) -> Metrics | None:
     entry = _metrics.get(id(config))
     return entry[1] if entry is not None and entry[0] is config else None
+
+
+@hookimpl
+def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
+    """Check ``plugins: metrics:`` while the app is built."""
+    Settings(config, settings)
 
 
 @hookimpl

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from ccproxy_core import hookimpl
+from dataclasses import dataclass
+
+from ccproxy_core import PluginSettings, hookimpl
 from ccproxy_core.context import ANTHROPIC, RequestContext
 
 #: Sent when the client named no version (curl users); a client's own value is never changed.
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
+
+
+@dataclass(slots=True)
+class _NoSettings:
+    """This plugin takes no settings: any key under ``plugins: providers:`` is refused."""
+
+
+@hookimpl
+def ccproxy_configure(settings: PluginSettings) -> None:
+    settings.load(_NoSettings)
 
 
 @hookimpl

@@ -47,7 +47,7 @@ from typing import Any
 from ccproxy_core import hookimpl
 from ccproxy_core.config import Config
 from ccproxy_core.context import ANTHROPIC, CLIENT_DISCONNECTED, OPENAI, UPSTREAM_ERROR, RequestContext
-from ccproxy_core.errors import ConfigError
+from ccproxy_core.plugins import PluginSettings
 
 NAME = "usage"
 
@@ -111,44 +111,34 @@ class Price:
         ) / 1_000_000
 
 
-def _price(pattern: str, value: Any, where: str) -> Price:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping of input/output/cache_read/cache_creation, got {value!r}")
-    unknown = set(value) - set(_PRICE_FIELDS)
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (expected one of: {', '.join(_PRICE_FIELDS)})")
-    numbers: dict[str, float] = {}
-    for key in _PRICE_FIELDS:
-        raw = value.get(key)
-        if raw is None:
-            continue
-        try:
-            number = float(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}.{key}: expected a number (USD per million tokens), got {raw!r}") from None
-        if number < 0:
-            raise ConfigError(f"{where}.{key}: must not be negative, got {number}")
-        numbers[key] = number
-    if "input" not in numbers or "output" not in numbers:
-        raise ConfigError(f"{where}: input and output prices are required")
-    # Unpriced cache tokens cost what input tokens cost (an over- rather than an under-estimate).
-    return Price(
-        numbers["input"],
-        numbers["output"],
-        numbers.get("cache_read", numbers["input"]),
-        numbers.get("cache_creation", numbers["input"]),
-    )
+@dataclass(slots=True)
+class PriceSetting:
+    """One entry of ``plugins.usage.prices``; unpriced cache tokens cost what input tokens cost
+    (an over- rather than an under-estimate)."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_creation: float | None = None
+
+    def price(self) -> Price:
+        return Price(
+            self.input,
+            self.output,
+            self.input if self.cache_read is None else self.cache_read,
+            self.input if self.cache_creation is None else self.cache_creation,
+        )
 
 
 class PriceTable:
     """Glob -> :class:`Price`, first match wins; lookups are cached per model name."""
 
-    def __init__(self, prices: dict[str, Any] | None = None, *, defaults: bool = True) -> None:
-        ordered: dict[str, Any] = dict(prices or {})
+    def __init__(self, prices: dict[str, PriceSetting] | None = None, *, defaults: bool = True) -> None:
+        ordered: dict[str, PriceSetting] = dict(prices or {})
         if defaults:
             for pattern, value in DEFAULT_PRICES.items():
-                ordered.setdefault(pattern, value)
-        self.entries = [(str(p), _price(str(p), v, f"plugins.usage.prices.{p}")) for p, v in ordered.items()]
+                ordered.setdefault(pattern, PriceSetting(**value))
+        self.entries = [(p, v.price()) for p, v in ordered.items()]
         self._cache: dict[str, Price | None] = {}
 
     def lookup(self, model: str | None) -> Price | None:
@@ -165,6 +155,15 @@ class PriceTable:
 
 
 @dataclass(slots=True)
+class UsageSettings:
+    """The ``plugins: usage:`` block, as written (see the module docstring)."""
+
+    prices: dict[str, PriceSetting] | None = None
+    default_prices: bool = True
+    request_stream_usage: bool = True
+
+
+@dataclass(slots=True)
 class Settings:
     prices: PriceTable
     request_stream_usage: bool = True
@@ -174,33 +173,22 @@ class Settings:
 _settings: dict[int, tuple[Config, Settings]] = {}
 
 
-def load_settings(config: Config) -> Settings:
+def load_settings(config: Config, settings: PluginSettings | None = None) -> Settings:
     """Validate ``plugins.usage`` into :class:`Settings`.
 
     Raises:
-        ConfigError: an unknown key or a malformed price.
+        ConfigError: an unknown key or a malformed price, naming the file and the key.
     """
-    raw = config.plugin_settings(NAME)
-    unknown = set(raw) - {"prices", "default_prices", "request_stream_usage"}
-    if unknown:
-        raise ConfigError(
-            f"plugins.usage.{sorted(unknown)[0]}: unknown key (expected prices, default_prices, request_stream_usage)"
-        )
-    prices = raw.get("prices") or {}
-    if not isinstance(prices, dict):
-        raise ConfigError("plugins.usage.prices: expected a mapping of model glob to prices")
-    return Settings(
-        PriceTable(prices, defaults=_flag(raw.get("default_prices", True), "default_prices")),
-        _flag(raw.get("request_stream_usage", True), "request_stream_usage"),
-    )
-
-
-def _flag(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise ConfigError(f"plugins.usage.{key}: expected true or false, got {value!r}")
+    if settings is None:
+        settings = PluginSettings(NAME, config.plugin_settings(NAME), config.path)
+    loaded = settings.load(UsageSettings)
+    prices = loaded.prices or {}
+    for pattern, price in prices.items():
+        for key in _PRICE_FIELDS:
+            value = getattr(price, key)
+            if value is not None and value < 0:
+                raise settings.error(f"prices.{pattern}.{key}", f"must not be negative, got {value}")
+    return Settings(PriceTable(prices, defaults=loaded.default_prices), loaded.request_stream_usage)
 
 
 def settings_for(config: Config | None) -> Settings:
@@ -219,8 +207,9 @@ def settings_for(config: Config | None) -> Settings:
 
 
 @hookimpl
-def ccproxy_startup(app: Any, config: Config) -> None:
-    _settings[id(config)] = (config, load_settings(config))
+def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
+    """Check ``plugins: usage:`` while the app is built (a bad price stops start-up)."""
+    _settings[id(config)] = (config, load_settings(config, settings))
 
 
 @hookimpl

@@ -151,6 +151,7 @@ class Scenario:
     echo: bool = _opt("x-mock-echo", _flag, False)  # answer with the request as JSON
     unknown_event: bool = _opt("x-mock-unknown-event", _flag, False)  # Anthropic future_event
     fixed_ids: bool = _opt("x-mock-fixed-ids", _flag, False)  # ids, timestamps: byte-stable bodies
+    interleave: bool = _opt("x-mock-interleave", _flag, False)  # OpenAI: parallel tool calls' pieces alternate
 
     @classmethod
     def from_headers(cls, headers: Iterable[tuple[str, str]]) -> Scenario:
@@ -744,16 +745,21 @@ class _OpenAI(_Dialect):
         has_text = any(isinstance(b, _Text) for b in blocks)
         events = [chunk({"role": "assistant", "content": "" if has_text else None, "refusal": None})]
         tool_index = 0
+        calls: list[list[_Event]] = []  # per tool call, its fragments
         for block in blocks:
             if isinstance(block, _Text):
                 events += [chunk({"content": p}) for p in block.pieces]
             elif isinstance(block, _Tool):
                 first = {"index": tool_index, **self._tool_call(block)}
                 first["function"] = {**first["function"], "arguments": ""}
-                events.append(chunk({"tool_calls": [first]}))
-                events += [chunk({"tool_calls": [{"index": tool_index, "function": {"arguments": p}}]})
-                           for p in block.pieces]
+                calls.append([chunk({"tool_calls": [first]})])
+                calls[-1] += [chunk({"tool_calls": [{"index": tool_index, "function": {"arguments": p}}]})
+                              for p in block.pieces]
                 tool_index += 1
+        if sc.interleave:  # the first fragment of every call, then the second of each, ... (valid OpenAI)
+            events += [c[i] for i in range(max(map(len, calls), default=0)) for c in calls if i < len(c)]
+        else:
+            events += [fragment for call in calls for fragment in call]
         if sc.inband_error:
             return [*events[:2], (None, self.error(500, "The server had an error while processing "
                                                         "your request. Sorry about that!"))]

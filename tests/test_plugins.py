@@ -90,7 +90,7 @@ def test_first_party_plugins_load_through_entry_points(make_proxy, mock):
         assert listed[name]["distribution"] == "ccproxy", listed[name]
         assert listed[name]["version"] and listed[name]["enabled"] is True
     assert "ccproxy_request_headers" in listed["providers"]["hooks"]
-    assert listed["demo"]["hooks"] == ["ccproxy_upstream_transport"]
+    assert listed["demo"]["hooks"] == ["ccproxy_configure", "ccproxy_upstream_transport"]
 
 
 def test_plugins_route_lists_distribution_version_hooks_and_disabled(make_proxy, mock):

@@ -12,6 +12,7 @@ from typing import Any
 
 from ccproxy_core import ANTHROPIC, OPENAI, PluginSettings
 from ccproxy_core.hookspecs import hookimpl
+from plugins.usage import settings_for as usage_settings
 
 from . import mappings
 from .adapters import (
@@ -25,6 +26,7 @@ from .base import PLUGIN_NAME, ResponseAdapter, Settings
 from .headers import add_client_headers
 from .requests import anthropic_to_openai, openai_to_anthropic
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from .synthesize import StreamSynthesizer, stream_adapter
 
 __all__ = [
     "AnthropicToOpenAIStream",
@@ -35,6 +37,7 @@ __all__ = [
     "ModelRenameStreamAdapter",
     "ResponseAdapter",
     "Settings",
+    "StreamSynthesizer",
     "anthropic_to_openai",
     "openai_to_anthropic",
 ]
@@ -54,6 +57,10 @@ def ccproxy_configure(settings: PluginSettings) -> None:
 def ccproxy_request_adapter(ctx: Any, body: dict[str, Any]) -> dict[str, Any] | None:
     """Convert the body between dialects; None when there is nothing to translate.
 
+    The upstream is asked to stream when ``ctx.upstream_stream`` (the client asked and the
+    provider streams); an OpenAI upstream is then asked for the usage chunk unless
+    ``plugins.usage.request_stream_usage`` is false.
+
     Top-level fields the upstream has no use for are listed in
     ``ctx.state["translate"]["ignored_fields"]``.
     """
@@ -61,7 +68,10 @@ def ccproxy_request_adapter(ctx: Any, body: dict[str, Any]) -> dict[str, Any] | 
     if convert is None:
         return None
     ignored: list[str] = []
-    out = convert(body, model=ctx.model, settings=Settings.of(ctx), ignored=ignored)
+    options: dict[str, Any] = {"stream": ctx.upstream_stream}
+    if ctx.upstream_stream and ctx.upstream_dialect == OPENAI:
+        options["stream_usage"] = usage_settings(ctx.config).request_stream_usage
+    out = convert(body, model=ctx.model, settings=Settings.of(ctx), ignored=ignored, **options)
     if ignored:
         ctx.state.setdefault(PLUGIN_NAME, {})["ignored_fields"] = ignored
         log.debug("request %s: ignored fields %s", ctx.request_id, ", ".join(ignored))
@@ -85,8 +95,10 @@ def ccproxy_request_headers(ctx: Any, headers: dict[str, str]) -> None:
 
 @hookimpl
 def ccproxy_response_adapter(ctx: Any) -> ResponseAdapter | None:
-    """The adapter for a translated response or for an aliased model; else None."""
-    return choose_adapter(ctx, Settings.of(ctx))
+    """The adapter for a stream made from a JSON answer (``supports_streaming: false``), for a
+    translated response or for an aliased model; else None."""
+    settings = Settings.of(ctx)
+    return stream_adapter(ctx, settings) or choose_adapter(ctx, settings)
 
 
 @hookimpl

@@ -20,6 +20,8 @@ from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 __all__ = [
     "BufferedAdapter",
+    "upstream_json",
+    "stream_translator",
     "JSONResponseAdapter",
     "ErrorResponseAdapter",
     "ModelRenameJSONAdapter",
@@ -68,15 +70,25 @@ class JSONResponseAdapter(BufferedAdapter):
         self._convert = convert
 
     def convert(self, body: bytes) -> bytes:
-        try:
-            payload = loads(body)
-        except (ValueError, RecursionError):
-            payload = None
-        if not isinstance(payload, dict):
-            raise UpstreamProtocolError("the upstream's response body is not a JSON object")
-        if payload.get("error") is not None or payload.get("type") == "error":
-            raise stream_error(self._upstream, payload)
-        return dumps(self._convert(payload)).encode()
+        return dumps(self._convert(upstream_json(self._upstream, body))).encode()
+
+
+def upstream_json(upstream_dialect: str, body: bytes) -> dict[str, Any]:
+    """A successful upstream JSON body as an object.
+
+    Raises:
+        UpstreamProtocolError: the body is not a JSON object.
+        ProxyError: the body is an error payload (some compatible servers send one under 2xx).
+    """
+    try:
+        payload = loads(body)
+    except (ValueError, RecursionError):
+        payload = None
+    if not isinstance(payload, dict):
+        raise UpstreamProtocolError("the upstream's response body is not a JSON object")
+    if payload.get("error") is not None or payload.get("type") == "error":
+        raise stream_error(upstream_dialect, payload)
+    return payload
 
 
 class ErrorResponseAdapter(BufferedAdapter):
@@ -157,6 +169,21 @@ def _is_stream(ctx: Any) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
+def client_wants_usage(ctx: Any) -> bool:
+    """The OpenAI client asked for the usage chunk (``stream_options.include_usage``)."""
+    options = (ctx.body or {}).get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def stream_translator(ctx: Any, settings: Settings) -> AnthropicToOpenAIStream | OpenAIToAnthropicStream:
+    """The translator of an upstream stream into the client's dialect (the dialects differ)."""
+    model = ctx.model_requested or ctx.model
+    if ctx.upstream_dialect == ANTHROPIC:
+        thinking = settings.thinking == "reasoning_content"
+        return AnthropicToOpenAIStream(model=model, include_usage=client_wants_usage(ctx), thinking=thinking)
+    return OpenAIToAnthropicStream(model=model)
+
+
 def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
     """The adapter for this response, or None to pass the bytes through.
 
@@ -173,18 +200,13 @@ def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
         return ModelRenameJSONAdapter(requested)
 
     model = requested or ctx.model
-    thinking = settings.thinking == "reasoning_content"
     if status >= 400:
         ctx.status = client_status(upstream, status)
         ctx.response_headers["content-type"] = JSON_CONTENT_TYPE
         return ErrorResponseAdapter(upstream, client, status)
     if _is_stream(ctx):
         ctx.response_headers["content-type"] = SSE_CONTENT_TYPE
-        if upstream == ANTHROPIC:
-            options = (ctx.body or {}).get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            return AnthropicToOpenAIStream(model=model, include_usage=include_usage, thinking=thinking)
-        return OpenAIToAnthropicStream(model=model)
+        return stream_translator(ctx, settings)
     ctx.response_headers["content-type"] = JSON_CONTENT_TYPE
     if upstream == ANTHROPIC:
         return JSONResponseAdapter(upstream, partial(anthropic_message_to_openai, model=model, settings=settings))

@@ -381,8 +381,13 @@ def _string_list(value: Any, path: str) -> list[str]:
     return [expect_str(item, path, i) for i, item in enumerate(expect_list(value, path, default=()))]
 
 
-def openai_to_anthropic(body: Body, *, model: str | None, settings: Settings, ignored: list[str]) -> Body:
+def openai_to_anthropic(
+    body: Body, *, model: str | None, settings: Settings, ignored: list[str], stream: bool | None = None
+) -> Body:
     """An OpenAI Chat Completions request -> an Anthropic Messages request.
+
+    ``stream``: whether the upstream is asked to stream (``ctx.upstream_stream``); None
+    copies the client's ``stream``.
 
     Raises:
         InvalidRequest: for fields of the wrong type and for content or options
@@ -462,7 +467,7 @@ def openai_to_anthropic(body: Body, *, model: str | None, settings: Settings, ig
     options = expect_dict(body.get("stream_options"), "stream_options", default={})
     # read by the response adapter
     expect_bool(options.get("include_usage"), "stream_options.include_usage", default=None)
-    if body.get("stream"):
+    if body.get("stream") if stream is None else stream:
         out["stream"] = True
     return out
 
@@ -690,8 +695,21 @@ def _reasoning_effort(body: Body, config: dict[str, Any]) -> str | None:
     return m.effort_for_budget(budget) if budget is not None else None
 
 
-def anthropic_to_openai(body: Body, *, model: str | None, settings: Settings, ignored: list[str]) -> Body:
+def anthropic_to_openai(
+    body: Body,
+    *,
+    model: str | None,
+    settings: Settings,
+    ignored: list[str],
+    stream: bool | None = None,
+    stream_usage: bool = True,
+) -> Body:
     """An Anthropic Messages request -> an OpenAI Chat Completions request.
+
+    ``stream``: whether the upstream is asked to stream (``ctx.upstream_stream``); None
+    copies the client's ``stream``. A streamed request asks for the usage chunk
+    (``stream_options.include_usage``: Anthropic clients need usage) unless ``stream_usage``
+    is False (``usage.request_stream_usage: false``, for servers that refuse ``stream_options``).
 
     Raises:
         InvalidRequest: for fields of the wrong type and for content or options
@@ -761,7 +779,8 @@ def anthropic_to_openai(body: Body, *, model: str | None, settings: Settings, ig
             out["parallel_tool_calls"] = False
     elif choice not in (None, "auto", "none"):
         raise InvalidRequest("tool_choice needs tools")
-    if body.get("stream"):
+    if body.get("stream") if stream is None else stream:
         out["stream"] = True
-        out["stream_options"] = {"include_usage": True}  # Anthropic clients need usage
+        if stream_usage:
+            out["stream_options"] = {"include_usage": True}  # Anthropic clients need usage
     return out

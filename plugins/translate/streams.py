@@ -8,7 +8,7 @@ input is ignored.
 Errors the upstream reports in the stream become the client's in-band error frame.
 Failures of the stream itself raise :class:`UpstreamProtocolError`, which the core
 turns into an error event in the client's dialect and a visibly broken connection:
-an event that is not JSON, tool-call fragments an Anthropic stream cannot carry, and
+an event that is not JSON, tool-call arguments that go on after a complete JSON object, and
 a body that ends before the stream's proper end (``finish`` on a stream without
 ``message_delta``/``message_stop``, or without a finish reason/``[DONE]``). Client
 bytes translated from the same read as the failure are not sent.
@@ -253,20 +253,54 @@ _ANTHROPIC_EVENTS = frozenset(
 )
 
 
+class _Block:
+    """One Anthropic content block being built: text, thinking or a tool call."""
+
+    __slots__ = ("kind", "parts", "id", "given_id", "name", "index", "done")
+
+    def __init__(self, kind: str, *, id: str | None = None, given_id: str | None = None, name: str = "") -> None:
+        self.kind = kind
+        #: Held text, or a tool call's argument pieces (kept to see when its JSON is complete).
+        self.parts: list[str] = []
+        self.id, self.given_id, self.name = id, given_id, name
+        self.index: int | None = None  # the block index, once started
+        self.done = False  # a tool call whose arguments are a complete JSON object
+
+    def complete(self) -> bool:
+        """For a tool call: its arguments so far are a whole JSON object (so no piece can follow)."""
+        if not self.done and self.parts and self.parts[-1].rstrip().endswith("}"):
+            try:
+                self.done = isinstance(loads("".join(self.parts)), dict)
+            except ValueError:
+                pass
+        return self.done
+
+
 class OpenAIToAnthropicStream(_StreamTranslator):
     """OpenAI ``chat.completion.chunk`` frames -> Anthropic Messages events.
 
     ``message_start`` comes with the first chunk (``usage.input_tokens`` is 0 unless
     that chunk already carries usage: OpenAI reports usage at the end). Reasoning
     (``reasoning_content`` or ``reasoning``), text and each tool call become content
-    blocks in arrival order, each stopped before the next starts; tool-call
-    arguments stream as ``input_json_delta``. ``message_delta`` (stop reason and the
-    final usage, input tokens included) and ``message_stop`` wait for ``[DONE]`` or the
-    end of the body, so a usage chunk after the finish reason is counted. An in-band
-    ``{"error": …}`` frame becomes ``event: error`` and ends the stream.
+    blocks in arrival order, one open at a time, each stopped before the next starts;
+    tool-call arguments stream as ``input_json_delta``.
+
+    Parallel tool calls whose argument pieces interleave (valid OpenAI: pieces carry
+    the call's ``index``) cannot stream side by side in Anthropic's one-block-at-a-time
+    order, so the open call streams and whatever arrives for a later block (another
+    call, text) is held until the open call's arguments form a complete JSON object,
+    or until the finish reason; held blocks are then sent in arrival order, each whole
+    (one delta), the last one left open to go on streaming. Calls sent one after the
+    other (OpenAI's own order) all stream as they come.
+
+    ``message_delta`` (stop reason and the final usage, input tokens included) and
+    ``message_stop`` wait for ``[DONE]`` or the end of the body, so a usage chunk after
+    the finish reason is counted. An in-band ``{"error": …}`` frame becomes
+    ``event: error`` and ends the stream.
     """
 
-    __slots__ = ("_model", "_started", "_block", "_kind", "_next", "_calls", "_finish", "_usage", "_refused")
+    __slots__ = ("_model", "_started", "_open", "_held", "_next", "_calls", "_has_calls", "_finish", "_usage",
+                 "_refused")
 
     upstream_dialect = OPENAI
     client_dialect = ANTHROPIC
@@ -275,10 +309,11 @@ class OpenAIToAnthropicStream(_StreamTranslator):
         super().__init__()
         self._model = model
         self._started = False
-        self._block: int | None = None  # index of the open content block
-        self._kind: str | None = None  # "text", "thinking" or "tool"
+        self._open: _Block | None = None  # the block being streamed
+        self._held: list[_Block] = []  # blocks waiting for the open one to end, in arrival order
         self._next = 0
-        self._calls: dict[int, tuple[int, str | None]] = {}  # OpenAI tool-call index -> (block index, call id)
+        self._calls: dict[int, _Block] = {}  # OpenAI tool-call index -> its current call
+        self._has_calls = False
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
         self._refused = False
@@ -307,21 +342,75 @@ class OpenAIToAnthropicStream(_StreamTranslator):
         }
         self._emit("message_start", {"type": "message_start", "message": message}, out)
 
+    # -- blocks ---------------------------------------------------------------------------
+
     def _close(self, out: list[bytes]) -> None:
-        if self._block is not None:
-            self._emit("content_block_stop", {"type": "content_block_stop", "index": self._block}, out)
-            self._block = self._kind = None
+        if self._open is not None:
+            self._emit("content_block_stop", {"type": "content_block_stop", "index": self._open.index}, out)
+            self._open = None
 
-    def _open(self, kind: str, block: dict[str, Any], out: list[bytes]) -> int:
+    def _begin(self, block: _Block, out: list[bytes]) -> None:
+        """Close the open block and start ``block``, with what it holds as its first delta."""
         self._close(out)
-        index = self._block = self._next
-        self._kind = kind
+        block.index = self._next
         self._next += 1
-        self._emit("content_block_start", {"type": "content_block_start", "index": index, "content_block": block}, out)
-        return index
+        self._open = block
+        if block.kind == "tool":
+            shell: dict[str, Any] = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+        elif block.kind == "text":
+            shell = {"type": "text", "text": ""}
+        else:
+            shell = {"type": "thinking", "thinking": "", "signature": ""}
+        self._emit("content_block_start", {"type": "content_block_start", "index": block.index, "content_block": shell},
+                   out)
+        if block.parts:
+            self._delta(block, "".join(block.parts), out)
+            if block.kind != "tool":
+                block.parts = []
 
-    def _block_delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
-        self._emit("content_block_delta", {"type": "content_block_delta", "index": self._block, "delta": delta}, out)
+    def _delta(self, block: _Block, piece: str, out: list[bytes]) -> None:
+        if block.kind == "tool":
+            delta = {"type": "input_json_delta", "partial_json": piece}
+        elif block.kind == "text":
+            delta = {"type": "text_delta", "text": piece}
+        else:
+            delta = {"type": "thinking_delta", "thinking": piece}
+        self._emit("content_block_delta", {"type": "content_block_delta", "index": block.index, "delta": delta}, out)
+
+    def _must_hold(self) -> bool:
+        """True when a new block cannot start yet: blocks are held, or the open tool call may go on."""
+        open_ = self._open
+        return bool(self._held) or (open_ is not None and open_.kind == "tool" and not open_.complete())
+
+    def _release(self, out: list[bytes], *, final: bool) -> None:
+        """Start the held blocks in order: all of them, closed (``final``), or up to the first one that may
+        still grow (it stays open)."""
+        self._close(out)
+        while self._held:
+            block = self._held.pop(0)
+            self._begin(block, out)
+            if not final and not (self._held and block.kind == "tool" and block.complete()):
+                return
+        self._close(out)
+
+    def _text(self, kind: str, text: str, out: list[bytes]) -> None:
+        """A piece of text or thinking: to the open block of that kind, or a new block (held if need be)."""
+        open_ = self._open
+        if open_ is not None and open_.kind == kind:
+            self._delta(open_, text, out)
+        elif self._must_hold():
+            last = self._held[-1] if self._held else None
+            if last is None or last.kind != kind:
+                last = _Block(kind)
+                self._held.append(last)
+            last.parts.append(text)
+        else:
+            block = _Block(kind)
+            block.parts.append(text)
+            self._begin(block, out)
+            block.parts = []
+
+    # -- events ---------------------------------------------------------------------------
 
     def _on_event(self, event: SSEEvent, out: list[bytes]) -> None:
         data = event.data
@@ -353,17 +442,13 @@ class OpenAIToAnthropicStream(_StreamTranslator):
         delta = choice.get("delta") or {}
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
-            if self._kind != "thinking":
-                self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
-            self._block_delta({"type": "thinking_delta", "thinking": reasoning}, out)
+            self._text("thinking", reasoning, out)
         for key in ("content", "refusal"):
             text = delta.get(key)
             if isinstance(text, str) and text:
                 if key == "refusal":
                     self._refused = True
-                if self._kind != "text":
-                    self._open("text", {"type": "text", "text": ""}, out)
-                self._block_delta({"type": "text_delta", "text": text}, out)
+                self._text("text", text, out)
         calls = delta.get("tool_calls")
         if not calls and delta.get("function_call"):  # legacy functions: one call, index 0
             calls = [{"index": 0, "function": delta["function_call"]}]
@@ -373,29 +458,41 @@ class OpenAIToAnthropicStream(_StreamTranslator):
                 return
         if choice.get("finish_reason"):
             self._finish = choice["finish_reason"]
-            self._close(out)
+            self._release(out, final=True)
 
     def _on_tool_call(self, call: dict[str, Any], position: int, out: list[bytes]) -> None:
         """A tool-call fragment: a new call (unseen ``index``, or a new ``id`` at a seen one,
-        as servers that omit ``index`` send) opens a block; others continue the open one."""
+        as servers that omit ``index`` send) opens a block or is held; others continue their call."""
         index = call.get("index", position)
         call_id = call.get("id")
         fn = call.get("function") or {}
         known = self._calls.get(index)
-        if known is None or (call_id and known[1] and call_id != known[1]):
-            block = {"type": "tool_use", "id": call_id or new_tool_id(), "name": fn.get("name") or "", "input": {}}
-            self._calls[index] = (self._open("tool", block, out), call_id)
-        elif self._block != known[0]:
-            self._malformed("interleaves the arguments of parallel tool calls, which an Anthropic stream cannot carry")
+        if known is None or (call_id and known.given_id and call_id != known.given_id):
+            if known is not None:
+                known.done = True  # its index was reused: nothing more can come for it
+            known = self._calls[index] = _Block("tool", id=call_id or new_tool_id(), given_id=call_id,
+                                                name=fn.get("name") or "")
+            self._has_calls = True
+            if self._must_hold():
+                self._held.append(known)
+            else:
+                self._begin(known, out)
         arguments = fn.get("arguments")
-        if arguments:
-            self._block_delta({"type": "input_json_delta", "partial_json": arguments}, out)
+        if not arguments:
+            return
+        known.parts.append(arguments)
+        if known is self._open:
+            self._delta(known, arguments, out)
+            if self._held and known.complete():
+                self._release(out, final=False)
+        elif known.index is not None and arguments.strip():
+            self._malformed("sends more arguments for a tool call whose arguments were already a complete JSON object")
 
     def _end(self, out: list[bytes]) -> None:
         if not self._started:
             self._start({}, out)
-        self._close(out)
-        reason = stop_reason(self._finish, has_tools=bool(self._calls), refused=self._refused)
+        self._release(out, final=True)
+        reason = stop_reason(self._finish, has_tools=self._has_calls, refused=self._refused)
         usage = openai_usage_to_anthropic(self._usage)
         delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage}
         self._emit("message_delta", delta, out)

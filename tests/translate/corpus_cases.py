@@ -59,6 +59,7 @@ CASES = [
     Case("openai_text", "openai_text"),
     Case("openai_tool_calls", "openai_tool_calls"),
     Case("openai_parallel_tool_calls", "openai_parallel_tool_calls"),
+    Case("openai_interleaved_tool_calls", "openai_interleaved_tool_calls"),
     Case("openai_include_usage", "openai_include_usage"),
     Case("openai_error", "openai_error"),
     Case("openai_reasoning_content", "openai_reasoning_content"),

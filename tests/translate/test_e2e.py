@@ -72,6 +72,25 @@ def test_anthropic_client_streams_from_openai_upstream(proxy: ProxyThread, scena
     assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
 
 
+@pytest.mark.parametrize("scenario", [{}, {"split": "1"}])
+def test_anthropic_client_gets_interleaved_parallel_tool_calls(proxy: ProxyThread, scenario: dict[str, str]) -> None:
+    """An OpenAI upstream alternating the argument pieces of two calls: both reach the client whole."""
+    client = anthropic_client(proxy, **mock_headers(content="parallel_tools", interleave="1", **scenario))
+    with client.messages.stream(model=GPT, max_tokens=100, messages=HI) as stream:
+        events = list(stream)
+        message = stream.get_final_message()
+    assert message.stop_reason == "tool_use"
+    assert [(b.type, b.id, b.input) for b in message.content] == [
+        ("tool_use", "call_01A09q90qw90lq917835lq9", {"location": "San Francisco, CA", "unit": "celsius"}),
+        ("tool_use", "call_01B77e21rt45kx553390wz2", {"location": "Tokyo, Japan", "unit": "celsius"}),
+    ]
+    blocks = [(e.type, e.index) for e in events if e.type.startswith("content_block_") and e.type != "content_block_delta"]
+    assert blocks == [("content_block_start", 0), ("content_block_stop", 0), ("content_block_start", 1),
+                      ("content_block_stop", 1)]
+    deltas = [e.index for e in events if e.type == "content_block_delta"]
+    assert deltas == sorted(deltas) and deltas.count(0) > 1  # the first call streamed piece by piece
+
+
 def test_anthropic_client_json_from_openai_upstream(proxy: ProxyThread) -> None:
     message = anthropic_client(proxy).messages.create(model=GPT, max_tokens=100, messages=HI)
     assert message.content[0].type == "text" and message.content[0].text
@@ -107,6 +126,20 @@ def test_stream_asks_openai_upstream_for_usage(proxy: ProxyThread, upstream: Any
     body = upstream.requests[-1].json()
     assert body["stream_options"] == {"include_usage": True}
     assert upstream.requests[-1].header("anthropic-version") is None
+
+
+@pytest.mark.parametrize("ask", [True, False])
+def test_request_stream_usage_setting_governs_translated_requests_too(mock: Any, upstream: Any, ask: bool) -> None:
+    config = provider_config(mock.url, plugins={"usage": {"request_stream_usage": ask}})
+    with ProxyThread(config) as server:
+        with anthropic_client(server).messages.stream(model=GPT, max_tokens=10, messages=HI) as stream:
+            message = stream.get_final_message()
+    body = upstream.requests[-1].json()
+    assert body["stream"] is True
+    if ask:
+        assert body["stream_options"] == {"include_usage": True} and message.usage.output_tokens > 0
+    else:
+        assert "stream_options" not in body and message.content[0].text  # no usage chunk, the answer is whole
 
 
 def test_upstream_errors_reach_clients_in_their_dialect(proxy: ProxyThread) -> None:

@@ -446,6 +446,19 @@ def test_a2o_sampling_stop_user() -> None:
     assert (out["temperature"], out["top_p"], out["stop"], out["user"]) == (0.2, 0.8, ["\n\nHuman:"], "u")
 
 
+def test_the_upstream_streams_only_when_asked_to() -> None:
+    """``stream`` is ``ctx.upstream_stream`` (a provider with ``supports_streaming: false`` gets JSON)."""
+    client = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    for out in (
+        anthropic_to_openai(client, model="g", settings=DEFAULT, ignored=[], stream=False),
+        openai_to_anthropic({**client, "stream_options": {"include_usage": True}}, model="c", settings=DEFAULT,
+                            ignored=[], stream=False),
+    ):
+        assert "stream" not in out and "stream_options" not in out
+    out = anthropic_to_openai(client, model="g", settings=DEFAULT, ignored=[], stream=True, stream_usage=False)
+    assert out["stream"] is True and "stream_options" not in out
+
+
 def test_a2o_stream_always_asks_for_usage() -> None:
     out = to_openai({"stream": True})
     assert out["stream"] is True and out["stream_options"] == {"include_usage": True}

@@ -273,6 +273,15 @@ def test_anthropic_sdk_parallel_tool_calls() -> None:
     assert message.usage.input_tokens == 95
 
 
+def test_anthropic_sdk_interleaved_parallel_tool_calls() -> None:
+    message = anthropic_final_message("openai_interleaved_tool_calls")
+    assert message.stop_reason == "tool_use"
+    assert [(b.type, b.id, b.name, b.input) for b in message.content] == [
+        ("tool_use", "call_Int0aaaaaaaaaaaaaaaaaaaa", "get_weather", {"location": "Tokyo"}),
+        ("tool_use", "call_Int1bbbbbbbbbbbbbbbbbbbb", "get_time", {"timezone": "Europe/Zürich"}),
+    ]
+
+
 def test_anthropic_sdk_usage_from_final_message_delta() -> None:
     message = anthropic_final_message("openai_include_usage")
     assert message.usage.input_tokens == 86
@@ -399,17 +408,115 @@ def test_openrouter_style_in_band_error_with_numeric_code() -> None:
     assert adapter.feed(b"data: [DONE]\n\n") == b"" and adapter.finish() == b""
 
 
-def test_interleaved_tool_call_fragments_are_an_error_not_garbage() -> None:
-    def chunk(delta: dict) -> bytes:
-        return b"data: " + json.dumps({"id": "c", "choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
+def _chunks(*deltas: dict, finish: str | None = "tool_calls") -> bytes:
+    frames = [{"id": "c", "choices": [{"index": 0, "delta": delta}]} for delta in deltas]
+    if finish:
+        frames.append({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    return b"".join(b"data: " + json.dumps(f).encode() + b"\n\n" for f in frames) + b"data: [DONE]\n\n"
 
+
+def _call(index: int, arguments: str, id: str | None = None, name: str | None = None) -> dict:
+    fragment: dict = {"index": index, "function": {"arguments": arguments}}
+    if id:
+        fragment["id"], fragment["type"], fragment["function"]["name"] = id, "function", name
+    return {"tool_calls": [fragment]}
+
+
+def _blocks(out: bytes) -> list[tuple]:
+    """(event type, block index, what it carries) for the content-block events of an Anthropic stream."""
+    events = [json.loads(e.data) for e in SSEParser().feed(out)]
+    rows = []
+    for e in events:
+        if e["type"] == "content_block_start":
+            rows.append(("start", e["index"], e["content_block"].get("id") or e["content_block"]["type"]))
+        elif e["type"] == "content_block_delta":
+            d = e["delta"]
+            rows.append(("delta", e["index"], d.get("partial_json", d.get("text"))))
+        elif e["type"] == "content_block_stop":
+            rows.append(("stop", e["index"], None))
+    return rows
+
+
+def test_interleaved_parallel_tool_calls_hold_the_later_call_until_the_first_is_complete() -> None:
+    out = OpenAIToAnthropicStream(model=MODEL).feed(_chunks(
+        _call(0, "", "a", "f"),
+        _call(1, "", "b", "g"),
+        _call(0, '{"x":'),
+        _call(1, '{"y":'),
+        _call(0, " 1}"),  # a is complete here: b is released and streams on
+        _call(1, " 2}"),
+    ))
+    assert _blocks(out) == [
+        ("start", 0, "a"), ("delta", 0, '{"x":'), ("delta", 0, " 1}"), ("stop", 0, None),
+        ("start", 1, "b"), ("delta", 1, '{"y":'), ("delta", 1, " 2}"), ("stop", 1, None),
+    ]
+
+
+def test_text_and_calls_arriving_inside_an_open_call_are_held_in_order() -> None:
+    out = OpenAIToAnthropicStream(model=MODEL).feed(_chunks(
+        _call(0, '{"x":', "a", "f"),
+        _call(1, '{"y":', "b", "g"),
+        {"content": "note"},
+        _call(2, "{}", "c", "h"),
+        _call(1, "2}"),
+        _call(0, "1}"),  # released: b (complete, closed), the text (left open), c still held
+        {"content": " more"},
+    ))
+    assert _blocks(out) == [
+        ("start", 0, "a"), ("delta", 0, '{"x":'), ("delta", 0, "1}"), ("stop", 0, None),
+        ("start", 1, "b"), ("delta", 1, '{"y":2}'), ("stop", 1, None),
+        ("start", 2, "text"), ("delta", 2, "note"), ("delta", 2, " more"), ("stop", 2, None),
+        ("start", 3, "c"), ("delta", 3, "{}"), ("stop", 3, None),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_interleaving_of_parallel_calls_and_text_gives_a_valid_stream_with_every_input(data: st.DataObject) -> None:
+    """Calls (and text) cut into random pieces and merged in any order that keeps each one's own order."""
+    n = data.draw(st.integers(1, 4))
+    inputs = [data.draw(st.dictionaries(st.sampled_from("abc"), st.integers() | st.text(max_size=5), max_size=3))
+              for _ in range(n)]
+    streams: list[list[dict]] = []
+    for i, value in enumerate(inputs):
+        text = json.dumps(value)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=4)))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        streams.append([_call(i, pieces[0], f"id{i}", f"f{i}"), *(_call(i, p) for p in pieces[1:])])
+    texts = data.draw(st.lists(st.sampled_from(["x", "yz"]), max_size=3))
+    streams.append([{"content": t} for t in texts])
+    merged: list[dict] = []
+    while any(streams):
+        merged.append(data.draw(st.sampled_from([s for s in streams if s])).pop(0))
+    out = OpenAIToAnthropicStream(model=MODEL).feed(_chunks(*merged))
+    rows = _blocks(out)
+    open_block, seen, args, kinds = None, [], {}, {}
+    for kind, index, value in rows:  # one block at a time, indexes 0, 1, … in order
+        if kind == "start":
+            assert open_block is None and index == len(seen)
+            open_block = index
+            seen.append(index)
+            kinds[index] = value
+        elif kind == "delta":
+            assert index == open_block
+            args[index] = args.get(index, "") + value
+        else:
+            assert index == open_block
+            open_block = None
+    assert open_block is None
+    calls = {kinds[i]: json.loads(args.get(i) or "{}") for i in seen if kinds[i] != "text"}
+    assert calls == {f"id{i}": value for i, value in enumerate(inputs)}
+    assert "".join(args.get(i, "") for i in seen if kinds[i] == "text") == "".join(texts)
+
+
+def test_arguments_after_a_complete_json_object_are_an_error() -> None:
     adapter = OpenAIToAnthropicStream(model=MODEL)
-    adapter.feed(
-        chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}]})
-        + chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{"}}]})
-    )
-    with pytest.raises(UpstreamProtocolError, match="interleaves"):
-        adapter.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}))
+    adapter.feed(_chunks(_call(0, "{}", "a", "f"), _call(1, "{", "b", "g"), finish=None).rsplit(b"data: [DONE]", 1)[0])
+    assert adapter.feed(b"data: " + json.dumps({"id": "c", "choices": [{"index": 0, "delta": _call(0, " ")}]}).encode()
+                        + b"\n\n") == b""  # whitespace after the object: harmless
+    with pytest.raises(UpstreamProtocolError, match="complete JSON object"):
+        adapter.feed(b"data: " + json.dumps({"id": "c", "choices": [{"index": 0, "delta": _call(0, "x")}]}).encode()
+                     + b"\n\n")
 
 
 def test_whole_tool_calls_without_index_each_get_a_block() -> None:
