@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from .errors import UpstreamProtocolError
 
-__all__ = ["PIECE", "RATIO_ALLOWANCE", "BodyDecoder", "decoded", "decoder_for"]
+__all__ = ["PIECE", "RATIO_ALLOWANCE", "BodyDecoder", "decodable_accept_encoding", "decoded", "decoder_for"]
 
 #: Largest decoded piece produced at once, in bytes.
 PIECE = 64 * 1024
@@ -96,6 +96,27 @@ def decoder_for(content_encoding: str, max_ratio: int) -> BodyDecoder | None:
     if encoding != "identity" and encoding not in _WBITS:
         return None
     return BodyDecoder(encoding, max_ratio)
+
+
+_DECODABLE = frozenset({*_WBITS, "identity"})
+_ACCEPTED: dict[str, str] = {}
+
+
+def decodable_accept_encoding(value: str) -> str:
+    """The client's ``accept-encoding`` narrowed to the codings this module decodes.
+
+    Sent upstream when the proxy may read the body, so that an upstream never answers
+    in a coding (``br``, ``zstd``) the proxy would have to refuse; q-values are kept,
+    ``*`` is dropped, and ``identity`` is what remains when nothing else does.
+    """
+    narrowed = _ACCEPTED.get(value)
+    if narrowed is None:
+        kept = [part.strip() for part in value.split(",") if part.split(";", 1)[0].strip().lower() in _DECODABLE]
+        narrowed = ", ".join(kept) or "identity"
+        if len(_ACCEPTED) >= 256:  # the values come from clients: bound the cache
+            _ACCEPTED.clear()
+        _ACCEPTED[value] = narrowed
+    return narrowed
 
 
 async def decoded(chunks: AsyncIterator[bytes], decoder: BodyDecoder) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from sanic import Request
 
 from .config import Config, ProviderConfig
 from .context import RequestContext
+from .decoding import decodable_accept_encoding
 from .dialects import UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import request_headers, request_id
@@ -51,6 +52,10 @@ class Proxy:
         self.handler = StreamingHandler(plugins, retries=config.retries, limits=config.limits)
         self._adapter_wanted = plugins.implemented("ccproxy_response_adapter")
         self._body_hooks = plugins.implemented("ccproxy_request_body")
+        #: Something may read (and so decode) response bodies: offer upstreams only codings we decode.
+        self._reads_bodies = bool(
+            self._adapter_wanted or self.handler.event_hooks or self.handler.body_hooks
+        )
 
     def context(self, request: Request, dialect: str) -> RequestContext:
         """A new context for ``request``; its id is seeded by the client's ``x-request-id`` when sane."""
@@ -191,6 +196,8 @@ class Proxy:
         if request.query_string and not ctx.translated:
             url += "?" + request.query_string
         headers = request_headers(request.headers.items())
+        if self._reads_bodies and "accept-encoding" in headers:
+            headers["accept-encoding"] = decodable_accept_encoding(headers["accept-encoding"])
         headers.update(provider.headers)
         headers.setdefault("content-type", "application/json")
         await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)

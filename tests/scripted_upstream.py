@@ -47,6 +47,8 @@ class ScriptedUpstream:
         self.script = list(script or [])
         self.arrivals: list[float] = []
         self.paths: list[str] = []
+        #: Each request's head as received (request line and headers).
+        self.heads: list[bytes] = []
         self.open = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -69,6 +71,7 @@ class ScriptedUpstream:
             await reader.readexactly(length)
             self.arrivals.append(time.monotonic())
             self.paths.append(head.split(b" ", 2)[1].decode("latin-1"))
+            self.heads.append(head)
             answer = self.script.pop(0) if self.script else Answer()
             writer.write(answer.encode())
             await writer.drain()

@@ -331,6 +331,35 @@ def test_undecodable_coding_passes_through_when_only_observers_read():
     assert translated[0] == 502 and "content-encoding" in error_message("openai", translated[2])
 
 
+def _accept_encoding(head: bytes) -> str | None:
+    found = re.search(rb"(?im)^accept-encoding:\s*(.*?)\r$", head)
+    return found.group(1).decode() if found else None
+
+
+@pytest.mark.parametrize(
+    ("offered", "sent"),
+    [("gzip, deflate, br, zstd", "gzip, deflate"), ("br;q=1.0, gzip;q=0.5", "gzip;q=0.5"), ("br", "identity")],
+)
+def test_upstreams_are_offered_only_codings_the_proxy_can_decode(offered, sent):
+    """Claude Code offers br and zstd; an upstream answering in one would be a 502 once a plugin
+    reads the body (the usage plugin does by default), so only what decoding.py bounds is offered."""
+    with ScriptedUpstream() as up, ProxyThread(config(up.url)) as proxy:
+        for dialect in ("anthropic", "openai"):  # same dialect and translated
+            path, body = claude_request(dialect, stream=False)
+            with httpx.Client(timeout=30) as client:
+                response = client.post(proxy.url + path, json=body, headers={"accept-encoding": offered})
+            assert response.status_code == 200
+    assert [_accept_encoding(head) for head in up.heads] == [sent, sent]
+
+
+def test_codings_pass_as_offered_when_nothing_reads_bodies():
+    with ScriptedUpstream() as up, ProxyThread(config(up.url), entry_points=False) as proxy:
+        path, body = claude_request("anthropic", stream=False)
+        with httpx.Client(timeout=30) as client:
+            assert client.post(proxy.url + path, json=body, headers={"accept-encoding": "br, zstd"}).status_code == 200
+    assert _accept_encoding(up.heads[0]) == "br, zstd"
+
+
 # -- SSE event limits --------------------------------------------------------------------------------
 
 
