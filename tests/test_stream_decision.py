@@ -80,7 +80,8 @@ def test_no_stream_provider_gets_a_json_request(make_proxy, upstream, path, body
     server = make_proxy(_config(upstream.url, supports_streaming=False), plugins=[("seen", seen)])
     sent = {**body, "stream": True, "stream_options": {"include_usage": True}}
     r = httpx.post(server.url + path, json=sent, timeout=10)
-    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    # The upstream is asked for JSON; the translate plugin turns its answer into the stream the client asked for.
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     upstream_body = upstream.upstream.requests[-1].json()
     assert upstream_body["stream"] is False and "stream_options" not in upstream_body
     assert seen.bodies == [(True, False, False)]  # the body hooks already see the upstream's request
