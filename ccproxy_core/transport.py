@@ -528,20 +528,6 @@ class _TunnelProtocol(asyncio.Protocol):
         elif len(self._buf) > 65536 and not self.head.done():
             self.head.set_exception(httpx.ProxyError("Proxy response head too large."))
 
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._fail(httpx.RemoteProtocolError("Unexpected protocol upgrade in the response."), exc)
-        except httptools.HttpParserError as exc:
-            ours = exc.__context__
-            if self.complete:
-                self.keep_alive = False  # trailing bytes after a complete message
-            elif isinstance(ours, httpx.RemoteProtocolError):
-                self._fail(ours, None)  # a callback refused the head (a limit, a status)
-            else:
-                self._fail(httpx.RemoteProtocolError(f"Malformed HTTP response: {exc}"), exc)
-
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
         if not self.head.done():
             err = httpx.ProxyError("Proxy closed the connection during CONNECT.")
