@@ -394,6 +394,16 @@ def _check(config: Config, key_variables: dict[str, list[str]] | None = None) ->
             f"limits.max_header_bytes: must be between 1024 and {MAX_HEADER_CEILING} (Sanic's ceiling), "
             f"got {config.limits.max_header_bytes}"
         )
+    limits = config.limits
+    for key, low, what in (
+        ("head_timeout", 0.001, "a positive number of seconds"),
+        ("body_timeout", 0.001, "a positive number of seconds"),
+        ("max_model_length", 1, "at least 1"),
+        ("max_response_head_bytes", 1024, "at least 1024"),
+        ("max_response_headers", 1, "at least 1"),
+    ):
+        if getattr(limits, key) < low:
+            raise ConfigError(f"limits.{key}: must be {what}, got {getattr(limits, key)}")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

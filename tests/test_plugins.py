@@ -902,7 +902,8 @@ def test_no_ccproxy_stream_chunk_implementation_means_no_plugin_call_per_chunk(s
     r = post(server.url, ANTHROPIC_BODY, {"x-mock-events": "20", "x-mock-delay": "2"})
     assert r.status_code == 200 and r.content.count(b"event: content_block_delta") == 20
     ctx = ends.last()
-    assert ctx.chunks_sent >= 20 and ctx.outcome == "completed"
+    # Events, not chunks: under load the kernel may hand two of the mock's writes over in one read.
+    assert ctx.events_sent >= 20 and ctx.chunks_sent >= 1 and ctx.outcome == "completed"
     assert "ccproxy_stream_chunk" not in notified and "ccproxy_stream_event" not in notified
     assert notified.count("ccproxy_stream_end") == 1
 

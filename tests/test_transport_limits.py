@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from ccproxy_core.transport import FastTransport, ResponseHeadTooLarge
+from tests.socket_upstream import SocketUpstream
 from tests.servers import ProxyThread
 
 BODY = b'{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}'
@@ -34,59 +35,30 @@ def many(n: int) -> bytes:
     return b"".join(b"x-h%d: v\r\n" % i for i in range(n))
 
 
-class RawUpstream:
+class RawUpstream(SocketUpstream):
     """Answers every request with ``payload``; with ``hold`` it sends ``payload`` and then waits
     (connection open) until :attr:`release` is set, recording whether the proxy hung up first."""
 
     def __init__(self, payload: bytes, hold: bool = False) -> None:
+        super().__init__()
         self.payload = payload
         self.hold = hold
         self.release = threading.Event()
         self.hung_up_early: list[bool] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
 
-    def __enter__(self) -> RawUpstream:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self.release.set()
-        self._sock.close()
 
-    def _accept(self) -> None:
-        while True:
+    def serve(self, conn: socket.socket, number: int) -> None:
+        if self.read_request(conn) is None:
+            return
+        conn.sendall(self.payload)
+        if self.hold:
+            conn.settimeout(10)
             try:
-                conn, _ = self._sock.accept()
+                self.hung_up_early.append(conn.recv(1) == b"" and not self.release.is_set())
             except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head_, _, rest = buf.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1]) for line in head_.split(b"\r\n") if line.lower().startswith(b"content-length:")
-            )
-            while len(rest) < length:
-                rest += conn.recv(65536)
-            conn.sendall(self.payload)
-            if self.hold:
-                conn.settimeout(10)
-                try:
-                    self.hung_up_early.append(conn.recv(1) == b"" and not self.release.is_set())
-                except OSError:
-                    self.hung_up_early.append(not self.release.is_set())
-        except OSError:
-            pass
-        finally:
-            conn.close()
+                self.hung_up_early.append(not self.release.is_set())
 
 
 def config(url: str, transport: str = "fast") -> dict[str, Any]:

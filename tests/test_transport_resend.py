@@ -20,6 +20,7 @@ import pytest
 
 from ccproxy_core import hookimpl
 from ccproxy_core.transport import FastTransport
+from tests.socket_upstream import SocketUpstream
 from tests.servers import ProxyThread
 
 try:
@@ -34,7 +35,7 @@ OK = b'{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[
 OK_RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (len(OK), OK)
 
 
-class KeepAliveUpstream:
+class KeepAliveUpstream(SocketUpstream):
     """A keep-alive HTTP/1.1 upstream in a thread, answering from a script of actions.
 
     Each request pops an action: ``"ok"`` (answer 200, keep the connection), ``"close"``
@@ -44,57 +45,26 @@ class KeepAliveUpstream:
     """
 
     def __init__(self, script: list[str]) -> None:
+        super().__init__()
         self.script = list(script)
         self.requests: list[tuple[int, bytes]] = []
         self.close_idle = threading.Event()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._conns = 0
-        self._threads: list[threading.Thread] = []
 
-    def __enter__(self) -> KeepAliveUpstream:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._sock.close()
+    def stop(self) -> None:
         self.close_idle.set()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self._conns += 1
-            threading.Thread(target=self._serve, args=(conn, self._conns), daemon=True).start()
-
-    def _serve(self, conn: socket.socket, number: int) -> None:
+    def serve(self, conn: socket.socket, number: int) -> None:
         buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-                )
-                while len(buf) < length:
-                    buf += conn.recv(65536)
-                body, buf = buf[:length], buf[length:]
-                self.requests.append((number, body))
-                action = self.script.pop(0) if self.script else "ok"
-                if action == "close":
-                    return
-                conn.sendall(OK_RESPONSE)
-                if action == "ok-then-close":
-                    self.close_idle.wait(10)
-                    return
-        finally:
-            conn.close()
+        while (request := self.read_request(conn, buf)) is not None:
+            _, body, buf = request
+            self.requests.append((number, body))
+            action = self.script.pop(0) if self.script else "ok"
+            if action == "close":
+                return
+            conn.sendall(OK_RESPONSE)
+            if action == "ok-then-close":
+                self.close_idle.wait(10)
+                return
 
 
 class Attempts:

@@ -21,6 +21,7 @@ from ccproxy_core import create_app
 from ccproxy_core.config import ProviderConfig, build_config
 from ccproxy_core.errors import ConfigError
 from ccproxy_core.server import default_transport
+from tests.socket_upstream import SocketUpstream
 from tests.servers import ProxyThread
 from tests.test_transport import PROXY_VARS, tls_cert  # noqa: F401 (a fixture)
 
@@ -35,62 +36,36 @@ def _clean_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-class Upstream:
+class Upstream(SocketUpstream):
     """A keep-alive upstream in a thread (TLS when given a context). ``gate`` holds answers
-    until set; ``connections`` counts accepted connections, ``eofs`` the ones the client closed."""
+    until set; ``connections`` counts connections (after their TLS handshake), ``eofs`` the
+    ones the client closed."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__()
         self.tls = tls
         self.gate = threading.Event()
         self.gate.set()
         self.connections = 0
         self.eofs = 0
         self.requests: list[bytes] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> Upstream:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self.gate.set()
-        self._sock.close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, number: int) -> None:
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)
         try:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
             self.connections += 1
             buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        self.eofs += 1
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = next(
-                    (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
-                )
-                while len(buf) < length:
-                    buf += conn.recv(65536)
+            while (request := self.read_request(conn, buf)) is not None:
+                head, _, buf = request
                 self.requests.append(head.split(b"\r\n", 1)[0])
-                buf = buf[length:]
                 self.gate.wait(10)
                 conn.sendall(OK)
-        except (OSError, ssl.SSLError):
-            pass
+            self.eofs += 1
         finally:
             conn.close()
 
