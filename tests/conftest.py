@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.mock_upstream import MockUpstreamThread
-from tests.servers import ProxyThread, provider_config
+from tests.servers import ProxyThread, provider_config, reserved_port
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +44,10 @@ def make_proxy(mock: MockUpstreamThread) -> Iterator[Any]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def sanic_port() -> Iterator[int]:
+    """A port held for a ``sanic`` subprocess until the test ends (see :func:`tests.servers.reserved_port`)."""
+    with reserved_port() as port:
+        yield port

@@ -478,18 +478,12 @@ def test_health_ready_503_until_started_then_provider_results(mock, tmp_path):
 # -- several workers ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_metrics_add_up_across_worker_processes(mock, tmp_path):
+def test_metrics_add_up_across_worker_processes(mock, tmp_path, sanic_port):
     """``sanic app.app --workers 3``: whichever worker answers /metrics reports all workers' requests."""
     log = tmp_path / "access.log"
     config = make_config(mock.url, log)
     (tmp_path / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
-    port = _free_port()
+    port = sanic_port
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")}
     env["CCPROXY_CONFIG"] = str(tmp_path / "config.yaml")
