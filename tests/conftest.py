@@ -19,7 +19,14 @@ def mock() -> Iterator[MockUpstreamThread]:
 
 @pytest.fixture
 def upstream(mock: MockUpstreamThread) -> MockUpstreamThread:
-    """The session's mock with fresh statistics."""
+    """The session's mock with fresh statistics.
+
+    The counters are zeroed once no response of an earlier test is still being written: the mock
+    counts a response's end (say, the disconnect of a proxy that timed out) on its own thread, and
+    on a loaded machine that can come after the test that caused it returned; zeroed before it,
+    the count would land in this test's statistics.
+    """
+    assert mock.wait_for(lambda m: m.active_streams == 0), "a response of an earlier test never ended"
     mock.reset_stats()
     return mock
 
