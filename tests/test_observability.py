@@ -496,10 +496,14 @@ def test_metrics_add_up_across_worker_processes(mock, tmp_path, sanic_port):
         cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
     )
     try:
+        # All three workers up, not just the one that answers first: a SIGINT while a worker still
+        # boots leaves Sanic's main process hung or failing (a Sanic limit), and on a loaded machine
+        # the last worker can still be booting when the requests below are done.
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                booted = (tmp_path / "server.out").read_text().count("Worker ready") == 3
+                if booted and httpx.get(url + "/health/ready", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
