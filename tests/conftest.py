@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.mock_upstream import MockUpstreamThread
-from tests.servers import ProxyThread, provider_config
+from tests.servers import ProxyThread, provider_config, reserved_port
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,14 @@ def mock() -> Iterator[MockUpstreamThread]:
 
 @pytest.fixture
 def upstream(mock: MockUpstreamThread) -> MockUpstreamThread:
-    """The session's mock with fresh statistics."""
+    """The session's mock with fresh statistics.
+
+    The counters are zeroed once no response of an earlier test is still being written: the mock
+    counts a response's end (say, the disconnect of a proxy that timed out) on its own thread, and
+    on a loaded machine that can come after the test that caused it returned; zeroed before it,
+    the count would land in this test's statistics.
+    """
+    assert mock.wait_for(lambda m: m.active_streams == 0), "a response of an earlier test never ended"
     mock.reset_stats()
     return mock
 
@@ -44,3 +51,10 @@ def make_proxy(mock: MockUpstreamThread) -> Iterator[Any]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def sanic_port() -> Iterator[int]:
+    """A port held for a ``sanic`` subprocess until the test ends (see :func:`tests.servers.reserved_port`)."""
+    with reserved_port() as port:
+        yield port

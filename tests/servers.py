@@ -6,7 +6,8 @@ import asyncio
 import importlib.metadata
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,26 @@ def read_all(sock: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A TCP port nobody else can take until the block ends, for a server started in a subprocess.
+
+    A port found free and closed again (``bind(0)``, ``close``) is free only for that instant:
+    the kernel hands the same ephemeral range to every ``bind(0)`` and outgoing connection on
+    the machine, so under load another process can hold it by the time the subprocess binds it.
+    This socket keeps the port bound (on every address, not listening) with ``SO_REUSEADDR``:
+    other binds and outgoing connections fail to get it, while a server that also sets
+    ``SO_REUSEADDR`` (Sanic does) binds and listens on it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("0.0.0.0", 0))
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
 
 
 class ProxyThread:

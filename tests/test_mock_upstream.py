@@ -178,19 +178,25 @@ def test_openai_usage_chunk_only_when_asked(mock: MockUpstreamThread, include_us
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_events_arrive_separately_spaced_by_delay(mock: MockUpstreamThread, dialect: str) -> None:
+    """The mock sleeps ``delay`` before each event, so event k cannot arrive before (k+1) delays.
+
+    Measured from before the request is sent: a loaded machine can only make events arrive
+    later (several in one read, gaps between reads shrinking to nothing), never earlier, so the
+    bound holds under any load and fails for a mock that sends events together or early.
+    """
     delay = 0.05
     path, body = DIALECTS[dialect]
     arrivals: list[float] = []
     with httpx.Client(timeout=10) as client:
+        sent = time.monotonic()
         with client.stream("POST", mock.url + path, json={**body, "stream": True},
                            headers={"x-mock-delay": "50", "x-mock-events": "2"}) as response:
-            start = time.monotonic()
             for piece in response.iter_raw():
-                arrivals += [time.monotonic()] * piece.count(b"\n\n")
+                arrivals += [time.monotonic() - sent] * piece.count(b"\n\n")
     expected = 8 if dialect == "anthropic" else 5
     assert len(arrivals) == expected
-    gaps = [b - a for a, b in zip([start, *arrivals], arrivals)]
-    assert min(gaps) > delay * 0.7, gaps
+    early = [(k, at) for k, at in enumerate(arrivals) if at < (k + 1) * delay]
+    assert not early, arrivals
 
 
 def test_keep_alive_and_request_bodies(mock: MockUpstreamThread) -> None:

@@ -478,18 +478,12 @@ def test_health_ready_503_until_started_then_provider_results(mock, tmp_path):
 # -- several workers ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_metrics_add_up_across_worker_processes(mock, tmp_path):
+def test_metrics_add_up_across_worker_processes(mock, tmp_path, sanic_port):
     """``sanic app.app --workers 3``: whichever worker answers /metrics reports all workers' requests."""
     log = tmp_path / "access.log"
     config = make_config(mock.url, log)
     (tmp_path / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
-    port = _free_port()
+    port = sanic_port
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")}
     env["CCPROXY_CONFIG"] = str(tmp_path / "config.yaml")
@@ -502,10 +496,14 @@ def test_metrics_add_up_across_worker_processes(mock, tmp_path):
         cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
     )
     try:
+        # All three workers up, not just the one that answers first: a SIGINT while a worker still
+        # boots leaves Sanic's main process hung or failing (a Sanic limit), and on a loaded machine
+        # the last worker can still be booting when the requests below are done.
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                booted = (tmp_path / "server.out").read_text().count("Worker ready") == 3
+                if booted and httpx.get(url + "/health/ready", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

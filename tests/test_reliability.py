@@ -191,18 +191,13 @@ def _write_config(tmp_path: Path, data: dict) -> str:
     return str(path)
 
 
-def _free_port() -> int:
-    return closed_port()
-
-
-def test_sanic_refuses_public_bind_without_keys(tmp_path, mock):
-    """A real ``sanic app.app --host 0.0.0.0`` with no keys stops before it listens."""
+def test_sanic_refuses_public_bind_without_keys(tmp_path, mock, sanic_port):
+    """A real ``sanic app.app --host 0.0.0.0`` with no keys stops before it serves (Sanic binds first)."""
     config = provider_config(mock.url)
     path = _write_config(tmp_path, config)
-    port = _free_port()
     env = {**os.environ, "CCPROXY_CONFIG": path}
     proc = subprocess.run(
-        [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "0.0.0.0", "--port", str(port), "--single-process"],
+        [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "0.0.0.0", "--port", str(sanic_port), "--single-process"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
     )
     output = proc.stdout + proc.stderr
@@ -657,13 +652,13 @@ def own_mock():
         yield upstream
 
 
-def test_sigterm_drains_then_ends_streams_and_closes_upstreams(tmp_path, own_mock):
+def test_sigterm_drains_then_ends_streams_and_closes_upstreams(tmp_path, own_mock, sanic_port):
     """A real ``sanic app.app`` process: SIGTERM stops accepting, lets short streams finish,
     ends long ones with an error event after ``shutdown_grace``, and leaves no upstream open."""
     mock = own_mock
     config = provider_config(mock.url, shutdown_grace=1.5)
     path = _write_config(tmp_path, config)
-    port = _free_port()
+    port = sanic_port
     env = {**os.environ, "CCPROXY_CONFIG": path, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "127.0.0.1", "--port", str(port), "--single-process"],
