@@ -17,6 +17,7 @@ import pytest
 
 from plugins import translate
 from tests.servers import ProxyThread, provider_config
+from tests.translate.test_e2e import streamed_tool_calls
 
 CLAUDE = "claude-sonnet-4-5"
 GPT = "gpt-4o"
@@ -68,12 +69,7 @@ def test_openai_stream_true(proxy, upstream, model, content):
     _upstream_asked_json(upstream)
     assert len({c.id for c in chunks}) == 1
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in chunks:
-        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
-            entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
-            entry["name"] += call.function.name or ""
-            entry["arguments"] += call.function.arguments or ""
+    calls = streamed_tool_calls(chunks)
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     if content == "text":
         assert text and finish == ["stop"]

@@ -135,16 +135,22 @@ def run(loop: str, coro: Any) -> None:
         runner.run(asyncio.wait_for(coro, 10))
 
 
+async def one_pooled_connection(url: str) -> tuple[FastTransport, Any]:
+    """A transport whose pool holds one idle connection (after a request ``one``), and that connection."""
+    t = FastTransport(trust_env=False)
+    r = await t.handle_async_request(httpx.Request("POST", url, content=b"one"))
+    await r.aread()
+    (idle,) = [conn for dq in t._idle.values() for conn in dq]
+    return t, idle
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_idle_connection_closed_by_upstream_is_detected_before_writing(loop: str) -> None:
     """The FIN is in the kernel but the loop has not delivered it: the readability poll sees it."""
     with KeepAliveUpstream(["ok-then-close", "ok"]) as upstream:
 
         async def main() -> None:
-            t = FastTransport(trust_env=False)
-            r = await t.handle_async_request(httpx.Request("POST", upstream.url, content=b"one"))
-            await r.aread()
-            (idle,) = [conn for dq in t._idle.values() for conn in dq]
+            t, idle = await one_pooled_connection(upstream.url)
             fd = idle.transport.get_extra_info("socket").fileno()
             upstream.close_idle.set()
             # Block (without yielding to the loop) until the upstream's FIN is readable.
@@ -164,10 +170,7 @@ def test_write_refused_at_once_on_a_pooled_connection_is_resent_on_a_new_one(loo
     with KeepAliveUpstream(["ok-then-close", "ok"]) as upstream:
 
         async def main() -> None:
-            t = FastTransport(trust_env=False)
-            r = await t.handle_async_request(httpx.Request("POST", upstream.url, content=b"one"))
-            await r.aread()
-            (idle,) = [conn for dq in t._idle.values() for conn in dq]
+            t, idle = await one_pooled_connection(upstream.url)
             # Our side can no longer send; the peer does not know, so nothing becomes readable.
             dup = socket.socket(fileno=os.dup(idle.transport.get_extra_info("socket").fileno()))
             dup.shutdown(socket.SHUT_WR)

@@ -33,6 +33,17 @@ def anthropic_client(proxy: ProxyThread, **headers: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(api_key="proxy-key", base_url=proxy.url, max_retries=0, default_headers=headers)
 
 
+def streamed_tool_calls(chunks: list[Any]) -> dict[int, dict[str, str]]:
+    """The tool calls an OpenAI client assembles from stream chunks: index -> name and arguments."""
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
+            entry["name"] += call.function.name or ""
+            entry["arguments"] += call.function.arguments or ""
+    return calls
+
+
 def mock_headers(**scenario: str) -> dict[str, str]:
     return {f"x-mock-{k.replace('_', '-')}": v for k, v in scenario.items()}
 
@@ -48,12 +59,7 @@ def test_openai_client_streams_from_anthropic_upstream(proxy: ProxyThread, scena
     )
     assert len({c.id for c in chunks}) == 1 and chunks[0].choices[0].delta.role == "assistant"
     assert {c.model for c in chunks} == {CLAUDE}
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in chunks:
-        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
-            entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
-            entry["name"] += call.function.name or ""
-            entry["arguments"] += call.function.arguments or ""
+    calls = streamed_tool_calls(chunks)
     assert len(calls) >= 2 and all(json.loads(c["arguments"]) for c in calls.values())
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finish == ["tool_calls"]
