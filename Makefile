@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install soak bench clean
+.PHONY: run test install fuzz soak bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ run: install
 
 test: install $(BIN)/.example-installed
 	$(BIN)/python -m pytest
+
+# The property tests with fresh random examples on each run (`make test` replays fixed ones).
+# FUZZ_RUNS=n repeats them; a failure prints the example and how to reproduce it.
+FUZZ_RUNS ?= 5
+fuzz: install
+	for i in $$(seq $(FUZZ_RUNS)); do HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -p no:cacheprovider \
+		tests/test_sse.py tests/translate tests/test_fuzz.py || exit 1; done
 
 # Proxy vs direct upstream, side by side (~5 min; BENCH_ARGS=--quick for ~1 min). Not part of `make test`.
 bench: install

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.mock_upstream import MockUpstreamThread
 from tests.servers import ProxyThread, provider_config, reserved_port
+
+# `make test` draws the same examples on every run, so a run passes or fails on the code alone;
+# `make fuzz` (HYPOTHESIS_PROFILE=explore) draws new ones each time, to look for what these miss.
+settings.register_profile("ci",
+                          suppress_health_check=list(HealthCheck))
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

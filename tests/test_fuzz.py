@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.servers import ProxyThread, provider_config, read_all
@@ -137,8 +137,7 @@ def check(method: str, path: str, reply: bytes) -> None:
 def test_fuzz_http_surface(fuzz_proxy, mock, capsys):
     ran = {"cases": 0, "statuses": {}}
 
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=MAX_EXAMPLES)
     @given(request=st.one_of(proxy_requests, proxy_requests, any_requests))
     def case(request: tuple[str, str, list[tuple[str, str]], bytes, bool]) -> None:
         method, path, headers, body, authed = request
@@ -174,13 +173,13 @@ def _send_body(proxy: ProxyThread, mock, body: dict[str, Any], path: str) -> Non
         assert request.header("x-api-key") != KEY and KEY not in (request.header("authorization") or "")
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=150)
 @given(body=request_shaped, path=st.sampled_from(["/v1/messages", "/v1/chat/completions"]))
 def test_fuzz_request_bodies_reach_only_the_configured_upstream(fuzz_proxy, mock, body: dict[str, Any], path: str):
     _send_body(fuzz_proxy, mock, body, path)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=150)
 @given(body=request_shaped, path=st.sampled_from(["/v1/messages", "/v1/chat/completions"]))
 def test_fuzz_translated_request_bodies(translating_proxy, mock, body: dict[str, Any], path: str):
     """The same bodies through the translate plugin (a model of the other dialect)."""

@@ -131,7 +131,7 @@ def _split(raw: bytes, data: st.DataObject) -> list[bytes]:
     return [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(events=_events, newline=st.sampled_from([b"\n", b"\r\n", b"\r"]), data=st.data())
 def test_encode_then_parse_round_trips_under_any_split(
     events: list[SSEEvent], newline: bytes, data: st.DataObject
@@ -139,13 +139,13 @@ def test_encode_then_parse_round_trips_under_any_split(
     assert parse(*_split(_wire(events, newline), data)) == events
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(raw=st.binary(max_size=200), data=st.data())
 def test_arbitrary_bytes_never_crash_and_resplit_identically(raw: bytes, data: st.DataObject) -> None:
     assert parse(*_split(raw, data)) == parse(raw)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(
     lines=st.lists(st.sampled_from([b"data: \xc3\xa9\xf0\x9f\x91\x8b", b"event: e", b": c", b"", b"id: 1", b"data"]), max_size=20),
     newlines=st.lists(st.sampled_from([b"\n", b"\r\n", b"\r"]), min_size=20, max_size=20),
@@ -191,7 +191,7 @@ def _reference(raw: bytes) -> list[SSEEvent]:
     return events
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500)
 @given(
     raw=st.lists(
         st.sampled_from([b"data", b"data:", b"data: x", b"event: e", b":", b" ", b"id: 1", b"retry: 5", b"\r", b"\n", b"\r\n", b"\xc3\xa9", b"\xc3", b"\xef\xbb\xbf", b"\x00"]),

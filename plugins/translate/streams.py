@@ -383,13 +383,16 @@ class OpenAIToAnthropicStream(_StreamTranslator):
         return bool(self._held) or (open_ is not None and open_.kind == "tool" and not open_.complete())
 
     def _release(self, out: list[bytes], *, final: bool) -> None:
-        """Start the held blocks in order: all of them, closed (``final``), or up to the first one that may
-        still grow (it stays open)."""
+        """Start the held blocks in order: all of them, closed (``final``), or up to the last one or the
+        first call whose arguments may still grow (it stays open; the rest stay held).
+
+        A text or thinking block followed by held blocks is closed: what arrives for it later came
+        after them, so it opens a new block rather than moving ahead of them."""
         self._close(out)
         while self._held:
             block = self._held.pop(0)
             self._begin(block, out)
-            if not final and not (self._held and block.kind == "tool" and block.complete()):
+            if not final and (not self._held or (block.kind == "tool" and not block.complete())):
                 return
         self._close(out)
 

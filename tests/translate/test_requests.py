@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccproxy_core.errors import InvalidRequest
@@ -842,7 +842,7 @@ def _dict_or_400(convert: Any, body: dict[str, Any], settings: Settings) -> None
     assert body == before, "the input must not be modified"
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300)
 @given(
     convert=st.sampled_from(CONVERTERS),
     body=st.one_of(random_bodies, mutated([OPENAI_FULL, ANTHROPIC_FULL])),
@@ -852,13 +852,13 @@ def test_random_json_gives_a_dict_or_a_400(convert: Any, body: dict[str, Any], o
     _dict_or_400(convert, body, options)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300)
 @given(body=mutated([OPENAI_FULL]), options=st.sampled_from(SETTINGS))
 def test_mutated_openai_bodies_give_a_dict_or_a_400(body: dict[str, Any], options: Settings) -> None:
     _dict_or_400(openai_to_anthropic, body, options)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300)
 @given(body=mutated([ANTHROPIC_FULL]), options=st.sampled_from(SETTINGS))
 def test_mutated_anthropic_bodies_give_a_dict_or_a_400(body: dict[str, Any], options: Settings) -> None:
     _dict_or_400(anthropic_to_openai, body, options)

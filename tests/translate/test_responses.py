@@ -11,7 +11,7 @@ import httpx2
 import openai
 import pluggy
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccproxy_core import hookspecs
@@ -512,7 +512,7 @@ def test_json_adapter_on_bodies_that_cannot_be_translated(upstream: str, body: d
     assert info.value.message == f"the upstream's response body cannot be translated: {message}"
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300)
 @given(
     upstream=st.sampled_from([ANTHROPIC, OPENAI]),
     body=st.one_of(json_values, mutated([ANTHROPIC_MESSAGE, OPENAI_COMPLETION])),
