@@ -1,4 +1,4 @@
-"""Stream translators: event state machines on :class:`ccproxy_core.sse.SSEParser`.
+"""Stream translators: event state machines on :class:`ccproxy_core.SSEParser`.
 
 Each translator is a :class:`~ccproxy_plugins.translate.base.ResponseAdapter`: ``feed`` takes
 upstream bytes split anywhere and returns client bytes for every event completed so
