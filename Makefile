@@ -7,38 +7,45 @@ PORT ?= 8000
 
 .PHONY: run test install fuzz soak bench clean
 
+# `make run` gets what running needs, `make test` adds the test extras to the same venv.
+# (The uninstall and the rm clear what a checkout made before the rename to ccproxy-core, and
+# before the tests stopped installing their sample plugin, still holds: both add plugins to `make run`.)
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip uninstall --quiet --yes ccproxy ccproxy-example-plugin 2>/dev/null || true
+	rm -rf ccproxy.egg-info
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# A separately packaged third-party plugin; the tests prove it is found through its entry point.
-$(BIN)/.example-installed: $(BIN)/.installed examples/ccproxy-example-plugin/pyproject.toml
-	$(BIN)/python -m pip install --quiet -e examples/ccproxy-example-plugin
-	touch $@
+# What a developer works with: the service and the test extras.
+install: $(BIN)/.installed-test
 
-install: $(BIN)/.installed
-
-run: install
+run: $(BIN)/.installed
 	$(BIN)/sanic app.app --host $(HOST) --port $(PORT) --single-process
 
-test: install $(BIN)/.example-installed
+# The tests' sample third-party plugin (examples/ccproxy-example-plugin) is not installed into
+# .venv: tests/conftest.py installs it into a directory of its own for the test run only.
+test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest
 
 # The property tests with fresh random examples on each run (`make test` replays fixed ones).
 # FUZZ_RUNS=n repeats them; a failure prints the example and how to reproduce it.
 FUZZ_RUNS ?= 5
-fuzz: install
+fuzz: $(BIN)/.installed-test
 	for i in $$(seq $(FUZZ_RUNS)); do HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -p no:cacheprovider \
 		tests/test_sse.py tests/translate tests/test_fuzz.py || exit 1; done
 
 # Proxy vs direct upstream, side by side (~5 min; BENCH_ARGS=--quick for ~1 min). Not part of `make test`.
-bench: install
+bench: $(BIN)/.installed-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # 500 concurrent streams for 60 s through one worker; RSS, fds and tasks must stay flat (~75 s).
-soak: install
+soak: $(BIN)/.installed-test
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:

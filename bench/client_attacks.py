@@ -73,7 +73,7 @@ class Server:
                 "openai": {"format": "openai", "base_url": mock_url + "/v1", "api_key": "sk-oa-x", "models": ["gpt-*"]},
             },
             "limits": {"head_timeout": DEADLINE, "body_timeout": DEADLINE},
-            "plugins": {"auth": {"keys": [KEY]}, "disabled": ["example"],
+            "plugins": {"auth": {"keys": [KEY]},
                         "metrics": {"multiprocess_dir": os.path.join(tmp, "metrics")},
                         "access_log": {"path": os.path.join(tmp, "access.log"), "stderr": False}},
         }

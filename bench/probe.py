@@ -33,7 +33,7 @@ async def _open(app: object) -> dict[str, str]:
         if func is None or "before_server_start" not in event and "server.init.before" not in event:
             continue
         module = getattr(func, "__module__", "") or ""
-        if module.startswith(("ccproxy_core", "plugins", "app")):
+        if module.startswith(("ccproxy_core", "ccproxy_plugins", "app")):
             listeners.append(func)
     for func in listeners:
         result = func(app) if len(inspect.signature(func).parameters) == 1 else func(app, asyncio.get_running_loop())

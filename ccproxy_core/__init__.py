@@ -1,8 +1,30 @@
-"""ccproxy: a streaming LLM gateway for the Anthropic and OpenAI dialects, extended with pluggy."""
+"""ccproxy: a streaming LLM gateway for the Anthropic and OpenAI dialects, extended with pluggy.
 
-from .config import Config, ProviderConfig, Timeouts, load_config
-from .context import ANTHROPIC, OPENAI, Attempt, RequestContext
+The public API is what ``__all__`` lists, importable from ``ccproxy_core`` itself: the hook
+markers, the request context and its constants, the one exception tree, plugin settings, the
+typed configuration, the SSE parser and event, the error shapes of each dialect, and
+:func:`create_app`. Every submodule (``ccproxy_core.streaming``, ``ccproxy_core.config``, ...) is
+internal and may change without notice: plugins, first-party ones included, import only from
+here (``tests/test_packaging.py`` holds ``plugins/``, ``examples/`` and the docs' examples to it).
+
+``import ccproxy_core`` stays cheap (no Sanic, no httpx): :func:`create_app` and
+:class:`ResponseAdapter` load the server side on first use.
+"""
+
+from .config import Config, Limits, ProviderConfig, Timeouts, build_config, load_config
+from .context import (
+    ANTHROPIC,
+    CLIENT_DISCONNECTED,
+    COMPLETED,
+    OPENAI,
+    REJECTED,
+    UPSTREAM_ERROR,
+    Attempt,
+    RequestContext,
+)
+from .dialects import error_body, error_event
 from .errors import (
+    ERROR_KINDS,
     AuthenticationError,
     ConfigError,
     InvalidRequest,
@@ -14,7 +36,9 @@ from .errors import (
     PluginError,
     ProxyError,
     RateLimited,
+    RequestTimeout,
     SendTimeout,
+    UpstreamConfigError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -22,14 +46,34 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .plugins import PluginSettings
+from .sse import SSEEvent, SSEParser, encode_event
 
 __all__ = [
+    # hooks and settings
+    "hookimpl",
+    "hookspec",
+    "PluginSettings",
+    # the request
+    "RequestContext",
+    "Attempt",
     "ANTHROPIC",
     "OPENAI",
-    "Attempt",
-    "AuthenticationError",
-    "Config",
+    "COMPLETED",
+    "CLIENT_DISCONNECTED",
+    "UPSTREAM_ERROR",
+    "REJECTED",
+    # responses and streams
+    "ResponseAdapter",
+    "SSEEvent",
+    "SSEParser",
+    "encode_event",
+    "error_body",
+    "error_event",
+    # errors (ProxyError's kinds; ERROR_KINDS are the values of Attempt.error_kind)
+    "ERROR_KINDS",
     "ConfigError",
+    "ProxyError",
+    "AuthenticationError",
     "InvalidRequest",
     "MethodNotAllowed",
     "NotFound",
@@ -37,28 +81,33 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "PluginError",
-    "PluginSettings",
-    "ProviderConfig",
-    "ProxyError",
     "RateLimited",
+    "RequestTimeout",
     "SendTimeout",
-    "RequestContext",
-    "Timeouts",
+    "UpstreamConfigError",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
     "UpstreamTimeout",
-    "create_app",
-    "hookimpl",
-    "hookspec",
+    # configuration and the app
+    "Config",
+    "Limits",
+    "ProviderConfig",
+    "Timeouts",
+    "build_config",
     "load_config",
+    "create_app",
 ]
 
 
 def __getattr__(name: str):
-    # The server pulls in Sanic; plugins that only need the markers should not pay for it.
+    # The server side pulls in Sanic and httpx; plugins that only need the markers should not pay for it.
     if name == "create_app":
         from .server import create_app
 
         return create_app
-    raise AttributeError(name)
+    if name == "ResponseAdapter":
+        from .streaming import ResponseAdapter
+
+        return ResponseAdapter
+    raise AttributeError(f"module 'ccproxy_core' has no attribute {name!r}")

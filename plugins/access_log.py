@@ -39,11 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from ccproxy_core import hookimpl
-from ccproxy_core.config import Config
-from ccproxy_core.context import RequestContext
-from ccproxy_core.errors import ConfigError
-from ccproxy_core.plugins import PluginSettings
+from ccproxy_core import Config, ConfigError, PluginSettings, RequestContext, hookimpl
 
 NAME = "access_log"
 logger = logging.getLogger("ccproxy.access")

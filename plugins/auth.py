@@ -40,9 +40,7 @@ from typing import Any
 
 from sanic import Request, Sanic
 
-from ccproxy_core import AuthenticationError, ConfigError, PluginSettings, hookimpl
-from ccproxy_core.config import Config
-from ccproxy_core.context import RequestContext
+from ccproxy_core import AuthenticationError, Config, ConfigError, PluginSettings, RequestContext, hookimpl
 
 log = logging.getLogger("ccproxy.auth")
 

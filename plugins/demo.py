@@ -18,8 +18,7 @@ from typing import Any
 
 import httpx
 
-from ccproxy_core import PluginSettings, hookimpl
-from ccproxy_core.config import ProviderConfig
+from ccproxy_core import PluginSettings, ProviderConfig, hookimpl
 
 #: Pause between streamed words, in seconds.
 WORD_DELAY = 0.03

@@ -27,10 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ccproxy_core import hookimpl
-from ccproxy_core.config import Config
-from ccproxy_core.context import UPSTREAM_ERROR, RequestContext
-from ccproxy_core.plugins import PluginSettings
+from ccproxy_core import UPSTREAM_ERROR, Config, PluginSettings, RequestContext, hookimpl
 
 NAME = "health"
 

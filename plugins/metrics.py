@@ -36,11 +36,7 @@ from collections import Counter as CountOf
 from dataclasses import dataclass
 from typing import Any
 
-from ccproxy_core import hookimpl
-from ccproxy_core.config import Config
-from ccproxy_core.context import UPSTREAM_ERROR, RequestContext
-from ccproxy_core.errors import STATUS
-from ccproxy_core.plugins import PluginSettings
+from ccproxy_core import UPSTREAM_ERROR, Config, PluginSettings, RequestContext, hookimpl
 
 NAME = "metrics"
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -267,7 +263,7 @@ class Metrics:
         """One count per failed attempt, by its typed ``error_kind`` (the label values are a fixed set)."""
         last = len(ctx.attempts) - 1
         for i, attempt in enumerate(ctx.attempts):
-            if attempt.error_kind == STATUS:
+            if attempt.error_kind == "status":  # an error status (one of ERROR_KINDS)
                 kind = f"http_{attempt.status}"
             elif attempt.error_kind is not None:
                 kind = attempt.error_kind

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ccproxy_core import PluginSettings, hookimpl
-from ccproxy_core.context import ANTHROPIC, RequestContext
+from ccproxy_core import ANTHROPIC, PluginSettings, RequestContext, hookimpl
 
 #: Sent when the client named no version (curl users); a client's own value is never changed.
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"

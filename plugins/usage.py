@@ -44,10 +44,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ccproxy_core import hookimpl
-from ccproxy_core.config import Config
-from ccproxy_core.context import ANTHROPIC, CLIENT_DISCONNECTED, OPENAI, UPSTREAM_ERROR, RequestContext
-from ccproxy_core.plugins import PluginSettings
+from ccproxy_core import (
+    ANTHROPIC,
+    CLIENT_DISCONNECTED,
+    OPENAI,
+    UPSTREAM_ERROR,
+    Config,
+    PluginSettings,
+    RequestContext,
+    hookimpl,
+)
 
 NAME = "usage"
 

@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.mock_upstream import MockUpstreamThread
-from tests.servers import ProxyThread, provider_config, reserved_port
+from tests.servers import ROOT, ProxyThread, provider_config, reserved_port
+
+EXAMPLE_PLUGIN = ROOT / "examples" / "ccproxy-example-plugin"
+
+
+def example_plugin_site() -> Path:
+    """A directory holding ``examples/ccproxy-example-plugin`` as pip installs it (entry point included).
+
+    The tests prove that a separately installed plugin is found through its entry point; installed
+    into ``.venv`` it would also load in ``make run``, so it goes into a directory of its own
+    (``build/test-site/<hash of its files>``, reused until those change) that only the test run
+    puts on ``sys.path`` and ``PYTHONPATH``.
+    """
+    sources = [EXAMPLE_PLUGIN / "pyproject.toml", *sorted((EXAMPLE_PLUGIN / "ccproxy_example_plugin").rglob("*.py"))]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    site = ROOT / "build" / "test-site" / digest
+    if not site.is_dir():
+        site.parent.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(dir=site.parent))
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+             "--target", str(fresh), str(EXAMPLE_PLUGIN)],
+            check=True, capture_output=True, timeout=120,
+        )
+        try:
+            fresh.rename(site)
+        except OSError:  # another test run made it meanwhile
+            shutil.rmtree(fresh)
+    return site
+
+
+# Before any test imports a plugin: this process and the servers it starts find the example plugin.
+_site = str(example_plugin_site())
+sys.path.insert(0, _site)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_site, os.environ.get("PYTHONPATH")]))
 
 # `make test` draws the same examples on every run, so a run passes or fails on the code alone;
 # `make fuzz` (HYPOTHESIS_PROFILE=explore) draws new ones each time, to look for what these miss.

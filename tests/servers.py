@@ -19,6 +19,8 @@ from ccproxy_core.config import build_config
 Sanic.test_mode = True
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The distribution this repository builds (pyproject.toml); installed plugins of any other are third-party.
+DISTRIBUTION = "ccproxy-core"
 ANTHROPIC_BODY: dict[str, Any] = {
     "model": "claude-sonnet-4-5",
     "max_tokens": 64,
@@ -151,7 +153,7 @@ def only_first_party_plugins(config: dict[str, Any]) -> dict[str, Any]:
     others = [
         ep.name
         for ep in importlib.metadata.entry_points(group="ccproxy")
-        if ep.dist is not None and ep.dist.name != "ccproxy" and ep.name not in settings
+        if ep.dist is not None and ep.dist.name != DISTRIBUTION and ep.name not in settings
     ]
     if not others:
         return config

@@ -24,7 +24,7 @@ from ccproxy_core import PermissionDenied, hookimpl
 from ccproxy_core.config import build_config
 from ccproxy_core.intake import parse_body
 from ccproxy_core.errors import InvalidRequest
-from plugins.metrics import MAX_MODEL_LABELS, OTHER, ModelLabels
+from ccproxy_plugins.metrics import MAX_MODEL_LABELS, OTHER, ModelLabels
 from tests.servers import ANTHROPIC_BODY, PATHS, ROOT, provider_config
 
 KEY = "ccp-client-KEY-bounds-1234567890"

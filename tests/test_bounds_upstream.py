@@ -28,7 +28,7 @@ from ccproxy_core.decoding import PIECE, RATIO_ALLOWANCE, BodyDecoder, decoder_f
 from ccproxy_core.errors import SendTimeout, UpstreamProtocolError
 from ccproxy_core.headers import response_headers
 from ccproxy_core.sse import EventSizeLimit
-from plugins.usage import UsageChunkRemover
+from ccproxy_plugins.usage import UsageChunkRemover
 from tests.mock_upstream import MockUpstreamThread
 from tests.scripted_upstream import ScriptedUpstream
 from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ProxyThread, provider_config

@@ -12,6 +12,7 @@ import pytest
 
 from ccproxy_core import ConfigError, load_config
 from ccproxy_core.config import build_config
+from tests.servers import DISTRIBUTION
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = """
@@ -263,7 +264,7 @@ def test_a_model_of_a_skipped_provider_gets_a_404_naming_the_variable(make_proxy
 
 
 def test_auth_flags_from_the_environment_are_read_as_booleans(monkeypatch):
-    from plugins.auth import settings_of
+    from ccproxy_plugins.auth import settings_of
 
     monkeypatch.setenv("CCPROXY_TEST_PUBLIC", "false")
     config = build_config({"plugins": {"auth": {"allow_public_without_keys": "${CCPROXY_TEST_PUBLIC}"}}})
@@ -273,6 +274,6 @@ def test_auth_flags_from_the_environment_are_read_as_booleans(monkeypatch):
 def test_every_first_party_plugin_has_its_bad_settings_tested():
     import importlib.metadata
 
-    first_party = {ep.name for ep in importlib.metadata.entry_points(group="ccproxy") if ep.dist.name == "ccproxy"}
+    first_party = {ep.name for ep in importlib.metadata.entry_points(group="ccproxy") if ep.dist.name == DISTRIBUTION}
     tested = {settings.split(":", 1)[0] for settings, _ in PLUGIN_MISTAKES}
     assert tested == first_party

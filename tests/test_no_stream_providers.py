@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from plugins import translate
+from ccproxy_plugins import translate
 from tests.servers import ProxyThread, provider_config
 from tests.translate.test_e2e import streamed_tool_calls
 

@@ -553,7 +553,7 @@ def _translate_plugin() -> list[tuple[str, object]]:
 
     if any(ep.name == "translate" for ep in entry_points(group="ccproxy")):
         return []
-    translate = pytest.importorskip("plugins.translate")
+    translate = pytest.importorskip("ccproxy_plugins.translate")
     return [("translate", translate)]
 
 

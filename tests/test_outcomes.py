@@ -64,7 +64,7 @@ def test_one_shot_clients_of_the_bundled_demo(make_proxy, tmp_path, monkeypatch)
     """The bundled config's offline ``demo`` providers (an in-process httpx transport)."""
     import yaml
 
-    monkeypatch.setattr("plugins.demo.WORD_DELAY", 0.0)
+    monkeypatch.setattr("ccproxy_plugins.demo.WORD_DELAY", 0.0)
     log = tmp_path / "access.log"
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["plugins"] = {**(config.get("plugins") or {}), "access_log": {"path": str(log)}}

@@ -32,7 +32,7 @@ from ccproxy_core import (
 )
 from ccproxy_core.config import build_config
 from ccproxy_core.plugins import Plugins
-from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, PATHS, ProxyThread, ROOT, provider_config
+from tests.servers import ANTHROPIC_BODY, DISTRIBUTION, OPENAI_BODY, PATHS, ProxyThread, ROOT, provider_config
 
 
 
@@ -87,7 +87,7 @@ def test_first_party_plugins_load_through_entry_points(make_proxy, mock):
     server = make_proxy(provider_config(mock.url))
     listed = {p["name"]: p for p in httpx.get(server.url + "/plugins").json()}
     for name in ("providers", "demo"):
-        assert listed[name]["distribution"] == "ccproxy", listed[name]
+        assert listed[name]["distribution"] == DISTRIBUTION, listed[name]
         assert listed[name]["version"] and listed[name]["enabled"] is True
     assert "ccproxy_request_headers" in listed["providers"]["hooks"]
     assert listed["demo"]["hooks"] == ["ccproxy_configure", "ccproxy_upstream_transport"]
@@ -98,7 +98,7 @@ def test_plugins_route_lists_distribution_version_hooks_and_disabled(make_proxy,
     config = provider_config(mock.url, plugins={"disabled": ["demo"]})
     server = make_proxy(config, plugins=[("ends", ends)])
     listed = {p["name"]: p for p in httpx.get(server.url + "/plugins").json()}
-    assert listed["demo"]["enabled"] is False and listed["demo"]["distribution"] == "ccproxy"
+    assert listed["demo"]["enabled"] is False and listed["demo"]["distribution"] == DISTRIBUTION
     assert listed["ends"] == {
         "name": "ends",
         "distribution": None,
@@ -918,7 +918,7 @@ def _example_installed() -> bool:
 
 
 def test_example_plugin_is_discovered_configured_from_yaml_and_fires(make_proxy, mock, upstream, monkeypatch, tmp_path):
-    assert _example_installed(), "run `make install`: it installs examples/ccproxy-example-plugin"
+    assert _example_installed(), "tests/conftest.py installs examples/ccproxy-example-plugin for the test run"
     monkeypatch.setenv("EXAMPLE_HEADER", "from-yaml")
     path = tmp_path / "ccproxy.yaml"
     path.write_text(

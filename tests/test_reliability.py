@@ -22,7 +22,7 @@ from ccproxy_core import hookimpl
 from ccproxy_core.config import build_config
 from ccproxy_core.errors import ConfigError
 from ccproxy_core.streaming import retry_after_seconds
-from plugins import auth
+from ccproxy_plugins import auth
 from tests.mock_upstream import MockUpstreamThread
 from tests.scripted_upstream import Answer, ScriptedUpstream
 from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, PATHS, ROOT, provider_config

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ccproxy_core import ANTHROPIC, OPENAI, PluginSettings
-from ccproxy_core.hookspecs import hookimpl
-from plugins.usage import settings_for as usage_settings
+from ccproxy_core import ANTHROPIC, OPENAI, PluginSettings, hookimpl
 
+from ..usage import settings_for as usage_settings
 from . import mappings
 from .adapters import (
     ErrorResponseAdapter,

@@ -8,10 +8,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ccproxy_core.context import ANTHROPIC, OPENAI
-from ccproxy_core.dialects import error_body
-from ccproxy_core.errors import UpstreamProtocolError
-from ccproxy_core.sse import SSEParser, encode_event
+from ccproxy_core import ANTHROPIC, OPENAI, SSEParser, UpstreamProtocolError, encode_event, error_body
 
 from .base import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, ResponseAdapter, Settings, dumps, loads
 from .errors import client_status, stream_error, upstream_error

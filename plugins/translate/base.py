@@ -26,7 +26,7 @@ PLUGIN_NAME: Final = "translate"
 @runtime_checkable
 class ResponseAdapter(Protocol):
     """What the core calls on an adapter returned by ``ccproxy_response_adapter``
-    (structurally the same as ``ccproxy_core.streaming.ResponseAdapter``, without
+    (structurally the same as ``ccproxy_core.ResponseAdapter``, without
     importing the server side).
 
     ``feed`` gets the decoded upstream body in pieces split anywhere and returns the

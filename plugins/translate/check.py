@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
-from ccproxy_core.errors import InvalidRequest
+from ccproxy_core import InvalidRequest
 
 __all__ = [
     "REQUIRED",

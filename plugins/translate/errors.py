@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccproxy_core.context import ANTHROPIC
-from ccproxy_core.errors import ProxyError
+from ccproxy_core import ANTHROPIC, ProxyError
 
 from . import mappings as m
 from .base import loads

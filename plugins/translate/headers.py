@@ -11,7 +11,7 @@ import re
 import time
 from datetime import datetime, timezone
 
-from ccproxy_core.context import ANTHROPIC
+from ccproxy_core import ANTHROPIC
 
 from . import mappings as m
 

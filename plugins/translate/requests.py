@@ -16,7 +16,7 @@ import base64
 import re
 from typing import Any
 
-from ccproxy_core.errors import InvalidRequest
+from ccproxy_core import InvalidRequest
 
 from . import mappings as m
 from .base import Settings, dumps, loads

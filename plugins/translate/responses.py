@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from ccproxy_core.errors import UpstreamProtocolError
+from ccproxy_core import UpstreamProtocolError
 
 from . import mappings as m
 from .base import Settings, dumps, loads

@@ -1,6 +1,6 @@
-"""Stream translators: event state machines on :class:`ccproxy_core.sse.SSEParser`.
+"""Stream translators: event state machines on :class:`ccproxy_core.SSEParser`.
 
-Each translator is a :class:`~plugins.translate.base.ResponseAdapter`: ``feed`` takes
+Each translator is a :class:`~ccproxy_plugins.translate.base.ResponseAdapter`: ``feed`` takes
 upstream bytes split anywhere and returns client bytes for every event completed so
 far; ``finish`` ends the stream. After an error frame or the final event, further
 input is ignored.
@@ -19,10 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any, NoReturn
 
-from ccproxy_core.context import ANTHROPIC, OPENAI
-from ccproxy_core.dialects import error_event
-from ccproxy_core.errors import ProxyError, UpstreamProtocolError
-from ccproxy_core.sse import SSEEvent, SSEParser
+from ccproxy_core import ANTHROPIC, OPENAI, ProxyError, SSEEvent, SSEParser, UpstreamProtocolError, error_event
 
 from . import mappings as m
 from .base import dumps, loads

@@ -42,9 +42,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccproxy_core.config import Limits
-from ccproxy_core.context import ANTHROPIC
-from ccproxy_core.errors import UpstreamProtocolError
+from ccproxy_core import ANTHROPIC, Limits, UpstreamProtocolError
 
 from .adapters import _is_stream, client_wants_usage, stream_translator, upstream_json
 from .base import SSE_CONTENT_TYPE, ResponseAdapter, Settings, dumps

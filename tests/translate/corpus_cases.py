@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from ccproxy_plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 CORPUS = Path(__file__).parent / "corpus"
 CREATED = 1_700_000_000

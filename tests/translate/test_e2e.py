@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from plugins import translate
+from ccproxy_plugins import translate
 from tests.servers import ProxyThread, provider_config
 
 CLAUDE = "claude-sonnet-4-5"

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccproxy_core.errors import InvalidRequest
-from plugins.translate.base import Settings
-from plugins.translate.requests import anthropic_to_openai, openai_to_anthropic
+from ccproxy_plugins.translate.base import Settings
+from ccproxy_plugins.translate.requests import anthropic_to_openai, openai_to_anthropic
 from tests.translate.strategies import json_values, mutated
 
 DEFAULT = Settings()

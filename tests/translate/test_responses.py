@@ -18,22 +18,22 @@ from ccproxy_core import hookspecs
 from ccproxy_core.context import ANTHROPIC, OPENAI, RequestContext
 from ccproxy_core.errors import ConfigError, ProxyError, UpstreamProtocolError
 from ccproxy_core.plugins import PluginSettings
-from plugins import translate
-from plugins.translate.adapters import (
+from ccproxy_plugins import translate
+from ccproxy_plugins.translate.adapters import (
     ErrorResponseAdapter,
     JSONResponseAdapter,
     ModelRenameJSONAdapter,
     ModelRenameStreamAdapter,
 )
-from plugins.translate.base import ResponseAdapter, Settings
-from plugins.translate.headers import add_client_headers, format_duration, parse_duration
-from plugins.translate.responses import (
+from ccproxy_plugins.translate.base import ResponseAdapter, Settings
+from ccproxy_plugins.translate.headers import add_client_headers, format_duration, parse_duration
+from ccproxy_plugins.translate.responses import (
     anthropic_message_to_openai,
     anthropic_usage_to_openai,
     openai_completion_to_anthropic,
     openai_usage_to_anthropic,
 )
-from plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from ccproxy_plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from tests.translate.strategies import json_values, mutated
 
 ANTHROPIC_MESSAGE = {

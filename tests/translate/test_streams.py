@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ccproxy_core.errors import UpstreamProtocolError
 from ccproxy_core.sse import SSEParser
-from plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from ccproxy_plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 from .corpus_cases import CASES, CREATED, MODEL, Case, translate
 

@@ -16,8 +16,8 @@ from ccproxy_core.config import Config, Limits
 from ccproxy_core.context import ANTHROPIC, OPENAI, RequestContext
 from ccproxy_core.errors import ProxyError, UpstreamProtocolError
 from ccproxy_core.sse import SSEParser
-from plugins import translate
-from plugins.translate.synthesize import StreamSynthesizer, stream_adapter
+from ccproxy_plugins import translate
+from ccproxy_plugins.translate.synthesize import StreamSynthesizer, stream_adapter
 
 ANTHROPIC_MESSAGE: dict[str, Any] = {
     "id": "msg_01SynthSynthSynthSynth",

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 from sanic import Request, Sanic, response
 
-from ccproxy_core import PluginSettings, RequestContext, hookimpl
-from ccproxy_core.sse import SSEEvent
+from ccproxy_core import PluginSettings, RequestContext, SSEEvent, hookimpl
 
 __version__ = "0.1.0"
 
