@@ -74,7 +74,6 @@ class ConnectionPool:
                 waiter.set_result(True)
         self._waiters.clear()
 
-
     async def _acquire(self, route: _Route, timeout: float | None) -> _Connection | None:
         """Check out an idle connection (returned) or reserve a slot for a new one (``None``).
 
