@@ -6,6 +6,8 @@ Runs a small keep-alive HTTP/1.1 server (asyncio + httptools) in a child process
 CPU time (user + system) per request. The server's CPU is not counted.
 
 Paths measured:
+  parts    ``await transport.send_parts(method, url, headers, body, timeouts)`` (the proxy's
+           fast path, ``transport.FastPath``: no ``httpx.Request``), read body, aclose
   direct   ``await transport.handle_async_request(httpx.Request(...))``, read body, aclose
   client   ``await httpx.AsyncClient(transport=...).post(...)`` (adds httpx's client layer)
   idle check  FastTransport's check of a pooled connection before reuse, alone (per call)
@@ -81,9 +83,7 @@ def cpu() -> float:
     return time.process_time()
 
 
-async def one_direct(transport: httpx.AsyncBaseTransport, url: str) -> None:
-    req = httpx.Request("POST", url, headers=REQUEST_HEADERS, content=REQUEST_BODY)
-    resp = await transport.handle_async_request(req)
+async def read_body(resp: httpx.Response) -> None:
     try:
         async for _ in resp.stream:  # type: ignore[union-attr]
             pass
@@ -92,12 +92,21 @@ async def one_direct(transport: httpx.AsyncBaseTransport, url: str) -> None:
     assert resp.status_code == 200
 
 
+async def one_direct(transport: httpx.AsyncBaseTransport, url: str) -> None:
+    req = httpx.Request("POST", url, headers=REQUEST_HEADERS, content=REQUEST_BODY)
+    await read_body(await transport.handle_async_request(req))
+
+
+async def one_parts(transport: FastTransport, url: httpx.URL) -> None:
+    await read_body(await transport.send_parts("POST", url, REQUEST_HEADERS, REQUEST_BODY, {}))
+
+
 async def one_client(client: httpx.AsyncClient, url: str) -> None:
     resp = await client.post(url, headers=REQUEST_HEADERS, content=REQUEST_BODY)
     assert resp.status_code == 200 and len(resp.content) == len(BODY)
 
 
-async def measure(call: Any, arg: Any, url: str) -> tuple[float, float]:
+async def measure(call: Any, arg: Any, url: Any) -> tuple[float, float]:
     """Return (CPU µs/request sequential, CPU µs/request at 32 concurrent)."""
     for _ in range(200):  # warm up: connections, caches
         await call(arg, url)
@@ -149,6 +158,8 @@ async def run_all(url: str) -> list[tuple[str, float, float]]:
         ("httpx.AsyncHTTPTransport", lambda: httpx.AsyncHTTPTransport()),
     ):
         transport = factory()
+        if isinstance(transport, FastTransport):
+            rows.append((f"{name} parts", *await measure(one_parts, transport, httpx.URL(url))))
         rows.append((f"{name} direct", *await measure(one_direct, transport, url)))
         if isinstance(transport, FastTransport):
             rows += idle_checks(transport)

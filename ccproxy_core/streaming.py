@@ -57,7 +57,7 @@ from .errors import (
 from .headers import BODY_FRAMING, REQUEST_ID_HEADER, STREAM_HEADERS, response_headers
 from .plugins import Plugins
 from .sse import EventSizeLimit, SSEParser
-from .transport import FastTransport
+from .transport import fast_path
 
 log = logging.getLogger("ccproxy")
 
@@ -350,39 +350,6 @@ def parsed_url(url: str) -> httpx.URL:
     return parsed
 
 
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def _plain_send(transport: FastTransport) -> bool:
-    """True unless a subclass overrides ``handle_async_request`` (then it gets an ``httpx.Request``)."""
-    return type(transport).handle_async_request is FastTransport.handle_async_request
-
-
-def wire_headers(method: str, url: httpx.URL, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
-    """The header lines ``httpx.Request(method, url, headers=headers, content=body)`` sends, in its order.
-
-    ``Host`` (from ``url.netloc``) comes first unless given; ``Content-Length`` is added
-    last for a non-empty body (``0`` after ``Host`` for an empty POST/PUT/PATCH body)
-    unless a framing header is given. Values are ASCII, or the UTF-8 bytes the client
-    sent when a value is not (httpx would refuse it).
-    """
-    try:
-        raw = [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
-    except UnicodeEncodeError:
-        raw = [(k.encode("ascii"), v.encode("utf-8", "surrogateescape")) for k, v in headers.items()]
-    names = headers.keys() if all(k.islower() for k in headers) else {k.lower() for k in headers}
-    has_length = "content-length" in names
-    auto: list[tuple[bytes, bytes]] = []
-    if "host" not in names and url.host:
-        auto.append((b"Host", url.netloc))
-    if body:
-        if not has_length:
-            raw.append((b"Content-Length", str(len(body)).encode("ascii")))
-    elif not has_length and "transfer-encoding" not in names and method in _BODY_METHODS:
-        auto.append((b"Content-Length", b"0"))
-    return auto + raw if auto else raw
-
-
 async def _chain(
     first: UpstreamRequest, rest: AsyncIterable[UpstreamRequest] | None
 ) -> AsyncIterator[UpstreamRequest]:
@@ -393,7 +360,7 @@ async def _chain(
 
 
 def _cancel_safe(attempt: UpstreamRequest) -> bool:
-    """True when the attempt's transport survives a cancelled request or read (FastTransport does).
+    """True when the attempt's transport survives a cancelled request or read (a :class:`~.transport.FastPath` does).
 
     httpcore (httpx's stock transport, and any ``AsyncClient``) cleans up after a
     cancellation with awaits of its own; a second cancellation landing there (a client
@@ -402,7 +369,7 @@ def _cancel_safe(attempt: UpstreamRequest) -> bool:
     and each body read runs in its own task (:func:`_uninterrupted`, :func:`_guarded`),
     which is cancelled at most once.
     """
-    return isinstance(attempt.transport, FastTransport)
+    return fast_path(attempt.transport) is not None
 
 
 async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -781,7 +748,7 @@ class DeferredResponse(ResponseStream):
             headers.append(("content-length", str(len(body))))
         try:
             request: httpx.Request | None = upstream.request
-        except RuntimeError:  # FastTransport.send's responses have none
+        except RuntimeError:  # a fast path's responses may have none
             request = None
         # A stream, not content=: httpx would decode content= at once, without any bound.
         return httpx.Response(upstream.status_code, headers=headers, stream=httpx.ByteStream(body), request=request)
@@ -796,12 +763,11 @@ class DeferredResponse(ResponseStream):
         }
         url = parsed_url(attempt.url)
         transport = attempt.transport
+        send = fast_path(transport)
         try:
-            if isinstance(transport, FastTransport) and _plain_send(transport):
-                # The hot path: the transport writes these parts as they are, no httpx.Request.
-                method = attempt.method.upper()
-                headers = wire_headers(method, url, attempt.headers, attempt.body)
-                response = await transport.send(method, url, headers, attempt.body, limits)
+            if send is not None:
+                # The hot path (transport.FastPath): the transport frames and writes the parts, no httpx.Request.
+                response = await send(attempt.method, url, attempt.headers, attempt.body, limits)
             else:
                 try:
                     request = httpx.Request(
