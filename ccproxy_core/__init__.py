@@ -7,8 +7,8 @@ typed configuration, the SSE parser and event, the error shapes of each dialect,
 internal and may change without notice: plugins, first-party ones included, import only from
 here (``tests/test_packaging.py`` holds ``plugins/``, ``examples/`` and the docs' examples to it).
 
-``import ccproxy_core`` stays cheap (no Sanic, no httpx): :func:`create_app` and
-:class:`ResponseAdapter` load the server side on first use.
+``import ccproxy_core`` stays cheap (no Sanic, no httpx): :func:`create_app`,
+:class:`ResponseAdapter` and the transport names load on first use.
 """
 
 from .config import Config, Limits, ProviderConfig, Timeouts, build_config, load_config
@@ -97,17 +97,25 @@ __all__ = [
     "build_config",
     "load_config",
     "create_app",
+    # transports (the ccproxy_upstream_transport hook)
+    "FastPath",
+    "FastTransport",
 ]
 
 
+# Names whose modules pull in Sanic or httpx: loaded on first use, so plugins that only need the
+# markers do not pay for them.
+_LAZY = {
+    "create_app": ".server",
+    "ResponseAdapter": ".streaming",
+    "FastTransport": ".transport",
+    "FastPath": ".transport",
+}
+
+
 def __getattr__(name: str):
-    # The server side pulls in Sanic and httpx; plugins that only need the markers should not pay for it.
-    if name == "create_app":
-        from .server import create_app
+    if name in _LAZY:
+        from importlib import import_module
 
-        return create_app
-    if name == "ResponseAdapter":
-        from .streaming import ResponseAdapter
-
-        return ResponseAdapter
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'ccproxy_core' has no attribute {name!r}")
