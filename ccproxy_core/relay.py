@@ -101,6 +101,10 @@ class Relay(ResponseStream):
         raise NotImplementedError
 
     async def _relay(self, upstream: httpx.Response, attempt: UpstreamRequest) -> None:
+        """Give the client ``upstream``'s head (as adapters and hooks decide), then its body as it arrives.
+
+        A failure while relaying the body ends the response visibly broken (``_fail_after_head``).
+        """
         ctx = self.ctx
         plugins = self.handler.plugins
         ctx.upstream_status = ctx.status = upstream.status_code
@@ -241,6 +245,7 @@ class Relay(ResponseStream):
         self._done = True
 
     async def _observe_end(self, events: Any, body_parts: list[bytes] | None) -> None:
+        """The last events and the whole body, to their observer hooks."""
         ctx = self.ctx
         plugins = self.handler.plugins
         for event in events:
