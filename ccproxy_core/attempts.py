@@ -71,13 +71,11 @@ class Scheduler:
     """The attempts of one request, made one after the other until one answers usably.
 
     ``first`` is prepared already; ``rest`` prepares the others, one per ``anext``, and
-    raises the :class:`ProxyError` of a route that cannot be prepared. ``end`` is called
-    with a timeout error when the first attempt's ``timeouts.total`` runs out (it ends
-    the whole response, relay included); :attr:`timer` must be cancelled by the caller.
+    raises the :class:`ProxyError` of a route that cannot be prepared.
     """
 
     __slots__ = (
-        "handler", "ctx", "rest", "end", "routes", "tries", "ready_at", "retry", "exhausted", "count",
+        "handler", "ctx", "rest", "routes", "tries", "ready_at", "retry", "exhausted", "count",
         "prepare_error", "last_error", "kept", "kept_buffered", "timer", "deadline",
     )
 
@@ -87,12 +85,10 @@ class Scheduler:
         ctx: RequestContext,
         first: UpstreamRequest,
         rest: AsyncIterator[UpstreamRequest] | None,
-        end: Callable[[ProxyError], object],
     ) -> None:
         self.handler = handler
         self.ctx = ctx
         self.rest = rest
-        self.end = end
         self.routes = [first]  # every attempt prepared so far, in order
         self.tries = [0]  # per route: how often it was sent
         self.ready_at: dict[int, float] = {}  # per failed route: the loop time it may be retried
@@ -107,10 +103,12 @@ class Scheduler:
         self.timer: asyncio.TimerHandle | None = None
         self.deadline: float | None = None  # loop time of the total timeout
 
-    async def run(self) -> tuple[httpx.Response, UpstreamRequest]:
+    async def run(self, end: Callable[[ProxyError], object]) -> tuple[httpx.Response, UpstreamRequest]:
         """Make attempts until one answers usably; return its response (head read) and the attempt.
 
-        When nothing answers usably, the last upstream answer is returned (with its
+        ``end`` is called with a timeout error when the first attempt's ``timeouts.total``
+        runs out (it ends the whole response, relay included); the caller cancels
+        :attr:`timer` when the response is over. When nothing answers usably, the last upstream answer is returned (with its
         ``retry-after``), else the last error is raised. Nothing has been written to the
         client yet.
 
@@ -119,7 +117,7 @@ class Scheduler:
         """
         ctx = self.ctx
         answer: UpstreamRequest | None = None
-        self._arm(self.routes[0].timeouts.total)
+        self._arm(self.routes[0].timeouts.total, end)
         index: int | None = 0
         delay = 0.0
         try:
@@ -151,13 +149,13 @@ class Scheduler:
         await self.handler.plugins.notify("ccproxy_stream_error", ctx=ctx, error=error)
         raise error
 
-    def _arm(self, total: float) -> None:
+    def _arm(self, total: float, end: Callable[[ProxyError], object]) -> None:
         """Start the whole-exchange timer (when the first attempt is made)."""
         loop = asyncio.get_running_loop()
         remaining = max(0.0, total - self.ctx.elapsed())
         self.deadline = loop.time() + remaining
         self.timer = loop.call_later(
-            remaining, self.end,
+            remaining, end,
             UpstreamTimeout(f"the response took longer than {total:g}s", error_kind=TOTAL_TIMEOUT),
         )
 

@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -157,24 +157,20 @@ class StreamingHandler:
         on_headers: HeadersCallback | None = None,
     ) -> DeferredResponse:
         """A deferred response for prepared attempts: ``first``, then ``fallbacks`` as needed."""
-        return DeferredResponse(self, ctx, first, aiter(fallbacks) if fallbacks is not None else None, on_headers)
+        schedule = Scheduler(self, ctx, first, aiter(fallbacks) if fallbacks is not None else None)
+        return DeferredResponse(self, ctx, schedule, on_headers)
 
 
 class DeferredResponse(Relay):
     """A Sanic response that makes the attempts when sent and relays the answer."""
 
-    __slots__ = ("first", "rest", "_task", "_reason")
+    __slots__ = ("schedule", "_task", "_reason")
 
     def __init__(
-        self,
-        handler: StreamingHandler,
-        ctx: RequestContext,
-        first: UpstreamRequest,
-        rest: AsyncIterator[UpstreamRequest] | None,
-        on_headers: HeadersCallback | None,
+        self, handler: StreamingHandler, ctx: RequestContext, schedule: Scheduler, on_headers: HeadersCallback | None
     ) -> None:
         super().__init__(handler, ctx, on_headers)
-        self.first, self.rest = first, rest  # the attempts: the first prepared, the others on demand
+        self.schedule = schedule  # the attempts, made when the response is sent
         self._task: asyncio.Task[Any] | None = None
         #: Why the response is being ended early (total timeout, shutdown); set with a cancel.
         self._reason: ProxyError | None = None
@@ -194,13 +190,13 @@ class DeferredResponse(Relay):
         task = self._task = asyncio.current_task()
         handler.limiter.active.add(self)
         self._cancellable = True
-        schedule = Scheduler(handler, ctx, self.first, self.rest, self.end)
+        schedule = self.schedule
         upstream: httpx.Response | None = None
         attempt: UpstreamRequest | None = None
         try:
             try:
                 try:
-                    upstream, attempt = await schedule.run()
+                    upstream, attempt = await schedule.run(self.end)
                 except ProxyError as error:
                     self._cancellable = False
                     ctx.outcome = UPSTREAM_ERROR if isinstance(error, UpstreamError) else REJECTED

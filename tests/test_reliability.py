@@ -415,11 +415,28 @@ def test_retries_stop_at_the_total_timeout(make_proxy, upstream):
     assert 1 <= len(upstream.upstream.requests) <= 10
 
 
+class DirectRoute:
+    """A plugin route ``POST /direct`` that calls the engine itself: ``call(proxy, request, ctx)`` returns
+    the deferred response, which is kept in ``made``."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.made: list[Any] = []
+
+    @hookimpl
+    def ccproxy_register_routes(self, app):
+        @app.post("/direct")
+        async def direct(request):
+            proxy = request.app.ctx.proxy
+            deferred = self.call(proxy, request, proxy.context(request, "anthropic"))
+            self.made.append(deferred)
+            return deferred
+
+
 def test_handler_made_client_survives_retries_and_is_closed(make_proxy, upstream):
     """``handle_streaming_request`` without a client: one is made, used for every retry, closed at the end."""
     from ccproxy_core.streaming import HandlerConfig
 
-    made: list[Any] = []
     closed: list[bool] = []
 
     class Transport(httpx.AsyncHTTPTransport):
@@ -427,24 +444,15 @@ def test_handler_made_client_survives_retries_and_is_closed(make_proxy, upstream
             closed.append(True)
             await super().aclose()
 
-    class Direct:
-        @hookimpl
-        def ccproxy_register_routes(self, app):
-            @app.post("/direct")
-            async def direct(request):
-                proxy = request.app.ctx.proxy
-                ctx = proxy.context(request, "anthropic")
-                deferred = proxy.handler.handle_streaming_request(
-                    "POST", request.headers["x-target"], {"x-mock-status": request.headers.get("x-status", "")},
-                    request.body, HandlerConfig(), ctx, client_config={"timeout": 5, "transport": Transport()},
-                )
-                made.append(deferred)
-                return deferred
-
+    direct = DirectRoute(lambda proxy, request, ctx: proxy.handler.handle_streaming_request(
+        "POST", request.headers["x-target"], {"x-mock-status": request.headers.get("x-status", "")},
+        request.body, HandlerConfig(), ctx, client_config={"timeout": 5, "transport": Transport()},
+    ))
+    made = direct.made
     dead = f"http://127.0.0.1:{closed_port()}/v1/messages"
     recorder = Recorder()
     server = make_proxy(
-        retries={"max_attempts": 3, "backoff_base": 0.01}, plugins=[("direct", Direct()), ("recorder", recorder)]
+        retries={"max_attempts": 3, "backoff_base": 0.01}, plugins=[("direct", direct), ("recorder", recorder)]
     )
     r = httpx.post(server.url + "/direct", json=ANTHROPIC_BODY, headers={"x-target": dead})
     assert_dialect_error("anthropic", r, 502)
@@ -465,7 +473,6 @@ def test_direct_call_falls_back_to_the_attempts_it_was_given(make_proxy, upstrea
     from ccproxy_core.config import Timeouts
     from ccproxy_core.streaming import HandlerConfig, UpstreamRequest
 
-    made: list[Any] = []
     prepared: list[str] = []
 
     class Fallbacks:  # an async iterable, not an iterator: the engine asks for its iterator
@@ -480,24 +487,18 @@ def test_direct_call_falls_back_to_the_attempts_it_was_given(make_proxy, upstrea
                 Timeouts(), provider="backup", model="claude-backup", upstream_dialect="anthropic",
             )
 
-    class Direct:
-        @hookimpl
-        def ccproxy_register_routes(self, app):
-            @app.post("/direct")
-            async def direct(request):
-                proxy = request.app.ctx.proxy
-                ctx = proxy.context(request, "anthropic")
-                ctx.provider, ctx.model = "first", "claude-first"
-                client = proxy.clients["anthropic"]
-                deferred = proxy.handler.handle_streaming_request(
-                    "POST", request.headers["x-target"], {}, request.body, HandlerConfig(), ctx, client,
-                    fallbacks=Fallbacks(client),
-                )
-                made.append(deferred)
-                return deferred
+    def call(proxy, request, ctx):
+        ctx.provider, ctx.model = "first", "claude-first"
+        client = proxy.clients["anthropic"]
+        return proxy.handler.handle_streaming_request(
+            "POST", request.headers["x-target"], {}, request.body, HandlerConfig(), ctx, client,
+            fallbacks=Fallbacks(client),
+        )
 
+    direct = DirectRoute(call)
+    made = direct.made
     recorder = Recorder()
-    server = make_proxy(provider_config(upstream.url), plugins=[("direct", Direct()), ("recorder", recorder)])
+    server = make_proxy(provider_config(upstream.url), plugins=[("direct", direct), ("recorder", recorder)])
     dead = f"http://127.0.0.1:{closed_port()}/v1/messages"
     r = httpx.post(server.url + "/direct", json={**ANTHROPIC_BODY, "stream": False}, headers={"x-target": dead})
     assert r.status_code == 200 and r.json()["type"] == "message"
