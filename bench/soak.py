@@ -60,7 +60,7 @@ def make_app() -> Any:
                         pools[name] = transport.pool_stats()
                 return response.json({
                     "tasks": len(asyncio.all_tasks()),
-                    "active_responses": len(proxy.handler.active),
+                    "active_responses": len(proxy.handler.limiter.active),
                     "pools": pools,
                 })
 

@@ -107,7 +107,7 @@ __all__ = [
 # markers do not pay for them.
 _LAZY = {
     "create_app": ".server",
-    "ResponseAdapter": ".streaming",
+    "ResponseAdapter": ".adapters",
     "FastTransport": ".transport",
     "FastPath": ".transport",
 }

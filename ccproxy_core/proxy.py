@@ -1,4 +1,9 @@
-"""From a client request to prepared upstream attempts: parsing, routing, body and headers."""
+"""From a client request to prepared upstream attempts: parsing, routing, body and headers.
+
+Data walks one way: :meth:`Proxy.handle` routes the request and prepares its attempts (the
+first now, each fallback only when the engine asks for the next one) and hands them to
+:meth:`StreamingHandler.respond`; nothing comes back from the engine but the response.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 from sanic import Request
@@ -19,11 +23,10 @@ from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import request_headers, request_id
 from .intake import check_headers, parse_body
 from .plugins import Plugins
-from .streaming import AdapterChain, DeferredResponse, HandlerConfig, StreamingHandler, UpstreamRequest
+from .streaming import DeferredResponse, StreamingHandler
+from .upstream import HandlerConfig, UpstreamRequest, aim
 
 log = logging.getLogger("ccproxy")
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +53,10 @@ class Proxy:
         self.clients = clients
         self.transports = transports or {}
         self.handler = StreamingHandler(plugins, retries=config.retries, limits=config.limits)
-        self._adapter_wanted = plugins.implemented("ccproxy_response_adapter")
         self._body_hooks = plugins.implemented("ccproxy_request_body")
         #: Something may read (and so decode) response bodies: offer upstreams only codings we decode.
         self._reads_bodies = bool(
-            self._adapter_wanted or self.handler.event_hooks or self.handler.body_hooks
+            self.handler.plugin_adapters or self.handler.event_hooks or self.handler.body_hooks
         )
 
     def context(self, request: Request, dialect: str) -> RequestContext:
@@ -80,10 +82,7 @@ class Proxy:
         # only if needed. Raises the first route's error when none can be prepared.
         attempts = self._attempts(request, ctx, routes)
         first = await anext(attempts)
-        return self.handler.handle_streaming_request(
-            first.method, first.url, first.headers, first.body, first.handler_config, ctx, first.client,
-            timeouts=first.timeouts, transport=first.transport, fallbacks=attempts,
-        )
+        return self.handler.respond(ctx, first, attempts)
 
     def routes(self, model: str) -> list[Route]:
         """The routes to try for ``model``, in order: its own, then fallbacks.
@@ -184,9 +183,9 @@ class Proxy:
     async def _prepare(self, request: Request, ctx: RequestContext, route: Route) -> UpstreamRequest:
         """Body, URL and headers for one attempt (runs lazily, when the attempt is made)."""
         provider = route.provider
-        ctx.provider, ctx.model, ctx.upstream_dialect = provider.name, route.model, provider.format
+        aim(ctx, provider.name, route.model, provider.format)  # what the request hooks below see
         handler_config = HandlerConfig(
-            response_adapter=self._adapter if self._adapter_wanted else None,
+            response_adapter=self.handler.plugin_adapters,
             supports_streaming=provider.supports_streaming,
         )
         # Per attempt (fallbacks may differ), before the request adapter and body hooks see it.
@@ -240,9 +239,3 @@ class Proxy:
             results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
             changed = changed or any(r is True for r in results)
         return json.dumps(body, ensure_ascii=False).encode() if changed else request.body
-
-    async def _adapter(self, ctx: RequestContext) -> Any:
-        adapters = await self.plugins.call("ccproxy_response_adapter", ctx=ctx)
-        if len(adapters) > 1:
-            return AdapterChain(adapters)
-        return adapters[0] if adapters else None

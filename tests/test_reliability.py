@@ -415,11 +415,28 @@ def test_retries_stop_at_the_total_timeout(make_proxy, upstream):
     assert 1 <= len(upstream.upstream.requests) <= 10
 
 
+class DirectRoute:
+    """A plugin route ``POST /direct`` that calls the engine itself: ``call(proxy, request, ctx)`` returns
+    the deferred response, which is kept in ``made``."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.made: list[Any] = []
+
+    @hookimpl
+    def ccproxy_register_routes(self, app):
+        @app.post("/direct")
+        async def direct(request):
+            proxy = request.app.ctx.proxy
+            deferred = self.call(proxy, request, proxy.context(request, "anthropic"))
+            self.made.append(deferred)
+            return deferred
+
+
 def test_handler_made_client_survives_retries_and_is_closed(make_proxy, upstream):
     """``handle_streaming_request`` without a client: one is made, used for every retry, closed at the end."""
     from ccproxy_core.streaming import HandlerConfig
 
-    made: list[Any] = []
     closed: list[bool] = []
 
     class Transport(httpx.AsyncHTTPTransport):
@@ -427,24 +444,15 @@ def test_handler_made_client_survives_retries_and_is_closed(make_proxy, upstream
             closed.append(True)
             await super().aclose()
 
-    class Direct:
-        @hookimpl
-        def ccproxy_register_routes(self, app):
-            @app.post("/direct")
-            async def direct(request):
-                proxy = request.app.ctx.proxy
-                ctx = proxy.context(request, "anthropic")
-                deferred = proxy.handler.handle_streaming_request(
-                    "POST", request.headers["x-target"], {"x-mock-status": request.headers.get("x-status", "")},
-                    request.body, HandlerConfig(), ctx, client_config={"timeout": 5, "transport": Transport()},
-                )
-                made.append(deferred)
-                return deferred
-
+    direct = DirectRoute(lambda proxy, request, ctx: proxy.handler.handle_streaming_request(
+        "POST", request.headers["x-target"], {"x-mock-status": request.headers.get("x-status", "")},
+        request.body, HandlerConfig(), ctx, client_config={"timeout": 5, "transport": Transport()},
+    ))
+    made = direct.made
     dead = f"http://127.0.0.1:{closed_port()}/v1/messages"
     recorder = Recorder()
     server = make_proxy(
-        retries={"max_attempts": 3, "backoff_base": 0.01}, plugins=[("direct", Direct()), ("recorder", recorder)]
+        retries={"max_attempts": 3, "backoff_base": 0.01}, plugins=[("direct", direct), ("recorder", recorder)]
     )
     r = httpx.post(server.url + "/direct", json=ANTHROPIC_BODY, headers={"x-target": dead})
     assert_dialect_error("anthropic", r, 502)
@@ -457,6 +465,54 @@ def test_handler_made_client_survives_retries_and_is_closed(make_proxy, upstream
     recorder.wait_end(2)  # the end hooks run after the last byte went out
     assert len(closed) == 2  # one client per response, closed once, after all its retries
     assert made[1].ctx.outcome == "completed"  # the upstream's own 500, relayed in full
+
+
+def test_direct_call_falls_back_to_the_attempts_it_was_given(make_proxy, upstream):
+    """``handle_streaming_request(fallbacks=...)``: the engine takes further prepared attempts from any
+    async iterable, only when the first fails, and the context names the attempt that answered."""
+    from ccproxy_core.config import Timeouts
+    from ccproxy_core.streaming import HandlerConfig, UpstreamRequest
+
+    prepared: list[str] = []
+
+    class Fallbacks:  # an async iterable, not an iterator: the engine asks for its iterator
+        def __init__(self, client: httpx.AsyncClient) -> None:
+            self.client = client
+
+        async def __aiter__(self):
+            prepared.append("backup")
+            yield UpstreamRequest(
+                "POST", upstream.url + "/v1/messages", {"content-type": "application/json"},
+                json.dumps({**ANTHROPIC_BODY, "stream": False}).encode(), HandlerConfig(), self.client,
+                Timeouts(), provider="backup", model="claude-backup", upstream_dialect="anthropic",
+            )
+
+    def call(proxy, request, ctx):
+        ctx.provider, ctx.model = "first", "claude-first"
+        client = proxy.clients["anthropic"]
+        return proxy.handler.handle_streaming_request(
+            "POST", request.headers["x-target"], {}, request.body, HandlerConfig(), ctx, client,
+            fallbacks=Fallbacks(client),
+        )
+
+    direct = DirectRoute(call)
+    made = direct.made
+    recorder = Recorder()
+    server = make_proxy(provider_config(upstream.url), plugins=[("direct", direct), ("recorder", recorder)])
+    dead = f"http://127.0.0.1:{closed_port()}/v1/messages"
+    r = httpx.post(server.url + "/direct", json={**ANTHROPIC_BODY, "stream": False}, headers={"x-target": dead})
+    assert r.status_code == 200 and r.json()["type"] == "message"
+    recorder.wait_end(1)
+    ctx = made[0].ctx
+    assert [(a.provider, a.model, a.error_kind) for a in ctx.attempts] == [
+        ("first", "claude-first", "connect"), ("backup", "claude-backup", None),
+    ]
+    assert (ctx.provider, ctx.model, ctx.upstream_url) == ("backup", "claude-backup", upstream.url + "/v1/messages")
+    assert prepared == ["backup"] and ctx.outcome == "completed"
+    # The first attempt answers: the fallbacks are never prepared.
+    r = httpx.post(server.url + "/direct", json={**ANTHROPIC_BODY, "stream": False},
+                   headers={"x-target": upstream.url + "/v1/messages"})
+    assert r.status_code == 200 and prepared == ["backup"]
 
 
 # -- timeouts: each its own error, before and after the head --------------------------------------

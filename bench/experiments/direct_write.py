@@ -2,7 +2,7 @@
 # (Sanic's response.send -> Http.send -> http1_response_chunked -> protocol.send -> Event.wait
 # chain skipped while the transport is writable). Measures the cost of Sanic's per-chunk path.
 import inspect, textwrap
-from ccproxy_core import streaming
+from ccproxy_core import relay
 from sanic.exceptions import RequestCancelled
 
 async def _sanic_send(response, data):
@@ -17,7 +17,7 @@ async def _sanic_send(response, data):
         return
     await response.send(data)
 
-src = textwrap.dedent(inspect.getsource(streaming.DeferredResponse._write))
+src = textwrap.dedent(inspect.getsource(relay.Relay._write))
 old = "await response.send(data)"
 assert src.count(old) == 1, "write changed"
 src = src.replace(old, "await (response.send(data) if first else _sanic_send(response, data))")
@@ -25,6 +25,6 @@ src = src.replace("    if ctx.t_first_byte is None:\n        ctx.t_first_byte = 
                   "    first = ctx.t_first_byte is None\n    if first:\n        ctx.t_first_byte = ctx.elapsed()")
 assert "first = ctx.t_first_byte is None" in src, src
 ns = {}
-g = dict(streaming.__dict__); g["_sanic_send"] = _sanic_send
+g = dict(relay.__dict__); g["_sanic_send"] = _sanic_send
 exec(compile(src, "<write-patch>", "exec"), g, ns)
-streaming.DeferredResponse._write = ns["_write"]
+relay.Relay._write = ns["_write"]
