@@ -198,13 +198,21 @@ class OutputBuilder:
     def call(self, call_id: str, name: str, arguments: str) -> None:
         self.items.append(function_call_item(self._id("fc"), call_id, name, arguments))
 
+    def response(self, model: Any, request: dict[str, Any] | None, usage: dict[str, Any], incomplete: str | None,
+                 created: int | None) -> dict[str, Any]:
+        """The ``response`` with these items: ``incomplete`` (a reason) or ``completed``."""
+        return response_object(
+            id=self.response_id, created_at=int(time.time()) if created is None else created, model=model,
+            status="incomplete" if incomplete else "completed", output=self.items, request=request, usage=usage,
+            incomplete=incomplete,
+        )
+
 
 def anthropic_message_to_responses(
     msg: dict[str, Any], *, model: str | None, request: dict[str, Any] | None, created: int | None = None
 ) -> dict[str, Any]:
     """An Anthropic Message -> a Responses ``response`` (see docs/translation.md)."""
-    rid = responses_id(expect_str(msg.get("id"), "id", default=None, error=_bad))
-    out = OutputBuilder(rid)
+    out = OutputBuilder(responses_id(expect_str(msg.get("id"), "id", default=None, error=_bad)))
     content = msg.get("content")
     if isinstance(content, str):
         content = [{"type": "text", "text": content}]
@@ -225,20 +233,15 @@ def anthropic_message_to_responses(
             out.reasoning("", expect_str(block.get("data"), at, "data", default=None, error=_bad))
         # server-tool and unknown blocks have no Responses form here (documented)
     stop = expect_str(msg.get("stop_reason"), "stop_reason", default=None, error=_bad)
-    incomplete = m.STOP_TO_INCOMPLETE.get(stop or "")
-    return response_object(
-        id=rid, created_at=int(time.time()) if created is None else created, model=model or msg.get("model"),
-        status="incomplete" if incomplete else "completed", output=out.items, request=request,
-        usage=usage_from_anthropic(msg.get("usage")), incomplete=incomplete,
-    )
+    return out.response(model or msg.get("model"), request, usage_from_anthropic(msg.get("usage")),
+                        m.STOP_TO_INCOMPLETE.get(stop or ""), created)
 
 
 def chat_completion_to_responses(
     completion: dict[str, Any], *, model: str | None, request: dict[str, Any] | None, created: int | None = None
 ) -> dict[str, Any]:
     """A Chat ``chat.completion`` (first choice) -> a Responses ``response``."""
-    rid = responses_id(expect_str(completion.get("id"), "id", default=None, error=_bad))
-    out = OutputBuilder(rid)
+    out = OutputBuilder(responses_id(expect_str(completion.get("id"), "id", default=None, error=_bad)))
     choices = expect_list(completion.get("choices"), "choices", default=(), error=_bad)
     choice = expect_dict(choices[0], "choices[0]", error=_bad) if choices else {}
     message = expect_dict(choice.get("message"), "choices[0].message", default={}, error=_bad)
@@ -263,12 +266,8 @@ def chat_completion_to_responses(
         out.call(expect_str(call.get("id"), at, "id", default=None, error=_bad) or new_tool_id(),
                  expect_str(fn.get("name"), at, "function.name", default="", error=_bad), arguments)
     finish = expect_str(choice.get("finish_reason"), "choices[0].finish_reason", default=None, error=_bad)
-    incomplete = m.FINISH_TO_INCOMPLETE.get(finish or "")
-    return response_object(
-        id=rid, created_at=int(time.time()) if created is None else created, model=model or completion.get("model"),
-        status="incomplete" if incomplete else "completed", output=out.items, request=request,
-        usage=usage_from_chat(completion.get("usage")), incomplete=incomplete,
-    )
+    return out.response(model or completion.get("model"), request, usage_from_chat(completion.get("usage")),
+                        m.FINISH_TO_INCOMPLETE.get(finish or ""), created)
 
 
 # -- Responses -> Anthropic / Chat --------------------------------------------------------

@@ -25,9 +25,10 @@ from .requests import (
     _part,
     _reasoning_effort,
     _refuse_if,
-    _thinking,
     _tool_id,
     _tool_input,
+    copy_fields,
+    max_tokens_and_thinking,
     parse_data_url,
 )
 
@@ -250,16 +251,8 @@ def responses_to_anthropic(
 
     out: Body = {"model": model or body.get("model")}
     explicit = expect_int(body.get("max_output_tokens"), "max_output_tokens", default=None)
-    max_tokens = explicit or settings.default_max_tokens
     reasoning, fmt, effort = _options(body)
-    if effort is not None:
-        if _unsigned_tool_turn(messages):
-            ignored.append("reasoning")
-        else:
-            thinking, max_tokens = _thinking(effort, max_tokens, bool(explicit), settings)
-            if thinking:
-                out["thinking"] = thinking
-    out["max_tokens"] = max_tokens
+    max_tokens_and_thinking(out, explicit, effort, _unsigned_tool_turn(messages), "reasoning", settings, ignored)
     if system:
         out["system"] = system
     out["messages"] = messages
@@ -392,16 +385,9 @@ def responses_to_openai(
     max_tokens = expect_int(body.get("max_output_tokens"), "max_output_tokens", default=None)
     if max_tokens is not None:
         out[settings.max_tokens_field] = max_tokens
-    for key in ("temperature", "top_p"):
-        value = expect_number(body.get(key), key, default=None)
-        if value is not None:
-            out[key] = value
-    for key in ("user", "safety_identifier", "prompt_cache_key", "service_tier"):
-        value = expect_str(body.get(key), key, default=None)
-        if value is not None:
-            out[key] = value
-    if expect_bool(body.get("store"), "store", default=None) is not None:
-        out["store"] = body["store"]
+    copy_fields(out, body, ("temperature", "top_p"), expect_number)
+    copy_fields(out, body, ("user", "safety_identifier", "prompt_cache_key", "service_tier"), expect_str)
+    copy_fields(out, body, ("store",), expect_bool)
     if expect_dict(body.get("metadata"), "metadata", default=None):
         out["metadata"] = body["metadata"]
     reasoning, fmt, effort = _options(body)
@@ -520,12 +506,8 @@ def openai_to_responses(
     _check_chat_messages(chat["messages"])
     out: Body = {"model": model or body.get("model")}
     out.update(_chat_messages_to_items(chat, None))
-    for key in ("temperature", "top_p"):
-        if expect_number(body.get(key), key, default=None) is not None:
-            out[key] = body[key]
-    for key in ("user", "safety_identifier", "prompt_cache_key", "service_tier"):
-        if expect_str(body.get(key), key, default=None) is not None:
-            out[key] = body[key]
+    copy_fields(out, body, ("temperature", "top_p"), expect_number)
+    copy_fields(out, body, ("user", "safety_identifier", "prompt_cache_key", "service_tier"), expect_str)
     if expect_dict(body.get("metadata"), "metadata", default=None):
         out["metadata"] = body["metadata"]
     out["store"] = expect_bool(body.get("store"), "store", default=False)

@@ -49,7 +49,14 @@ from .resp_bodies import (
     usage_to_chat,
 )
 from .responses import openai_usage_to_anthropic, stop_reason
-from .streams import _ANTHROPIC_EVENTS, AnthropicToOpenAIStream, OpenAIToAnthropicStream, _StreamTranslator
+from .streams import (
+    _ANTHROPIC_EVENTS,
+    AnthropicToOpenAIStream,
+    OpenAIToAnthropicStream,
+    _StreamTranslator,
+    anthropic_message_delta,
+    anthropic_message_start,
+)
 
 __all__ = [
     "ResponsesEmitter",
@@ -311,13 +318,11 @@ class AnthropicToResponsesStream(_ToResponses):
                 r.end(out)
                 self._open = None
         elif kind == "message_start":
-            message = payload.get("message") or {}
-            self._usage.update({k: v for k, v in (message.get("usage") or {}).items() if v is not None})
+            message_id = anthropic_message_start(payload, self._usage)
             if r.id is None:
-                r.start(message.get("id"), out)
+                r.start(message_id, out)
         elif kind == "message_delta":
-            self._stop = (payload.get("delta") or {}).get("stop_reason") or self._stop or "end_turn"
-            self._usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
+            self._stop = anthropic_message_delta(payload, self._usage) or self._stop or "end_turn"
         elif kind == "message_stop":
             self._end(out)
         elif kind == "error":

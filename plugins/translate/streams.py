@@ -180,13 +180,9 @@ class AnthropicToOpenAIStream(_StreamTranslator):
             if tool is not None and not self._tool_has_args[tool]:
                 self._tool_delta(tool, {"function": {"arguments": "{}"}}, out)  # a call without input
         elif kind == "message_start":
-            message = payload.get("message") or {}
-            self._usage.update({k: v for k, v in (message.get("usage") or {}).items() if v is not None})
-            self._start(message.get("id"), out)
+            self._start(anthropic_message_start(payload, self._usage), out)
         elif kind == "message_delta":
-            self._stop = (payload.get("delta") or {}).get("stop_reason") or self._stop or "end_turn"
-            # usage counts are cumulative: later values replace earlier ones
-            self._usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
+            self._stop = anthropic_message_delta(payload, self._usage) or self._stop or "end_turn"
         elif kind == "message_stop":
             self._end(out)
         elif kind == "error":
@@ -238,6 +234,20 @@ class AnthropicToOpenAIStream(_StreamTranslator):
         if self._stop is None:
             self._truncated()
         self._end(out)  # message_delta came, message_stop did not: nothing is missing
+
+
+def anthropic_message_start(payload: dict[str, Any], usage: dict[str, Any]) -> str | None:
+    """``message_start``: its usage into ``usage``; returns the message id."""
+    message = payload.get("message") or {}
+    usage.update({k: v for k, v in (message.get("usage") or {}).items() if v is not None})
+    return message.get("id")
+
+
+def anthropic_message_delta(payload: dict[str, Any], usage: dict[str, Any]) -> str | None:
+    """``message_delta``: its usage into ``usage`` (counts are cumulative: later values replace
+    earlier ones); returns its stop reason."""
+    usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
+    return (payload.get("delta") or {}).get("stop_reason")
 
 
 _ANTHROPIC_EVENTS = frozenset(

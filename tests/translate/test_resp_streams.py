@@ -7,7 +7,6 @@ import json
 import os
 
 import anthropic
-import httpx2
 import openai
 import pytest
 from hypothesis import given, settings
@@ -24,7 +23,7 @@ from plugins.translate.resp_streams import (
 )
 
 from .corpus_cases import CREATED, LIMIT, MODEL, RESPONSES_CASES, Case, translate
-from .test_streams import _call, _chunks
+from .test_streams import _chunks, _transport, interleaved_calls, anthropic_stream_message, openai_stream_completion
 
 BY_NAME = {case.name: case for case in RESPONSES_CASES}
 TO_RESPONSES = [case for case in RESPONSES_CASES if case.client == "responses"]
@@ -160,16 +159,9 @@ def test_function_calls_stream_their_arguments() -> None:
 # -- the official SDKs consume the translated streams ------------------------------------
 
 
-def _client(body: bytes) -> httpx2.Client:
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
-
-    return httpx2.Client(transport=httpx2.MockTransport(handler))
-
-
 def sdk_response(case_name: str) -> openai.types.responses.Response:
     body = BY_NAME[case_name].expected_path.read_bytes()
-    client = openai.OpenAI(api_key="k", base_url="http://proxy.test/v1", http_client=_client(body), max_retries=0)
+    client = openai.OpenAI(api_key="k", base_url="http://proxy.test/v1", http_client=_transport(body), max_retries=0)
     with client.responses.stream(model=MODEL, input="hi") as stream:
         for _ in stream:
             pass
@@ -198,19 +190,11 @@ def test_openai_sdk_reasoning_and_usage() -> None:
 
 
 def anthropic_message(case_name: str) -> anthropic.types.Message:
-    body = BY_NAME[case_name].expected_path.read_bytes()
-    client = anthropic.Anthropic(api_key="k", base_url="http://proxy.test", http_client=_client(body), max_retries=0)
-    with client.messages.stream(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as stream:
-        return stream.get_final_message()
+    return anthropic_stream_message(BY_NAME[case_name].expected_path.read_bytes())
 
 
 def chat_completion(case_name: str) -> openai.types.chat.ChatCompletion:
-    body = BY_NAME[case_name].expected_path.read_bytes()
-    client = openai.OpenAI(api_key="k", base_url="http://proxy.test/v1", http_client=_client(body), max_retries=0)
-    with client.chat.completions.stream(model=MODEL, messages=[{"role": "user", "content": "hi"}]) as stream:
-        for _ in stream:
-            pass
-        return stream.current_completion_snapshot
+    return openai_stream_completion(BY_NAME[case_name].expected_path.read_bytes())
 
 
 def test_anthropic_sdk_from_responses_upstream() -> None:
@@ -269,20 +253,7 @@ def test_corpus_inputs_match_the_sdk_types() -> None:
 @settings(max_examples=150)
 @given(data=st.data())
 def test_any_interleaving_of_chat_calls_gives_a_valid_responses_stream(data: st.DataObject) -> None:
-    n = data.draw(st.integers(1, 4))
-    inputs = [data.draw(st.dictionaries(st.sampled_from("abc"), st.integers() | st.text(max_size=5), max_size=3))
-              for _ in range(n)]
-    streams: list[list[dict]] = []
-    for i, value in enumerate(inputs):
-        text = json.dumps(value)
-        cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=4)))
-        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-        streams.append([_call(i, pieces[0], f"id{i}", f"f{i}"), *(_call(i, p) for p in pieces[1:])])
-    texts = data.draw(st.lists(st.sampled_from(["x", "yz"]), max_size=3))
-    streams.append([{"content": t} for t in texts])
-    merged: list[dict] = []
-    while any(streams):
-        merged.append(data.draw(st.sampled_from([s for s in streams if s])).pop(0))
+    inputs, texts, merged = interleaved_calls(data)
     adapter = ChatToResponsesStream(model=MODEL, request=None, limit=LIMIT, created=CREATED)
     events = responses_events(adapter.feed(_chunks(*merged)) + adapter.finish())
     assert_contract(events)

@@ -232,14 +232,22 @@ def _transport(body: bytes) -> httpx2.Client:
 
 
 def anthropic_final_message(case_name: str) -> anthropic.types.Message:
-    body = BY_NAME[case_name].expected_path.read_bytes()
+    return anthropic_stream_message(BY_NAME[case_name].expected_path.read_bytes())
+
+
+def anthropic_stream_message(body: bytes) -> anthropic.types.Message:
+    """What the Anthropic SDK makes of ``body`` as a Messages stream."""
     client = anthropic.Anthropic(api_key="k", base_url="http://proxy.test", http_client=_transport(body), max_retries=0)
     with client.messages.stream(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as stream:
         return stream.get_final_message()
 
 
 def openai_final_completion(case_name: str) -> openai.types.chat.ChatCompletion:
-    body = BY_NAME[case_name].expected_path.read_bytes()
+    return openai_stream_completion(BY_NAME[case_name].expected_path.read_bytes())
+
+
+def openai_stream_completion(body: bytes) -> openai.types.chat.ChatCompletion:
+    """What the OpenAI SDK makes of ``body`` as a Chat Completions stream."""
     client = openai.OpenAI(api_key="k", base_url="http://proxy.test/v1", http_client=_transport(body), max_retries=0)
     with client.chat.completions.stream(model=MODEL, messages=[{"role": "user", "content": "hi"}]) as stream:
         for _ in stream:
@@ -489,10 +497,9 @@ def test_text_pieces_held_on_both_sides_of_a_call_keep_their_order() -> None:
     ]
 
 
-@settings(max_examples=200)
-@given(data=st.data())
-def test_any_interleaving_of_parallel_calls_and_text_gives_a_valid_stream_with_every_input(data: st.DataObject) -> None:
-    """Calls (and text) cut into random pieces and merged in any order that keeps each one's own order."""
+def interleaved_calls(data: st.DataObject) -> tuple[list[dict], list[str], list[dict]]:
+    """(the calls' arguments, the text pieces, Chat deltas): 1-4 calls and some text, each cut
+    into random pieces, merged in any order that keeps each one's own order."""
     n = data.draw(st.integers(1, 4))
     inputs = [data.draw(st.dictionaries(st.sampled_from("abc"), st.integers() | st.text(max_size=5), max_size=3))
               for _ in range(n)]
@@ -507,6 +514,14 @@ def test_any_interleaving_of_parallel_calls_and_text_gives_a_valid_stream_with_e
     merged: list[dict] = []
     while any(streams):
         merged.append(data.draw(st.sampled_from([s for s in streams if s])).pop(0))
+    return inputs, texts, merged
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_any_interleaving_of_parallel_calls_and_text_gives_a_valid_stream_with_every_input(data: st.DataObject) -> None:
+    """Calls (and text) cut into random pieces and merged in any order that keeps each one's own order."""
+    inputs, texts, merged = interleaved_calls(data)
     out = OpenAIToAnthropicStream(model=MODEL).feed(_chunks(*merged))
     rows = _blocks(out)
     open_block, seen, args, kinds = None, [], {}, {}
