@@ -209,11 +209,11 @@ def stream_translator(ctx: Any, settings: Settings) -> ResponseAdapter:
         return cls(model=model, request=ctx.body, limit=response_limit(ctx))
     if upstream == RESPONSES:
         if client == ANTHROPIC:
-            return ResponsesToAnthropicStream(model=model)
+            return ResponsesToAnthropicStream(model=model, limit=response_limit(ctx))
         return ResponsesToChatStream(model=model, include_usage=client_wants_usage(ctx), thinking=thinking)
     if upstream == ANTHROPIC:
         return AnthropicToOpenAIStream(model=model, include_usage=client_wants_usage(ctx), thinking=thinking)
-    return OpenAIToAnthropicStream(model=model)
+    return OpenAIToAnthropicStream(model=model, limit=response_limit(ctx))
 
 
 def json_converter(ctx: Any, settings: Settings) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from ccproxy_core.errors import ProxyError
+from ccproxy_core import ProxyError
 
 from . import mappings as m
 from .base import Settings, dumps

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccproxy_core.errors import InvalidRequest
+from ccproxy_core import InvalidRequest
 
 from . import mappings as m
 from .base import Settings, dumps
-from .check import expect_bool, expect_dict, expect_int, expect_list, expect_number, expect_str
+from .check import expect_bool, expect_dict, expect_int, expect_list, expect_number, expect_str, fail
 from .requests import (
     _OPENAI_REFUSED,
     _anthropic_tool_choice,
@@ -559,6 +559,8 @@ def openai_to_responses(
                 raise InvalidRequest(f"tool_choice type {kind!r} cannot be translated")
             expect_str(expect_dict(choice.get("function"), "tool_choice.function").get("name"),
                        "tool_choice.function.name", nonempty=True)
+        elif not isinstance(choice, str):
+            fail("tool_choice", "a string or an object", choice)
         elif choice not in m.OPENAI_TOOL_CHOICE:
             raise InvalidRequest(f"tool_choice {choice!r} is not one of none, auto, required")
         out["tool_choice"] = _flat_choice(choice)

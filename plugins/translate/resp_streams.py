@@ -27,9 +27,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ccproxy_core.context import ANTHROPIC, OPENAI
-from ccproxy_core.dialects import RESPONSES
-from ccproxy_core.errors import ProxyError, UpstreamProtocolError
+from ccproxy_core import ANTHROPIC, OPENAI, ProxyError, UpstreamProtocolError
+from ccproxy_core.dialects import RESPONSES  # exported from ccproxy_core once the dialect has a route
 from ccproxy_core.sse import SSEEvent
 
 from . import mappings as m
@@ -374,7 +373,7 @@ class ChatToResponsesStream(_ToResponses, OpenAIToAnthropicStream):
 
     def __init__(self, *, model: str | None, request: dict[str, Any] | None, limit: int,
                  created: int | None = None) -> None:
-        OpenAIToAnthropicStream.__init__(self, model=model)
+        OpenAIToAnthropicStream.__init__(self, model=model, limit=limit)
         self._r = ResponsesEmitter(model=model, request=request, limit=limit, created=created)
 
     def _start(self, chunk: dict[str, Any], out: list[bytes]) -> None:
@@ -394,8 +393,7 @@ class ChatToResponsesStream(_ToResponses, OpenAIToAnthropicStream):
         self._r.begin(block.kind, out, call_id=block.id or "", name=block.name)
         if block.parts:
             self._r.delta("".join(block.parts), out)
-            if block.kind != "tool":
-                block.parts = []
+            block.parts = []
 
     def _delta(self, block: Any, piece: str, out: list[bytes]) -> None:
         self._r.delta(piece, out)
@@ -488,7 +486,7 @@ class ResponsesToAnthropicStream(OpenAIToAnthropicStream):
             self._on_tool_call({"index": index, "id": item.get("call_id") or None, "function": {"name": name}}, 0, out)
             known = self._calls[index]
         arguments = item.get("arguments")
-        if known is not None and not known.parts and isinstance(arguments, str) and arguments:
+        if known is not None and not known.opened and isinstance(arguments, str) and arguments:
             self._on_tool_call({"index": index, "function": {"arguments": arguments}}, 0, out)
 
     def _on_end(self, out: list[bytes]) -> None:

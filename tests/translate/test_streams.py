@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from ccproxy_core.errors import UpstreamProtocolError
 from ccproxy_core.sse import SSEParser
-from plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream, _Block
 
 from .corpus_cases import CASES, CREATED, MODEL, Case, translate
+from .strategies import json_values
 
 BY_NAME = {case.name: case for case in CASES}
 
@@ -607,3 +608,32 @@ def test_corpus_inputs_match_the_sdk_types() -> None:
                 assert anthropic_event.validate_python(payload).type == event.event
             elif "error" not in payload:
                 openai.types.chat.ChatCompletionChunk.model_validate(payload)
+
+
+# -- what the Chat reader holds, and how it sees a call's end ----------------------------
+
+
+def test_what_is_held_behind_an_open_call_is_bounded() -> None:
+    adapter = OpenAIToAnthropicStream(model=MODEL, limit=100)
+    adapter.feed(_chunks(_call(0, '{"x":', "a", "f"), _call(1, '{"y":"' + "z" * 60, "b", "g"), finish=None)
+                 .rsplit(b"data: [DONE]", 1)[0])
+    with pytest.raises(UpstreamProtocolError, match="max_response_body_bytes"):
+        adapter.feed(_chunks({"content": "w" * 50}, finish=None).rsplit(b"data: [DONE]", 1)[0])
+
+
+@settings(max_examples=300)
+@given(value=json_values, data=st.data())
+def test_a_calls_end_is_seen_exactly_when_its_object_closes(value: object, data: st.DataObject) -> None:
+    """The scanner follows strings, escapes and nesting split anywhere, each character once."""
+    text = json.dumps({"v": value, "s": '"}\\\\{'}, ensure_ascii=data.draw(st.booleans()),
+                      indent=data.draw(st.sampled_from([None, 1])))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=12)))
+    block = _Block("tool")
+    for a, b in zip([0, *cuts], [*cuts, len(text)]):
+        assert block.complete() == (not text[a:].strip())  # done once only white space is left
+        block.scan(text[a:b])
+    assert block.complete()
+    for bad in ("[1]", '{"a": 1} {', '"x"'):
+        wrong = _Block("tool")
+        wrong.scan(bad)
+        assert not wrong.complete(), bad
