@@ -27,7 +27,8 @@ from .adapters import (
 from .base import PLUGIN_NAME, ResponseAdapter, Settings
 from .headers import add_client_headers
 from .requests import anthropic_to_openai, openai_to_anthropic
-from .resp_requests import anthropic_to_responses, openai_to_responses, responses_to_anthropic, responses_to_openai
+from .resp_requests import responses_to_anthropic, responses_to_openai
+from .resp_upstream import anthropic_to_responses, openai_to_responses
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from .synthesize import StreamSynthesizer, stream_adapter
 

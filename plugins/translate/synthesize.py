@@ -21,7 +21,7 @@ Contract (what :func:`stream_adapter` needs from the core and gives back):
     e.g. ``redacted_thinking``, come whole in their start), then ``message_delta``
     (``stop_reason``, ``stop_sequence``, the full usage) and ``message_stop``;
   - Responses: ``response.created``, ``response.in_progress``, each output item with its
-    ``.added``, delta and ``.done`` events (:func:`.resp_streams.responses_events`), then the
+    ``.added``, delta and ``.done`` events (:func:`.resp_emitter.responses_events`), then the
     answer itself in ``response.completed`` (``.incomplete``, ``.failed`` after its status);
   - OpenAI Chat: per choice a chunk with ``role``, then ``reasoning_content``, ``content``,
     ``refusal`` and each tool call (``index``, ``id``, ``type``, ``function.name`` with empty
@@ -51,7 +51,7 @@ from ccproxy_core.errors import UpstreamProtocolError
 
 from .adapters import _is_stream, client_wants_usage, response_limit, stream_translator, upstream_json
 from .base import SSE_CONTENT_TYPE, ResponseAdapter, Settings, dumps
-from .resp_streams import responses_events
+from .resp_emitter import responses_events
 
 __all__ = ["StreamSynthesizer", "anthropic_events", "openai_chunks", "stream_adapter"]
 

@@ -12,12 +12,8 @@ from hypothesis import strategies as st
 
 from ccproxy_core.errors import InvalidRequest
 from plugins.translate.base import Settings
-from plugins.translate.resp_requests import (
-    anthropic_to_responses,
-    openai_to_responses,
-    responses_to_anthropic,
-    responses_to_openai,
-)
+from plugins.translate.resp_requests import responses_to_anthropic, responses_to_openai
+from plugins.translate.resp_upstream import anthropic_to_responses, openai_to_responses
 from tests.translate.strategies import json_values, mutated
 from tests.translate.test_requests import ANTHROPIC_FULL, OPENAI_FULL
 
