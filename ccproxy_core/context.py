@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ANTHROPIC = "anthropic"
 OPENAI = "openai"
+RESPONSES = "responses"  # translated by plugins/translate; not yet a route or a provider format
 DIALECTS = (ANTHROPIC, OPENAI)
 
 #: ``ctx.outcome`` values.

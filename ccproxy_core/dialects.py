@@ -2,17 +2,21 @@
 
 This is the single place where a :class:`ProxyError` becomes bytes the
 client understands, as a JSON body or as an in-stream error event.
+
+Dialects: ``anthropic`` (Messages), ``openai`` (Chat Completions) and ``responses``
+(the OpenAI Responses API). The constants for the first two live in
+:mod:`ccproxy_core.context`.
 """
 
 from __future__ import annotations
 
 import json
 
-from .context import ANTHROPIC, OPENAI
+from .context import ANTHROPIC, OPENAI, RESPONSES
 from .errors import ProxyError
 
 #: Path the upstream of each dialect serves, appended to the provider's base_url.
-UPSTREAM_PATHS = {ANTHROPIC: "/v1/messages", OPENAI: "/chat/completions"}
+UPSTREAM_PATHS = {ANTHROPIC: "/v1/messages", OPENAI: "/chat/completions", RESPONSES: "/responses"}
 
 # Neutral kind -> OpenAI error type. Anthropic uses the neutral kinds as they are.
 _OPENAI_TYPES = {
@@ -31,8 +35,8 @@ _ANTHROPIC_TYPES = {"timeout_error": "api_error"}
 
 
 def error_payload(dialect: str, error: ProxyError) -> dict:
-    """The error object in ``dialect``'s own shape."""
-    if dialect == OPENAI:
+    """The error object in ``dialect``'s own shape (OpenAI's for both OpenAI dialects)."""
+    if dialect == OPENAI or dialect == RESPONSES:
         return {
             "error": {
                 "message": error.message,
@@ -53,7 +57,18 @@ def error_body(dialect: str, error: ProxyError) -> bytes:
 
 
 def error_event(dialect: str, error: ProxyError) -> bytes:
-    """An in-stream error event in ``dialect``'s framing, for failures after the head."""
+    """An in-stream error event in ``dialect``'s framing, for failures after the head.
+
+    Responses: ``event: error`` with ``{"type": "error", "code", "message", "param"}`` and the
+    stream's next ``sequence_number`` when the error carries one (a Responses stream adapter that
+    raises sets ``error.sequence_number``); the core, which does not count events, sends none.
+    """
+    if dialect == RESPONSES:
+        payload = {"type": "error", "code": error.kind, "message": error.message, "param": None}
+        sequence = getattr(error, "sequence_number", None)
+        if sequence is not None:
+            payload["sequence_number"] = sequence
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
     data = json.dumps(error_payload(dialect, error))
     if dialect == OPENAI:
         return b"data: " + data.encode() + b"\n\n"

@@ -1,4 +1,5 @@
-"""ccproxy's first-party dialect translation plugin (Anthropic Messages <-> OpenAI Chat).
+"""ccproxy's first-party dialect translation plugin: Anthropic Messages, OpenAI Chat
+Completions and the OpenAI Responses API, each to each.
 
 It implements only public hooks, so a third party can replace it: unregister
 ``translate`` and register another plugin on the same hooks. Settings live under
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ccproxy_core import ANTHROPIC, OPENAI, PluginSettings, hookimpl
+from ccproxy_core import ANTHROPIC, OPENAI, RESPONSES, PluginSettings, hookimpl
 
 from ..usage import settings_for as usage_settings
 from . import mappings
@@ -24,6 +25,8 @@ from .adapters import (
 from .base import PLUGIN_NAME, ResponseAdapter, Settings
 from .headers import add_client_headers
 from .requests import anthropic_to_openai, openai_to_anthropic
+from .resp_requests import responses_to_anthropic, responses_to_openai
+from .resp_upstream import anthropic_to_responses, openai_to_responses
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from .synthesize import StreamSynthesizer, stream_adapter
 
@@ -43,7 +46,18 @@ __all__ = [
 
 log = logging.getLogger("ccproxy.translate")
 
-_CONVERTERS = {(OPENAI, ANTHROPIC): openai_to_anthropic, (ANTHROPIC, OPENAI): anthropic_to_openai}
+#: (client dialect, upstream dialect) -> request converter.
+_CONVERTERS = {
+    (OPENAI, ANTHROPIC): openai_to_anthropic,
+    (ANTHROPIC, OPENAI): anthropic_to_openai,
+    (RESPONSES, ANTHROPIC): responses_to_anthropic,
+    (RESPONSES, OPENAI): responses_to_openai,
+    (ANTHROPIC, RESPONSES): anthropic_to_responses,
+    (OPENAI, RESPONSES): openai_to_responses,
+}
+#: Request headers only the named dialect's upstreams understand (both OpenAI dialects share theirs).
+_ONLY_FOR = {ANTHROPIC: mappings.ANTHROPIC_ONLY_REQUEST_HEADERS, OPENAI: mappings.OPENAI_ONLY_REQUEST_HEADERS,
+             RESPONSES: mappings.OPENAI_ONLY_REQUEST_HEADERS}
 
 
 @hookimpl
@@ -83,12 +97,11 @@ def ccproxy_request_headers(ctx: Any, headers: dict[str, str]) -> None:
     speak, and give an Anthropic upstream the ``anthropic-version`` it requires."""
     if not ctx.translated:
         return
-    if ctx.upstream_dialect == OPENAI:
-        for name in mappings.ANTHROPIC_ONLY_REQUEST_HEADERS:
+    client, upstream = _ONLY_FOR[ctx.client_dialect], _ONLY_FOR[ctx.upstream_dialect]
+    if client is not upstream:
+        for name in client:
             headers.pop(name, None)
-    else:
-        for name in mappings.OPENAI_ONLY_REQUEST_HEADERS:
-            headers.pop(name, None)
+    if ctx.upstream_dialect == ANTHROPIC:
         headers.setdefault("anthropic-version", mappings.ANTHROPIC_VERSION)
 
 
@@ -102,6 +115,7 @@ def ccproxy_response_adapter(ctx: Any) -> ResponseAdapter | None:
 
 @hookimpl
 def ccproxy_upstream_headers(ctx: Any, headers: dict[str, str]) -> None:
-    """Translated responses also get the rate-limit headers in the client's naming."""
-    if ctx.translated:
+    """Translated responses also get the rate-limit headers in the client's naming (both
+    OpenAI dialects name them alike)."""
+    if ctx.translated and ANTHROPIC in (ctx.client_dialect, ctx.upstream_dialect):
         add_client_headers(ctx.upstream_dialect, headers)

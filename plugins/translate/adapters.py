@@ -8,12 +8,36 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ccproxy_core import ANTHROPIC, OPENAI, SSEParser, UpstreamProtocolError, encode_event, error_body
+from ccproxy_core import (
+    ANTHROPIC,
+    OPENAI,
+    RESPONSES,
+    Limits,
+    SSEParser,
+    UpstreamProtocolError,
+    encode_event,
+    error_body,
+)
 
 from .base import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, ResponseAdapter, Settings, dumps, loads
 from .errors import client_status, stream_error, upstream_error
+from .resp_bodies import (
+    anthropic_message_to_responses,
+    chat_completion_to_responses,
+    responses_to_anthropic_message,
+    responses_to_chat_completion,
+)
+from .resp_streams import (
+    RESPONSE_EVENTS,
+    AnthropicToResponsesStream,
+    ChatToResponsesStream,
+    ResponsesToAnthropicStream,
+    ResponsesToChatStream,
+)
 from .responses import anthropic_message_to_openai, openai_completion_to_anthropic
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+
+_DEFAULT_LIMIT = Limits().max_response_body_bytes
 
 __all__ = [
     "BufferedAdapter",
@@ -131,23 +155,25 @@ class ModelRenameStreamAdapter:
     """Same dialect, aliased model: events re-framed unchanged except the model name.
 
     OpenAI chunks carry ``model`` in every chunk, Anthropic streams only in
-    ``message_start``; other events are re-encoded without parsing their JSON.
+    ``message_start``, Responses streams in the events that hold the whole ``response``;
+    other events are re-encoded without parsing their JSON.
     Comments are dropped and line ends become ``\\n`` (documented).
     """
 
-    __slots__ = ("_parser", "_replacement", "_every_event")
+    __slots__ = ("_parser", "_replacement", "_every_event", "_events")
 
     def __init__(self, model: str, dialect: str) -> None:
         self._parser = SSEParser()
         quoted = dumps(model)
         self._replacement: Callable[[re.Match[str]], str] = lambda match: match.group(1) + quoted
         self._every_event = dialect == OPENAI
+        self._events = RESPONSE_EVENTS if dialect == RESPONSES else frozenset({"message_start"})
 
     def _encode(self, events: list[Any]) -> bytes:
         out = []
         for event in events:
             data = event.data
-            if self._every_event or event.event == "message_start":
+            if self._every_event or event.event in self._events:
                 data = _MODEL_KEY.sub(self._replacement, data, count=1)
             out.append(encode_event(data, event.event, id=event.id, retry=event.retry))
         return b"".join(out)
@@ -172,13 +198,43 @@ def client_wants_usage(ctx: Any) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def stream_translator(ctx: Any, settings: Settings) -> AnthropicToOpenAIStream | OpenAIToAnthropicStream:
+def response_limit(ctx: Any) -> int:
+    """``limits.max_response_body_bytes``: what a translator may hold of one answer."""
+    limits = getattr(ctx.config, "limits", None)
+    return limits.max_response_body_bytes if limits is not None else _DEFAULT_LIMIT
+
+
+def stream_translator(ctx: Any, settings: Settings) -> ResponseAdapter:
     """The translator of an upstream stream into the client's dialect (the dialects differ)."""
     model = ctx.model_requested or ctx.model
-    if ctx.upstream_dialect == ANTHROPIC:
-        thinking = settings.thinking == "reasoning_content"
+    client, upstream = ctx.client_dialect, ctx.upstream_dialect
+    thinking = settings.thinking == "reasoning_content"
+    if client == RESPONSES:
+        cls = AnthropicToResponsesStream if upstream == ANTHROPIC else ChatToResponsesStream
+        return cls(model=model, request=ctx.body, limit=response_limit(ctx))
+    if upstream == RESPONSES:
+        if client == ANTHROPIC:
+            return ResponsesToAnthropicStream(model=model, limit=response_limit(ctx))
+        return ResponsesToChatStream(model=model, include_usage=client_wants_usage(ctx), thinking=thinking)
+    if upstream == ANTHROPIC:
         return AnthropicToOpenAIStream(model=model, include_usage=client_wants_usage(ctx), thinking=thinking)
-    return OpenAIToAnthropicStream(model=model)
+    return OpenAIToAnthropicStream(model=model, limit=response_limit(ctx))
+
+
+def json_converter(ctx: Any, settings: Settings) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The converter of a successful JSON answer into the client's dialect (the dialects differ)."""
+    model = ctx.model_requested or ctx.model
+    client, upstream = ctx.client_dialect, ctx.upstream_dialect
+    if client == RESPONSES:
+        convert = anthropic_message_to_responses if upstream == ANTHROPIC else chat_completion_to_responses
+        return partial(convert, model=model, request=ctx.body)
+    if upstream == RESPONSES:
+        if client == ANTHROPIC:
+            return partial(responses_to_anthropic_message, model=model)
+        return partial(responses_to_chat_completion, model=model, settings=settings)
+    if upstream == ANTHROPIC:
+        return partial(anthropic_message_to_openai, model=model, settings=settings)
+    return partial(openai_completion_to_anthropic, model=model)
 
 
 def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
@@ -196,7 +252,6 @@ def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
             return ModelRenameStreamAdapter(requested, client)
         return ModelRenameJSONAdapter(requested)
 
-    model = requested or ctx.model
     if status >= 400:
         ctx.status = client_status(upstream, status)
         ctx.response_headers["content-type"] = JSON_CONTENT_TYPE
@@ -205,6 +260,4 @@ def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
         ctx.response_headers["content-type"] = SSE_CONTENT_TYPE
         return stream_translator(ctx, settings)
     ctx.response_headers["content-type"] = JSON_CONTENT_TYPE
-    if upstream == ANTHROPIC:
-        return JSONResponseAdapter(upstream, partial(anthropic_message_to_openai, model=model, settings=settings))
-    return JSONResponseAdapter(upstream, partial(openai_completion_to_anthropic, model=model))
+    return JSONResponseAdapter(upstream, json_converter(ctx, settings))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccproxy_core import ANTHROPIC, ProxyError
+from ccproxy_core import ANTHROPIC, RESPONSES, ProxyError
 
 from . import mappings as m
 from .base import loads
@@ -89,9 +89,13 @@ def upstream_error(upstream_dialect: str, status: int, body: bytes) -> ProxyErro
 
 def stream_error(upstream_dialect: str, payload: Any) -> ProxyError:
     """An error payload that came with a success status (Anthropic ``event: error``
-    data, an OpenAI ``data: {"error": ...}`` frame, or such a JSON body) -> the error
-    to show the client."""
+    data, an OpenAI ``data: {"error": ...}`` frame, a Responses ``error`` event or
+    ``response.failed``, or such a JSON body) -> the error to show the client."""
     error = _error_object(payload)
+    if upstream_dialect == RESPONSES and error is None and isinstance(payload, dict):
+        response = payload.get("response")
+        inner = response.get("error") if isinstance(response, dict) else None
+        error = inner if isinstance(inner, dict) else payload  # response.failed, or the flat error event
     if upstream_dialect == ANTHROPIC:
         kind = _anthropic_kind(error, None)
     else:

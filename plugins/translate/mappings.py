@@ -145,3 +145,21 @@ ANTHROPIC_ONLY_REQUEST_HEADERS: Final[tuple[str, ...]] = (
 OPENAI_ONLY_REQUEST_HEADERS: Final[tuple[str, ...]] = ("openai-organization", "openai-project", "openai-beta")
 #: ``anthropic-version`` sent to an Anthropic upstream when an OpenAI client gave none.
 ANTHROPIC_VERSION: Final = "2023-06-01"
+
+# -- The Responses API ----------------------------------------------------------
+
+#: Anthropic ``stop_reason`` -> Responses ``incomplete_details.reason`` (others: ``completed``).
+STOP_TO_INCOMPLETE: Final[dict[str, str]] = {
+    "max_tokens": "max_output_tokens",
+    "model_context_window_exceeded": "max_output_tokens",
+    "refusal": "content_filter",
+}
+#: Chat ``finish_reason`` -> Responses ``incomplete_details.reason`` (others: ``completed``).
+FINISH_TO_INCOMPLETE: Final[dict[str, str]] = {"length": "max_output_tokens", "content_filter": "content_filter"}
+#: Responses ``incomplete_details.reason`` -> Chat ``finish_reason``.
+INCOMPLETE_TO_FINISH: Final[dict[str, str]] = {"max_output_tokens": "length", "content_filter": "content_filter"}
+#: Neutral error kind -> Responses ``response.error.code`` (others: ``server_error``).
+KIND_TO_RESPONSES_CODE: Final[dict[str, str]] = {
+    "rate_limit_error": "rate_limit_exceeded",
+    "invalid_request_error": "invalid_prompt",
+}

@@ -362,6 +362,23 @@ def _thinking(effort: str, max_tokens: int, explicit_max: bool, settings: Settin
     return {"type": "enabled", "budget_tokens": budget}, max_tokens
 
 
+def max_tokens_and_thinking(
+    out: Body, explicit: int | None, effort: str | None, skip: bool, field: str, settings: Settings, ignored: list[str]
+) -> None:
+    """Set an Anthropic request's ``thinking`` (from an OpenAI ``effort``; when ``skip``, the
+    client's ``field`` is listed in ``ignored`` instead) and ``max_tokens`` (``explicit`` or the
+    default, grown or capped by :func:`_thinking`)."""
+    max_tokens = explicit or settings.default_max_tokens
+    if effort is not None:
+        if skip:
+            ignored.append(field)
+        else:
+            thinking, max_tokens = _thinking(effort, max_tokens, bool(explicit), settings)
+            if thinking:
+                out["thinking"] = thinking
+    out["max_tokens"] = max_tokens
+
+
 def _in_unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
     """True when the last assistant message holds tool calls.
 
@@ -374,6 +391,14 @@ def _in_unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
             content = message["content"]
             return isinstance(content, list) and any(b.get("type") == "tool_use" for b in content)
     return False
+
+
+def copy_fields(out: Body, body: Body, keys: tuple[str, ...], expect: Any) -> None:
+    """Copy each of ``keys`` that ``body`` sets (not null), checked by ``expect``."""
+    for key in keys:
+        value = expect(body.get(key), key, default=None)
+        if value is not None:
+            out[key] = value
 
 
 def _string_list(value: Any, path: str) -> list[str]:
@@ -407,19 +432,11 @@ def openai_to_anthropic(
     out: Body = {"model": model or body.get("model")}
     completion_max = expect_int(body.get("max_completion_tokens"), "max_completion_tokens", default=None)
     legacy_max = expect_int(body.get("max_tokens"), "max_tokens", default=None)
-    explicit_max = completion_max or legacy_max
-    max_tokens = explicit_max or settings.default_max_tokens
     effort = expect_str(body.get("reasoning_effort"), "reasoning_effort", default=None)
-    if effort is not None:
-        if effort not in m.EFFORT_TO_BUDGET:
-            raise InvalidRequest(f"reasoning_effort {effort!r} is not one of {', '.join(m.EFFORT_TO_BUDGET)}")
-        if _in_unsigned_tool_turn(messages):
-            ignored.append("reasoning_effort")
-        else:
-            thinking, max_tokens = _thinking(effort, max_tokens, bool(explicit_max), settings)
-            if thinking:
-                out["thinking"] = thinking
-    out["max_tokens"] = max_tokens
+    if effort is not None and effort not in m.EFFORT_TO_BUDGET:
+        raise InvalidRequest(f"reasoning_effort {effort!r} is not one of {', '.join(m.EFFORT_TO_BUDGET)}")
+    max_tokens_and_thinking(out, completion_max or legacy_max, effort, _in_unsigned_tool_turn(messages),
+                            "reasoning_effort", settings, ignored)
     if system:
         out["system"] = system
     out["messages"] = messages
@@ -744,10 +761,7 @@ def anthropic_to_openai(
     max_tokens = expect_int(body.get("max_tokens"), "max_tokens", default=None)
     if max_tokens is not None:
         out[settings.max_tokens_field] = max_tokens
-    for key in ("temperature", "top_p"):
-        value = expect_number(body.get(key), key, default=None)
-        if value is not None:
-            out[key] = value
+    copy_fields(out, body, ("temperature", "top_p"), expect_number)
     stop = _string_list(body.get("stop_sequences"), "stop_sequences")
     if stop:
         out["stop"] = stop

@@ -16,10 +16,20 @@ bytes translated from the same read as the failure are not sent.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, NoReturn
 
-from ccproxy_core import ANTHROPIC, OPENAI, ProxyError, SSEEvent, SSEParser, UpstreamProtocolError, error_event
+from ccproxy_core import (
+    ANTHROPIC,
+    OPENAI,
+    Limits,
+    ProxyError,
+    SSEEvent,
+    SSEParser,
+    UpstreamProtocolError,
+    error_event,
+)
 
 from . import mappings as m
 from .base import dumps, loads
@@ -36,6 +46,7 @@ from .responses import (
 __all__ = ["AnthropicToOpenAIStream", "OpenAIToAnthropicStream"]
 
 _DONE = b"data: [DONE]\n\n"
+_LIMIT = Limits().max_response_body_bytes
 
 
 class _StreamTranslator:
@@ -177,13 +188,9 @@ class AnthropicToOpenAIStream(_StreamTranslator):
             if tool is not None and not self._tool_has_args[tool]:
                 self._tool_delta(tool, {"function": {"arguments": "{}"}}, out)  # a call without input
         elif kind == "message_start":
-            message = payload.get("message") or {}
-            self._usage.update({k: v for k, v in (message.get("usage") or {}).items() if v is not None})
-            self._start(message.get("id"), out)
+            self._start(anthropic_message_start(payload, self._usage), out)
         elif kind == "message_delta":
-            self._stop = (payload.get("delta") or {}).get("stop_reason") or self._stop or "end_turn"
-            # usage counts are cumulative: later values replace earlier ones
-            self._usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
+            self._stop = anthropic_message_delta(payload, self._usage) or self._stop or "end_turn"
         elif kind == "message_stop":
             self._end(out)
         elif kind == "error":
@@ -237,6 +244,20 @@ class AnthropicToOpenAIStream(_StreamTranslator):
         self._end(out)  # message_delta came, message_stop did not: nothing is missing
 
 
+def anthropic_message_start(payload: dict[str, Any], usage: dict[str, Any]) -> str | None:
+    """``message_start``: its usage into ``usage``; returns the message id."""
+    message = payload.get("message") or {}
+    usage.update({k: v for k, v in (message.get("usage") or {}).items() if v is not None})
+    return message.get("id")
+
+
+def anthropic_message_delta(payload: dict[str, Any], usage: dict[str, Any]) -> str | None:
+    """``message_delta``: its usage into ``usage`` (counts are cumulative: later values replace
+    earlier ones); returns its stop reason."""
+    usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
+    return (payload.get("delta") or {}).get("stop_reason")
+
+
 _ANTHROPIC_EVENTS = frozenset(
     {
         "message_start",
@@ -250,27 +271,74 @@ _ANTHROPIC_EVENTS = frozenset(
 )
 
 
+#: The characters that change the state of :meth:`_Block.scan` (strings, escapes, nesting).
+_JSON_STRUCTURE = re.compile(r'[{}\[\]"\\]')
+
+
 class _Block:
     """One Anthropic content block being built: text, thinking or a tool call."""
 
-    __slots__ = ("kind", "parts", "id", "given_id", "name", "index", "done")
+    __slots__ = ("kind", "parts", "id", "given_id", "name", "index", "done", "_opened", "_depth", "_in_str",
+                 "_esc", "_broken")
 
     def __init__(self, kind: str, *, id: str | None = None, given_id: str | None = None, name: str = "") -> None:
         self.kind = kind
-        #: Held text, or a tool call's argument pieces (kept to see when its JSON is complete).
+        #: What is held until the block starts: text, or a tool call's argument pieces.
         self.parts: list[str] = []
         self.id, self.given_id, self.name = id, given_id, name
         self.index: int | None = None  # the block index, once started
         self.done = False  # a tool call whose arguments are a complete JSON object
+        # the scanner: the first character seen, nesting depth, inside a string, an escape pending
+        self._opened = self._in_str = self._esc = self._broken = False
+        self._depth = 0
+
+    def scan(self, piece: str) -> None:
+        """Follow a tool call's arguments, each character once: ``done`` when the JSON object
+        they open closes (nothing can validly follow). Arguments that do not start with ``{``,
+        or go on after the object, never complete."""
+        if self.done or self._broken:
+            return
+        if not self._opened:
+            head = piece.lstrip()
+            if not head:
+                return
+            self._opened = True
+            if head[0] != "{":
+                self._broken = True
+                return
+        escaped, at = self._esc, 0  # an escape pending from the last piece covers this one's first character
+        for match in _JSON_STRUCTURE.finditer(piece):
+            pos = match.start()
+            if escaped:
+                escaped = False
+                if pos == at:
+                    continue  # the escaped character itself
+            char = piece[pos]
+            if self._in_str:
+                if char == "\\":
+                    escaped, at = True, pos + 1
+                elif char == '"':
+                    self._in_str = False
+            elif char == '"':
+                self._in_str = True
+            elif char == "{" or char == "[":
+                self._depth += 1
+            elif char == "}" or char == "]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self.done = char == "}" and not piece[pos + 1 :].strip()
+                    self._broken = not self.done
+                    return
+        self._esc = escaped and at == len(piece)
 
     def complete(self) -> bool:
         """For a tool call: its arguments so far are a whole JSON object (so no piece can follow)."""
-        if not self.done and self.parts and self.parts[-1].rstrip().endswith("}"):
-            try:
-                self.done = isinstance(loads("".join(self.parts)), dict)
-            except ValueError:
-                pass
         return self.done
+
+    @property
+    def opened(self) -> bool:
+        """For a tool call: some arguments other than white space came."""
+        return self._opened
 
 
 class OpenAIToAnthropicStream(_StreamTranslator):
@@ -297,14 +365,18 @@ class OpenAIToAnthropicStream(_StreamTranslator):
     """
 
     __slots__ = ("_model", "_started", "_open", "_held", "_next", "_calls", "_has_calls", "_finish", "_usage",
-                 "_refused")
+                 "_refused", "_limit", "_kept")
 
     upstream_dialect = OPENAI
     client_dialect = ANTHROPIC
 
-    def __init__(self, *, model: str | None) -> None:
+    def __init__(self, *, model: str | None, limit: int = _LIMIT) -> None:
+        """``limit``: how many bytes of text and arguments may be held behind an open tool call
+        (``limits.max_response_body_bytes``); past it the stream fails."""
         super().__init__()
         self._model = model
+        self._limit = limit
+        self._kept = 0  # bytes held in self._held
         self._started = False
         self._open: _Block | None = None  # the block being streamed
         self._held: list[_Block] = []  # blocks waiting for the open one to end, in arrival order
@@ -362,8 +434,7 @@ class OpenAIToAnthropicStream(_StreamTranslator):
                    out)
         if block.parts:
             self._delta(block, "".join(block.parts), out)
-            if block.kind != "tool":
-                block.parts = []
+            block.parts = []  # a tool call's completeness is followed by its scanner
 
     def _delta(self, block: _Block, piece: str, out: list[bytes]) -> None:
         if block.kind == "tool":
@@ -388,10 +459,19 @@ class OpenAIToAnthropicStream(_StreamTranslator):
         self._close(out)
         while self._held:
             block = self._held.pop(0)
+            self._kept -= sum(map(len, block.parts))
             self._begin(block, out)
             if not final and (not self._held or (block.kind == "tool" and not block.complete())):
                 return
         self._close(out)
+
+    def _hold(self, block: _Block, piece: str) -> None:
+        """Keep ``piece`` in a held block, within the limit."""
+        self._kept += len(piece)
+        if self._kept > self._limit:
+            self._malformed(f"holds more than limits.max_response_body_bytes ({self._limit} bytes) behind a tool "
+                            "call whose arguments are not complete")
+        block.parts.append(piece)
 
     def _text(self, kind: str, text: str, out: list[bytes]) -> None:
         """A piece of text or thinking: to the open block of that kind, or a new block (held if need be)."""
@@ -403,7 +483,7 @@ class OpenAIToAnthropicStream(_StreamTranslator):
             if last is None or last.kind != kind:
                 last = _Block(kind)
                 self._held.append(last)
-            last.parts.append(text)
+            self._hold(last, text)
         else:
             block = _Block(kind)
             block.parts.append(text)
@@ -480,8 +560,10 @@ class OpenAIToAnthropicStream(_StreamTranslator):
         arguments = fn.get("arguments")
         if not arguments:
             return
-        known.parts.append(arguments)
-        if known is self._open:
+        known.scan(arguments)
+        if known.index is None:
+            self._hold(known, arguments)
+        elif known is self._open:
             self._delta(known, arguments, out)
             if self._held and known.complete():
                 self._release(out, final=False)

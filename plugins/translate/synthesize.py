@@ -20,6 +20,9 @@ Contract (what :func:`stream_adapter` needs from the core and gives back):
     with the whole input as JSON) and ``content_block_stop`` (blocks without a delta form,
     e.g. ``redacted_thinking``, come whole in their start), then ``message_delta``
     (``stop_reason``, ``stop_sequence``, the full usage) and ``message_stop``;
+  - Responses: ``response.created``, ``response.in_progress``, each output item with its
+    ``.added``, delta and ``.done`` events (:func:`.resp_emitter.responses_events`), then the
+    answer itself in ``response.completed`` (``.incomplete``, ``.failed`` after its status);
   - OpenAI Chat: per choice a chunk with ``role``, then ``reasoning_content``, ``content``,
     ``refusal`` and each tool call (``index``, ``id``, ``type``, ``function.name`` with empty
     ``arguments``, then the arguments), then the ``finish_reason`` chunk; the usage chunk
@@ -42,14 +45,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccproxy_core import ANTHROPIC, Limits, UpstreamProtocolError
+from ccproxy_core import ANTHROPIC, RESPONSES, UpstreamProtocolError
 
-from .adapters import _is_stream, client_wants_usage, stream_translator, upstream_json
+from .adapters import _is_stream, client_wants_usage, response_limit, stream_translator, upstream_json
 from .base import SSE_CONTENT_TYPE, ResponseAdapter, Settings, dumps
+from .resp_emitter import responses_events
 
 __all__ = ["StreamSynthesizer", "anthropic_events", "openai_chunks", "stream_adapter"]
 
-_DEFAULT_LIMIT = Limits().max_response_body_bytes
 #: Content blocks streamed as a shell plus ``input_json_delta`` (the Messages API's tool calls).
 _TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 
@@ -63,8 +66,7 @@ def stream_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
         return None
     client, upstream = ctx.client_dialect, ctx.upstream_dialect or ctx.client_dialect
     ctx.response_headers["content-type"] = SSE_CONTENT_TYPE
-    limits = getattr(ctx.config, "limits", None)
-    limit = limits.max_response_body_bytes if limits is not None else _DEFAULT_LIMIT
+    limit = response_limit(ctx)
     rename = None
     if client == upstream:
         translator = None
@@ -120,6 +122,8 @@ class StreamSynthesizer:
             payload["model"] = self._model
         if self._upstream == ANTHROPIC:
             stream = anthropic_events(payload)
+        elif self._upstream == RESPONSES:
+            stream = responses_events(payload)
         else:
             stream = openai_chunks(payload, include_usage=self._include_usage)
         if self._translator is None:

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from ccproxy_core.errors import UpstreamProtocolError
 from ccproxy_core.sse import SSEParser
-from ccproxy_plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from ccproxy_plugins.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream, _Block
 
 from .corpus_cases import CASES, CREATED, MODEL, Case, translate
+from .strategies import json_values
 
 BY_NAME = {case.name: case for case in CASES}
 
@@ -232,14 +233,22 @@ def _transport(body: bytes) -> httpx2.Client:
 
 
 def anthropic_final_message(case_name: str) -> anthropic.types.Message:
-    body = BY_NAME[case_name].expected_path.read_bytes()
+    return anthropic_stream_message(BY_NAME[case_name].expected_path.read_bytes())
+
+
+def anthropic_stream_message(body: bytes) -> anthropic.types.Message:
+    """What the Anthropic SDK makes of ``body`` as a Messages stream."""
     client = anthropic.Anthropic(api_key="k", base_url="http://proxy.test", http_client=_transport(body), max_retries=0)
     with client.messages.stream(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as stream:
         return stream.get_final_message()
 
 
 def openai_final_completion(case_name: str) -> openai.types.chat.ChatCompletion:
-    body = BY_NAME[case_name].expected_path.read_bytes()
+    return openai_stream_completion(BY_NAME[case_name].expected_path.read_bytes())
+
+
+def openai_stream_completion(body: bytes) -> openai.types.chat.ChatCompletion:
+    """What the OpenAI SDK makes of ``body`` as a Chat Completions stream."""
     client = openai.OpenAI(api_key="k", base_url="http://proxy.test/v1", http_client=_transport(body), max_retries=0)
     with client.chat.completions.stream(model=MODEL, messages=[{"role": "user", "content": "hi"}]) as stream:
         for _ in stream:
@@ -489,10 +498,9 @@ def test_text_pieces_held_on_both_sides_of_a_call_keep_their_order() -> None:
     ]
 
 
-@settings(max_examples=200)
-@given(data=st.data())
-def test_any_interleaving_of_parallel_calls_and_text_gives_a_valid_stream_with_every_input(data: st.DataObject) -> None:
-    """Calls (and text) cut into random pieces and merged in any order that keeps each one's own order."""
+def interleaved_calls(data: st.DataObject) -> tuple[list[dict], list[str], list[dict]]:
+    """(the calls' arguments, the text pieces, Chat deltas): 1-4 calls and some text, each cut
+    into random pieces, merged in any order that keeps each one's own order."""
     n = data.draw(st.integers(1, 4))
     inputs = [data.draw(st.dictionaries(st.sampled_from("abc"), st.integers() | st.text(max_size=5), max_size=3))
               for _ in range(n)]
@@ -507,6 +515,14 @@ def test_any_interleaving_of_parallel_calls_and_text_gives_a_valid_stream_with_e
     merged: list[dict] = []
     while any(streams):
         merged.append(data.draw(st.sampled_from([s for s in streams if s])).pop(0))
+    return inputs, texts, merged
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_any_interleaving_of_parallel_calls_and_text_gives_a_valid_stream_with_every_input(data: st.DataObject) -> None:
+    """Calls (and text) cut into random pieces and merged in any order that keeps each one's own order."""
+    inputs, texts, merged = interleaved_calls(data)
     out = OpenAIToAnthropicStream(model=MODEL).feed(_chunks(*merged))
     rows = _blocks(out)
     open_block, seen, args, kinds = None, [], {}, {}
@@ -592,3 +608,32 @@ def test_corpus_inputs_match_the_sdk_types() -> None:
                 assert anthropic_event.validate_python(payload).type == event.event
             elif "error" not in payload:
                 openai.types.chat.ChatCompletionChunk.model_validate(payload)
+
+
+# -- what the Chat reader holds, and how it sees a call's end ----------------------------
+
+
+def test_what_is_held_behind_an_open_call_is_bounded() -> None:
+    adapter = OpenAIToAnthropicStream(model=MODEL, limit=100)
+    adapter.feed(_chunks(_call(0, '{"x":', "a", "f"), _call(1, '{"y":"' + "z" * 60, "b", "g"), finish=None)
+                 .rsplit(b"data: [DONE]", 1)[0])
+    with pytest.raises(UpstreamProtocolError, match="max_response_body_bytes"):
+        adapter.feed(_chunks({"content": "w" * 50}, finish=None).rsplit(b"data: [DONE]", 1)[0])
+
+
+@settings(max_examples=300)
+@given(value=json_values, data=st.data())
+def test_a_calls_end_is_seen_exactly_when_its_object_closes(value: object, data: st.DataObject) -> None:
+    """The scanner follows strings, escapes and nesting split anywhere, each character once."""
+    text = json.dumps({"v": value, "s": '"}\\\\{'}, ensure_ascii=data.draw(st.booleans()),
+                      indent=data.draw(st.sampled_from([None, 1])))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=12)))
+    block = _Block("tool")
+    for a, b in zip([0, *cuts], [*cuts, len(text)]):
+        assert block.complete() == (not text[a:].strip())  # done once only white space is left
+        block.scan(text[a:b])
+    assert block.complete()
+    for bad in ("[1]", '{"a": 1} {', '"x"'):
+        wrong = _Block("tool")
+        wrong.scan(bad)
+        assert not wrong.complete(), bad
