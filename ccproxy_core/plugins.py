@@ -9,14 +9,8 @@ name in the config, an import error, a misspelt hook, an argument the hook does 
 a bad setting) is found while the app is built and raised as a one-line
 :class:`ConfigError` naming the plugin.
 
-Hooks are called through pluggy (``pm.hook.NAME(...)``), so its ordering, argument
-selection, wrappers and tracing apply. Each implementation is registered behind a small
-adapter that holds what pluggy has no notion of: observer isolation (an exception is
-logged once, counted, and the next implementation runs), the :class:`PluginError` that
-names a failing plugin, each plugin's own settings for ``ccproxy_configure``, and async
-implementations. pluggy's call loop is synchronous, so for a hook that has an ``async def``
-implementation every implementation's adapter is a coroutine: pluggy calls them in its
-order and the facade awaits each in turn, so bodies still run one after another.
+Hooks are called through pluggy; how, and what each implementation's adapter adds, is
+:mod:`ccproxy_core.hookcalls` (the other half of :class:`Plugins`).
 """
 
 from __future__ import annotations
@@ -28,7 +22,6 @@ import importlib.metadata
 import inspect
 import logging
 import types
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -38,12 +31,14 @@ import pluggy
 
 from . import hookspecs
 from .config import Config, convert
-from .errors import ConfigError, PluginError, ProxyError
+from .errors import ConfigError, PluginError
+from .hookcalls import BUILD_TIME_HOOKS, HOOK_PREFIX, OBSERVER_HOOKS, HookCalls
+
+__all__ = ["BUILD_TIME_HOOKS", "DEFAULT_PLUGINS", "OBSERVER_HOOKS", "PluginInfo", "PluginSettings", "Plugins"]
 
 log = logging.getLogger("ccproxy")
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-HOOK_PREFIX = hookspecs.PROJECT_NAME + "_"
 
 #: This project's own plugins, registered in this order before any installed one (pluggy calls
 #: the last registered first). The plugin's name is the module's last component.
@@ -57,15 +52,6 @@ DEFAULT_PLUGINS = (
     "plugins.translate",
     "plugins.usage",
 )
-
-#: Hooks called while the app is built, outside any event loop: plain functions only.
-BUILD_TIME_HOOKS = frozenset({"ccproxy_configure", "ccproxy_register_routes"})
-#: Hooks whose implementations cannot touch the request: an exception is logged and counted.
-OBSERVER_HOOKS = frozenset({
-    "ccproxy_shutdown", "ccproxy_upstream_attempt", "ccproxy_upstream_headers", "ccproxy_stream_start",
-    "ccproxy_stream_chunk", "ccproxy_stream_event", "ccproxy_response_body", "ccproxy_stream_error",
-    "ccproxy_stream_end",
-})
 
 #: (plugin name, function, names of the arguments it accepts)
 Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
@@ -192,10 +178,6 @@ class _PluginManager(pluggy.PluginManager):
         except (pluggy.PluginValidationError, ValueError) as exc:  # ValueError: one object, two names
             raise ConfigError(f"plugin {name!r}: {' '.join(str(exc).split())}") from None
 
-    def call_each(self, hook_name: str, kwargs: dict[str, Any]) -> list[Any]:
-        """Every implementation's result, a ``firstresult`` hook's too, through pluggy's hook execution."""
-        return self._hookexec(hook_name, getattr(self.hook, hook_name).get_hookimpls(), kwargs, False)
-
 
 def _argnames(func: Callable[..., Any]) -> tuple[str, ...]:
     try:
@@ -236,7 +218,7 @@ def _entry_points() -> dict[str, tuple[str | None, str | None]]:
     return found
 
 
-class Plugins:
+class Plugins(HookCalls):
     """The plugins of one app, and the one place hooks are called from."""
 
     def __init__(self, config: Config, extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True) -> None:
@@ -252,16 +234,11 @@ class Plugins:
                 argument the hook does not pass, an ``async`` implementation of a
                 build-time hook, or a setting a plugin refuses.
         """
+        super().__init__()
         self.config = config
         self.source = config.path or "<config>"
         self.pm = _PluginManager(self._check_plugin)
         self.info: dict[str, PluginInfo] = {}
-        #: Exceptions raised by observer hooks, by (plugin, hook).
-        self.errors: Counter[tuple[str, str]] = Counter()
-        #: Per-app objects returned by ``ccproxy_configure``: registered name -> owning plugin.
-        self._owners: dict[str, str] = {}
-        #: The implementation each adapter stands for.
-        self._originals: dict[pluggy.HookImpl, Callable[..., Any]] = {}
         extra = list(extra)
         available: dict[str, tuple[str | None, str | None]] = {}  # name -> (distribution, version)
         defaults = {}
@@ -299,6 +276,7 @@ class Plugins:
         self._check_hooks()
         self._prepare()
         self._configure()
+        self._list_hooks()
 
     # -- loading and checking ---------------------------------------------------------------
 
@@ -376,109 +354,17 @@ class Plugins:
         self.pm.register(plugin, name=name)
         self._check_hooks()
         self._prepare()
+        self._list_hooks()
 
-    def _prepare(self) -> None:
-        """Put every implementation behind its adapter and note, per hook, how to call it."""
-        #: Per hook: None (no implementation), or (its HookCaller, whether it has an async implementation).
-        self._callers: dict[str, tuple[pluggy.HookCaller, bool] | None] = {}
-        for name in dir(hookspecs):
-            if not name.startswith(HOOK_PREFIX):
-                continue
-            caller = getattr(self.pm.hook, name)
-            impls = caller.get_hookimpls()
-            plain = [i for i in impls if not (i.wrapper or i.hookwrapper)]
-            for impl in plain:
-                self._originals.setdefault(impl, impl.function)
-            is_async = any(inspect.iscoroutinefunction(self._originals[i]) for i in plain)
-            if is_async and len(plain) < len(impls):
-                wrapper = next(i for i in impls if i.wrapper or i.hookwrapper)
-                coroutine = next(i for i in plain if inspect.iscoroutinefunction(self._originals[i]))
-                raise ConfigError(
-                    f"plugin {wrapper.plugin_name!r}: {name} is a wrapper, but plugin {coroutine.plugin_name!r} "
-                    "implements it with async def; pluggy runs wrappers synchronously, so they can wrap only "
-                    "hooks whose implementations are plain functions"
-                )
-            for impl in plain:
-                impl.function = self._adapter(name, impl, is_async)  # type: ignore[misc]
-            self._callers[name] = (caller, is_async) if impls else None
+    def _list_hooks(self) -> None:
+        """Each plugin's hooks for ``GET /plugins``, its per-app object's included."""
         for name, info in self.info.items():
-            hooks = {h.name for h in self.pm.get_hookcallers(self.pm.get_plugin(name)) or [] if h.has_spec()}
-            for instance, owner in self._owners.items():
-                if owner == name and self.pm.get_plugin(instance) is not None:
-                    hooks.update(h.name for h in self.pm.get_hookcallers(self.pm.get_plugin(instance)) or [])
+            hooks: set[str] = set()
+            for registered in [name, *(n for n, owner in self._owners.items() if owner == name)]:
+                plugin = self.pm.get_plugin(registered)
+                if plugin is not None:
+                    hooks.update(h.name for h in self.pm.get_hookcallers(plugin) or [] if h.has_spec())
             info.hooks = sorted(hooks)
-
-    def _adapter(self, hook: str, impl: pluggy.HookImpl, is_async: bool) -> Callable[..., Any]:
-        """``impl``'s function as pluggy calls it: its failures handled as ``hook`` requires, a
-        coroutine when the hook has async implementations, its own settings for ``ccproxy_configure``."""
-        func = self._originals[impl]
-        owner = self._owners.get(impl.plugin_name, impl.plugin_name)
-        failed = self._failure_handler(owner, hook)
-        if hook == "ccproxy_configure":
-            return self._configure_adapter(owner, impl, func)
-        if is_async:
-
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    result = func(*args, **kwargs)
-                    # Observers mostly return None: skip isawaitable's ABC check (~0.3 µs) for them.
-                    if result is not None and inspect.isawaitable(result):
-                        result = await result
-                    return result
-                except Exception as exc:
-                    return failed(exc)
-
-            return run_async
-
-        def run(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return func(*args, **kwargs)
-            except Exception as exc:
-                return failed(exc)
-
-        return run
-
-    def _failure_handler(self, plugin: str, hook: str) -> Callable[[Exception], Any]:
-        """What an exception raised by ``plugin`` in ``hook`` becomes."""
-        if hook in OBSERVER_HOOKS:
-            return lambda exc: self.observer_failed(plugin, hook)
-        label = self._label(plugin)
-
-        def failed(exc: Exception) -> Any:
-            if isinstance(exc, (ProxyError, ConfigError)):
-                raise exc
-            if hook in BUILD_TIME_HOOKS:
-                raise ConfigError(f"{label} failed in {hook}: {exc!r}") from exc
-            log.error("plugin %r failed in %s", plugin, hook, exc_info=exc)
-            raise PluginError(f"plugin {plugin!r} failed in {hook}") from exc
-
-        return failed
-
-    def _configure_adapter(self, plugin: str, impl: pluggy.HookImpl, func: Callable[..., Any]) -> Callable[..., Any]:
-        """``ccproxy_configure`` gets the plugin's own settings; an object it returns is registered as
-        more of the plugin's hook implementations, for this app only."""
-        settings = self.settings(plugin)
-        at = impl.argnames.index("settings") if "settings" in impl.argnames else -1
-
-        def configure(*args: Any, **kwargs: Any) -> None:
-            args = tuple(settings if i == at else a for i, a in enumerate(args))
-            try:
-                instance = func(*args, **kwargs)
-            except ConfigError as exc:
-                message = str(exc)
-                if not message.startswith(f"{self.source}: "):
-                    message = f"{self.source}: {settings.where()}: {message}"
-                raise ConfigError(message) from exc
-            except Exception as exc:
-                raise ConfigError(
-                    f"{self.source}: {settings.where()}: {self._label(plugin)} failed in ccproxy_configure: {exc!r}"
-                ) from exc
-            if instance is not None:
-                name = f"{plugin}.app"
-                self._owners[name] = plugin
-                self.pm.register(instance, name=name)
-
-        return configure
 
     def settings(self, name: str) -> PluginSettings:
         """Plugin ``name``'s own settings block (empty when the config has none)."""
@@ -546,101 +432,3 @@ class Plugins:
         error = PluginError(f"{who} failed while rewriting the response ({type(exc).__name__})")
         error.__cause__ = exc
         return error
-
-    # -- calling ------------------------------------------------------------------------------
-
-    async def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook: every implementation in order, each awaited; errors logged and counted."""
-        entry = self._callers[hook_name]
-        if entry is None:
-            return
-        caller, is_async = entry
-        try:
-            results = caller(**kwargs)
-            if results:
-                await _await_each(results, is_async)
-        except Exception as exc:  # a wrapper, or an awaitable a plain function returned
-            self.observer_failed(self.blame(exc) or "?", hook_name)
-
-    def observer_failed(self, plugin: str, hook_name: str) -> None:
-        """Record an observer's exception; the traceback is logged the first time only."""
-        key = (plugin, hook_name)
-        self.errors[key] += 1
-        if self.errors[key] == 1:
-            log.exception("plugin %r failed in %s; the request goes on (further failures are counted)", plugin, hook_name)
-
-    async def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a hook whose failures matter: every implementation, non-None results in order.
-
-        A :class:`ProxyError` or :class:`ConfigError` passes through; any other exception becomes a
-        :class:`PluginError` that names the plugin.
-        """
-        entry = self._callers[hook_name]
-        if entry is None:
-            return []
-        caller, is_async = entry
-        try:
-            results = caller(**kwargs)
-            return await _await_each(results, is_async) if results else []
-        except (ProxyError, ConfigError):
-            raise
-        except Exception as exc:  # a wrapper, or an awaitable a plain function returned
-            raise self._plugin_error(exc, hook_name) from exc
-
-    async def first(self, hook_name: str, **kwargs: Any) -> Any:
-        """Call a ``firstresult`` hook: the first non-None result (awaited), or None."""
-        entry = self._callers[hook_name]
-        if entry is None:
-            return None
-        caller, is_async = entry
-        try:
-            if not is_async:
-                result = caller(**kwargs)
-                return await result if result is not None and inspect.isawaitable(result) else result
-            # pluggy would stop at the first coroutine, a non-None value even when it will return None.
-            return await _await_each(self.pm.call_each(hook_name, kwargs), True, first=True)
-        except (ProxyError, ConfigError):
-            raise
-        except Exception as exc:
-            raise self._plugin_error(exc, hook_name) from exc
-
-    def call_sync(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a build-time hook (outside an event loop): non-None results in order.
-
-        Raises:
-            ConfigError: an implementation failed; the message names the plugin and the hook.
-        """
-        if self._callers[hook_name] is None:
-            return []
-        try:
-            return getattr(self.pm.hook, hook_name)(**kwargs)
-        except ConfigError:
-            raise
-        except Exception as exc:  # a wrapper
-            raise ConfigError(f"plugin {self.blame(exc)!r} failed in {hook_name}: {exc!r}") from exc
-
-    def _plugin_error(self, exc: Exception, hook_name: str) -> PluginError:
-        plugin = self.blame(exc)
-        log.error("plugin %r failed in %s", plugin, hook_name, exc_info=exc)
-        return PluginError(f"plugin {plugin!r} failed in {hook_name}")
-
-
-async def _await_each(results: list[Any], is_async: bool, first: bool = False) -> Any:
-    """Await ``results`` in order (the coroutines of a hook with async implementations, or what plain
-    functions returned); the non-None values, or with ``first`` the first of them. Coroutines left
-    when one raises (or with ``first``, after the result) are closed, never left unawaited."""
-    values = []
-    pending = iter(results)
-    try:
-        for result in pending:
-            if is_async or inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                if first:
-                    return result
-                values.append(result)
-    finally:
-        for rest in pending:
-            if inspect.iscoroutine(rest):
-                rest.close()
-    return None if first else values

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -964,6 +965,69 @@ def test_pluggy_tracing_and_hook_call_monitoring_see_every_hook_call(serve, upst
     assert ("ccproxy_stream_end", ["ends"]) in monitored
     assert "ccproxy_stream_start" not in [hook for hook, _ in monitored]
     assert any("ccproxy_stream_end" in line for line in traced), traced
+
+
+# -- per-app state ---------------------------------------------------------------------------------------
+
+
+def _requests_counted(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "ccproxy_requests_total")
+
+
+def test_ccproxy_configure_returns_a_per_app_object_whose_methods_are_hooks():
+    class PerApp:
+        def __init__(self, greeting: str) -> None:
+            self.greeting, self.ends = greeting, 0
+
+        @hookimpl
+        def ccproxy_stream_end(self, ctx):
+            self.ends += 1
+            raise RuntimeError("counted under the plugin's name")
+
+    module = types.ModuleType("per_app_plugin")
+
+    @hookimpl
+    def ccproxy_configure(settings):
+        return PerApp(settings.get("greeting", "hi"))
+
+    module.ccproxy_configure = ccproxy_configure
+    one = build({"mine": module}, {"mine": {"greeting": "one"}})
+    two = build({"mine": module}, {"mine": {"greeting": "two"}})
+    first, second = one.pm.get_plugin("mine.app"), two.pm.get_plugin("mine.app")
+    assert (first.greeting, second.greeting) == ("one", "two")
+    assert one.info["mine"].hooks == ["ccproxy_configure", "ccproxy_stream_end"]
+    asyncio.run(one.notify("ccproxy_stream_end", ctx=None))
+    assert (first.ends, second.ends) == (1, 0) and one.errors == Counter({("mine", "ccproxy_stream_end"): 1})
+
+
+def test_two_apps_in_one_process_keep_their_own_plugin_state(make_proxy, mock, upstream, tmp_path):
+    """metrics, health, access_log and usage keep per-app state (what ``ccproxy_configure`` returned)."""
+    expensive = {"claude-*": {"input": 1000.0, "output": 1000.0}}
+    a = make_proxy(provider_config(mock.url, plugins={"access_log": {"path": str(tmp_path / "a.log")},
+                                                      "usage": {"prices": expensive}}))
+    b = make_proxy(provider_config(mock.url, plugins={"access_log": {"path": str(tmp_path / "b.log")}}))
+    for _ in range(2):
+        assert post(a.url, {**ANTHROPIC_BODY, "stream": False}).status_code == 200
+    assert post(b.url, {**ANTHROPIC_BODY, "stream": False}).status_code == 200
+    wait_for(lambda: _requests_counted(a.url) == 2 and _requests_counted(b.url) == 1)
+    wait_for(lambda: len((tmp_path / "a.log").read_text().splitlines()) == 2)
+    wait_for(lambda: len((tmp_path / "b.log").read_text().splitlines()) == 1)
+    a_lines = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()]
+    b_line = json.loads((tmp_path / "b.log").read_text())
+    usage = b_line["usage"]
+    assert a_lines[0]["usage"] == usage
+    tokens = usage["input_tokens"] + usage["output_tokens"] + usage["cache_read_input_tokens"]  # cache: input's price
+    assert a_lines[0]["cost_usd"] == pytest.approx(tokens * 1000 / 1e6)
+    assert b_line["cost_usd"] < a_lines[0]["cost_usd"] / 50  # the default table, not a's
+    ready_a, ready_b = (httpx.get(s.url + "/health/ready").json() for s in (a, b))
+    assert ready_a["providers"]["anthropic"]["last"]["request_id"] == a_lines[-1]["request_id"]
+    assert ready_b["providers"]["anthropic"]["last"]["request_id"] == b_line["request_id"]
+    listed = {p["name"]: p for p in httpx.get(a.url + "/plugins").json()}
+    assert {"ccproxy_configure", "ccproxy_startup", "ccproxy_stream_end"} <= set(listed["metrics"]["hooks"])
 
 
 # -- cost: no pluggy on the chunk path ------------------------------------------------------------------
