@@ -22,8 +22,9 @@ chunk and per event this matters). Each implementation sits behind an adapter, i
 * ``ccproxy_configure``: each plugin's own settings, and the per-app object it may return.
 
 A hook nobody implements is never called (``_callers[name]`` is None): the guard costs a dict
-look-up, a call through pluggy about 1 µs. Plugins registered after loading go through
-:meth:`ccproxy_core.plugins.Plugins.register`, which prepares them the same way.
+look-up, a call through pluggy about 1 µs. Every plugin is registered while the app is built
+(loading, then the per-app objects ``ccproxy_configure`` returns); :meth:`HookCalls._prepare` runs
+after each step.
 """
 
 from __future__ import annotations

@@ -345,17 +345,6 @@ class Plugins(HookCalls):
                     hint = f"; did you mean {close[0]!r}?" if close else f" (hooks: {', '.join(known)})"
                     raise ConfigError(f"{self._label(impl.plugin_name)}: unknown hook {hook_name!r}{hint}")
 
-    def register(self, plugin: object, name: str, owner: str | None = None) -> None:
-        """Register ``plugin`` after loading (checked like the others); ``owner`` is the plugin its
-        errors are counted under. Hooks the core looked up at start-up (``implemented``) see it only
-        when it was registered before the server started."""
-        if owner is not None:
-            self._owners[name] = owner
-        self.pm.register(plugin, name=name)
-        self._check_hooks()
-        self._prepare()
-        self._list_hooks()
-
     def _list_hooks(self) -> None:
         """Each plugin's hooks for ``GET /plugins``, its per-app object's included."""
         for name, info in self.info.items():
