@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -309,12 +310,17 @@ def _interpolate_tree(value: Any, where: str) -> Any:
     return value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # ~40 µs a call: schemas are few, and fixed
+
+
 def _build(cls: Any, data: Any, where: str, unknown: str, missing: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'top level'}: expected a mapping, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     # Fields marked INTERNAL are filled by validation, not read from the file.
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get(INTERNAL)}
     kwargs = {}

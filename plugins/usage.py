@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccproxy_core import hookimpl
-from ccproxy_core.config import Config
+from ccproxy_core.config import Config, convert
 from ccproxy_core.context import ANTHROPIC, CLIENT_DISCONNECTED, OPENAI, UPSTREAM_ERROR, RequestContext, Usage
 from ccproxy_core.plugins import PluginSettings
 
@@ -165,12 +165,19 @@ class UsageSettings:
     request_stream_usage: bool = True
 
 
-def settings_for(config: Config | None) -> UsageSettings:
-    """This plugin's settings as written in ``config`` (for other plugins: translate asks whether to
-    request stream usage); checked at start-up by ``ccproxy_configure``."""
-    if config is None:
-        return UsageSettings()
-    return PluginSettings(NAME, config.plugin_settings(NAME), config.path).load(UsageSettings)
+@dataclass(frozen=True, slots=True)
+class SharedSettings:
+    """What other plugins read of this plugin's settings."""
+
+    #: Ask an OpenAI upstream for the usage chunk of a stream (translate asks for it too).
+    request_stream_usage: bool = True
+
+
+def settings_for(config: Config | None) -> SharedSettings:
+    """:class:`SharedSettings` from ``config`` (checked at start-up by ``ccproxy_configure``); a few
+    µs, so other plugins may call it per request."""
+    raw = config.plugin_settings(NAME).get("request_stream_usage", True) if config is not None else True
+    return SharedSettings(convert(raw, bool, f"plugins.{NAME}.request_stream_usage"))
 
 
 @hookimpl
