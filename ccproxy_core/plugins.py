@@ -248,8 +248,8 @@ class Plugins(HookCalls):
                 available[module.rpartition(".")[2]] = _distribution(module.partition(".")[0])
             for name, dist in _entry_points().items():
                 if name in defaults and dist[0] != available[name][0]:
-                    raise ConfigError(f"two installed plugins are called {name!r} ({available[name][0]} and "
-                                      f"{dist[0]}); uninstall one of them")
+                    raise ConfigError(f"two installed plugins are called {name!r} ({available[name][0] or 'first-party'}"
+                                      f" and {dist[0]}); uninstall one of them")
                 available.setdefault(name, dist)
         extra_names: set[str] = set()
         for name, _ in extra:

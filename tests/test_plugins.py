@@ -121,10 +121,16 @@ def test_enabled_list_loads_only_those(make_proxy, mock):
 def test_first_party_plugins_come_from_code_in_a_checkout_never_installed(monkeypatch):
     import importlib.metadata
 
+    from ccproxy_core import plugins as loading
     from ccproxy_core.plugins import DEFAULT_PLUGINS
 
     monkeypatch.setattr(importlib.metadata, "distributions", lambda: [])  # nothing installed at all
-    loaded = Plugins(build_config({"plugins": {"disabled": ["demo"]}}, "x"))
+    loading._distribution.cache_clear()  # which distribution holds a package: cached per process
+    try:
+        loaded = Plugins(build_config({"plugins": {"disabled": ["demo"]}}, "x"))
+    finally:
+        loading._distribution.cache_clear()
+    assert loaded.info["providers"].distribution is None
     names = [module.rpartition(".")[2] for module in DEFAULT_PLUGINS]
     assert list(loaded.info) == names
     assert loaded.pm.is_blocked("demo") and loaded.pm.get_plugin("demo") is None  # disabled: pluggy's block list
@@ -254,6 +260,10 @@ def test_two_plugins_with_one_name_and_import_failure(monkeypatch):
         with pytest.raises(ConfigError) as exc:
             Plugins(build_config({}, "x"))
     assert one_line(exc) == "two installed plugins are called 'dup' (ccproxy-a and ccproxy-b); uninstall one of them"
+    with monkeypatch.context() as patch:  # a first-party name is taken too
+        patch.setattr(importlib.metadata, "distributions", lambda: [FakeDistribution("ccproxy-x", FakeEntryPoint("auth"))])
+        with pytest.raises(ConfigError, match=r"two installed plugins are called 'auth' \(.* and ccproxy-x\)"):
+            Plugins(build_config({}, "x"))
 
     class P:
         pass
