@@ -381,7 +381,7 @@ def test_other_dialect_without_translation_is_clear_400(make_proxy, mock):
 def _translate_installed() -> bool:
     from ccproxy_core.plugins import DEFAULT_PLUGINS
 
-    return "plugins.translate" in DEFAULT_PLUGINS
+    return any(module.rpartition(".")[2] == "translate" for module in DEFAULT_PLUGINS)
 
 
 # -- routes -------------------------------------------------------------------------------------
