@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccproxy_core import hookimpl
-from ccproxy_core.config import Config, convert
+from ccproxy_core.config import Config
 from ccproxy_core.context import ANTHROPIC, CLIENT_DISCONNECTED, OPENAI, UPSTREAM_ERROR, RequestContext, Usage
 from ccproxy_core.plugins import PluginSettings
 
@@ -176,8 +176,11 @@ class SharedSettings:
 def settings_for(config: Config | None) -> SharedSettings:
     """:class:`SharedSettings` from ``config`` (checked at start-up by ``ccproxy_configure``); a few
     µs, so other plugins may call it per request."""
-    raw = config.plugin_settings(NAME).get("request_stream_usage", True) if config is not None else True
-    return SharedSettings(convert(raw, bool, f"plugins.{NAME}.request_stream_usage"))
+    if config is None:
+        return SharedSettings()
+    raw = config.plugin_settings(NAME)
+    shared = {key: raw[key] for key in ("request_stream_usage",) if key in raw}
+    return PluginSettings(NAME, shared, config.path).load(SharedSettings)
 
 
 @hookimpl
