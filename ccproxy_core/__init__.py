@@ -22,6 +22,7 @@ from .context import (
     UPSTREAM_ERROR,
     Attempt,
     RequestContext,
+    Usage,
 )
 from .dialects import error_body, error_event
 from .errors import (
@@ -56,6 +57,7 @@ __all__ = [
     "PluginSettings",
     # the request
     "RequestContext",
+    "Usage",
     "Attempt",
     "ANTHROPIC",
     "OPENAI",

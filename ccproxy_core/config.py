@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -25,6 +26,8 @@ from .errors import ConfigError
 log = logging.getLogger("ccproxy")
 
 DEFAULT_CONFIG = "config.yaml"
+#: Field metadata of what validation fills in rather than the file (``field(metadata={INTERNAL: True})``).
+INTERNAL = "ccproxy_internal"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
 
 
@@ -48,7 +51,7 @@ class ProviderConfig:
 
     format: Literal["anthropic", "openai"]
     base_url: str
-    name: str = ""
+    name: str = field(default="", metadata={INTERNAL: True})
     api_key: str = ""
     #: Globs of model names this provider serves; the first provider that matches wins.
     models: list[str] = field(default_factory=list)
@@ -184,9 +187,9 @@ class Config:
     #: ``disabled``/``enabled`` lists and per-plugin settings, by plugin name.
     plugins: dict[str, Any] = field(default_factory=dict)
     #: The file this came from ("" when built in code).
-    path: str = ""
-    #: Providers skipped for lack of a key, by name (not a YAML key: filled by validation).
-    skipped: dict[str, SkippedProvider] = field(default_factory=dict)
+    path: str = field(default="", metadata={INTERNAL: True})
+    #: Providers skipped for lack of a key, by name (filled by validation).
+    skipped: dict[str, SkippedProvider] = field(default_factory=dict, metadata={INTERNAL: True})
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """The settings block of plugin ``name`` (an empty dict when absent)."""
@@ -216,11 +219,23 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against the type ``hint``, interpolating strings."""
+def convert(value: Any, hint: Any, where: str, unknown: str = "unknown key (expected one of: {names})",
+            missing: str = "required key is missing") -> Any:
+    """Check ``value`` against the type ``hint`` and return it converted; the one settings converter.
+
+    Types: ``str``, ``int``, ``float``, ``bool``, ``list[X]``, ``dict[str, X]``, ``X | None``,
+    ``Literal[...]``, ``Any``, dataclasses (each field a key; a field without a default is
+    required) and other classes (checked with ``isinstance``). Strings (from ``${VAR}``) become
+    numbers or booleans when the type asks for one; numbers must not be negative. ``unknown``
+    and ``missing`` are the messages for a key a dataclass does not have and for a required one
+    that is absent (``{names}`` lists the dataclass's keys).
+
+    Raises:
+        ConfigError: ``WHERE: problem``, naming the key path of the bad value.
+    """
     origin = typing.get_origin(hint)
-    if isinstance(value, str):
-        value = interpolate(value, where)
+    if hint is Any or hint is object:
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -230,42 +245,41 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _convert(value, option, where)
+                return convert(value, option, where, unknown, missing)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
+                errors.append(exc)
+        raise errors[0]
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
             raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
         return value
-    if origin is list:
+    if origin is list or hint is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
-        (item,) = typing.get_args(hint)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+        (item,) = typing.get_args(hint) or (Any,)
+        return [convert(v, item, f"{where}[{i}]", unknown, missing) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
-        _, item = typing.get_args(hint)
-        return {str(k): _convert(v, item, f"{where}.{k}") for k, v in value.items()}
+        _, item = typing.get_args(hint) or (str, Any)
+        return {str(k): convert(v, item, f"{where}.{k}", unknown, missing) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if hint is Any:
-        return _interpolate_tree(value, where)
+        return _build(hint, value, where, unknown, missing)
     if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
         return value
     if hint in (int, float):
         if isinstance(value, str):
             try:
-                value = hint(value)
+                value = hint(value.strip())
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or (hint is int and isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{where}: expected a {'whole number' if hint is int else 'number'}, got {_describe(value)}")
         if value < 0:
             raise ConfigError(f"{where}: must not be negative, got {value}")
@@ -276,46 +290,55 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
         return value
-    raise ConfigError(f"{where}: unsupported type {hint!r}")  # pragma: no cover - a bug in our schema
+    if isinstance(hint, type):
+        if not isinstance(value, hint):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {_describe(value)}")
+        return value
+    raise TypeError(f"{where}: cannot check type {hint!r}")  # a bug in a schema, not in the file
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def _interpolate_tree(value: Any, where: str) -> Any:
     if isinstance(value, str):
         return interpolate(value, where)
     if isinstance(value, dict):
-        return {k: _interpolate_tree(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _interpolate_tree(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [_interpolate_tree(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
-def _build(cls: Any, data: Any, where: str) -> Any:
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # ~40 µs a call: schemas are few, and fixed
+
+
+def _build(cls: Any, data: Any, where: str, unknown: str, missing: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'top level'}: expected a mapping, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "name", "skipped")}
+    hints = _type_hints(cls)
+    # Fields marked INTERNAL are filled by validation, not read from the file.
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get(INTERNAL)}
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise ConfigError(f"{path}: unknown key (expected one of: {', '.join(fields)})")
-        kwargs[key] = _convert(value, hints[key], path)
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{where + '.' if where else ''}{missing[0]}: required key is missing")
+            raise ConfigError(f"{path}: {unknown.format(names=', '.join(fields) or 'none')}")
+        kwargs[key] = convert(value, hints[key], path, unknown, missing)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where + '.' if where else ''}{name}: {missing}")
     return cls(**kwargs)
 
 
 def build_config(data: Any, path: str = "") -> Config:
     """Validate an already-parsed YAML document."""
     try:
-        config = _build(Config, data, "")
+        config = convert(_interpolate_tree(data, ""), Config, "")
         _check(config, _key_variables(data))
     except ConfigError as exc:
         raise ConfigError(f"{path or '<config>'}: {exc}") from None

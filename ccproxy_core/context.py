@@ -42,6 +42,27 @@ class Attempt:
     delay: float = 0.0
 
 
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the upstream reported them, in Anthropic's meaning: ``input_tokens`` are
+    the input tokens billed at the full input price (OpenAI's cached tokens are
+    ``cache_read_input_tokens``)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The four counts by name."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+        }
+
+
 @dataclass(slots=True, eq=False)
 class RequestContext:
     """What the core knows about one client request; plugins read it and may add to ``state``.
@@ -83,9 +104,16 @@ class RequestContext:
     events_sent: int = 0
     outcome: str | None = None
     error: ProxyError | None = None
-    #: Token counts as the upstream reported them (input_tokens, output_tokens,
-    #: cache_read_input_tokens, cache_creation_input_tokens), filled by plugins.
-    usage: dict[str, int] = field(default_factory=dict)
+    #: Token counts as the upstream reported them; None until it reported any (filled by the
+    #: ``usage`` plugin, final when ``ccproxy_stream_end`` runs).
+    usage: Usage | None = None
+    #: The closing numbers never came although some were counted or the request was cut short.
+    usage_partial: bool = False
+    #: US dollars for ``usage`` (None without usage or a price), set before other ``ccproxy_stream_end`` hooks run.
+    cost: float | None = None
+    #: The message of an error event the upstream sent inside a stream (Anthropic ``event: error``,
+    #: OpenAI ``data: {"error": ...}``), or None.
+    inband_error: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     #: Scratch space for plugins, keyed by plugin name.
     state: dict[str, Any] = field(default_factory=dict)

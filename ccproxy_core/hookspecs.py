@@ -4,7 +4,9 @@ Hooks are grouped by the phase of the service or of a request in which they run.
 Every implementation may be a plain function or an ``async def`` (except the two
 build-time hooks, ``ccproxy_configure`` and ``ccproxy_register_routes``); the core awaits
 whatever is awaitable, one implementation after another, in pluggy's call order.
-An implementation may accept any subset of a hook's arguments.
+An implementation may accept any subset of a hook's arguments. ``@hookimpl(wrapper=True)``
+wraps a hook whose implementations are all plain functions (pluggy's wrappers are
+synchronous); a wrapper on a hook that has an ``async def`` implementation is refused.
 
 Observer hooks (lifecycle events and header callbacks) are isolated: an exception
 in one is logged once with the plugin's name and the request goes on. Hooks that
@@ -39,14 +41,18 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
+def ccproxy_configure(config: Config, settings: PluginSettings) -> object | None:
     """Read and check this plugin's own settings (its block under ``plugins:``).
 
-    Runs once per process while the app is built, before ``ccproxy_register_routes``
-    and before any worker starts, so a bad setting stops ``create_app``. Each
+    Runs once per app while it is built, before ``ccproxy_register_routes`` and
+    before any worker starts, so a bad setting stops ``create_app``. Each
     implementation gets its own plugin's block as ``settings`` (empty when the
     config has none). Raise ``settings.error(key, message)`` (a
     :class:`ccproxy_core.ConfigError`) to refuse to start. Must be a plain function.
+
+    Return an object to keep state per app: its ``ccproxy_*`` methods become more of
+    this plugin's hook implementations, for this app only (two apps in one process
+    never share it), from ``ccproxy_register_routes`` on.
     """
 
 

@@ -1,52 +1,62 @@
 """Finding, loading, configuring and calling plugins.
 
-Plugins are modules (or objects) holding ``ccproxy_*`` hook functions. Installed
-packages declare them in the entry-point group ``ccproxy``; first-party plugins
-come in the same way, through this project's own entry points. Everything that
-can be wrong with a plugin (an unknown name in the config, an import error, a
-misspelt hook, an argument the hook does not pass, a bad setting) is found while
-the app is built and raised as a one-line :class:`ConfigError` naming the plugin.
+First-party plugins are the modules in :data:`DEFAULT_PLUGINS`, registered from code as
+datasette registers its default plugins, so a checkout that was never pip-installed has
+them too. Third-party plugins come through pluggy's ``load_setuptools_entrypoints`` from
+the entry-point group ``ccproxy``; the config's ``disabled:`` (and ``enabled:``) lists
+become pluggy's ``set_blocked``. Everything that can be wrong with a plugin (an unknown
+name in the config, an import error, a misspelt hook, an argument the hook does not pass,
+a bad setting) is found while the app is built and raised as a one-line
+:class:`ConfigError` naming the plugin.
 
-:class:`Plugins` calls hooks itself instead of through ``pm.hook.NAME(...)``:
-the implementations of each hook are looked up once, after loading, so a hook
-nobody implements costs one empty-tuple check, and each implementation is
-called on its own so one plugin's exception does not hide another's work (and
-``ccproxy_configure`` can hand each plugin its own settings).
+Hooks are called through pluggy; how, and what each implementation's adapter adds, is
+:mod:`ccproxy_core.hookcalls` (the other half of :class:`Plugins`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import importlib.metadata
 import inspect
 import logging
 import types
-import typing
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, TypeVar
+from functools import cache
+from typing import Any, Callable, Iterable, TypeVar
 
 import pluggy
 
 from . import hookspecs
-from .config import Config
-from .errors import ConfigError, PluginError, ProxyError
+from .config import Config, convert
+from .errors import ConfigError, PluginError
+from .hookcalls import BUILD_TIME_HOOKS, HOOK_PREFIX, OBSERVER_HOOKS, HookCalls
+
+__all__ = ["BUILD_TIME_HOOKS", "DEFAULT_PLUGINS", "OBSERVER_HOOKS", "PluginInfo", "PluginSettings", "Plugins"]
 
 log = logging.getLogger("ccproxy")
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-HOOK_PREFIX = hookspecs.PROJECT_NAME + "_"
 
-#: Hooks called while the app is built, outside any event loop: plain functions only.
-BUILD_TIME_HOOKS = frozenset({"ccproxy_configure", "ccproxy_register_routes"})
+#: This project's own plugins, registered in this order before any installed one (pluggy calls
+#: the last registered first). The plugin's name is the module's last component.
+DEFAULT_PLUGINS = (
+    "ccproxy_plugins.access_log",
+    "ccproxy_plugins.auth",
+    "ccproxy_plugins.demo",
+    "ccproxy_plugins.health",
+    "ccproxy_plugins.metrics",
+    "ccproxy_plugins.providers",
+    "ccproxy_plugins.translate",
+    "ccproxy_plugins.usage",
+)
 
 #: (plugin name, function, names of the arguments it accepts)
 Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
 
 T = TypeVar("T")
-
-
-# -- settings ------------------------------------------------------------------------------
 
 
 class PluginSettings(Mapping[str, Any]):
@@ -62,7 +72,7 @@ class PluginSettings(Mapping[str, Any]):
     __slots__ = ("name", "source", "_data")
 
     def __init__(self, name: str, data: Mapping[str, Any] | None = None, source: str = "") -> None:
-        #: The plugin's name (its entry-point name, the key under ``plugins:``).
+        #: The plugin's name (the key under ``plugins:``).
         self.name = name
         #: The config file the settings came from (``<config>`` when built in code).
         self.source = source or "<config>"
@@ -92,10 +102,10 @@ class PluginSettings(Mapping[str, Any]):
         """Check the settings against the dataclass ``schema`` and return an instance of it.
 
         Each field is a setting; a field without a default is required. Values are
-        converted to the field's type (``str``, ``int``, ``float``, ``bool``,
-        ``list[X]``, ``dict[str, X]``, ``X | None``, ``Literal[...]``, ``Any``, nested
-        dataclasses); strings from ``${VAR}`` become numbers or booleans when the
-        field asks for one.
+        converted as the config's own keys are (:func:`ccproxy_core.config.convert`:
+        ``str``, ``int``, ``float``, ``bool``, ``list[X]``, ``dict[str, X]``, ``X | None``,
+        ``Literal[...]``, ``Any``, nested dataclasses; numbers must not be negative);
+        strings from ``${VAR}`` become numbers or booleans when the field asks for one.
 
         Raises:
             ConfigError: an unknown key, a missing required key or a value of the
@@ -103,95 +113,11 @@ class PluginSettings(Mapping[str, Any]):
         """
         if not dataclasses.is_dataclass(schema):
             raise TypeError(f"PluginSettings.load() takes a dataclass, not {schema!r}")
-        return _build(schema, self._data, self, prefix="")
-
-
-def _build(schema: Any, data: Mapping[str, Any], settings: PluginSettings, prefix: str) -> Any:
-    hints = typing.get_type_hints(schema)
-    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise settings.error(
-                prefix + str(key), f"unknown setting (plugin {settings.name!r} takes: {', '.join(fields) or 'none'})"
-            )
-        kwargs[key] = _convert(value, hints[key], settings, prefix + key)
-    for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise settings.error(prefix + name, "required setting is missing")
-    return schema(**kwargs)
-
-
-def _describe(value: Any) -> str:
-    return type(value).__name__ if isinstance(value, (dict, list)) else f"{type(value).__name__} {value!r}"
-
-
-def _convert(value: Any, hint: Any, settings: PluginSettings, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is Any or hint is object:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        first: ConfigError | None = None
-        for option in options:
-            if option is not type(None):
-                try:
-                    return _convert(value, option, settings, key)
-                except ConfigError as exc:
-                    first = first or exc
-        assert first is not None
-        raise first
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise settings.error(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-    if origin is list or hint is list:
-        if not isinstance(value, list):
-            raise settings.error(key, f"expected a list, got {_describe(value)}")
-        (item,) = typing.get_args(hint) or (Any,)
-        return [_convert(v, item, settings, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise settings.error(key, f"expected a mapping, got {_describe(value)}")
-        _, item = typing.get_args(hint) or (str, Any)
-        return {str(k): _convert(v, item, settings, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise settings.error(key, f"expected a mapping, got {_describe(value)}")
-        return _build(hint, value, settings, prefix=key + ".")
-    if hint is bool:
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value.strip().lower() in ("true", "yes", "on", "1")
-        if not isinstance(value, bool):
-            raise settings.error(key, f"expected true or false, got {_describe(value)}")
-        return value
-    if hint in (int, float):
-        if isinstance(value, str):
-            try:
-                value = hint(value.strip())
-            except ValueError:
-                pass
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or (hint is int and isinstance(value, float) and not value.is_integer()):
-            raise settings.error(key, f"expected a {'whole number' if hint is int else 'number'}, got {_describe(value)}")
-        return hint(value)
-    if hint is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise settings.error(key, f"expected a string, got {_describe(value)}")
-        return value
-    if isinstance(hint, type):
-        if not isinstance(value, hint):
-            raise settings.error(key, f"expected {hint.__name__}, got {_describe(value)}")
-        return value
-    raise TypeError(f"{settings.where(key)}: PluginSettings.load() cannot check type {hint!r}")
-
-
-# -- loading -----------------------------------------------------------------------------
+        unknown = f"unknown setting (plugin {self.name!r} takes: {{names}})"
+        try:
+            return convert(self._data, schema, self.where(), unknown, "required setting is missing")
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
 
 
 @dataclass(slots=True)
@@ -215,13 +141,19 @@ def _default_impl_opts() -> dict[str, Any]:
 class _PluginManager(pluggy.PluginManager):
     """pluggy's manager, where every ``ccproxy_*`` function is a hook implementation.
 
-    As in pytest, ``@hookimpl`` is only needed for options (``tryfirst``,
-    ``trylast``, ``specname``, ``optionalhook``): a hook function that forgot the
-    decorator is not silently ignored, and a misspelt ``ccproxy_`` name is an
-    unknown hook, reported at start-up.
+    As in pytest, ``@hookimpl`` is only needed for options (``tryfirst``, ``trylast``,
+    ``wrapper``, ``specname``, ``optionalhook``): a hook function that forgot the decorator
+    is not silently ignored, and a misspelt ``ccproxy_`` name is an unknown hook, reported
+    at start-up. ``register`` (also what ``load_setuptools_entrypoints`` calls) first runs
+    ``check``, which turns what pluggy would refuse into ccproxy's one-line errors.
     """
 
     _defaults = _default_impl_opts()
+
+    def __init__(self, check: Callable[[str, object], None]) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+        self._check = check
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
         opts = super().parse_hookimpl_opts(plugin, name)
@@ -237,6 +169,15 @@ class _PluginManager(pluggy.PluginManager):
             return None  # e.g. a module named ccproxy_something imported by the plugin
         return dict(self._defaults)
 
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        if name is not None and self.is_blocked(name):
+            return None
+        self._check(name or "", plugin)
+        try:
+            return super().register(plugin, name)
+        except (pluggy.PluginValidationError, ValueError) as exc:  # ValueError: one object, two names
+            raise ConfigError(f"plugin {name!r}: {' '.join(str(exc).split())}") from None
+
 
 def _argnames(func: Callable[..., Any]) -> tuple[str, ...]:
     try:
@@ -247,26 +188,45 @@ def _argnames(func: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind in kinds and p.default is p.empty)
 
 
-def _takes_keywords(func: Callable[..., Any], argnames: tuple[str, ...]) -> bool:
-    """True when ``func(**kwargs)`` works for ``kwargs`` holding exactly ``argnames``."""
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-    return all(
-        name in params and params[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        for name in argnames
-    )
+@cache
+def _distribution(package: str) -> tuple[str | None, str | None]:
+    """(name, version) of the installed distribution holding top-level ``package``, or (None, None)."""
+    for dist in importlib.metadata.distributions():
+        if package in (dist.read_text("top_level.txt") or "").split():
+            return dist.metadata["Name"], dist.version
+    return None, None
 
 
-class Plugins:
+def _entry_points() -> dict[str, tuple[str | None, str | None]]:
+    """Installed plugins: entry-point name -> (distribution, version), as pluggy will find them.
+
+    Raises:
+        ConfigError: two distributions install a plugin of one name.
+    """
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP:
+                continue
+            name = dist.metadata["Name"] if dist.metadata else None
+            if ep.name in found and found[ep.name][0] != name:
+                raise ConfigError(
+                    f"two installed plugins are called {ep.name!r} ({found[ep.name][0]} and {name}); "
+                    "uninstall one of them"
+                )
+            found.setdefault(ep.name, (name, dist.version))
+    return found
+
+
+class Plugins(HookCalls):
     """The plugins of one app, and the one place hooks are called from."""
 
     def __init__(self, config: Config, extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True) -> None:
-        """Load plugins from entry points (honouring ``plugins.enabled``/``disabled``) and ``extra``,
-        check them, and call ``ccproxy_configure`` with each plugin's settings.
+        """Register :data:`DEFAULT_PLUGINS`, the installed plugins and ``extra``, honouring
+        ``plugins.enabled``/``disabled``; check them; call ``ccproxy_configure``.
 
-        A plugin in ``extra`` replaces an installed one of the same name.
+        A plugin in ``extra`` replaces a default or installed one of the same name, and is
+        registered last. ``entry_points=False`` registers ``extra`` only (tests).
 
         Raises:
             ConfigError: an unknown plugin name in the config, two installed plugins
@@ -274,88 +234,83 @@ class Plugins:
                 argument the hook does not pass, an ``async`` implementation of a
                 build-time hook, or a setting a plugin refuses.
         """
+        super().__init__()
         self.config = config
         self.source = config.path or "<config>"
-        self.pm = _PluginManager(hookspecs.PROJECT_NAME)
-        self.pm.add_hookspecs(hookspecs)
+        self.pm = _PluginManager(self._check_plugin)
         self.info: dict[str, PluginInfo] = {}
-        #: Exceptions raised by observer hooks, by (plugin, hook).
-        self.errors: Counter[tuple[str, str]] = Counter()
-        settings = config.plugins
-        enabled = settings.get("enabled")
-        disabled = set(settings.get("disabled", []))
-        available: list[tuple[str, Callable[[], object], str | None, str | None]] = []
+        extra = list(extra)
+        available: dict[str, tuple[str | None, str | None]] = {}  # name -> (distribution, version)
+        defaults = {}
         if entry_points:
-            import importlib.metadata
-
-            # A stable order: this project's own plugins first, then the others by name.
-            eps = sorted(
-                importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
-                key=lambda ep: (ep.dist is None or ep.dist.name != hookspecs.PROJECT_NAME, ep.name),
-            )
-            for ep in eps:
-                dist = ep.dist
-                available.append((ep.name, ep.load, dist.name if dist else None, dist.version if dist else None))
-        seen: dict[str, str | None] = {}
-        for name, _, dist, _ in available:
-            if name in seen:
-                raise ConfigError(
-                    f"two installed plugins are called {name!r} ({seen[name]} and {dist}); uninstall one of them"
-                )
-            seen[name] = dist
+            for module in DEFAULT_PLUGINS:
+                defaults[module.rpartition(".")[2]] = module
+                available[module.rpartition(".")[2]] = _distribution(module.partition(".")[0])
+            for name, dist in _entry_points().items():
+                if name in defaults and dist[0] != available[name][0]:
+                    raise ConfigError(f"two installed plugins are called {name!r} ({available[name][0] or 'first-party'}"
+                                      f" and {dist[0]}); uninstall one of them")
+                available.setdefault(name, dist)
         extra_names: set[str] = set()
-        for name, obj in extra:
+        for name, _ in extra:
             if name in extra_names:
                 raise ConfigError(f"two plugins passed to create_app are called {name!r}")
             extra_names.add(name)
-            # A plugin passed in code replaces an installed one of the same name (e.g. a test double).
-            available = [a for a in available if a[0] != name]
-            available.append((name, lambda obj=obj: obj, None, None))
-            seen[name] = None
-        for key in list(settings) + list(enabled or []) + list(disabled):
-            if key not in ("enabled", "disabled") and key not in seen:
-                raise ConfigError(
-                    f"{self.source}: plugins.{key}: no installed plugin is called {key!r} "
-                    f"(installed: {', '.join(sorted(seen)) or 'none'})"
-                )
-            if key in seen and settings.get(key) is not None and not isinstance(settings.get(key), dict):
-                raise ConfigError(f"{self.source}: plugins.{key}: expected a mapping of settings for plugin {key!r}")
-        for name, load, dist, version in available:
-            info = PluginInfo(name, dist, version)
-            self.info[name] = info
-            if name in disabled or (enabled is not None and name not in enabled):
-                info.enabled = False
-                continue
-            try:
-                plugin = load()
+            available[name] = (None, None)  # replaces a default or installed plugin (e.g. a test double)
+        self._block(available)
+        for name, (dist, version) in available.items():
+            self.info[name] = PluginInfo(name, dist, version, enabled=not self.pm.is_blocked(name))
+        for name, module in defaults.items():
+            if name not in extra_names and not self.pm.is_blocked(name):
+                self.pm.register(self._import(name, module), name=name)
+        for name in sorted(set(available) - set(defaults) - extra_names):
+            try:  # one by one: a stable order, and an import error names its plugin
+                self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+            except ConfigError:
+                raise
             except Exception as exc:
-                raise ConfigError(f"plugin {name!r} ({dist or 'registered in code'}) failed to import: {exc!r}") from exc
-            self._register(name, plugin)
+                raise ConfigError(f"plugin {name!r} ({available[name][0] or 'registered in code'}) "
+                                  f"failed to import: {exc!r}") from exc
+        for name, plugin in extra:
+            self.pm.register(plugin, name=name)
         self._check_hooks()
-        for name, info in self.info.items():
-            plugin = self.pm.get_plugin(name)
-            if plugin is not None:
-                info.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [] if h.has_spec())
-        self._impls: dict[str, tuple[Impl, ...]] = {}
-        for name in dir(hookspecs):
-            if name.startswith(HOOK_PREFIX):
-                self._impls[name] = self._collect(name)
-        #: Per hook, what the request-time callers iterate: (plugin, function, argument names,
-        #: whether the function can take the caller's keyword arguments as they are).
-        self._calls: dict[str, tuple[tuple[str, Callable[..., Any], tuple[str, ...], bool], ...]] = {
-            name: tuple((plugin, func, argnames, _takes_keywords(func, argnames)) for plugin, func, argnames in impls)
-            for name, impls in self._impls.items()
-        }
+        self._prepare()
         self._configure()
+        self._list_hooks()
 
     # -- loading and checking ---------------------------------------------------------------
 
-    def _label(self, name: str) -> str:
-        info = self.info.get(name)
-        dist = info.distribution if info else None
-        return f"plugin {name!r}" + (f" ({dist})" if dist else "")
+    def _block(self, available: Mapping[str, Any]) -> None:
+        """pluggy's ``set_blocked`` for the config's ``disabled`` list and what ``enabled`` leaves out."""
+        settings = self.config.plugins
+        enabled, disabled = settings.get("enabled"), settings.get("disabled", [])
+        for key in [*settings, *(enabled or []), *disabled]:
+            if key not in ("enabled", "disabled") and key not in available:
+                raise ConfigError(
+                    f"{self.source}: plugins.{key}: no installed plugin is called {key!r} "
+                    f"(installed: {', '.join(sorted(available)) or 'none'})"
+                )
+            if key in available and settings.get(key) is not None and not isinstance(settings.get(key), dict):
+                raise ConfigError(f"{self.source}: plugins.{key}: expected a mapping of settings for plugin {key!r}")
+        for name in available:
+            if name in disabled or (enabled is not None and name not in enabled):
+                self.pm.set_blocked(name)
 
-    def _register(self, name: str, plugin: object) -> None:
+    def _import(self, name: str, module: str) -> object:
+        try:
+            return importlib.import_module(module)
+        except Exception as exc:
+            raise ConfigError(f"{self._label(name)} failed to import: {exc!r}") from exc
+
+    def _label(self, name: str) -> str:
+        """``plugin 'NAME' (distribution)`` for messages; a per-app object is named by its plugin."""
+        owner = self._owners.get(name, name)
+        info = self.info.get(owner)
+        return f"plugin {owner!r}" + (f" ({info.distribution})" if info and info.distribution else "")
+
+    def _check_plugin(self, name: str, plugin: object) -> None:
+        """What ``_PluginManager.register`` checks before pluggy does, with errors naming the plugin."""
+        label = self._label(name)
         for attr in dir(plugin):
             opts = self.pm.parse_hookimpl_opts(plugin, attr) if attr.startswith(HOOK_PREFIX) else None
             if opts is None:
@@ -369,79 +324,59 @@ class Plugins:
             extra = [a for a in _argnames(func) if a not in allowed]
             if extra:
                 raise ConfigError(
-                    f"{self._label(name)}: {attr}() takes {', '.join(extra)}, which {hook} does not pass "
+                    f"{label}: {attr}() takes {', '.join(extra)}, which {hook} does not pass "
                     f"(it passes: {', '.join(allowed)})"
-                )
-            if opts.get("wrapper") or opts.get("hookwrapper"):
-                raise ConfigError(
-                    f"{self._label(name)}: {attr} is a wrapper; ccproxy calls each implementation itself, "
-                    "so wrappers are not supported (order implementations with tryfirst/trylast)"
                 )
             if hook in BUILD_TIME_HOOKS and (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)):
                 raise ConfigError(
-                    f"{self._label(name)}: {hook} must be a plain function, not async "
+                    f"{label}: {hook} must be a plain function, not async "
                     "(it runs while the app is built, before any event loop)"
                 )
-        try:
-            self.pm.register(plugin, name=name)
-        except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"{self._label(name)}: {' '.join(str(exc).split())}") from None
-        except ValueError as exc:  # the same object registered twice under two names
-            raise ConfigError(f"{self._label(name)}: {' '.join(str(exc).split())}") from None
 
     def _check_hooks(self) -> None:
         """pluggy's ``check_pending``, with a message naming the plugin and the hook."""
         known = [n for n in dir(hookspecs) if n.startswith(HOOK_PREFIX)]
-        for hook_name in list(self.pm.hook.__dict__):
-            if hook_name.startswith("_"):
-                continue
-            caller = getattr(self.pm.hook, hook_name)
-            if caller.has_spec():
+        for hook_name, caller in vars(self.pm.hook).items():
+            if hook_name.startswith("_") or caller.has_spec():
                 continue
             for impl in caller.get_hookimpls():
-                if impl.optionalhook:
-                    continue
-                import difflib
+                if not impl.optionalhook:
+                    close = difflib.get_close_matches(hook_name, known, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else f" (hooks: {', '.join(known)})"
+                    raise ConfigError(f"{self._label(impl.plugin_name)}: unknown hook {hook_name!r}{hint}")
 
-                close = difflib.get_close_matches(hook_name, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f" (hooks: {', '.join(known)})"
-                raise ConfigError(f"{self._label(impl.plugin_name)}: unknown hook {hook_name!r}{hint}")
-
-    def _collect(self, hook_name: str) -> tuple[Impl, ...]:
-        caller = getattr(self.pm.hook, hook_name)
-        impls = caller.get_hookimpls()
-        # pluggy calls the last registered (and tryfirst) implementations first.
-        return tuple((i.plugin_name, i.function, tuple(i.argnames)) for i in reversed(impls))
+    def _list_hooks(self) -> None:
+        """Each plugin's hooks for ``GET /plugins``, its per-app object's included."""
+        for name, info in self.info.items():
+            hooks: set[str] = set()
+            for registered in [name, *(n for n, owner in self._owners.items() if owner == name)]:
+                plugin = self.pm.get_plugin(registered)
+                if plugin is not None:
+                    hooks.update(h.name for h in self.pm.get_hookcallers(plugin) or [] if h.has_spec())
+            info.hooks = sorted(hooks)
 
     def settings(self, name: str) -> PluginSettings:
         """Plugin ``name``'s own settings block (empty when the config has none)."""
         return PluginSettings(name, self.config.plugin_settings(name), self.source)
 
     def _configure(self) -> None:
-        """Call each ``ccproxy_configure`` implementation with its own plugin's settings."""
-        for plugin, func, argnames in self._impls["ccproxy_configure"]:
-            settings = self.settings(plugin)
-            kwargs = {"config": self.config, "settings": settings}
-            try:
-                func(*[kwargs[a] for a in argnames])
-            except ConfigError as exc:
-                message = str(exc)
-                if not message.startswith(f"{self.source}: "):
-                    message = f"{self.source}: {settings.where()}: {message}"
-                raise ConfigError(message) from exc
-            except Exception as exc:
-                raise ConfigError(
-                    f"{self.source}: {settings.where()}: {self._label(plugin)} failed in ccproxy_configure: {exc!r}"
-                ) from exc
+        """Call ``ccproxy_configure`` (each plugin gets its own settings), then take in the per-app
+        objects it returned."""
+        self.pm.hook.ccproxy_configure(config=self.config, settings=None)
+        if self._owners:
+            self._check_hooks()
+            self._prepare()
 
     # -- introspection ------------------------------------------------------------------------
 
     def implemented(self, hook_name: str) -> bool:
         """True when at least one loaded plugin implements ``hook_name``."""
-        return bool(self._impls[hook_name])
+        return self._callers[hook_name] is not None
 
     def impls(self, hook_name: str) -> tuple[Impl, ...]:
-        return self._impls[hook_name]
+        """The implementations of ``hook_name`` in call order: (plugin, function, argument names)."""
+        impls = reversed(getattr(self.pm.hook, hook_name).get_hookimpls())
+        return tuple((i.plugin_name, self._originals.get(i, i.function), tuple(i.argnames)) for i in impls)
 
     def describe(self) -> list[dict[str, Any]]:
         """What ``GET /plugins`` shows: every installed plugin, enabled or not."""
@@ -465,7 +400,7 @@ class Plugins:
         modules: list[tuple[str, str]] = []
         for name, plugin in self.pm.list_name_plugin():
             module = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
-            modules.append((module, name))
+            modules.append((module, self._owners.get(name, name)))
         frames = []
         tb = exc.__traceback__
         while tb is not None:
@@ -486,85 +421,3 @@ class Plugins:
         error = PluginError(f"{who} failed while rewriting the response ({type(exc).__name__})")
         error.__cause__ = exc
         return error
-
-    # -- calling ------------------------------------------------------------------------------
-
-    async def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook: every implementation in order, each awaited; errors logged and swallowed."""
-        for plugin, func, argnames, keywords in self._calls[hook_name]:
-            try:
-                # An implementation taking every argument passed gets them as they are (no list built).
-                if keywords and len(argnames) == len(kwargs):
-                    result = func(**kwargs)
-                else:
-                    result = func(*[kwargs[a] for a in argnames])
-                # Observers mostly return None: skip isawaitable's ABC check (~0.3 µs) for them.
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except Exception:
-                self.observer_failed(plugin, hook_name)
-
-    def observer_failed(self, plugin: str, hook_name: str) -> None:
-        """Record an observer's exception; the traceback is logged the first time only."""
-        key = (plugin, hook_name)
-        self.errors[key] += 1
-        if self.errors[key] == 1:
-            log.exception("plugin %r failed in %s; the request goes on (further failures are counted)", plugin, hook_name)
-
-    async def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a hook whose failures matter: every implementation, non-None results in order.
-
-        A :class:`ProxyError` or :class:`ConfigError` passes through; any other exception becomes a
-        :class:`PluginError` that names the plugin.
-        """
-        results = []
-        for plugin, func, argnames, keywords in self._calls[hook_name]:
-            result = await self._invoke(plugin, hook_name, func, argnames, kwargs, keywords)
-            if result is not None:
-                results.append(result)
-        return results
-
-    async def first(self, hook_name: str, **kwargs: Any) -> Any:
-        """Call a ``firstresult`` hook: the first non-None result (awaited), or None."""
-        for plugin, func, argnames, keywords in self._calls[hook_name]:
-            result = await self._invoke(plugin, hook_name, func, argnames, kwargs, keywords)
-            if result is not None:
-                return result
-        return None
-
-    def call_sync(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a build-time hook (outside an event loop): non-None results in order.
-
-        Raises:
-            ConfigError: an implementation failed; the message names the plugin and the hook.
-        """
-        results = []
-        for plugin, func, argnames in self._impls[hook_name]:
-            try:
-                result = func(*[kwargs[a] for a in argnames])
-            except ConfigError:
-                raise
-            except Exception as exc:
-                raise ConfigError(f"{self._label(plugin)} failed in {hook_name}: {exc!r}") from exc
-            if result is not None:
-                results.append(result)
-        return results
-
-    @staticmethod
-    async def _invoke(
-        plugin: str, hook_name: str, func: Callable[..., Any], argnames: tuple[str, ...], kwargs: dict,
-        keywords: bool = False,
-    ) -> Any:
-        try:
-            if keywords and len(argnames) == len(kwargs):
-                result = func(**kwargs)
-            else:
-                result = func(*[kwargs[a] for a in argnames])
-            if result is not None and inspect.isawaitable(result):
-                result = await result
-            return result
-        except (ProxyError, ConfigError):
-            raise
-        except Exception as exc:
-            log.exception("plugin %r failed in %s", plugin, hook_name)
-            raise PluginError(f"plugin {plugin!r} failed in {hook_name}") from exc

@@ -63,8 +63,6 @@ FLUSH_INTERVAL = 0.1
 _FREE_TEXT = ("request_id", "upstream_request_id", "route", "provider", "model_requested", "model", "error",
               "error_kind")
 _ATTEMPT_FREE_TEXT = ("provider", "model", "error")
-#: Types of the other fields' values: nothing to redact in them.
-_PLAIN = frozenset({int, float, bool, type(None)})
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -181,25 +179,10 @@ class AccessLogSettings:
     stderr: bool = True
 
 
-def load_settings(config: Config, settings: PluginSettings | None = None) -> AccessLogSettings:
-    """Check ``plugins.access_log``.
-
-    Raises:
-        ConfigError: an unknown key or a value of the wrong type, naming the file and the key.
-    """
-    if settings is None:
-        settings = PluginSettings(NAME, config.plugin_settings(NAME), config.path)
-    loaded = settings.load(AccessLogSettings)
-    if loaded.max_body_chars < 0:
-        raise settings.error("max_body_chars", f"must not be negative, got {loaded.max_body_chars}")
-    return loaded
-
-
 class AccessLog:
-    """The access log of one app: settings, redaction and the optional file."""
+    """The access log of one app: settings, redaction and the optional file; its hooks."""
 
-    def __init__(self, config: Config) -> None:
-        settings = load_settings(config)
+    def __init__(self, config: Config, settings: AccessLogSettings) -> None:
         self.path = settings.path or None
         self.log_bodies = settings.log_bodies
         self.stderr = settings.stderr
@@ -214,14 +197,58 @@ class AccessLog:
         self.redactor = Redactor(secrets + settings.redact)
         self.file: TextIO | None = None
         self.batch = _Batch(self._write)
-        self.pid = os.getpid()  # made at worker start-up, so the worker's own
+        self.pid = os.getpid()
 
-    def open(self) -> None:
+    # -- hooks (this object is the plugin's per-app part) ---------------------------------------
+
+    @hookimpl
+    def ccproxy_startup(self) -> None:
+        self.pid = os.getpid()  # the worker's own
         if self.path:
             try:
                 self.file = open(self.path, "a", encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"plugins.access_log.path: cannot open {self.path!r}: {exc.strerror}") from None
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        if self.stderr and not logger.hasHandlers():
+            logger.addHandler(_StderrLines())
+
+    @hookimpl
+    def ccproxy_shutdown(self) -> None:
+        self.close()
+        for handler in logger.handlers:
+            if isinstance(handler, _StderrLines):
+                handler.flush()
+
+    @hookimpl
+    def ccproxy_response_body(self, ctx: RequestContext, body: bytes) -> None:
+        """Keep an upstream error's message (and, when debugging, the body) for the line."""
+        status = ctx.upstream_status or 0
+        if status >= 400:
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None
+            error = payload.get("error") if isinstance(payload, dict) else None
+            if isinstance(error, dict):
+                found = (str(error.get("message") or ""), str(error.get("type") or "upstream"))
+            else:
+                found = (f"upstream answered {status}", "upstream")
+            ctx.state.setdefault(NAME, {})["upstream_error"] = found
+        if self.log_bodies:
+            ctx.state.setdefault(NAME, {})["response_body"] = body
+
+    @hookimpl(trylast=True)
+    def ccproxy_stream_end(self, ctx: RequestContext) -> None:
+        if self.file is None and not logger.isEnabledFor(logging.INFO):
+            return
+        line = self.line(ctx)
+        logger.info(line)
+        if self.file is not None:
+            self.write(line)
+
+    # -- the file and the line -----------------------------------------------------------------
 
     def write(self, line: str) -> None:
         """Append ``line`` to the file (in the next batch)."""
@@ -258,15 +285,8 @@ class AccessLog:
 
     def line(self, ctx: RequestContext) -> str:
         record = self.record(ctx)
-        usage = record["usage"]
-        if (
-            self.log_bodies
-            or record["cost_usd"].__class__ not in _PLAIN
-            or record["usage_partial"].__class__ not in _PLAIN
-            or (usage is not None and any(v.__class__ not in _PLAIN for v in usage.values()))
-        ):
-            # Bodies hold text anywhere (as may values other plugins left in ctx.state or ctx.usage):
-            # redact the whole line as JSON text.
+        if self.log_bodies:
+            # Bodies hold text anywhere: redact the whole line as JSON text.
             return self.redactor.text(_ENCODER.encode(record))
         # Otherwise only the free-text fields can hold a secret; they are short, and usually clean.
         search = self.redactor.raw.search
@@ -291,8 +311,8 @@ class AccessLog:
             message, kind = error.message, error.kind
         elif mine.get("upstream_error") is not None:
             message, kind = mine["upstream_error"]
-        elif (state.get("usage") or {}).get("inband_error") is not None:
-            message, kind = state["usage"]["inband_error"], "in_band"
+        elif ctx.inband_error is not None:
+            message, kind = ctx.inband_error, "in_band"
         else:
             message = kind = None
         usage = ctx.usage
@@ -317,16 +337,9 @@ class AccessLog:
             "duration_ms": _ms(ctx.duration),
             "bytes_sent": ctx.bytes_sent,
             "events_sent": ctx.events_sent,
-            "usage": {
-                "input_tokens": usage.get("input_tokens", 0),
-                "output_tokens": usage.get("output_tokens", 0),
-                "cache_read_input_tokens": usage.get("cache_read_input_tokens", 0),
-                "cache_creation_input_tokens": usage.get("cache_creation_input_tokens", 0),
-            }
-            if usage
-            else None,
-            "usage_partial": state.get("usage_partial", False),
-            "cost_usd": state.get("cost"),
+            "usage": usage.as_dict() if usage is not None else None,
+            "usage_partial": ctx.usage_partial,
+            "cost_usd": ctx.cost,
             "attempts": [
                 {
                     "provider": a.provider,
@@ -375,78 +388,14 @@ def _iso(timestamp: float) -> str:
     return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
-_logs: dict[int, tuple[Config, AccessLog]] = {}
-
-
-def _lookup(config: Config | None) -> AccessLog | None:
-    entry = _logs.get(id(config))
-    if entry is not None and entry[0] is config:
-        return entry[1]
-    if config is None:
-        return None
-    access = AccessLog(config)  # start-up did not run (an app driven by hand): no file
-    _logs[id(config)] = (config, access)
-    return access
-
-
 @hookimpl
-def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
-    """Check ``plugins: access_log:`` while the app is built, the file's path included."""
-    path = load_settings(config, settings).path
-    if path:
+def ccproxy_configure(config: Config, settings: PluginSettings) -> AccessLog:
+    """Check ``plugins: access_log:`` while the app is built, the file's path included; the app's
+    log is what it returns."""
+    loaded = settings.load(AccessLogSettings)
+    if loaded.path:
         try:
-            open(path, "a", encoding="utf-8").close()
+            open(loaded.path, "a", encoding="utf-8").close()
         except OSError as exc:
-            raise settings.error("path", f"cannot open {path!r}: {exc.strerror}") from None
-
-
-@hookimpl
-def ccproxy_startup(app: Any, config: Config) -> None:
-    access = AccessLog(config)
-    access.open()
-    _logs[id(config)] = (config, access)
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-    if access.stderr and not logger.hasHandlers():
-        logger.addHandler(_StderrLines())
-
-
-@hookimpl
-def ccproxy_shutdown(app: Any) -> None:
-    entry = _logs.pop(id(getattr(app.ctx, "config", None)), None)
-    if entry is not None:
-        entry[1].close()
-    for handler in logger.handlers:
-        if isinstance(handler, _StderrLines):
-            handler.flush()
-
-
-@hookimpl
-def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
-    """Keep an upstream error's message (and, when debugging, the body) for the line."""
-    status = ctx.upstream_status or 0
-    if status >= 400:
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            payload = None
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if isinstance(error, dict):
-            found = (str(error.get("message") or ""), str(error.get("type") or "upstream"))
-        else:
-            found = (f"upstream answered {status}", "upstream")
-        ctx.state.setdefault(NAME, {})["upstream_error"] = found
-    access = _lookup(ctx.config)
-    if access is not None and access.log_bodies:
-        ctx.state.setdefault(NAME, {})["response_body"] = body
-
-
-@hookimpl(trylast=True)
-def ccproxy_stream_end(ctx: RequestContext) -> None:
-    access = _lookup(ctx.config)
-    if access is None or (access.file is None and not logger.isEnabledFor(logging.INFO)):
-        return
-    line = access.line(ctx)
-    logger.info(line)
-    if access.file is not None:
-        access.write(line)
+            raise settings.error("path", f"cannot open {loaded.path!r}: {exc.strerror}") from None
+    return AccessLog(config, loaded)

@@ -40,7 +40,7 @@ from typing import Any
 
 from sanic import Request, Sanic
 
-from ccproxy_core import AuthenticationError, Config, ConfigError, PluginSettings, RequestContext, hookimpl
+from ccproxy_core import AuthenticationError, Config, ConfigError, PluginSettings, hookimpl
 
 log = logging.getLogger("ccproxy.auth")
 
@@ -112,82 +112,82 @@ def check(keys: tuple[str, ...], headers: Any) -> None:
 
 
 @hookimpl
-def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
+def ccproxy_configure(settings: PluginSettings) -> AuthPlugin:
     loaded: AuthSettings = settings.load(AuthSettings)
     for i, path in enumerate(loaded.public_paths):
         if not path.startswith("/"):
             raise settings.error(f"public_paths[{i}]", f"expected a path starting with '/', got {path!r}")
-    given = settings.get("keys") or []
-    if given and not [k for k in loaded.keys if k]:
+    keys = tuple(k for k in loaded.keys if k)
+    if loaded.keys and not keys:
         log.warning("plugins.auth.keys: every key is empty (unset environment variables?); no key is required")
+    return AuthPlugin(keys, loaded)
 
 
-@hookimpl
-def ccproxy_register_routes(app: Sanic, config: Config) -> None:
-    settings = settings_of(config)
-    keys = tuple(settings.keys)
-    app.ctx.ccproxy_auth_keys = keys
-    if not keys:
-        return
-    public = tuple(p.rstrip("/") or "/" for p in settings.public_paths)
+class AuthPlugin:
+    """The hooks of one app, holding its keys."""
 
-    async def require_key(request: Request) -> None:
-        path = request.path
-        if path in PROXY_PATHS or request.method == "NONE":  # proxy routes: the hook; NONE: unparsable head
+    def __init__(self, keys: tuple[str, ...], settings: AuthSettings) -> None:
+        self.keys = keys
+        self.settings = settings
+
+    @hookimpl
+    def ccproxy_register_routes(self, app: Sanic) -> None:
+        keys = self.keys
+        if not keys:
             return
-        for prefix in public:
-            if path == prefix or path.startswith(prefix + "/"):
-                request.ctx.ccproxy_authenticated = authorized(keys, request.headers)
+        public = tuple(p.rstrip("/") or "/" for p in self.settings.public_paths)
+
+        async def require_key(request: Request) -> None:
+            path = request.path
+            if path in PROXY_PATHS or request.method == "NONE":  # proxy routes: the hook; NONE: unparsable head
                 return
-        check(keys, request.headers)
-        request.ctx.ccproxy_authenticated = True
+            for prefix in public:
+                if path == prefix or path.startswith(prefix + "/"):
+                    request.ctx.ccproxy_authenticated = authorized(keys, request.headers)
+                    return
+            check(keys, request.headers)
+            request.ctx.ccproxy_authenticated = True
 
-    app.register_middleware(require_key, "request")
+        app.register_middleware(require_key, "request")
 
+    @hookimpl
+    def ccproxy_request_head(self, request: Request) -> None:
+        check(self.keys, request.headers)
 
-@hookimpl
-def ccproxy_request_head(ctx: RequestContext, request: Request) -> None:
-    keys = getattr(request.app.ctx, "ccproxy_auth_keys", None)
-    if keys is None:
-        keys = tuple(settings_of(ctx.config).keys)
-    check(keys, request.headers)
-
-
-@hookimpl
-def ccproxy_startup(app: Sanic, config: Config) -> None:
-    settings = settings_of(config)
-    if settings.keys:
-        log.info("auth: %d proxy key(s) configured; every proxy request must present one", len(settings.keys))
-        return
-    addresses = bound_addresses(app)
-    public = [a for a in addresses if not is_loopback(a)]
-    if public and not settings.allow_public_without_keys:
-        log.critical(
-            "REFUSING TO START: no proxy keys are configured (plugins.auth.keys) and the proxy listens on %s, "
-            "reachable from other machines: anyone could spend the providers' keys. Configure keys, listen on "
-            "127.0.0.1, or set plugins.auth.allow_public_without_keys: true.",
-            ", ".join(public),
-        )
-        raise ConfigError(
-            f"plugins.auth: no proxy keys configured and listening on {', '.join(public)}; "
-            "set plugins.auth.keys, listen on 127.0.0.1, or set allow_public_without_keys: true"
-        )
-    if public:
-        log.warning(
-            "!!! NO PROXY KEYS: listening on %s without client authentication "
-            "(allow_public_without_keys: true). Anyone who can reach this port can spend the providers' keys. !!!",
-            ", ".join(public),
-        )
-    elif not addresses:
-        log.warning(
-            "no proxy keys configured (plugins.auth.keys) and the listening address is unknown; "
-            "make sure only this machine can reach it"
-        )
-    else:
-        log.warning(
-            "no proxy keys configured (plugins.auth.keys): any local process can use the proxy (listening on %s only)",
-            ", ".join(addresses),
-        )
+    @hookimpl
+    def ccproxy_startup(self, app: Sanic) -> None:
+        if self.keys:
+            log.info("auth: %d proxy key(s) configured; every proxy request must present one", len(self.keys))
+            return
+        addresses = bound_addresses(app)
+        public = [a for a in addresses if not is_loopback(a)]
+        if public and not self.settings.allow_public_without_keys:
+            log.critical(
+                "REFUSING TO START: no proxy keys are configured (plugins.auth.keys) and the proxy listens on %s, "
+                "reachable from other machines: anyone could spend the providers' keys. Configure keys, listen on "
+                "127.0.0.1, or set plugins.auth.allow_public_without_keys: true.",
+                ", ".join(public),
+            )
+            raise ConfigError(
+                f"plugins.auth: no proxy keys configured and listening on {', '.join(public)}; "
+                "set plugins.auth.keys, listen on 127.0.0.1, or set allow_public_without_keys: true"
+            )
+        if public:
+            log.warning(
+                "!!! NO PROXY KEYS: listening on %s without client authentication "
+                "(allow_public_without_keys: true). Anyone who can reach this port can spend the providers' keys. !!!",
+                ", ".join(public),
+            )
+        elif not addresses:
+            log.warning(
+                "no proxy keys configured (plugins.auth.keys) and the listening address is unknown; "
+                "make sure only this machine can reach it"
+            )
+        else:
+            log.warning(
+                "no proxy keys configured (plugins.auth.keys): any local process can use the proxy (listening on %s only)",
+                ", ".join(addresses),
+            )
 
 
 # -- addresses ---------------------------------------------------------------------------

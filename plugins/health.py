@@ -92,14 +92,6 @@ class Health:
         }
 
 
-_health: dict[int, tuple[Config, Health]] = {}
-
-
-def _lookup(config: Config | None) -> Health | None:
-    entry = _health.get(id(config))
-    return entry[1] if entry is not None and entry[0] is config else None
-
-
 @dataclass(slots=True)
 class HealthSettings:
     """The ``plugins: health:`` block."""
@@ -107,59 +99,50 @@ class HealthSettings:
     path: str = "/health/ready"
 
 
-def load_settings(config: Config, settings: PluginSettings | None = None) -> HealthSettings:
-    """Check ``plugins.health``; raises :class:`ConfigError` naming the file and the key."""
-    if settings is None:
-        settings = PluginSettings(NAME, config.plugin_settings(NAME), config.path)
+@hookimpl
+def ccproxy_configure(config: Config, settings: PluginSettings) -> HealthPlugin:
+    """Check ``plugins: health:`` while the app is built; the app's readiness lives in what it returns."""
     loaded = settings.load(HealthSettings)
     if not loaded.path.startswith("/"):
         raise settings.error("path", f"must start with '/', got {loaded.path!r}")
-    return loaded
+    return HealthPlugin(Health(config), loaded.path)
 
 
-@hookimpl
-def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
-    """Check ``plugins: health:`` while the app is built."""
-    load_settings(config, settings)
+class HealthPlugin:
+    """The hooks of one app: its route, its listeners and the :class:`Health` they keep."""
 
+    def __init__(self, health: Health, path: str) -> None:
+        self.health = health
+        self.path = path
 
-@hookimpl
-def ccproxy_register_routes(app: Any, config: Config) -> None:
-    from sanic import response
+    @hookimpl
+    def ccproxy_register_routes(self, app: Any) -> None:
+        from sanic import response
 
-    path = load_settings(config).path
-    health = Health(config)
-    health.plugins = getattr(app.ctx, "plugins", None)
-    _health[id(config)] = (config, health)
+        health = self.health
+        health.plugins = getattr(app.ctx, "plugins", None)
 
-    def after_server_start(app: Any) -> None:
-        # Listeners run after every before_server_start one, i.e. after all ccproxy_startup hooks.
-        health.phase = "ready"
-        health.ready_at = round(time.time(), 3)
+        def after_server_start(app: Any) -> None:
+            # Listeners run after every before_server_start one, i.e. after all ccproxy_startup hooks.
+            health.phase = "ready"
+            health.ready_at = round(time.time(), 3)
 
-    def before_server_stop(app: Any) -> None:
-        health.phase = "stopping"
+        def before_server_stop(app: Any) -> None:
+            health.phase = "stopping"
 
-    def after_server_stop(app: Any) -> None:
-        _health.pop(id(config), None)
+        app.register_listener(after_server_start, "after_server_start")
+        app.register_listener(before_server_stop, "before_server_stop")
 
-    app.register_listener(after_server_start, "after_server_start")
-    app.register_listener(before_server_stop, "before_server_stop")
-    app.register_listener(after_server_stop, "after_server_stop")
+        async def ready_route(request: Any) -> Any:
+            status = 200 if health.phase == "ready" else 503
+            # Set by the auth plugin's middleware when keys are configured; absent without keys.
+            if getattr(request.ctx, "ccproxy_authenticated", True):
+                return response.json(health.payload(), status=status)
+            return response.json({"status": health.phase}, status=status)
 
-    async def ready_route(request: Any) -> Any:
-        status = 200 if health.phase == "ready" else 503
-        # Set by the auth plugin's middleware when keys are configured; absent without keys.
-        if getattr(request.ctx, "ccproxy_authenticated", True):
-            return response.json(health.payload(), status=status)
-        return response.json({"status": health.phase}, status=status)
+        app.add_route(ready_route, self.path, methods=["GET"], name="ccproxy_health_ready")
 
-    app.add_route(ready_route, path, methods=["GET"], name="ccproxy_health_ready")
-
-
-@hookimpl
-def ccproxy_stream_end(ctx: RequestContext) -> None:
-    if ctx.attempts:
-        health = _lookup(ctx.config)
-        if health is not None:
-            health.record(ctx)
+    @hookimpl
+    def ccproxy_stream_end(self, ctx: RequestContext) -> None:
+        if ctx.attempts:
+            self.health.record(ctx)

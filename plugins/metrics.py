@@ -44,7 +44,7 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
-#: (label value of ``direction``, key in ``ctx.usage``)
+#: (label value of ``direction``, attribute of ``ctx.usage``)
 DIRECTIONS = (
     ("input", "input_tokens"),
     ("output", "output_tokens"),
@@ -76,9 +76,7 @@ class MetricsSettings:
 class Settings:
     """The checked settings, buckets sorted and defaulted."""
 
-    def __init__(self, config: Config, settings: PluginSettings | None = None) -> None:
-        if settings is None:
-            settings = PluginSettings(NAME, config.plugin_settings(NAME), config.path)
+    def __init__(self, settings: PluginSettings) -> None:
         loaded = settings.load(MetricsSettings)
         if not loaded.path.startswith("/"):
             raise settings.error("path", f"must start with '/', got {loaded.path!r}")
@@ -244,18 +242,17 @@ class Metrics:
         if ctx.t_first_byte is not None:
             self.child(self.ttfb, series, 2).observe(ctx.t_first_byte)
         usage = ctx.usage
-        if usage:
+        if usage is not None:
             for direction, key in DIRECTIONS:
-                count = usage.get(key)
+                count = getattr(usage, key)
                 if count:
                     self.child(self.tokens, (direction, provider, model), 2).inc(count)
-        cost = ctx.state.get("cost")
+        cost = ctx.cost
         if cost:
             self.child(self.cost, (provider, model), 1).inc(cost)
         if ctx.attempts:
             self._count_upstream_errors(ctx)
-        flags = ctx.state.get("usage")
-        if flags and flags.get("inband_error") is not None:
+        if ctx.inband_error is not None:
             self.child(self.upstream_errors, (provider, "in_band")).inc()
         self.sync_plugin_errors()
 
@@ -321,95 +318,84 @@ def _drop_dead_workers(path: str | None) -> None:
         mark_process_dead(pid, path)
 
 
-# One Metrics per Config (tests run several apps in one process), made at worker start-up.
-_metrics: dict[int, tuple[Config, Metrics]] = {}
-
-
-def _lookup(config: Config | None) -> Metrics | None:
-    entry = _metrics.get(id(config))
-    return entry[1] if entry is not None and entry[0] is config else None
-
-
 @hookimpl
-def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
-    """Check ``plugins: metrics:`` while the app is built."""
-    Settings(config, settings)
+def ccproxy_configure(config: Config, settings: PluginSettings) -> MetricsPlugin:
+    """Check ``plugins: metrics:`` while the app is built; the app's metrics live in what it returns."""
+    return MetricsPlugin(config, Settings(settings))
 
 
-@hookimpl
-def ccproxy_register_routes(app: Any, config: Config) -> None:
-    from sanic import response
+class MetricsPlugin:
+    """The hooks of one app: its route, and its worker's :class:`Metrics` from start-up to shutdown."""
 
-    settings = Settings(config)
-    owned: dict[str, str] = {}
+    def __init__(self, config: Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.metrics: Metrics | None = None
+        #: What the main process created for several workers: ``env`` (the variable's value), ``tmp``.
+        self.owned: dict[str, str] = {}
 
-    def main_process_start(app: Any) -> None:
+    @hookimpl
+    def ccproxy_register_routes(self, app: Any) -> None:
+        from sanic import response
+
+        app.register_listener(self.main_process_start, "main_process_start")
+        app.register_listener(self.main_process_stop, "main_process_stop")
+
+        async def metrics_route(request: Any) -> Any:
+            if self.metrics is None:  # not started yet
+                return response.text("metrics are not available before start-up\n", status=503)
+            body, content_type = self.metrics.exposition(request.headers.get("accept"))
+            return response.raw(body, content_type=content_type)
+
+        app.add_route(metrics_route, self.settings.path, methods=["GET"], name="ccproxy_metrics")
+
+    def main_process_start(self, app: Any) -> None:
         """In Sanic's main process, before workers start: a shared directory for several workers."""
         if os.environ.get(ENV) or app.state.workers <= 1:
             return
-        if settings.multiprocess_dir:
-            path = str(settings.multiprocess_dir)
+        if self.settings.multiprocess_dir:
+            path = str(self.settings.multiprocess_dir)
             os.makedirs(path, exist_ok=True)
             for stale in glob.glob(os.path.join(path, "*.db")):
                 os.remove(stale)
         else:
             path = tempfile.mkdtemp(prefix="ccproxy-metrics-")
-            owned["tmp"] = path
+            self.owned["tmp"] = path
         os.environ[ENV] = path  # inherited by the workers Sanic starts next
-        owned["env"] = path
+        self.owned["env"] = path
 
-    def main_process_stop(app: Any) -> None:
-        if owned.get("env") and os.environ.get(ENV) == owned["env"]:
+    def main_process_stop(self, app: Any) -> None:
+        if self.owned.get("env") and os.environ.get(ENV) == self.owned["env"]:
             del os.environ[ENV]
-        if owned.get("tmp"):
-            shutil.rmtree(owned["tmp"], ignore_errors=True)
+        if self.owned.get("tmp"):
+            shutil.rmtree(self.owned["tmp"], ignore_errors=True)
 
-    app.register_listener(main_process_start, "main_process_start")
-    app.register_listener(main_process_stop, "main_process_stop")
+    @hookimpl
+    def ccproxy_startup(self, app: Any) -> None:
+        path = os.environ.get(ENV)
+        if path:
+            os.makedirs(path, exist_ok=True)  # prometheus-client writes there from the first metric on
+        self.metrics = Metrics(self.settings, app.ctx.plugins, path or None, self.config)
 
-    async def metrics_route(request: Any) -> Any:
-        metrics = _lookup(config)
-        if metrics is None:  # not started yet
-            return response.text("metrics are not available before start-up\n", status=503)
-        body, content_type = metrics.exposition(request.headers.get("accept"))
-        return response.raw(body, content_type=content_type)
+    @hookimpl
+    def ccproxy_shutdown(self) -> None:
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None and metrics.multiprocess_dir:
+            from prometheus_client.multiprocess import mark_process_dead
 
-    app.add_route(metrics_route, settings.path, methods=["GET"], name="ccproxy_metrics")
+            mark_process_dead(os.getpid(), metrics.multiprocess_dir)
 
-
-@hookimpl
-def ccproxy_startup(app: Any, config: Config) -> None:
-    path = os.environ.get(ENV)
-    if path:
-        os.makedirs(path, exist_ok=True)  # prometheus-client writes there from the first metric on
-    multiprocess_dir = path or None
-    _metrics[id(config)] = (config, Metrics(Settings(config), app.ctx.plugins, multiprocess_dir, config))
-
-
-@hookimpl
-def ccproxy_shutdown(app: Any) -> None:
-    config = getattr(app.ctx, "config", None)
-    entry = _metrics.pop(id(config), None)
-    if entry is not None and entry[1].multiprocess_dir:
-        from prometheus_client.multiprocess import mark_process_dead
-
-        mark_process_dead(os.getpid(), entry[1].multiprocess_dir)
-
-
-@hookimpl
-def ccproxy_stream_start(ctx: RequestContext) -> None:
-    if ctx.stream:
-        metrics = _lookup(ctx.config)
-        if metrics is not None:
-            metrics.active.inc()
+    @hookimpl
+    def ccproxy_stream_start(self, ctx: RequestContext) -> None:
+        if ctx.stream and self.metrics is not None:
+            self.metrics.active.inc()
             ctx.state["metrics"] = "active"
 
-
-@hookimpl
-def ccproxy_stream_end(ctx: RequestContext) -> None:
-    metrics = _lookup(ctx.config)
-    if metrics is None:
-        return
-    if ctx.state.pop("metrics", None) == "active":
-        metrics.active.dec()
-    metrics.record(ctx)
+    @hookimpl
+    def ccproxy_stream_end(self, ctx: RequestContext) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if ctx.state.pop("metrics", None) == "active":
+            metrics.active.dec()
+        metrics.record(ctx)

@@ -1,8 +1,8 @@
 """Token usage and cost, from the upstream's own numbers, streamed or not, in both dialects.
 
-Fills ``ctx.usage`` (``input_tokens``, ``output_tokens``, ``cache_read_input_tokens``,
-``cache_creation_input_tokens``), ``ctx.state["usage"]`` (flags, below), ``ctx.state["usage_partial"]``
-and ``ctx.state["cost"]`` (USD, or None when the model has no price) before any other plugin's
+Fills ``ctx.usage`` (a :class:`ccproxy_core.context.Usage`: ``input_tokens``, ``output_tokens``,
+``cache_read_input_tokens``, ``cache_creation_input_tokens``), ``ctx.usage_partial``, ``ctx.inband_error``
+and ``ctx.cost`` (USD, or None when the model has no price) before any other plugin's
 ``ccproxy_stream_end`` runs (``tryfirst``), so the access log and the metrics see them.
 
 Where the numbers come from (always ``ctx.upstream_dialect``, so translated requests count too):
@@ -19,13 +19,16 @@ The dialects are normalised to Anthropic's meaning: ``input_tokens`` counts the 
 at the full input price, so for OpenAI it is ``prompt_tokens - prompt_tokens_details.cached_tokens``
 and ``cache_read_input_tokens`` is ``cached_tokens``.
 
-``ctx.state["usage"]`` holds ``source`` (``"stream"``, ``"body"`` or None), ``final`` (the upstream's
-closing numbers were seen: ``message_delta``, the OpenAI usage chunk or a JSON body) and
-``requested`` (this plugin added ``include_usage``). ``ctx.state["usage_partial"]`` is True when the
+This plugin's own ``ctx.state["usage"]`` holds ``source`` (``"stream"``, ``"body"`` or None), ``final``
+(the upstream's closing numbers were seen: ``message_delta``, the OpenAI usage chunk or a JSON body)
+and ``requested`` (this plugin added ``include_usage``). ``ctx.usage_partial`` is True when the
 closing numbers never came although the request was cut short (client gone, upstream failed) or
 some numbers were counted (e.g. an error event ended the stream after ``message_start``): what was
 counted so far is kept, not dropped. An error event inside a stream (Anthropic ``event: error``,
-OpenAI ``data: {"error": ...}``) is kept in ``ctx.state["usage"]["inband_error"]`` (its message).
+OpenAI ``data: {"error": ...}``) is kept in ``ctx.inband_error`` (its message).
+
+The price table is per app: ``ccproxy_configure`` returns a :class:`UsagePlugin` holding it, whose
+methods are this plugin's hooks that need it.
 
 Settings (``plugins: usage: {...}``):
 
@@ -52,6 +55,7 @@ from ccproxy_core import (
     Config,
     PluginSettings,
     RequestContext,
+    Usage,
     hookimpl,
 )
 
@@ -95,7 +99,6 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "o1*": {"input": 15.0, "output": 60.0, "cache_read": 7.5, "cache_creation": 15.0},
 }
 
-_PRICE_FIELDS = ("input", "output", "cache_read", "cache_creation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +110,13 @@ class Price:
     cache_read: float
     cache_creation: float
 
-    def cost(self, usage: dict[str, int]) -> float:
-        """The USD cost of ``usage`` (a ``ctx.usage`` dict)."""
+    def cost(self, usage: Usage) -> float:
+        """The USD cost of ``usage``."""
         return (
-            usage.get("input_tokens", 0) * self.input
-            + usage.get("output_tokens", 0) * self.output
-            + usage.get("cache_read_input_tokens", 0) * self.cache_read
-            + usage.get("cache_creation_input_tokens", 0) * self.cache_creation
+            usage.input_tokens * self.input
+            + usage.output_tokens * self.output
+            + usage.cache_read_input_tokens * self.cache_read
+            + usage.cache_creation_input_tokens * self.cache_creation
         ) / 1_000_000
 
 
@@ -169,60 +172,68 @@ class UsageSettings:
     request_stream_usage: bool = True
 
 
-@dataclass(slots=True)
-class Settings:
-    prices: PriceTable
+@dataclass(frozen=True, slots=True)
+class SharedSettings:
+    """What other plugins read of this plugin's settings."""
+
+    #: Ask an OpenAI upstream for the usage chunk of a stream (translate asks for it too).
     request_stream_usage: bool = True
 
 
-# One Settings per Config (tests run several apps in one process); filled at start-up.
-_settings: dict[int, tuple[Config, Settings]] = {}
-
-
-def load_settings(config: Config, settings: PluginSettings | None = None) -> Settings:
-    """Validate ``plugins.usage`` into :class:`Settings`.
-
-    Raises:
-        ConfigError: an unknown key or a malformed price, naming the file and the key.
-    """
-    if settings is None:
-        settings = PluginSettings(NAME, config.plugin_settings(NAME), config.path)
-    loaded = settings.load(UsageSettings)
-    prices = loaded.prices or {}
-    for pattern, price in prices.items():
-        for key in _PRICE_FIELDS:
-            value = getattr(price, key)
-            if value is not None and value < 0:
-                raise settings.error(f"prices.{pattern}.{key}", f"must not be negative, got {value}")
-    return Settings(PriceTable(prices, defaults=loaded.default_prices), loaded.request_stream_usage)
-
-
-def settings_for(config: Config | None) -> Settings:
-    """The settings of the app ``config`` belongs to (loaded on first use when start-up did not run)."""
+def settings_for(config: Config | None) -> SharedSettings:
+    """:class:`SharedSettings` from ``config`` (checked at start-up by ``ccproxy_configure``); a few
+    µs, so other plugins may call it per request."""
     if config is None:
-        return Settings(PriceTable())
-    entry = _settings.get(id(config))
-    if entry is not None and entry[0] is config:
-        return entry[1]
-    settings = load_settings(config)
-    _settings[id(config)] = (config, settings)
-    return settings
-
-
-# -- lifecycle ---------------------------------------------------------------------------
+        return SharedSettings()
+    raw = config.plugin_settings(NAME)
+    shared = {key: raw[key] for key in ("request_stream_usage",) if key in raw}
+    return PluginSettings(NAME, shared, config.path).load(SharedSettings)
 
 
 @hookimpl
-def ccproxy_configure(config: Config, settings: PluginSettings) -> None:
+def ccproxy_configure(settings: PluginSettings) -> UsagePlugin:
     """Check ``plugins: usage:`` while the app is built (a bad price stops start-up)."""
-    _settings[id(config)] = (config, load_settings(config, settings))
+    loaded = settings.load(UsageSettings)
+    return UsagePlugin(PriceTable(loaded.prices, defaults=loaded.default_prices), loaded.request_stream_usage)
 
 
-@hookimpl
-def ccproxy_shutdown(app: Any) -> None:
-    config = getattr(app.ctx, "config", None)
-    if config is not None:
-        _settings.pop(id(config), None)
+class UsagePlugin:
+    """This plugin's hooks that need the app's settings: the price table and ``request_stream_usage``."""
+
+    def __init__(self, prices: PriceTable, request_stream_usage: bool = True) -> None:
+        self.prices = prices
+        self.request_stream_usage = request_stream_usage
+
+    @hookimpl
+    def ccproxy_request_body(self, ctx: RequestContext, body: dict[str, Any]) -> bool | None:
+        """Ask an OpenAI upstream for the usage chunk when an OpenAI client streams without it."""
+        flags = _flags(ctx)
+        flags["requested"] = False  # per attempt: a fallback may speak another dialect
+        if ctx.client_dialect != OPENAI or ctx.upstream_dialect != OPENAI or body.get("stream") is not True:
+            return None
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return None
+        if not self.request_stream_usage:
+            return None
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        flags["requested"] = True
+        return True
+
+    @hookimpl(tryfirst=True)
+    def ccproxy_stream_end(self, ctx: RequestContext) -> None:
+        """Settle partial usage and the cost before the access log and metrics read them."""
+        flags = _flags(ctx)
+        usage = ctx.usage
+        # Partial: the closing numbers never came, yet something was counted or the request was cut short.
+        ctx.usage_partial = not flags["final"] and (
+            usage is not None or ctx.outcome in (CLIENT_DISCONNECTED, UPSTREAM_ERROR)
+        )
+        if usage is None:
+            ctx.cost = None
+            return
+        price = self.prices.lookup(ctx.model or ctx.model_requested)
+        ctx.cost = round(price.cost(usage), 10) if price is not None else None
 
 
 # -- asking for usage --------------------------------------------------------------------
@@ -233,23 +244,6 @@ def _flags(ctx: RequestContext) -> dict[str, Any]:
     if flags is None:
         flags = ctx.state[NAME] = {"source": None, "final": False, "requested": False}
     return flags
-
-
-@hookimpl
-def ccproxy_request_body(ctx: RequestContext, body: dict[str, Any]) -> bool | None:
-    """Ask an OpenAI upstream for the usage chunk when an OpenAI client streams without it."""
-    flags = _flags(ctx)
-    flags["requested"] = False  # per attempt: a fallback may speak another dialect
-    if ctx.client_dialect != OPENAI or ctx.upstream_dialect != OPENAI or body.get("stream") is not True:
-        return None
-    options = body.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return None
-    if not settings_for(ctx.config).request_stream_usage:
-        return None
-    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    flags["requested"] = True
-    return True
 
 
 @hookimpl
@@ -367,12 +361,12 @@ def _set_anthropic(ctx: RequestContext, usage: Any, *, replace: bool) -> None:
     if not isinstance(usage, dict):
         return
     target = ctx.usage
-    if not target:
-        target.update(dict.fromkeys(USAGE_KEYS, 0))
+    if target is None:
+        target = ctx.usage = Usage()
     for key in USAGE_KEYS:
         value = usage.get(key)
         if value is not None or not replace:
-            target[key] = _int(value)
+            setattr(target, key, _int(value))
 
 
 def _set_openai(ctx: RequestContext, usage: Any) -> None:
@@ -380,11 +374,10 @@ def _set_openai(ctx: RequestContext, usage: Any) -> None:
         return
     details = usage.get("prompt_tokens_details")
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    ctx.usage.update(
+    ctx.usage = Usage(
         input_tokens=max(_int(usage.get("prompt_tokens")) - cached, 0),
         output_tokens=_int(usage.get("completion_tokens")),
         cache_read_input_tokens=cached,
-        cache_creation_input_tokens=0,
     )
 
 
@@ -422,7 +415,7 @@ def ccproxy_stream_event(ctx: RequestContext, event: Any) -> None:
             flags["source"], flags["final"] = "stream", True
             _set_anthropic(ctx, _loads(data).get("usage"), replace=True)
         elif name == "error":
-            _flags(ctx)["inband_error"] = _error_message(_loads(data))
+            ctx.inband_error = _error_message(_loads(data))
         return
     if '"usage":{' in data or '"usage": {' in data:
         chunk = _loads(data)
@@ -436,7 +429,7 @@ def ccproxy_stream_event(ctx: RequestContext, event: Any) -> None:
             if not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
                 flags["final"] = True
     elif data.startswith('{"error"'):
-        _flags(ctx)["inband_error"] = _error_message(_loads(data))
+        ctx.inband_error = _error_message(_loads(data))
 
 
 @hookimpl
@@ -456,20 +449,5 @@ def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
         _set_anthropic(ctx, payload.get("usage"), replace=False)
     else:
         _set_openai(ctx, payload.get("usage"))
-    if ctx.usage:
+    if ctx.usage is not None:
         flags["source"], flags["final"] = "body", True
-
-
-@hookimpl(tryfirst=True)
-def ccproxy_stream_end(ctx: RequestContext) -> None:
-    """Settle partial usage and the cost before the access log and metrics read them."""
-    flags = _flags(ctx)
-    # Partial: the closing numbers never came, yet something was counted or the request was cut short.
-    ctx.state["usage_partial"] = not flags["final"] and (
-        bool(ctx.usage) or ctx.outcome in (CLIENT_DISCONNECTED, UPSTREAM_ERROR)
-    )
-    if not ctx.usage:
-        ctx.state["cost"] = None
-        return
-    price = settings_for(ctx.config).prices.lookup(ctx.model or ctx.model_requested)
-    ctx.state["cost"] = round(price.cost(ctx.usage), 10) if price is not None else None

@@ -12,7 +12,6 @@ import pytest
 
 from ccproxy_core import ConfigError, load_config
 from ccproxy_core.config import build_config
-from tests.servers import DISTRIBUTION
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = """
@@ -272,8 +271,8 @@ def test_auth_flags_from_the_environment_are_read_as_booleans(monkeypatch):
 
 
 def test_every_first_party_plugin_has_its_bad_settings_tested():
-    import importlib.metadata
+    from ccproxy_core.plugins import DEFAULT_PLUGINS
 
-    first_party = {ep.name for ep in importlib.metadata.entry_points(group="ccproxy") if ep.dist.name == DISTRIBUTION}
+    first_party = {module.rpartition(".")[2] for module in DEFAULT_PLUGINS}
     tested = {settings.split(":", 1)[0] for settings, _ in PLUGIN_MISTAKES}
     assert tested == first_party

@@ -379,9 +379,9 @@ def test_other_dialect_without_translation_is_clear_400(make_proxy, mock):
 
 
 def _translate_installed() -> bool:
-    from importlib.metadata import entry_points
+    from ccproxy_core.plugins import DEFAULT_PLUGINS
 
-    return any(ep.name == "translate" for ep in entry_points(group="ccproxy"))
+    return any(module.rpartition(".")[2] == "translate" for module in DEFAULT_PLUGINS)
 
 
 # -- routes -------------------------------------------------------------------------------------

@@ -196,3 +196,27 @@ def test_plugins_route_json_in_docs_matches_the_real_shape(mock):
     with ProxyThread(provider_config(mock.url)) as server:
         real = httpx.get(server.url + "/plugins").json()[0]
     assert set(documented) == set(real)
+
+
+def test_loading_blocking_and_order_are_documented_as_done():
+    """The discovery section names every first-party plugin in registration order, and pluggy's loader
+    and block list, which is what ``Plugins`` uses."""
+    from ccproxy_core import plugins
+
+    doc = DOC.read_text()
+    section = doc[doc.index("## How plugins are found"):doc.index("## Settings:")]
+    names = [module.rpartition(".")[2] for module in plugins.DEFAULT_PLUGINS]
+    positions = [section.index(f"`{name}`") for name in names]
+    assert positions == sorted(positions), "list the first-party plugins in DEFAULT_PLUGINS order"
+    source = inspect.getsource(plugins)
+    for name in ("DEFAULT_PLUGINS", "load_setuptools_entrypoints", "set_blocked"):
+        assert name in section and name in source, name
+
+
+def test_observer_hooks_are_documented_as_isolated():
+    from ccproxy_core.hookcalls import OBSERVER_HOOKS
+
+    doc = DOC.read_text()
+    rule = next(line for line in doc.split("\n- **") if line.startswith("Isolation.**"))
+    documented = set(re.findall(r"`(ccproxy_\w+)`", rule.split("The other hooks")[0]))
+    assert documented == OBSERVER_HOOKS

@@ -15,12 +15,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pluggy
 import pytest
 
 from ccproxy_core import (
@@ -83,7 +83,7 @@ class Ends:
 # -- discovery and /plugins ------------------------------------------------------------------
 
 
-def test_first_party_plugins_load_through_entry_points(make_proxy, mock):
+def test_first_party_plugins_are_listed_with_their_distribution(make_proxy, mock):
     server = make_proxy(provider_config(mock.url))
     listed = {p["name"]: p for p in httpx.get(server.url + "/plugins").json()}
     for name in ("providers", "demo"):
@@ -115,6 +115,38 @@ def test_enabled_list_loads_only_those(make_proxy, mock):
     listed = {p["name"]: p["enabled"] for p in httpx.get(server.url + "/plugins").json()}
     assert listed["providers"] is True and listed["demo"] is False
     assert post(server.url, {**ANTHROPIC_BODY, "stream": False}).status_code == 200
+
+
+def test_first_party_plugins_come_from_code_in_a_checkout_never_installed(monkeypatch):
+    import importlib.metadata
+
+    from ccproxy_core import plugins as loading
+    from ccproxy_core.plugins import DEFAULT_PLUGINS
+
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: [])  # nothing installed at all
+    loading._distribution.cache_clear()  # which distribution holds a package: cached per process
+    try:
+        loaded = Plugins(build_config({"plugins": {"disabled": ["demo"]}}, "x"))
+    finally:
+        loading._distribution.cache_clear()
+    assert loaded.info["providers"].distribution is None
+    names = [module.rpartition(".")[2] for module in DEFAULT_PLUGINS]
+    assert list(loaded.info) == names
+    assert loaded.pm.is_blocked("demo") and loaded.pm.get_plugin("demo") is None  # disabled: pluggy's block list
+    assert all(loaded.pm.get_plugin(name) is not None for name in names if name != "demo")
+    assert loaded.implemented("ccproxy_request_headers") and loaded.implemented("ccproxy_request_adapter")
+    assert loaded.pm.list_plugin_distinfo() == []
+
+
+def test_installed_plugins_come_through_pluggys_entry_point_loader(make_proxy, mock):
+    assert _example_installed(), "run `make install`: it installs examples/ccproxy-example-plugin"
+    server = make_proxy(provider_config(mock.url, plugins={"example": {"header_value": "x"}}))
+    loaded = server.app.ctx.plugins
+    assert [(dist.project_name, plugin.__name__) for plugin, dist in loaded.pm.list_plugin_distinfo()] == [
+        ("ccproxy-example-plugin", "ccproxy_example_plugin")]
+    assert loaded.pm.is_blocked("example") is False
+    disabled = make_proxy(provider_config(mock.url, plugins={"disabled": ["example"]}))
+    assert disabled.app.ctx.plugins.pm.is_blocked("example")
 
 
 # -- loading errors: one line, naming the plugin ---------------------------------------------
@@ -174,14 +206,19 @@ def test_argument_the_hook_does_not_pass_is_an_error():
     )
 
 
-def test_wrappers_and_async_build_time_hooks_are_refused():
+def test_wrappers_of_async_implementations_and_async_build_time_hooks_are_refused():
     class Wrapper:
         @hookimpl(wrapper=True)
         def ccproxy_stream_start(self, ctx):
             yield
 
-    with pytest.raises(ConfigError, match="plugin 'w': ccproxy_stream_start is a wrapper"):
-        build({"w": Wrapper()})
+    class AsyncStart:
+        async def ccproxy_stream_start(self, ctx): ...
+
+    assert build({"w": Wrapper()}).implemented("ccproxy_stream_start")  # wrappers are pluggy's own
+    with pytest.raises(ConfigError, match="plugin 'w': ccproxy_stream_start is a wrapper") as exc:
+        build({"w": Wrapper(), "a": AsyncStart()})
+    assert "plugin 'a' implements it with async def" in one_line(exc)
 
     class AsyncRoutes:
         @hookimpl
@@ -192,25 +229,40 @@ def test_wrappers_and_async_build_time_hooks_are_refused():
     assert "plugin 'a': ccproxy_register_routes must be a plain function, not async" in one_line(exc)
 
 
+class FakeEntryPoint:
+    """An entry point of the ``ccproxy`` group, as pluggy's ``load_setuptools_entrypoints`` reads it."""
+
+    group = "ccproxy"
+
+    def __init__(self, name: str, load: Any = object) -> None:
+        self.name, self.load = name, load
+
+
+class FakeDistribution:
+    """An installed distribution holding ``entry_points`` (``name`` None: no metadata name)."""
+
+    def __init__(self, name: str | None, *entry_points: FakeEntryPoint) -> None:
+        self.metadata = {"Name": name} if name else {}
+        self.version = "1.0"
+        self.entry_points = list(entry_points)
+
+    def read_text(self, filename: str) -> None:
+        return None
+
+
 def test_two_plugins_with_one_name_and_import_failure(monkeypatch):
-    class Dist:
-        def __init__(self, name: str) -> None:
-            self.name, self.version = name, "1.0"
-
-    class Installed:
-        def __init__(self, dist: str) -> None:
-            self.name, self.dist = "dup", Dist(dist)
-
-        def load(self) -> object:
-            return object()
-
     import importlib.metadata
 
+    two = [FakeDistribution("ccproxy-a", FakeEntryPoint("dup")), FakeDistribution("ccproxy-b", FakeEntryPoint("dup"))]
     with monkeypatch.context() as patch:
-        patch.setattr(importlib.metadata, "entry_points", lambda **_: [Installed("ccproxy-a"), Installed("ccproxy-b")])
+        patch.setattr(importlib.metadata, "distributions", lambda: two)
         with pytest.raises(ConfigError) as exc:
             Plugins(build_config({}, "x"))
     assert one_line(exc) == "two installed plugins are called 'dup' (ccproxy-a and ccproxy-b); uninstall one of them"
+    with monkeypatch.context() as patch:  # a first-party name is taken too
+        patch.setattr(importlib.metadata, "distributions", lambda: [FakeDistribution("ccproxy-x", FakeEntryPoint("auth"))])
+        with pytest.raises(ConfigError, match=r"two installed plugins are called 'auth' \(.* and ccproxy-x\)"):
+            Plugins(build_config({}, "x"))
 
     class P:
         pass
@@ -220,14 +272,10 @@ def test_two_plugins_with_one_name_and_import_failure(monkeypatch):
     double = Plugins(build_config({}, "x"), [("demo", P())])  # replaces the installed demo plugin
     assert double.info["demo"].distribution is None and not double.implemented("ccproxy_upstream_transport")
 
-    class EntryPoint:
-        name, dist = "broken", None
+    def broken():
+        raise ImportError("No module named 'missing_dependency'")
 
-        @staticmethod
-        def load():
-            raise ImportError("No module named 'missing_dependency'")
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [EntryPoint()])
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: [FakeDistribution(None, FakeEntryPoint("broken", broken))])
     with pytest.raises(ConfigError) as exc:
         Plugins(build_config({}, "x"))
     assert one_line(exc).startswith("plugin 'broken' (registered in code) failed to import: ImportError(")
@@ -875,6 +923,122 @@ def test_sync_and_async_implementations_run_in_order(serve, upstream):
     assert order == ["a", "b", "c"]
 
 
+def test_wrapper_hookimpl_wraps_the_other_implementations(serve, upstream):
+    """A pluggy ``wrapper=True`` implementation runs around the others and sees their result."""
+    seen: list[Any] = []
+
+    class Inner:
+        @hookimpl
+        def ccproxy_upstream_headers(self, headers):
+            headers["x-inner"] = "1"
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def ccproxy_upstream_headers(self, headers):
+            assert "x-inner" not in headers  # before the others
+            result = yield
+            headers["x-wrapped"] = headers["x-inner"]  # after them
+            return result
+
+        @hookimpl(wrapper=True)
+        def ccproxy_request_headers(self, ctx, headers):
+            yield
+            seen.append(headers.get("x-api-key"))  # providers has added the provider's key
+
+    server = serve(inner=Inner(), wrapper=Wrapper())
+    r = post(server.url, ANTHROPIC_BODY)
+    assert r.status_code == 200 and r.headers["x-wrapped"] == "1"
+    assert seen == ["sk-ant-upstream-SECRET"]
+
+
+def test_pluggy_tracing_and_hook_call_monitoring_see_every_hook_call(serve, upstream):
+    ends = Ends()
+    server = serve(ends=ends)
+    pm = server.app.ctx.plugins.pm
+    traced: list[str] = []
+    monitored: list[tuple[str, list[str]]] = []
+    pm.trace.root.setwriter(traced.append)
+    undo_trace = pm.enable_tracing()
+    undo_monitor = pm.add_hookcall_monitoring(
+        lambda hook, impls, kwargs: monitored.append((hook, [i.plugin_name for i in impls])),
+        lambda outcome, hook, impls, kwargs: None,
+    )
+    try:
+        post(server.url, ANTHROPIC_BODY)
+        ends.last()
+    finally:
+        undo_monitor()
+        undo_trace()
+    # Every hook some plugin implements; one nobody implements is skipped before pluggy (the core's cost guard).
+    assert ("ccproxy_request_headers", ["providers"]) in monitored
+    assert ("ccproxy_stream_end", ["ends"]) in monitored
+    assert "ccproxy_stream_start" not in [hook for hook, _ in monitored]
+    assert any("ccproxy_stream_end" in line for line in traced), traced
+
+
+# -- per-app state ---------------------------------------------------------------------------------------
+
+
+def _requests_counted(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "ccproxy_requests_total")
+
+
+def test_ccproxy_configure_returns_a_per_app_object_whose_methods_are_hooks():
+    class PerApp:
+        def __init__(self, greeting: str) -> None:
+            self.greeting, self.ends = greeting, 0
+
+        @hookimpl
+        def ccproxy_stream_end(self, ctx):
+            self.ends += 1
+            raise RuntimeError("counted under the plugin's name")
+
+    module = types.ModuleType("per_app_plugin")
+
+    @hookimpl
+    def ccproxy_configure(settings):
+        return PerApp(settings.get("greeting", "hi"))
+
+    module.ccproxy_configure = ccproxy_configure
+    one = build({"mine": module}, {"mine": {"greeting": "one"}})
+    two = build({"mine": module}, {"mine": {"greeting": "two"}})
+    first, second = one.pm.get_plugin("mine.app"), two.pm.get_plugin("mine.app")
+    assert (first.greeting, second.greeting) == ("one", "two")
+    assert one.info["mine"].hooks == ["ccproxy_configure", "ccproxy_stream_end"]
+    asyncio.run(one.notify("ccproxy_stream_end", ctx=None))
+    assert (first.ends, second.ends) == (1, 0) and one.errors == Counter({("mine", "ccproxy_stream_end"): 1})
+
+
+def test_two_apps_in_one_process_keep_their_own_plugin_state(make_proxy, mock, upstream, tmp_path):
+    """metrics, health, access_log and usage keep per-app state (what ``ccproxy_configure`` returned)."""
+    expensive = {"claude-*": {"input": 1000.0, "output": 1000.0}}
+    a = make_proxy(provider_config(mock.url, plugins={"access_log": {"path": str(tmp_path / "a.log")},
+                                                      "usage": {"prices": expensive}}))
+    b = make_proxy(provider_config(mock.url, plugins={"access_log": {"path": str(tmp_path / "b.log")}}))
+    for _ in range(2):
+        assert post(a.url, {**ANTHROPIC_BODY, "stream": False}).status_code == 200
+    assert post(b.url, {**ANTHROPIC_BODY, "stream": False}).status_code == 200
+    wait_for(lambda: _requests_counted(a.url) == 2 and _requests_counted(b.url) == 1)
+    wait_for(lambda: len((tmp_path / "a.log").read_text().splitlines()) == 2)
+    wait_for(lambda: len((tmp_path / "b.log").read_text().splitlines()) == 1)
+    a_lines = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()]
+    b_line = json.loads((tmp_path / "b.log").read_text())
+    usage = b_line["usage"]
+    assert a_lines[0]["usage"] == usage
+    tokens = usage["input_tokens"] + usage["output_tokens"] + usage["cache_read_input_tokens"]  # cache: input's price
+    assert a_lines[0]["cost_usd"] == pytest.approx(tokens * 1000 / 1e6)
+    assert b_line["cost_usd"] < a_lines[0]["cost_usd"] / 50  # the default table, not a's
+    ready_a, ready_b = (httpx.get(s.url + "/health/ready").json() for s in (a, b))
+    assert ready_a["providers"]["anthropic"]["last"]["request_id"] == a_lines[-1]["request_id"]
+    assert ready_b["providers"]["anthropic"]["last"]["request_id"] == b_line["request_id"]
+    listed = {p["name"]: p for p in httpx.get(a.url + "/plugins").json()}
+    assert {"ccproxy_configure", "ccproxy_startup", "ccproxy_stream_end"} <= set(listed["metrics"]["hooks"])
+
+
 # -- cost: no pluggy on the chunk path ------------------------------------------------------------------
 
 
@@ -893,10 +1057,9 @@ def test_no_ccproxy_stream_chunk_implementation_means_no_plugin_call_per_chunk(s
         raise AssertionError("pluggy was called while serving a request")
 
     monkeypatch.setattr(plugins, "notify", recording_notify)
-    # Every pluggy hook call of this app goes through its HookCaller's _hookexec (pytest's own do not).
-    for caller in vars(plugins.pm.hook).values():
-        if isinstance(caller, pluggy.HookCaller):
-            monkeypatch.setattr(caller, "_hookexec", forbidden)
+    # Every pluggy call of a hook goes through its HookCaller's _hookexec: trap the per-chunk ones.
+    for name in ("ccproxy_stream_chunk", "ccproxy_stream_event"):
+        monkeypatch.setattr(getattr(plugins.pm.hook, name), "_hookexec", forbidden)
     with pytest.raises(AssertionError, match="pluggy was called"):
         plugins.pm.hook.ccproxy_stream_chunk(ctx=None, chunk=b"")  # the trap works
     r = post(server.url, ANTHROPIC_BODY, {"x-mock-events": "20", "x-mock-delay": "2"})

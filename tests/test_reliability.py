@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ccproxy_core import hookimpl
-from ccproxy_core.config import build_config
+from ccproxy_core import PluginSettings, hookimpl
+from ccproxy_core.config import Config, build_config
 from ccproxy_core.errors import ConfigError
 from ccproxy_core.streaming import retry_after_seconds
 from ccproxy_plugins import auth
@@ -168,18 +168,22 @@ def test_no_keys_on_public_address_refuses_unless_insisted(caplog):
         def __init__(self, host):
             self.state = State(host)
 
+    def startup(app: App, config: Config) -> None:
+        """The auth plugin's start-up for ``config``: its per-app part, made by ``ccproxy_configure``."""
+        auth.ccproxy_configure(PluginSettings("auth", config.plugin_settings("auth"))).ccproxy_startup(app)
+
     config = build_config({"plugins": {"auth": {}}})
     caplog.set_level(logging.WARNING)
-    auth.ccproxy_startup(App("127.0.0.1"), config)
+    startup(App("127.0.0.1"), config)
     assert "no proxy keys configured" in caplog.text
     with pytest.raises(ConfigError, match="no proxy keys configured"):
-        auth.ccproxy_startup(App("0.0.0.0"), config)
+        startup(App("0.0.0.0"), config)
     assert "REFUSING TO START" in caplog.text
     insisted = build_config({"plugins": {"auth": {"allow_public_without_keys": True}}})
-    auth.ccproxy_startup(App("::"), insisted)
+    startup(App("::"), insisted)
     assert "!!! NO PROXY KEYS" in caplog.text
     keyed = build_config({"plugins": {"auth": {"keys": ["k"]}}})
-    auth.ccproxy_startup(App("0.0.0.0"), keyed)  # keys configured: any address is fine
+    startup(App("0.0.0.0"), keyed)  # keys configured: any address is fine
     assert auth.is_loopback("::1") and auth.is_loopback("localhost") and not auth.is_loopback("10.0.0.1")
 
 
@@ -331,7 +335,10 @@ def test_untranslatable_fallback_is_skipped(make_proxy, upstream, caplog):
 def _installed(name: str) -> bool:
     from importlib.metadata import entry_points
 
-    return any(ep.name == name for ep in entry_points(group="ccproxy"))
+    from ccproxy_core.plugins import DEFAULT_PLUGINS
+
+    first_party = {module.rpartition(".")[2] for module in DEFAULT_PLUGINS}
+    return name in first_party or any(ep.name == name for ep in entry_points(group="ccproxy"))
 
 
 def test_same_route_retries_with_backoff_until_max_attempts(make_proxy, upstream):
