@@ -20,14 +20,15 @@ stay cheap enough that a benchmark measures the proxy, not the mock.
 
 Modules: ``scenario`` (the headers), ``content`` (what is said), ``dialect`` (what a dialect
 provides) with one module per dialect (``anthropic_messages``, ``openai_chat``), ``routes`` (path
--> dialect and handler), ``wire`` (bytes and faults), ``server`` (connections, the server, the
-thread), ``__main__`` (standalone: ``python -m tests.mock_upstream --port 9999``).
+-> dialect and handler), ``wire`` (bytes and faults), ``server`` (connections, the server),
+``thread`` (the server in a thread, for synchronous tests), ``__main__`` (standalone: ``python -m tests.mock_upstream --port 9999``).
 """
 
 from tests.mock_upstream.content import DEFAULT_TEXT, STAMP
 from tests.mock_upstream.request import RecordedRequest
 from tests.mock_upstream.scenario import Scenario
-from tests.mock_upstream.server import MockUpstream, MockUpstreamThread
+from tests.mock_upstream.server import MockUpstream
+from tests.mock_upstream.thread import MockUpstreamThread
 
 __all__ = ["MockUpstream", "MockUpstreamThread", "RecordedRequest", "Scenario", "DEFAULT_TEXT", "STAMP",
            "stream_framing"]

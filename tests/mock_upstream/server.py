@@ -1,6 +1,5 @@
 """The mock's HTTP/1.1 server: one :class:`Connection` (an :class:`asyncio.Protocol` parsing with
-``httptools``) per client, :class:`MockUpstream` on the running loop, :class:`MockUpstreamThread`
-on a loop of its own for synchronous tests.
+``httptools``) per client, and :class:`MockUpstream` on the running loop.
 
 A connection answers its requests in order. A JSON reply without faults is written at once from
 the parser's callback (the benchmark's hot path); anything that waits (a stream, a delay, a
@@ -14,10 +13,9 @@ import asyncio
 import socket
 import ssl as ssl_module
 import struct
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +38,9 @@ class Connection(asyncio.Protocol):
         self.upstream = upstream
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
+        # Any header value a proxy may forward (control characters, raw UTF-8) is recorded, not refused:
+        # what is valid is for the proxy's tests to decide.
+        self.parser.set_dangerous_leniencies(lenient_headers=True)
         self.transport: asyncio.Transport | None = None
         self.id = 0
         self.gone = False  # the client closed or reset the connection
@@ -118,7 +119,8 @@ class Connection(asyncio.Protocol):
             path, query = parts.path or "/", parts.query
         else:
             path, _, query = target.partition("?")
-        up, body, method, version = self.upstream, b"".join(self._body), self.parser.get_method(), self.parser.get_http_version()
+        up, body = self.upstream, b"".join(self._body)
+        method, version = self.parser.get_method(), self.parser.get_http_version()
         key = None if up.record else (method, self._url, version, tuple(self._raw), body)
         if key is not None and self._task is None and not self._queue and (canned := up._canned.get(key)):
             self.transport.write(canned.now())  # type: ignore[union-attr]
@@ -358,78 +360,3 @@ class MockUpstream:
                 return False
             await asyncio.sleep(0.005)
         return True
-
-
-def _delegate(name: str) -> property:
-    """A read-only property that reads ``self.upstream.<name>``."""
-    return property(lambda self: getattr(self.upstream, name), doc=f"``upstream.{name}``")
-
-
-class MockUpstreamThread:
-    """A :class:`MockUpstream` on its own event loop in a daemon thread, for synchronous tests.
-
-    Usable as a context manager. Counters and ``requests`` are readable from the calling thread
-    (directly or through ``.upstream``).
-    """
-
-    requests = _delegate("requests")
-    errors = _delegate("errors")
-    open_connections = _delegate("open_connections")
-    connections_accepted = _delegate("connections_accepted")
-    active_streams = _delegate("active_streams")
-    disconnects = _delegate("disconnects")
-    completed = _delegate("completed")
-    aborted = _delegate("aborted")
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.upstream = MockUpstream(host, port)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT``, valid after :meth:`start`."""
-        return self.upstream.url
-
-    def _call(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
-        assert self._loop is not None, "not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def start(self) -> MockUpstreamThread:
-        """Start the thread and its loop, and listen; returns self."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="mock-upstream", daemon=True)
-        self._thread.start()
-        self._call(self.upstream.start())
-        return self
-
-    def stop(self) -> None:
-        """Stop the server (cancelling all connections), then the loop and the thread."""
-        if self._loop is None or self._thread is None:
-            return
-        try:
-            self._call(self.upstream.stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
-            self._loop = self._thread = None
-
-    def reset_stats(self) -> None:
-        """See :meth:`MockUpstream.reset_stats`."""
-        self.upstream.reset_stats()
-
-    def wait_for(self, predicate: Callable[[MockUpstream], bool], timeout: float = 5.0) -> bool:
-        """Poll ``predicate(self.upstream)`` until true (True) or ``timeout`` seconds (False)."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self.upstream):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
-
-    def __enter__(self) -> MockUpstreamThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
