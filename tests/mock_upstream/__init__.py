@@ -24,14 +24,13 @@ provides) with one module per dialect (``anthropic_messages``, ``openai_chat``),
 ``thread`` (the server in a thread, for synchronous tests), ``__main__`` (standalone: ``python -m tests.mock_upstream --port 9999``).
 """
 
-from tests.mock_upstream.content import DEFAULT_TEXT, STAMP
+from tests.mock_upstream.content import DEFAULT_TEXT
 from tests.mock_upstream.request import RecordedRequest
 from tests.mock_upstream.scenario import Scenario
 from tests.mock_upstream.server import MockUpstream
 from tests.mock_upstream.thread import MockUpstreamThread
 
-__all__ = ["MockUpstream", "MockUpstreamThread", "RecordedRequest", "Scenario", "DEFAULT_TEXT", "STAMP",
-           "stream_framing"]
+__all__ = ["MockUpstream", "MockUpstreamThread", "RecordedRequest", "Scenario", "DEFAULT_TEXT", "stream_framing"]
 
 #: Client dialect -> SSE events a stream carries besides its text deltas (``x-mock-content: text``,
 #: no ``stream_options``): what a load client adds to ``x-mock-events`` to know how many events to expect.
