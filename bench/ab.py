@@ -34,7 +34,7 @@ from loadgen import Target, build_request  # noqa: E402
 
 
 async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> None:
-    up = children.spawn([sys.executable, str(HERE / "upstream.py"), "--cpu", str(run.CLIENT_CPU), "--watch-stdin"],
+    up = children.spawn(run.MOCK_UPSTREAM,
                         cpu=run.CLIENT_CPU, log_path=tmp / "upstream.log", stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE)
     ports = json.loads(up.stdout.readline())

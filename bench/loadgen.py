@@ -1,4 +1,4 @@
-"""The benchmark's load client: asyncio protocols, keep-alive HTTP/1.1, httptools parsing.
+"""The load client of the benchmark and the soak: asyncio protocols, keep-alive HTTP/1.1, httptools parsing.
 
 Not httpx: a general-purpose client costs more CPU per request than the proxy
 it would be measuring. Each :class:`Conn` is one keep-alive connection running
@@ -7,20 +7,31 @@ the client sees exactly what the wire delivered:
 
 * time to first byte (request written → first response byte read);
 * per-event latency: each text delta carries its send time (``"@"`` + 20 digits of
-  ``time.monotonic_ns()``, see ``bench/upstream.py``), compared with the read time;
+  ``time.monotonic_ns()``, the mock upstream's ``x-mock-stamp``), compared with the read time;
 * inter-arrival gaps between events, and reads that carry more than one event
   (coalescing somewhere between the upstream's writes and the client);
 * event counts (an event ends at a blank line), to check every event arrived.
+
+The requests ask the mock upstream (``tests/mock_upstream``) for their stream's shape with its
+``x-mock-*`` headers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httptools
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the mock upstream is the package tests/mock_upstream of the repository
+    sys.path.append(str(ROOT))
+
+from tests.mock_upstream import stream_framing  # noqa: E402
 
 _now = time.monotonic_ns
 
@@ -68,7 +79,7 @@ class Request:
 
     data: bytes
     sse: bool = False
-    #: Events the stream should carry (``x-bench-events``).
+    #: Events the stream should carry (its text deltas, ``x-mock-events``, and the dialect's framing).
     events: int = 0
 
 
@@ -79,10 +90,13 @@ def build_request(
     stream: bool = False,
     events: int = 50,
     rate: float = 0.0,
+    delay_ms: float = 0.0,
     body_bytes: int = 0,
 ) -> Request:
     """A request as Claude Code or the OpenAI SDK would send it, pre-encoded.
 
+    A stream carries ``events`` SSE events in all (at least one text delta, each stamped with its
+    send time), ``rate`` per second on a schedule (0: back to back) or ``delay_ms`` apart.
     ``body_bytes`` pads the conversation to about that size (Claude Code sends ~80 KB).
     """
     if dialect == "anthropic":
@@ -116,9 +130,15 @@ def build_request(
         ("X-Stainless-Lang", "js"),
         ("X-Stainless-Package-Version", "0.60.0"),
         ("X-Stainless-Runtime", "node"),
-        ("x-bench-events", str(events)),
-        ("x-bench-rate", f"{rate:g}"),
+        ("x-mock-fixed-ids", "1"),  # no random ids or request hashing: the mock's cheapest replies
     ]
+    deltas = max(1, events - stream_framing[dialect])
+    if stream:
+        headers += [("x-mock-events", str(deltas)), ("x-mock-stamp", "1")]
+        if rate > 0:
+            headers.append(("x-mock-rate", f"{rate:g}"))
+        if delay_ms > 0:
+            headers.append(("x-mock-delay", f"{delay_ms:g}"))
     if dialect == "anthropic":
         headers += [
             ("x-api-key", "sk-ant-client-key-not-forwarded"),
@@ -129,7 +149,7 @@ def build_request(
     else:
         headers.append(("Authorization", "Bearer sk-client-key-not-forwarded"))
     head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
-    return Request(head.encode() + body, stream, events if stream else 0)
+    return Request(head.encode() + body, stream, deltas + stream_framing[dialect] if stream else 0)
 
 
 class Conn(asyncio.Protocol):

@@ -97,7 +97,7 @@ async def phase(args: argparse.Namespace, target: Target, pid: int) -> tuple[str
 
 
 async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> None:
-    up = children.spawn([sys.executable, str(HERE / "upstream.py"), "--cpu", "1", "--watch-stdin"], cpu=1,
+    up = children.spawn(run.MOCK_UPSTREAM, cpu=run.CLIENT_CPU,
                         log_path=tmp / "upstream.log", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     ports = json.loads(up.stdout.readline())
     cfg = tmp / "proxy.yaml"

@@ -5,9 +5,9 @@
 
 What runs, all on 127.0.0.1:
 
-* ``bench/upstream.py``: a mock upstream (both dialects, JSON and SSE), its own process
-  pinned to CPU 1, plain HTTP and TLS (a self-signed certificate made here with the
-  ``openssl`` CLI).
+* The project's mock upstream (``python -m tests.mock_upstream``, the one the tests use):
+  both dialects, JSON and SSE, its own process pinned to CPU 1, plain HTTP and TLS (a
+  self-signed certificate made here with the ``openssl`` CLI).
 * The proxy: ``sanic app.app --single-process`` pinned to CPU 0, with a generated config
   whose providers point at the mock upstream (routing globs, provider headers, the
   bundled plugin set loaded from entry points). When the config accepts
@@ -53,6 +53,8 @@ from loadgen import Request, Result, Target, build_request  # noqa: E402
 
 PROXY_CPU = 0
 CLIENT_CPU = 1
+#: The mock upstream, as a process of its own (run from the repository root): prints its ports as JSON.
+MOCK_UPSTREAM = [sys.executable, "-m", "tests.mock_upstream", "--port", "0", "--cpu", str(CLIENT_CPU), "--watch-stdin"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DIALECTS = ("anthropic", "openai")
 
@@ -711,8 +713,7 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
     plan = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     certs = None if args.no_tls else make_certificate(tmp)
-    upstream_argv = [sys.executable, str(HERE / "upstream.py"), "--cpu", str(CLIENT_CPU), "--watch-stdin",
-                     "--max-seconds", str(args.time_limit + 60)]
+    upstream_argv = [*MOCK_UPSTREAM, "--max-seconds", str(args.time_limit + 60)]
     if certs:
         upstream_argv += ["--cert", str(certs[0]), "--key", str(certs[1])]
     up = children.spawn(upstream_argv, cpu=CLIENT_CPU, log_path=tmp / "upstream.log", stdin=subprocess.PIPE,

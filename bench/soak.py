@@ -1,10 +1,10 @@
 """Soak: many concurrent streams through one proxy worker for a while; nothing may grow.
 
-Starts the mock upstream (``tests/mock_upstream.py``) and one proxy worker (``sanic
+Starts the mock upstream (``python -m tests.mock_upstream``) and one proxy worker (``sanic
 --single-process``) as subprocesses on 127.0.0.1, then keeps ``--streams`` streaming
-requests in flight (each client loops on one keep-alive connection, alternating the
-Anthropic and OpenAI routes) for ``--seconds``. Every response must be a 200 whose stream
-ends cleanly with all its events. Once a second it samples the worker's RSS, open file
+requests in flight (each client of ``bench/loadgen.py`` loops on one keep-alive connection,
+alternating the Anthropic and OpenAI routes) for ``--seconds``. Every response must be a 200
+whose stream ends cleanly with all its events. Once a second it samples the worker's RSS, open file
 descriptors and asyncio task count (from a probe route the soak app adds), and compares
 the first 10 s with the last 10 s.
 
@@ -28,10 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httptools
-
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402
+from tests.mock_upstream import stream_framing  # noqa: E402  (loadgen puts the repository on sys.path)
+
 PROBE = "/_soak/stats"
 
 #: Each stream: this many text deltas, this many ms apart (about one second per stream).
@@ -82,67 +85,11 @@ def open_fds(pid: int) -> int:
 # -- load ----------------------------------------------------------------------------------------
 
 
-class Client(asyncio.Protocol):
-    """One keep-alive connection running one streaming request at a time."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.done: asyncio.Future[None] | None = None
-        self.status = 0
-        self.body = bytearray()
-        self.lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ConnectionError(f"bad response: {exc}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self._fail(ConnectionError("connection lost"))
-
-    def _fail(self, exc: Exception) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(exc)
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_result(None)
-
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        self.status, self.body = 0, bytearray()
-        self.done = self.loop.create_future()
-        self.transport.write(data)
-        await self.done
-        return self.status, bytes(self.body)
-
-
-def build(path: str, body: dict[str, Any]) -> bytes:
-    raw = json.dumps(body).encode()
-    head = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(raw)}\r\nx-mock-events: {EVENTS}\r\nx-mock-delay: {DELAY_MS}\r\n\r\n")
-    return head.encode() + raw
-
-
-REQUESTS = [
-    (build("/v1/messages?beta=true", {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
-                                       "messages": [{"role": "user", "content": "soak"}]}), b"event: message_stop"),
-    (build("/v1/chat/completions", {"model": "gpt-4o", "stream": True,
-                                     "messages": [{"role": "user", "content": "soak"}]}), b"data: [DONE]"),
-]
+def requests(port: int) -> list[loadgen.Request]:
+    """One streaming request per dialect: ``EVENTS`` text deltas, ``DELAY_MS`` apart."""
+    target = loadgen.Target("proxy", "127.0.0.1", port)
+    return [loadgen.build_request(target, dialect, stream=True, events=EVENTS + stream_framing[dialect],
+                                  delay_ms=DELAY_MS) for dialect in ("anthropic", "openai")]
 
 
 class Load:
@@ -156,35 +103,36 @@ class Load:
 
 
 async def client_loop(port: int, index: int, load: Load) -> None:
-    loop = asyncio.get_running_loop()
-    conn: Client | None = None
+    target = loadgen.Target("proxy", "127.0.0.1", port)
+    reqs = requests(port)
+    conn: loadgen.Conn | None = None
     n = index
     while not load.stop:
         if conn is None or conn.lost:
             try:
-                _, conn = await loop.create_connection(lambda: Client(loop), "127.0.0.1", port)
+                conn = await loadgen.connect(target)
             except OSError as exc:
                 load.error(f"connect: {type(exc).__name__}")
                 await asyncio.sleep(0.5)
                 continue
-        data, end = REQUESTS[n % 2]
+        req = reqs[n % 2]
         n += 1
         try:
-            status, body = await asyncio.wait_for(conn.request(data), 30)
+            await asyncio.wait_for(conn.send(req, loadgen.Result()), 30)
         except (ConnectionError, asyncio.TimeoutError) as exc:
             load.error(f"request: {type(exc).__name__}: {exc}")
             if conn.transport is not None:
                 conn.transport.abort()
             conn = None
             continue
-        if status != 200:
-            load.error(f"status {status}")
-        elif end not in body or body.count(b"\n\n") < EVENTS + 2:
+        if conn.status != 200:
+            load.error(f"status {conn.status}")
+        elif conn.events != req.events:
             load.error("incomplete stream")
         else:
             load.completed += 1
-    if conn is not None and conn.transport is not None:
-        conn.transport.close()
+    if conn is not None:
+        conn.close()
 
 
 async def probe(port: int) -> dict[str, Any]:
@@ -285,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     python = sys.executable
-    mock_port, proxy_port = free_port(), free_port()
+    proxy_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen([python, str(ROOT / "tests" / "mock_upstream.py"), "--port", str(mock_port)],
-                                      cwd=ROOT, stdout=subprocess.DEVNULL))
-        wait_http(mock_port, "/v1/models")
+        mock = subprocess.Popen([python, "-m", "tests.mock_upstream", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE)
+        procs.append(mock)
+        assert mock.stdout is not None
+        mock_port = json.loads(mock.stdout.readline())["port"]
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
             fh.write(f"""
 providers:

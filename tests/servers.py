@@ -68,6 +68,23 @@ def reserved_port() -> Iterator[int]:
         sock.close()
 
 
+_CLOSED: list[socket.socket] = []
+
+
+def closed_port() -> int:
+    """A TCP port on which nothing listens and nothing will, until the test process ends.
+
+    The same race as :func:`reserved_port`'s: a port found free and closed again can be taken by
+    another process (a server, or an outgoing connection's ephemeral port) before the test
+    connects to it. This one stays bound (on every address, not listening, without
+    ``SO_REUSEADDR``), so nothing else can bind it, and a connection to it is refused.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("0.0.0.0", 0))
+    _CLOSED.append(sock)
+    return sock.getsockname()[1]
+
+
 class ProxyThread:
     """A ccproxy app served on 127.0.0.1 from its own thread and event loop.
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ccproxy_core import hookimpl
-from tests.servers import ANTHROPIC_BODY, FIXED, OPENAI_BODY, provider_config
+from tests.servers import ANTHROPIC_BODY, FIXED, OPENAI_BODY, closed_port, provider_config
 
 
 
@@ -213,16 +213,8 @@ def test_events_arrive_spaced_as_sent(proxy, upstream):
 # -- failures ------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 def test_unreachable_upstream_is_502_in_each_dialect(make_proxy):
-    server = make_proxy(provider_config(f"http://127.0.0.1:{_closed_port()}"))
+    server = make_proxy(provider_config(f"http://127.0.0.1:{closed_port()}"))
     r = post(server.url, ANTHROPIC_BODY)
     assert r.status_code == 502
     assert r.json()["type"] == "error" and r.json()["error"]["type"] == "api_error"

@@ -15,9 +15,8 @@ import pytest
 
 from ccproxy_core import hookimpl
 from ccproxy_core.errors import ERROR_KINDS
-from tests.servers import ANTHROPIC_BODY, provider_config
+from tests.servers import ANTHROPIC_BODY, closed_port, provider_config
 from tests.test_observability import log_lines, metric, scrape
-from tests.test_reliability import closed_port
 
 FAST = {"connect": 0.3, "headers": 0.3, "idle": 0.3, "total": 30}
 

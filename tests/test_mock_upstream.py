@@ -199,6 +199,25 @@ def test_events_arrive_separately_spaced_by_delay(mock: MockUpstreamThread, dial
     assert not early, arrivals
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_stream_starts_before_its_events_are_built(mock: MockUpstreamThread, dialect: str) -> None:
+    """Events are generated as they are sent, so the head and the first events of a stream of a
+    billion deltas arrive at once (building them first would take hours and all the memory)."""
+    path, body = DIALECTS[dialect]
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", mock.url + path, json={**body, "stream": True},
+                           headers={"x-mock-events": str(10**9)}) as response:
+            assert response.status_code == 200
+            received = b""
+            for piece in response.iter_raw():
+                received += piece
+                if received.count(b"\n\n") >= 5:
+                    break
+    assert parse_sse(received.rpartition(b"\n\n")[0] + b"\n\n")[0][0] == (
+        "message_start" if dialect == "anthropic" else None)
+    assert mock.wait_for(lambda u: u.disconnects == 1 and u.active_streams == 0)
+
+
 def test_keep_alive_and_request_bodies(mock: MockUpstreamThread) -> None:
     with httpx.Client(base_url=mock.url, timeout=10) as client:
         assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
@@ -442,11 +461,12 @@ def test_stop_cancels_everything() -> None:
 
 
 def test_standalone_script() -> None:
-    script = Path(__file__).with_name("mock_upstream.py")
-    with subprocess.Popen([sys.executable, str(script), "--port", "0"], stdout=subprocess.PIPE, text=True) as proc:
+    root = Path(__file__).resolve().parent.parent
+    with subprocess.Popen([sys.executable, "-m", "tests.mock_upstream", "--port", "0"], cwd=root,
+                          stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
-            url = proc.stdout.readline().split()[-1]
+            url = json.loads(proc.stdout.readline())["url"]
             assert httpx.get(url + "/v1/models").json()["object"] == "list"
         finally:
             proc.terminate()

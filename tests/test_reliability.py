@@ -25,7 +25,7 @@ from ccproxy_core.streaming import retry_after_seconds
 from ccproxy_plugins import auth
 from tests.mock_upstream import MockUpstreamThread
 from tests.scripted_upstream import Answer, ScriptedUpstream
-from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, PATHS, ROOT, provider_config
+from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, PATHS, ROOT, closed_port, provider_config
 
 CLIENT_KEYS = ["ccp-client-KEY-one-1234567890", "ccp-client-KEY-two-0987654321"]
 PROVIDER_KEYS = ["sk-ant-upstream-SECRET", "sk-openai-upstream-SECRET"]
@@ -71,14 +71,6 @@ def assert_dialect_error(dialect: str, r: httpx.Response, status: int, kind: str
             assert data["error"]["code"] == kind
     assert "Traceback" not in r.text
     return data
-
-
-def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def stream_all(url: str, body: dict, headers: dict | None = None, path: str = "/v1/messages") -> tuple[int, bytes, bool]:
