@@ -30,12 +30,12 @@ log = logging.getLogger("ccproxy")
 _app_numbers = itertools.count(1)
 
 #: Client dialect of each proxy route.
-PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": OPENAI}
+PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/messages/count_tokens": ANTHROPIC, "/v1/chat/completions": OPENAI}
 
 
 def dialect_for_path(path: str) -> str:
     """The dialect errors on ``path`` are written in (OpenAI's unless the route is Anthropic's)."""
-    return ANTHROPIC if path.rstrip("/").endswith("/messages") else OPENAI
+    return ANTHROPIC if path.rstrip("/").endswith(("/messages", "/messages/count_tokens")) else OPENAI
 
 
 def _error_path(request: Request) -> str:
