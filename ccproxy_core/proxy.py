@@ -39,7 +39,7 @@ _ESTIMATE = EstimateTransport()
 
 def base_model(model: str) -> str:
     """``model`` without a trailing bracketed suffix (``claude-opus-4-8[1m]`` -> ``claude-opus-4-8``)."""
-    return _BRACKET_SUFFIX.sub("", model)
+    return _BRACKET_SUFFIX.sub("", model) if model.endswith("]") else model
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,3 +109,13 @@ def test_skipped_provider_is_named_with_its_variable(mock, make_proxy, monkeypat
     assert r.status_code == 404
     message = r.json()["error"]["message"]
     assert "'anthropic'" in message and "CCPROXY_TEST_MISSING_KEY" in message
+
+
+def test_aliased_counts_go_to_the_target_model(mock, make_proxy, upstream):
+    server = make_proxy(models={"sonnet": {"model": "claude-sonnet-4-5"}, "mini": {"model": "gpt-4o-mini"}})
+    r = httpx.post(server.url + "/v1/messages/count_tokens", json={**BODY, "model": "sonnet", "stream": True})
+    assert r.status_code == 200 and r.json() == {"input_tokens": 12}
+    assert json.loads(upstream.upstream.requests[-1].body)["model"] == "claude-sonnet-4-5"
+    r = httpx.post(server.url + "/v1/messages/count_tokens", json={**BODY, "model": "mini"})
+    assert r.status_code == 200 and r.json() == {"input_tokens": estimate_input_tokens(BODY)}
+    assert len(upstream.upstream.requests) == 1
