@@ -30,14 +30,14 @@ def demo():
     module.WORD_DELAY = delay
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def claude(demo):
     return anthropic.Anthropic(base_url=demo.url, api_key="x", max_retries=0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def gpt(demo):
-    return openai.OpenAI(base_url=demo.url + "/v1", api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=f"{demo.url}/v1", api_key="x", max_retries=0)
 
 
 def _anthropic_round_trip(claude, model: str, stream: bool):
