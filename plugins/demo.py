@@ -7,6 +7,11 @@ what the gateway translates: when the request offers tools it calls the first on
 (arguments that fit its schema), then answers in text once the tool result comes
 back; it thinks first when thinking (Anthropic) or ``reasoning_effort`` (Chat) is
 asked for; usage counts input with the local estimate. It answers token counts too.
+
+The Responses dialect joins as a third branch of :meth:`DemoTransport.handle_async_request`
+(path ``/responses``, and ``/responses/input_tokens`` for counts) when that dialect is routed:
+:class:`_Answer` is dialect-free, so what it needs is its request reader (``input`` items,
+``reasoning``, flat function tools) and an emitter of Responses events.
 """
 
 from __future__ import annotations
