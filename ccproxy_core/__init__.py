@@ -71,6 +71,7 @@ __all__ = [
     "SSEEvent",
     "SSEParser",
     "encode_event",
+    "estimate_input_tokens",
     "error_body",
     "error_event",
     # errors (ProxyError's kinds; ERROR_KINDS are the values of Attempt.error_kind)
@@ -114,6 +115,7 @@ _LAZY = {
     "ResponseAdapter": ".adapters",
     "FastTransport": ".transport",
     "FastPath": ".transport",
+    "estimate_input_tokens": ".counting",
 }
 
 

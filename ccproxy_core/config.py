@@ -184,6 +184,8 @@ class Config:
     retries: Retries = field(default_factory=Retries)
     #: Seconds in-flight responses may run on after SIGTERM before they are ended with an error.
     shutdown_grace: float = 30.0
+    #: Seconds an upstream's model list (``GET /v1/models``) is kept before it is fetched again.
+    model_list_ttl: float = 600.0
     #: ``disabled``/``enabled`` lists and per-plugin settings, by plugin name.
     plugins: dict[str, Any] = field(default_factory=dict)
     #: The file this came from ("" when built in code).

@@ -81,6 +81,9 @@ class RequestContext:
     body: dict[str, Any] | None = None
     #: The client asked for a stream (``"stream": true``).
     stream: bool = False
+    #: A token count (``POST /v1/messages/count_tokens``), not a generation: nothing is billed,
+    #: the answer is ``{"input_tokens": N}`` and carries no usage.
+    counting: bool = False
     #: The upstream is asked to stream: ``stream`` and the provider has ``supports_streaming``.
     #: When the client asked for a stream and this is False, the answer is JSON that a
     #: response adapter turns into a stream in the client's dialect.

@@ -18,6 +18,14 @@ from .errors import ProxyError
 #: Path the upstream of each dialect serves, appended to the provider's base_url.
 UPSTREAM_PATHS = {ANTHROPIC: "/v1/messages", OPENAI: "/chat/completions", RESPONSES: "/responses"}
 
+#: Path of each upstream dialect's token count. A dialect without one (Chat Completions) gets the
+#: local estimate (:mod:`.counting`). The Responses dialect's is ``/responses/input_tokens``; it joins
+#: here, with a translation of the count body, when that dialect is routed.
+COUNT_PATHS = {ANTHROPIC: "/v1/messages/count_tokens"}
+
+#: Path of each upstream dialect's model list, appended to the provider's base_url.
+MODELS_PATHS = {ANTHROPIC: "/v1/models", OPENAI: "/models"}
+
 # Neutral kind -> OpenAI error type. Anthropic uses the neutral kinds as they are.
 _OPENAI_TYPES = {
     "invalid_request_error": "invalid_request_error",

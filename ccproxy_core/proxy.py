@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,7 +19,9 @@ from sanic import Request
 from .config import Config, ProviderConfig
 from .context import RequestContext
 from .decoding import decodable_accept_encoding
-from .dialects import UPSTREAM_PATHS
+from .context import ANTHROPIC
+from .counting import EstimateTransport
+from .dialects import COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import request_headers, request_id
 from .intake import check_headers, parse_body
@@ -27,6 +30,16 @@ from .streaming import DeferredResponse, StreamingHandler
 from .upstream import HandlerConfig, UpstreamRequest, aim
 
 log = logging.getLogger("ccproxy")
+
+#: Claude Code's context-size marker on a model name (``claude-opus-4-8[1m]``): a client-side
+#: suffix, not part of any upstream's model id.
+_BRACKET_SUFFIX = re.compile(r"\[[^\[\]]*\]$")
+_ESTIMATE = EstimateTransport()
+
+
+def base_model(model: str) -> str:
+    """``model`` without a trailing bracketed suffix (``claude-opus-4-8[1m]`` -> ``claude-opus-4-8``)."""
+    return _BRACKET_SUFFIX.sub("", model) if model.endswith("]") else model
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +88,10 @@ class Proxy:
         body = parse_body(request.body, self.config.limits.max_model_length)
         ctx.body = body
         ctx.model_requested = body["model"]
+        ctx.counting = ctx.route.rstrip("/").endswith("/count_tokens")
         await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
         routes = self.routes(ctx.model_requested)
-        ctx.stream = body.get("stream") is True
+        ctx.stream = body.get("stream") is True and not ctx.counting
         # The first route that can be prepared is the call; the others are its fallbacks, prepared
         # only if needed. Raises the first route's error when none can be prepared.
         attempts = self._attempts(request, ctx, routes)
@@ -90,7 +104,9 @@ class Proxy:
         The model's own route (an alias's target, else the first provider whose globs
         match) comes first, followed by its provider's ``fallbacks`` (same model name);
         then each of the alias's ``fallbacks`` with its provider's ``fallbacks``.
-        A (provider, model) pair appears once. Upstream URLs come from the configuration
+        A trailing bracketed suffix (``claude-opus-4-8[1m]``, Claude Code's context marker) is
+        dropped: aliases and globs see, and the upstream gets, the base name (an alias named with
+        the suffix itself wins). A (provider, model) pair appears once. Upstream URLs come from the configuration
         only: the model name never reaches a URL.
 
         Raises:
@@ -99,7 +115,7 @@ class Proxy:
         primary = self._route(model)
         out: list[Route] = []
         seen: set[tuple[str, str]] = set()
-        alias = self.config.models.get(model)
+        alias = self.config.models.get(model) or self.config.models.get(base_model(model))
         candidates = [primary]
         if alias is not None:
             for fallback in alias.fallbacks:
@@ -119,7 +135,7 @@ class Proxy:
         return out
 
     def _route(self, model: str) -> Route:
-        alias = self.config.models.get(model)
+        alias = self.config.models.get(model) or self.config.models.get(base_model(model))
         if alias is not None:
             if alias.provider is not None:
                 provider = self.config.providers.get(alias.provider)
@@ -129,7 +145,7 @@ class Proxy:
                 return Route(provider, alias.model)
             model_name = alias.model
         else:
-            model_name = model
+            model_name = base_model(model)
         for provider in self.config.providers.values():
             if provider.serves(model_name):
                 return Route(provider, model_name)
@@ -184,6 +200,8 @@ class Proxy:
         """Body, URL and headers for one attempt (runs lazily, when the attempt is made)."""
         provider = route.provider
         aim(ctx, provider.name, route.model, provider.format)  # what the request hooks below see
+        if ctx.counting:
+            return await self._prepare_count(request, ctx, route)
         handler_config = HandlerConfig(
             response_adapter=self.handler.plugin_adapters,
             supports_streaming=provider.supports_streaming,
@@ -239,3 +257,38 @@ class Proxy:
             results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
             changed = changed or any(r is True for r in results)
         return json.dumps(body, ensure_ascii=False).encode() if changed else request.body
+
+    async def _prepare_count(self, request: Request, ctx: RequestContext, route: Route) -> UpstreamRequest:
+        """A token count: to the upstream's count endpoint, or to the local estimate when its dialect
+        has none (never to a completion endpoint: that would bill a generation).
+
+        The upstream gets the client's body (model renamed for an alias), query string and
+        headers; the estimate speaks Anthropic's count API, so nothing is translated either way.
+        """
+        provider = route.provider
+        path = COUNT_PATHS.get(provider.format)
+        body = request.body
+        if ctx.model != ctx.model_requested:
+            body = json.dumps({**(ctx.body or {}), "model": ctx.model}, ensure_ascii=False).encode()
+        headers = request_headers(request.headers.items())
+        headers.update(provider.headers)
+        headers.setdefault("content-type", "application/json")
+        await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)
+        if path is None:
+            url, transport, dialect = "http://ccproxy.estimate" + COUNT_PATHS[ANTHROPIC], _ESTIMATE, ANTHROPIC
+        else:
+            url = provider.base_url + path + ("?" + request.query_string if request.query_string else "")
+            transport, dialect = self.transports.get(provider.name), provider.format
+        return UpstreamRequest(
+            method="POST",
+            url=url,
+            headers=headers,
+            body=body,
+            handler_config=HandlerConfig(response_adapter=self.handler.plugin_adapters, supports_streaming=False),
+            client=self.clients[provider.name],
+            transport=transport,
+            timeouts=self.config.timeouts_for(provider),
+            provider=provider.name,
+            model=route.model,
+            upstream_dialect=dialect,
+        )

@@ -22,6 +22,7 @@ from .errors import ConfigError, MethodNotAllowed, NotFound, PayloadTooLarge, Pr
 from .intake import DeadlineProtocol, Intake
 from .headers import REQUEST_ID_HEADER, request_id
 from .plugins import Plugins
+from .models import ModelCatalog, list_payload
 from .proxy import Proxy
 from .streaming import END_WRITE_TIMEOUT
 from .transport import FastTransport, ResponseHeadTooLarge, environment_proxy
@@ -30,12 +31,12 @@ log = logging.getLogger("ccproxy")
 _app_numbers = itertools.count(1)
 
 #: Client dialect of each proxy route.
-PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": OPENAI}
+PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/messages/count_tokens": ANTHROPIC, "/v1/chat/completions": OPENAI}
 
 
 def dialect_for_path(path: str) -> str:
     """The dialect errors on ``path`` are written in (OpenAI's unless the route is Anthropic's)."""
-    return ANTHROPIC if path.rstrip("/").endswith("/messages") else OPENAI
+    return ANTHROPIC if path.rstrip("/").endswith(("/messages", "/messages/count_tokens")) else OPENAI
 
 
 def _error_path(request: Request) -> str:
@@ -258,6 +259,7 @@ def create_app(
         app.ctx.clients = clients
         app.ctx.transports = transports
         app.ctx.proxy = Proxy(config, loaded, clients, transports)
+        app.ctx.catalog = ModelCatalog(config, loaded, clients)
         await loaded.call("ccproxy_startup", app=app, config=config)
 
     @app.before_server_stop
@@ -298,9 +300,23 @@ def create_app(
         # stream=True: Sanic reads no body before the handler; the intake reads it after the head hooks.
         app.add_route(proxy_route, path, methods=["POST"], name=path.strip("/").replace("/", "_"), stream=True)
 
+    def _model_error(request: Request, error: ProxyError) -> response.HTTPResponse:
+        dialect = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
+        return response.raw(dialects.error_body(dialect, error), status=error.status,
+                            headers={REQUEST_ID_HEADER: request_id(_client_request_id(request))},
+                            content_type="application/json")
+
     @app.get("/v1/models")
     async def models(request: Request) -> response.HTTPResponse:
-        return response.json(models_payload(config))
+        listed = await app.ctx.catalog.models()
+        return response.json(list_payload(listed, "anthropic-version" in request.headers))
+
+    @app.get("/v1/models/<model_id:path>")
+    async def model(request: Request, model_id: str) -> response.HTTPResponse:
+        for entry in await app.ctx.catalog.models():
+            if entry.id == model_id:
+                return response.json(entry.anthropic() if "anthropic-version" in request.headers else entry.openai())
+        return _model_error(request, NotFound(f"model {model_id!r} is not served here (GET /v1/models lists them)"))
 
     @app.get("/health")
     async def health(request: Request) -> response.HTTPResponse:
@@ -312,34 +328,3 @@ def create_app(
 
     loaded.call_sync("ccproxy_register_routes", app=app, config=config)
     return app
-
-
-def models_payload(config: Config) -> dict[str, Any]:
-    """The configured models in a shape both SDKs' model lists accept."""
-    names: dict[str, str] = {}
-    for alias, target in config.models.items():
-        names.setdefault(alias, target.provider or "")
-    for provider in config.providers.values():
-        for pattern in provider.models:
-            if not any(c in pattern for c in "*?["):
-                names.setdefault(pattern, provider.name)
-    created = 1_700_000_000
-    data = [
-        {
-            "id": model,
-            "object": "model",
-            "type": "model",
-            "display_name": model,
-            "created": created,
-            "created_at": "2023-11-14T22:13:20Z",
-            "owned_by": owner or "ccproxy",
-        }
-        for model, owner in names.items()
-    ]
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": False,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }

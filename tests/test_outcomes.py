@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ccproxy_core import hookimpl
+from ccproxy_core import estimate_input_tokens, hookimpl
 from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ROOT, provider_config
 from tests.test_observability import ANTHROPIC_USAGE, OPENAI_USAGE, log_lines
 
@@ -71,7 +71,8 @@ def test_one_shot_clients_of_the_bundled_demo(make_proxy, tmp_path, monkeypatch)
     server = make_proxy(config)
     message = {"max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
     # "Hello from the ccproxy demo provider (offline, no API key needed). You said: hi": 14 words.
-    usage = {"input_tokens": 10, "output_tokens": 14, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    # Input tokens: the local estimate of the request (ccproxy_core.estimate_input_tokens).
+    usage = {"input_tokens": estimate_input_tokens(message), "output_tokens": 14, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
     _run(server, log, [
         ("/v1/messages", {**message, "model": "demo", "stream": True}, usage),
         ("/v1/messages", {**message, "model": "demo", "stream": False}, usage),

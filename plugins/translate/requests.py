@@ -19,6 +19,7 @@ from typing import Any
 from ccproxy_core import InvalidRequest
 
 from . import mappings as m
+from .caching import cache_key, without_billing_header
 from .base import Settings, dumps, loads
 from .check import expect_bool, expect_dict, expect_int, expect_list, expect_number, expect_str, fail
 
@@ -509,6 +510,7 @@ _ANTHROPIC_HANDLED = frozenset(
         "output_config",
         "mcp_servers",
         "container",
+        "prompt_cache_key",
     }
 )
 
@@ -739,7 +741,7 @@ def anthropic_to_openai(
             ignored.append(key)
 
     messages: list[dict[str, Any]] = []
-    system = body.get("system")
+    system = without_billing_header(body.get("system"))
     if system is not None:
         system = _system_content(system, "system")
         if system:
@@ -769,6 +771,9 @@ def anthropic_to_openai(
     user = expect_str(metadata.get("user_id"), "metadata.user_id", default=None)
     if user:
         out["user"] = user
+    key = cache_key(body)
+    if key is not None:
+        out["prompt_cache_key"] = key
     config = expect_dict(body.get("output_config"), "output_config", default={})
     effort = _reasoning_effort(body, config)
     if settings.reasoning_effort:
