@@ -45,6 +45,7 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DEFAULT_PLUGINS = (
     "ccproxy_plugins.access_log",
     "ccproxy_plugins.auth",
+    "ccproxy_plugins.dashboard",
     "ccproxy_plugins.demo",
     "ccproxy_plugins.health",
     "ccproxy_plugins.metrics",
