@@ -3,7 +3,8 @@
 Routes (``path`` is the setting, ``/dashboard`` by default):
 
 * ``GET {path}``, ``GET {path}/dashboard.js``: the page and its script (``static/`` beside this
-  module, ``__PATH__`` replaced by ``path``; no build step, no CDN). They hold no data, so they are public (the auth plugin's route flag
+  module, ``__PATH__`` replaced by ``path`` and ``__KEYED__`` by whether the auth plugin has keys; no
+  build step, no CDN). They hold no data, so they are public (the auth plugin's route flag
   ``ctx_ccproxy_access="public"``).
 * ``GET {path}/events``: ``text/event-stream``, one ``data:`` line of JSON (the
   :meth:`Aggregate.snapshot`) whenever something changed, at most every ``interval`` seconds, and a
@@ -32,6 +33,7 @@ from typing import Any
 
 from ccproxy_core import Config, PluginSettings, RequestContext, hookimpl
 
+from ..auth import settings_of as auth_settings
 from .aggregate import Aggregate
 
 NAME = "dashboard"
@@ -77,14 +79,17 @@ class DashboardPlugin:
         from sanic import response
 
         path = self.settings.path
+        auth = auth_settings(self.config)
+        keyed = "true" if auth.keys or any(auth.admin_keys) else "false"  # the page asks for a key first
         for suffix, (filename, content_type) in FILES.items():
-            body = (STATIC / filename).read_text().replace("__PATH__", path).encode()
+            body = (STATIC / filename).read_text().replace("__PATH__", path).replace("__KEYED__", keyed).encode()
 
             async def static(request: Any, body: bytes = body, content_type: str = content_type) -> Any:
                 return response.raw(body, content_type=content_type, headers={"cache-control": "no-cache"})
 
             app.add_route(static, path + suffix, methods=["GET"], name=f"ccproxy_dashboard_{filename.replace('.', '_')}",
                           ctx_ccproxy_access="public")
+        app.register_listener(self.stop_streams, "before_server_stop")
         app.add_route(self.events, path + "/events", methods=["GET"], name="ccproxy_dashboard_events",
                       ctx_ccproxy_access="admin")
 
@@ -122,8 +127,8 @@ class DashboardPlugin:
         self.aggregate = Aggregate(self.config, self.settings.recent)
         self.closing = asyncio.Event()
 
-    @hookimpl
-    def ccproxy_shutdown(self) -> None:
+    def stop_streams(self, app: Any) -> None:
+        """The worker begins to stop: end the event streams now, so they do not hold up its shutdown."""
         if self.closing is not None:
             self.closing.set()
 

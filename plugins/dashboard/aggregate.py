@@ -42,8 +42,8 @@ def key_name(ctx: RequestContext) -> str | None:
 
 def error_kind(ctx: RequestContext) -> str | None:
     """Why a request did not succeed (``ProxyError.error_kind``, ``http_<status>``, the outcome), or None."""
-    if ctx.error is not None:
-        return ctx.error.error_kind
+    if ctx.error is not None:  # an upstream failure's kind, else the client's error type (not_found_error, ...)
+        return ctx.error.error_kind if ctx.error.error_kind != "other" else ctx.error.kind
     if ctx.status is not None and ctx.status >= 400:
         return f"http_{ctx.status}"
     if ctx.outcome != COMPLETED:

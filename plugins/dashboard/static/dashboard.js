@@ -70,8 +70,16 @@ function drawRecent() {
   table($("recent"), ["time", "key", "model", "provider", "status", "outcome", "tokens in/out", "cost", "duration"], rows);
 }
 
+function askForKey(message) {
+  $("login").classList.add("show");
+  $("main").hidden = true;
+  $("status").textContent = "admin key required";
+  $("login-error").textContent = message;
+}
+
 async function connect() {
   const key = sessionStorage.getItem("ccproxy-admin-key");
+  if (!key && document.body.dataset.keyed === "true") return askForKey("");
   const headers = key ? { authorization: "Bearer " + key } : {};
   let response;
   try {
@@ -81,12 +89,8 @@ async function connect() {
     return setTimeout(connect, 2000);
   }
   if (response.status === 401 || response.status === 403) {
-    $("login").classList.add("show");
-    $("main").hidden = true;
-    $("status").textContent = "admin key required";
-    if (key) $("login-error").textContent = "that key was refused";
     await response.body?.cancel();
-    return;
+    return askForKey(key ? "that key was refused" : "");
   }
   $("login").classList.remove("show");
   $("main").hidden = false;
