@@ -49,6 +49,7 @@ DEFAULT_PLUGINS = (
     "ccproxy_plugins.demo",
     "ccproxy_plugins.health",
     "ccproxy_plugins.metrics",
+    "ccproxy_plugins.otel",
     "ccproxy_plugins.providers",
     "ccproxy_plugins.translate",
     "ccproxy_plugins.usage",
