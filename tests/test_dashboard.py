@@ -23,7 +23,7 @@ import pytest
 
 from ccproxy_core import hookimpl
 from ccproxy_core.config import build_config
-from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ProxyThread, provider_config
+from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ProxyThread, closed_port, provider_config
 
 CHROMIUM = os.environ.get("CCPROXY_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CLIENT_KEY = "sk-proxy-client-SECRET-dash"
@@ -159,7 +159,9 @@ def screenshot(path: str) -> None:
 
     with open(os.path.join(os.path.dirname(__file__), "..", "config.yaml")) as f:
         config = yaml.safe_load(f)
-    config.pop("plugins", None)
+    config["plugins"] = {"usage": {"prices": {"demo*": {"input": 3.0, "output": 15.0}}}}
+    config["providers"]["flaky"] = {"format": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
+                                    "requires_key": False, "models": ["demo-fallback"], "fallbacks": ["demo"]}
     with ProxyThread(config, plugins=[("demo-keys", _Demo())]) as server, sync_playwright() as playwright:
         browser = launch(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
@@ -170,11 +172,18 @@ def screenshot(path: str) -> None:
                 ("/v1/messages", {**ANTHROPIC_BODY, "model": "demo", "stream": i % 2 == 0})
             if i % 8 == 7:
                 body = {**body, "model": "claude-unknown"}  # no key for it: an error
+            if i % 8 == 5:
+                body = {**body, "model": "demo-fallback"}  # flaky refuses the connection: demo answers
             t = threading.Thread(target=lambda r=route, b=body: httpx.post(server.url + r, json=b, timeout=30))
             t.start()
             threads.append(t)
             time.sleep(0.15)
-        time.sleep(1.1)  # the last push, with the last streams still in flight
+        # A push with streams in flight (one more stream, so that there is one).
+        t = threading.Thread(target=lambda: httpx.post(server.url + "/v1/messages", timeout=30,
+                                                       json={**ANTHROPIC_BODY, "model": "demo"}))
+        t.start()
+        threads.append(t)
+        page.wait_for_function("document.getElementById('inflight').textContent !== '0'", timeout=5000)
         page.screenshot(path=path, full_page=True)
         for t in threads:
             t.join()
