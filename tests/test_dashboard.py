@@ -231,3 +231,48 @@ def test_everything_kept_is_bounded() -> None:
     assert len(snap["by"]["model"]) == MAX_MODEL_LABELS + 1 and len(snap["by"]["key"]) == MAX_LABELS + 1
     assert {r["name"] for r in snap["by"]["key"]} >= {OTHER} and snap["in_flight"]["count"] == 0
     assert snap["totals"]["requests"] == WINDOW + 200 and snap["totals"]["output_tokens"] == 2 * (WINDOW + 200)
+
+
+def test_admin_keys_alone_guard_only_admin_routes(mock: Any) -> None:
+    config = provider_config(mock.url)
+    config["plugins"] = {"auth": {"admin_keys": [ADMIN_KEY]}}
+    with ProxyThread(config) as server:
+        assert httpx.get(server.url + "/dashboard/events").status_code == 401
+        assert httpx.get(server.url + "/v1/models").status_code == 200
+        assert httpx.post(server.url + "/v1/messages", json={**ANTHROPIC_BODY, "stream": False}).status_code == 200
+
+
+def test_a_stopping_worker_ends_the_event_stream(mock: Any, tmp_path: Any, sanic_port: int) -> None:
+    """A real ``sanic app.app``: on SIGTERM the event stream ends cleanly at once, instead of holding the
+    worker for the whole ``shutdown_grace`` (30 s here) like an unfinished response."""
+    import signal
+    import subprocess
+
+    import yaml
+
+    from tests.servers import ROOT
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(provider_config(mock.url)))
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "127.0.0.1", "--port", str(sanic_port), "--single-process"],
+        cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{sanic_port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        with httpx.stream("GET", url + "/dashboard/events", timeout=10) as events:
+            lines = events.iter_lines()
+            assert next(line for line in lines if line).startswith("data: {")
+            proc.send_signal(signal.SIGTERM)
+            assert [line for line in lines if line.startswith("data:")] == []  # a clean end, well within 10 s
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

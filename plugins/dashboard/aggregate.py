@@ -60,22 +60,6 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-class Labels:
-    """At most ``limit`` distinct values keep their own name; later ones are :data:`OTHER`."""
-
-    def __init__(self, limit: int = MAX_LABELS) -> None:
-        self.seen: set[str] = set()
-        self.limit = limit
-
-    def __call__(self, value: str) -> str:
-        if value in self.seen:
-            return value
-        if len(self.seen) < self.limit:
-            self.seen.add(value)
-            return value
-        return OTHER
-
-
 class Totals:
     """Requests, errors, tokens and cost under one label value."""
 
@@ -105,8 +89,8 @@ class Aggregate:
         self.clock = clock
         self.started_at = clock()
         self.model_label = ModelLabels(config)
-        self.provider_label = Labels()
-        self.key_label = Labels()
+        self.provider_label = ModelLabels(None, MAX_LABELS)
+        self.key_label = ModelLabels(None, MAX_LABELS)
         #: Bumped by every change, so a reader can tell whether anything happened.
         self.version = 0
         self.seconds: deque[list[int]] = deque(maxlen=SERIES)  # [unix second, requests, errors]
