@@ -217,6 +217,8 @@ class OtelPlugin:
         if trace.prepared is not None:
             trace.prepared[0].end()
         server = trace.server
+        if not server.is_recording():  # not sampled (OTEL_TRACES_SAMPLER): nothing to describe
+            return
         model = ctx.model_requested or ""
         server.update_name(f"{OPERATION} {model}" if model else OPERATION)
         attributes: dict[str, Any] = {
