@@ -34,8 +34,11 @@ MAX_IN_FLIGHT_LISTED = 50
 
 
 def key_name(ctx: RequestContext) -> str | None:
-    """The name of the client key a request presented, when the auth plugin recorded one
-    (``ctx.state["auth"]["key_name"]``); never the key itself."""
+    """The name of the client key a request presented, never the key itself: ``ctx.client_key`` where the
+    auth plugin sets it (the team-gateway work), else ``ctx.state["auth"]["key_name"]``."""
+    name = getattr(ctx, "client_key", None)
+    if name:
+        return name
     auth = ctx.state.get("auth")
     return auth.get("key_name") if isinstance(auth, dict) else None
 
