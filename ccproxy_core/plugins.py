@@ -45,9 +45,11 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DEFAULT_PLUGINS = (
     "ccproxy_plugins.access_log",
     "ccproxy_plugins.auth",
+    "ccproxy_plugins.dashboard",
     "ccproxy_plugins.demo",
     "ccproxy_plugins.health",
     "ccproxy_plugins.metrics",
+    "ccproxy_plugins.otel",
     "ccproxy_plugins.providers",
     "ccproxy_plugins.translate",
     "ccproxy_plugins.usage",

@@ -5,6 +5,7 @@ Settings (``plugins: auth:`` in the config)::
     plugins:
       auth:
         keys: ["${CCPROXY_KEY_1}", "${CCPROXY_KEY_2:-}"]   # empty values are ignored
+        admin_keys: ["${CCPROXY_ADMIN_KEY:-}"]              # for admin routes (the dashboard's data)
         allow_public_without_keys: false
         public_paths: ["/health"]
 
@@ -18,6 +19,11 @@ Settings (``plugins: auth:`` in the config)::
 * Proxy routes are checked in ``ccproxy_request_head``, on the headers, before the body is
   read; every other route (``/v1/models``, ``/plugins``, plugin routes such as ``/metrics``)
   by a request middleware, except ``public_paths`` (and paths under them).
+* A route may say who may call it with Sanic's route context, ``ctx_ccproxy_access=...`` in
+  ``app.add_route``: ``"public"`` (no key, like ``public_paths``) or ``"admin"`` (one of
+  ``admin_keys``, never a client key; with keys on and no admin key configured the route answers
+  403). Admin keys open admin routes only. With no key of either kind, admin routes are open like
+  the rest (loopback only, see below).
 * The middleware sets ``request.ctx.ccproxy_authenticated`` (True or False) on every request
   it sees, public paths included, so that a public route can show more to a caller with a
   key (``/health/ready`` does). It is not set when no key is configured.
@@ -40,7 +46,7 @@ from typing import Any
 
 from sanic import Request, Sanic
 
-from ccproxy_core import AuthenticationError, Config, ConfigError, PluginSettings, hookimpl
+from ccproxy_core import AuthenticationError, Config, ConfigError, PermissionDenied, PluginSettings, hookimpl
 
 log = logging.getLogger("ccproxy.auth")
 
@@ -56,6 +62,8 @@ class AuthSettings:
 
     #: Proxy keys clients may present; empty strings (unset ``${VAR:-}``) are ignored.
     keys: list[str] = field(default_factory=list)
+    #: Keys for admin routes (``ctx_ccproxy_access="admin"``); empty strings are ignored.
+    admin_keys: list[str] = field(default_factory=list)
     #: With no keys, start even when listening on a non-loopback address (logged loudly).
     allow_public_without_keys: bool = False
     #: Paths (and paths under them) served without a key.
@@ -120,20 +128,21 @@ def ccproxy_configure(settings: PluginSettings) -> AuthPlugin:
     keys = tuple(k for k in loaded.keys if k)
     if loaded.keys and not keys:
         log.warning("plugins.auth.keys: every key is empty (unset environment variables?); no key is required")
-    return AuthPlugin(keys, loaded)
+    return AuthPlugin(keys, loaded, tuple(k for k in loaded.admin_keys if k))
 
 
 class AuthPlugin:
     """The hooks of one app, holding its keys."""
 
-    def __init__(self, keys: tuple[str, ...], settings: AuthSettings) -> None:
+    def __init__(self, keys: tuple[str, ...], settings: AuthSettings, admin_keys: tuple[str, ...] = ()) -> None:
         self.keys = keys
         self.settings = settings
+        self.admin_keys = admin_keys
 
     @hookimpl
     def ccproxy_register_routes(self, app: Sanic) -> None:
-        keys = self.keys
-        if not keys:
+        keys, admin_keys = self.keys, self.admin_keys
+        if not keys and not admin_keys:
             return
         public = tuple(p.rstrip("/") or "/" for p in self.settings.public_paths)
 
@@ -141,10 +150,18 @@ class AuthPlugin:
             path = request.path
             if path in PROXY_PATHS or request.method == "NONE":  # proxy routes: the hook; NONE: unparsable head
                 return
-            for prefix in public:
-                if path == prefix or path.startswith(prefix + "/"):
-                    request.ctx.ccproxy_authenticated = authorized(keys, request.headers)
-                    return
+            access = getattr(request.route.ctx, "ccproxy_access", None) if request.route is not None else None
+            if access == "admin":
+                if not admin_keys:
+                    raise PermissionDenied("no admin key is configured (plugins.auth.admin_keys)")
+                check(admin_keys, request.headers)
+                request.ctx.ccproxy_authenticated = True
+                return
+            if not keys:  # admin keys alone: only admin routes are guarded
+                return
+            if access == "public" or any(path == p or path.startswith(p + "/") for p in public):
+                request.ctx.ccproxy_authenticated = authorized(keys, request.headers)
+                return
             check(keys, request.headers)
             request.ctx.ccproxy_authenticated = True
 

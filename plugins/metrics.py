@@ -109,10 +109,11 @@ def configured_models(config: Config) -> frozenset[str]:
 
 class ModelLabels:
     """The ``model`` label value of a model name: a configured name as it is, the first
-    :data:`MAX_MODEL_LABELS` other names this worker sees as they are, then :data:`OTHER`."""
+    :data:`MAX_MODEL_LABELS` other names this worker sees as they are, then :data:`OTHER`.
+    Without a config (``None``) no name is known in advance: a bound on any label's values."""
 
-    def __init__(self, config: Config, limit: int = MAX_MODEL_LABELS) -> None:
-        self.known = configured_models(config)
+    def __init__(self, config: Config | None, limit: int = MAX_MODEL_LABELS) -> None:
+        self.known = configured_models(config) if config is not None else frozenset()
         self.seen: set[str] = set()
         self.limit = limit
 

@@ -204,6 +204,12 @@ PLUGIN_MISTAKES = [
     ("demo: [1]", "plugins.demo: expected a mapping of settings"),
     ("providers: {x: 1}", "plugins.providers.x: unknown setting (plugin 'providers' takes: none)"),
     ("providers: on", "plugins.providers: expected a mapping of settings"),
+    ("dashboard: {path: dash}", "plugins.dashboard.path: must start with '/'"),
+    ("dashboard: {interval: 0}", "plugins.dashboard.interval: must be 0.1..60 seconds"),
+    ("dashboard: {recent: 0}", "plugins.dashboard.recent: must be 1..1000"),
+    ("otel: {endpoint: x}", "plugins.otel.endpoint: unknown setting"),
+    ("otel: {enabled: maybe}", "plugins.otel.enabled: expected true or false"),
+    ("auth: {admin_keys: k}", "plugins.auth.admin_keys: expected a list"),
 ]
 
 

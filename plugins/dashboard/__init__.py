@@ -1,0 +1,143 @@
+"""A live dashboard at ``GET /dashboard``: one page, served from this package, pushed over SSE.
+
+Routes (``path`` is the setting, ``/dashboard`` by default):
+
+* ``GET {path}``, ``GET {path}/dashboard.js``: the page and its script (``static/`` beside this
+  module, ``__PATH__`` replaced by ``path`` and ``__KEYED__`` by whether the auth plugin has keys; no
+  build step, no CDN). They hold no data, so they are public (the auth plugin's route flag
+  ``ctx_ccproxy_access="public"``).
+* ``GET {path}/events``: ``text/event-stream``, one ``data:`` line of JSON (the
+  :meth:`Aggregate.snapshot`) whenever something changed, at most every ``interval`` seconds, and a
+  comment every 15 s otherwise. It needs an admin key when keys are on (``ctx_ccproxy_access="admin"``:
+  one of ``plugins.auth.admin_keys``); the page asks for it and sends it as ``Authorization: Bearer``.
+
+Per request the work is ``ccproxy_stream_start`` (streams only) and ``ccproxy_stream_end``: a few dict
+and deque updates (:mod:`.aggregate`). Disabled (``plugins: disabled: [dashboard]``) it registers
+nothing and costs nothing. With several workers each one shows its own numbers (``worker`` says which).
+
+Settings (``plugins: dashboard: {...}``):
+
+* ``path``: where the page is (default ``/dashboard``).
+* ``recent``: how many of the last requests the table keeps (default 100, at most 1000).
+* ``interval``: the shortest time between two pushes, in seconds (default 1.0, 0.1 to 60).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ccproxy_core import Config, PluginSettings, RequestContext, hookimpl
+
+from ..auth import settings_of as auth_settings
+from .aggregate import Aggregate
+
+NAME = "dashboard"
+STATIC = Path(__file__).resolve().parent / "static"
+FILES = {"": ("index.html", "text/html; charset=utf-8"), "/dashboard.js": ("dashboard.js", "text/javascript")}
+#: Seconds between keep-alive comments when nothing changed.
+KEEPALIVE = 15.0
+
+
+@dataclass
+class DashboardSettings:
+    """The ``plugins: dashboard:`` block (see the module docstring)."""
+
+    path: str = "/dashboard"
+    recent: int = 100
+    interval: float = 1.0
+
+
+@hookimpl
+def ccproxy_configure(config: Config, settings: PluginSettings) -> DashboardPlugin:
+    loaded: DashboardSettings = settings.load(DashboardSettings)
+    if not loaded.path.startswith("/") or loaded.path == "/":
+        raise settings.error("path", f"must start with '/' and name a path, got {loaded.path!r}")
+    if not 1 <= loaded.recent <= 1000:
+        raise settings.error("recent", f"must be 1..1000, got {loaded.recent}")
+    if not 0.1 <= loaded.interval <= 60:
+        raise settings.error("interval", f"must be 0.1..60 seconds, got {loaded.interval}")
+    loaded.path = loaded.path.rstrip("/")
+    return DashboardPlugin(config, loaded)
+
+
+class DashboardPlugin:
+    """The hooks of one app: its routes and its worker's :class:`Aggregate`."""
+
+    def __init__(self, config: Config, settings: DashboardSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.aggregate: Aggregate | None = None
+        self.closing: asyncio.Event | None = None
+
+    @hookimpl
+    def ccproxy_register_routes(self, app: Any) -> None:
+        from sanic import response
+
+        path = self.settings.path
+        auth = auth_settings(self.config)
+        keyed = "true" if auth.keys or any(auth.admin_keys) else "false"  # the page asks for a key first
+        for suffix, (filename, content_type) in FILES.items():
+            body = (STATIC / filename).read_text().replace("__PATH__", path).replace("__KEYED__", keyed).encode()
+
+            async def static(request: Any, body: bytes = body, content_type: str = content_type) -> Any:
+                return response.raw(body, content_type=content_type, headers={"cache-control": "no-cache"})
+
+            app.add_route(static, path + suffix, methods=["GET"], name=f"ccproxy_dashboard_{filename.replace('.', '_')}",
+                          ctx_ccproxy_access="public")
+        app.register_listener(self.stop_streams, "before_server_stop")
+        app.add_route(self.events, path + "/events", methods=["GET"], name="ccproxy_dashboard_events",
+                      ctx_ccproxy_access="admin")
+
+    async def events(self, request: Any) -> Any:
+        """The SSE stream of snapshots, until the client leaves or the worker stops."""
+        from sanic import response
+
+        aggregate, closing = self.aggregate, self.closing
+        if aggregate is None or closing is None:
+            return response.text("the dashboard is not available before start-up\n", status=503)
+        stream = await request.respond(
+            content_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+        worker = os.getpid()
+        seen = -1
+        quiet = 0.0
+        while not closing.is_set():
+            if aggregate.version != seen or quiet >= KEEPALIVE:
+                if aggregate.version != seen:
+                    seen = aggregate.version
+                    data = json.dumps({**aggregate.snapshot(), "worker": worker}, separators=(",", ":"))
+                    await stream.send(f"data: {data}\n\n")
+                else:
+                    await stream.send(": keep-alive\n\n")
+                quiet = 0.0
+            try:
+                await asyncio.wait_for(closing.wait(), self.settings.interval)
+            except asyncio.TimeoutError:
+                quiet += self.settings.interval
+        await stream.eof()
+
+    @hookimpl
+    def ccproxy_startup(self) -> None:
+        self.aggregate = Aggregate(self.config, self.settings.recent)
+        self.closing = asyncio.Event()
+
+    def stop_streams(self, app: Any) -> None:
+        """The worker begins to stop: end the event streams now, so they do not hold up its shutdown."""
+        if self.closing is not None:
+            self.closing.set()
+
+    @hookimpl
+    def ccproxy_stream_start(self, ctx: RequestContext) -> None:
+        if ctx.stream and self.aggregate is not None:
+            self.aggregate.started(ctx)
+
+    @hookimpl
+    def ccproxy_stream_end(self, ctx: RequestContext) -> None:
+        if self.aggregate is not None:
+            self.aggregate.ended(ctx)

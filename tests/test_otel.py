@@ -1,0 +1,155 @@
+"""The otel plugin: spans exported over OTLP/HTTP to a receiver on a real socket, decoded from protobuf.
+
+A streamed, a translated, a failed (retried) and a fallback request go through a proxy whose exporter
+points (by the standard ``OTEL_*`` variables) at :class:`Receiver`; the spans it decoded are checked for
+their kind, GenAI attributes, parent links, the incoming ``traceparent`` continued and forwarded upstream.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ProxyThread, closed_port, provider_config  # noqa: E402
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver on 127.0.0.1: decodes each export, keeps its spans and resource."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.resources: list[Any] = []
+        self.paths: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                export = ExportTraceServiceRequest.FromString(body)
+                receiver.paths.append(self.path)
+                for resource_spans in export.resource_spans:
+                    receiver.resources.append(resource_spans.resource)
+                    for scope in resource_spans.scope_spans:
+                        receiver.spans.extend(scope.spans)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def attrs(span: Any) -> dict[str, Any]:
+    out = {}
+    for kv in span.attributes:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        out[kv.key] = [v.string_value for v in value.array_value.values] if kind == "array_value" \
+            else getattr(value, kind)
+    return out
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    receiver = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.url + "/v1/traces")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "ccproxy-under-test")
+    yield receiver
+    receiver.server.shutdown()
+
+
+def test_spans_for_streamed_translated_failed_and_fallback_requests(mock: Any, receiver: Receiver) -> None:
+    config = provider_config(mock.url)
+    config["providers"]["broken"] = {"format": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
+                                     "api_key": "x", "models": ["fb-*"], "fallbacks": ["anthropic"]}
+    config["retries"] = {"max_attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}
+    config["plugins"] = {"otel": {"enabled": True}}
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    with ProxyThread(config) as proxy:
+        def post(path: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+            return httpx.post(proxy.url + path, json=body, headers=headers, timeout=10)
+
+        assert post("/v1/messages", ANTHROPIC_BODY, traceparent=traceparent).status_code == 200
+        forwarded = mock.requests[-1].header("traceparent")
+        assert post("/v1/chat/completions", {**OPENAI_BODY, "model": "claude-sonnet-4-5"}).status_code == 200
+        assert post("/v1/messages", {**ANTHROPIC_BODY, "stream": False}, **{"x-mock-status": "500"}).status_code == 500
+        assert post("/v1/messages", {**ANTHROPIC_BODY, "model": "fb-model", "stream": False}).status_code == 200
+    # Stopping the proxy shut the tracer provider down: everything is exported by now.
+    assert set(receiver.paths) == {"/v1/traces"}
+    service = {kv.key: kv.value.string_value for r in receiver.resources for kv in r.attributes}
+    assert service["service.name"] == "ccproxy-under-test"
+
+    servers = [s for s in receiver.spans if s.kind == s.SPAN_KIND_SERVER]
+    clients = [s for s in receiver.spans if s.kind == s.SPAN_KIND_CLIENT]
+    assert len(servers) == 4
+    children = {s.span_id: [c for c in clients if c.parent_span_id == s.span_id] for s in servers}
+    assert sum(len(c) for c in children.values()) == len(clients)  # every client span has its server span
+    by_model = {attrs(s)["gen_ai.request.model"] + ("/openai" if attrs(s)["http.route"] != "/v1/messages" else "")
+                + ("/500" if attrs(s).get("http.response.status_code") == 500 else ""): s for s in servers}
+
+    # Streamed, with an incoming traceparent: continued, and forwarded upstream from the client span.
+    streamed = by_model["claude-sonnet-4-5"]
+    a = attrs(streamed)
+    assert streamed.trace_id.hex() == TRACE_ID and streamed.parent_span_id.hex() == PARENT_ID
+    assert streamed.name == "chat claude-sonnet-4-5"
+    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "anthropic"
+    assert a["gen_ai.usage.input_tokens"] == 12 and a["gen_ai.usage.output_tokens"] == 5
+    assert a["gen_ai.response.model"] and a["gen_ai.response.finish_reasons"] == ["end_turn"]
+    assert a["ccproxy.outcome"] == "completed" and a["ccproxy.translated"] is False
+    assert [e.name for e in streamed.events] == ["gen_ai.first_token"]
+    assert streamed.start_time_unix_nano < streamed.events[0].time_unix_nano < streamed.end_time_unix_nano
+    (client,) = children[streamed.span_id]
+    assert client.trace_id.hex() == TRACE_ID
+    assert forwarded == f"00-{TRACE_ID}-{client.span_id.hex()}-01"
+    assert attrs(client)["gen_ai.usage.output_tokens"] == 5 and client.end_time_unix_nano <= streamed.end_time_unix_nano
+
+    # Translated: an OpenAI client, an Anthropic upstream.
+    translated = attrs(by_model["claude-sonnet-4-5/openai"])
+    assert translated["ccproxy.translated"] is True and translated["gen_ai.provider.name"] == "anthropic"
+    assert translated["gen_ai.response.finish_reasons"] == ["end_turn"]
+
+    # Failed: 500 twice (a retry), both attempts' spans in error, the server span too.
+    failed = by_model["claude-sonnet-4-5/500"]
+    assert failed.status.code == failed.status.STATUS_CODE_ERROR
+    assert attrs(failed)["error.type"] == "http_500"
+    attempts = children[failed.span_id]
+    assert len(attempts) == 2 and all(attrs(c)["error.type"] == "http_500" for c in attempts)
+    assert all(c.status.code == c.status.STATUS_CODE_ERROR for c in attempts)
+
+    # Fallback: the broken provider's connect error, then the answer from the fallback.
+    fallback = by_model["fb-model"]
+    assert fallback.status.code != fallback.status.STATUS_CODE_ERROR
+    spans = sorted(children[fallback.span_id], key=lambda c: c.start_time_unix_nano)
+    assert [attrs(c)["ccproxy.provider"] for c in spans] == ["broken", "anthropic"]
+    assert attrs(spans[0])["error.type"] == "connect" and "http.response.status_code" not in attrs(spans[0])
+    assert attrs(spans[1])["http.response.status_code"] == 200
+    # A retry of a route adds a span; a trace never leaks into another one.
+    assert {s.trace_id for s in receiver.spans} >= {bytes.fromhex(TRACE_ID)} and len({s.trace_id for s in servers}) == 4
+
+
+def test_off_unless_configured(mock: Any) -> None:
+    with ProxyThread(provider_config(mock.url)) as proxy:
+        impls = {hook: {name for name, _, _ in proxy.app.ctx.plugins.impls(hook)}
+                 for hook in ("ccproxy_request_head", "ccproxy_request_headers", "ccproxy_stream_end")}
+    assert all("otel" not in names for names in impls.values())
