@@ -115,7 +115,14 @@ def test_wheel_holds_only_collision_free_top_level_packages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/", 1)[0] for name in names if ".dist-info/" not in name}
     assert top == {"ccproxy_core", "ccproxy_plugins"}, top
-    assert "ccproxy_plugins/translate/streams.py" in names and "ccproxy_core/py.typed" in names
+    # Every source file ships (a package missing from pyproject's list would leave an editable
+    # install working and the wheel broken).
+    shipped = {
+        *(f"ccproxy_core/{p.relative_to(ROOT / 'ccproxy_core')}" for p in (ROOT / "ccproxy_core").rglob("*.py")),
+        *(f"ccproxy_plugins/{p.relative_to(ROOT / 'plugins')}" for p in (ROOT / "plugins").rglob("*")
+          if p.is_file() and "__pycache__" not in p.parts),
+    }
+    assert shipped - set(names) == set() and "ccproxy_core/py.typed" in names
     info = next(name.split("/", 1)[0] for name in names if name.endswith(".dist-info/METADATA"))
     metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert f"\nName: {DISTRIBUTION}\n" in metadata
