@@ -52,7 +52,12 @@ class RawUpstream(SocketUpstream):
     def serve(self, conn: socket.socket, number: int) -> None:
         if self.read_request(conn) is None:
             return
-        conn.sendall(self.payload)
+        try:
+            conn.sendall(self.payload)
+        except OSError:  # the proxy stopped reading at its limit and hung up while this was still sending
+            if self.hold:
+                self.hung_up_early.append(not self.release.is_set())
+            return
         if self.hold:
             conn.settimeout(10)
             try:
