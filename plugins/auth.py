@@ -4,7 +4,16 @@ Settings (``plugins: auth:`` in the config)::
 
     plugins:
       auth:
-        keys: ["${CCPROXY_KEY_1}", "${CCPROXY_KEY_2:-}"]   # empty values are ignored
+        keys:
+          - "${CCPROXY_KEY_1}"                     # a plain key (named key-0 after its position)
+          - name: alice                            # a team member's key with limits (plugins/gateway.py)
+            key: "${ALICE_KEY}"
+            rpm: 60                                # requests per minute
+            tpm: 200000                            # tokens per minute (input + output)
+            budget_usd: 50                         # US dollars per budget_period
+            budget_period: 30d                     # Ns, Nm, Nh or Nd; default 30d
+            models: ["claude-*", "gpt-4o*"]        # globs of the model names the client may ask for
+        admin_keys: ["${CCPROXY_ADMIN_KEY}"]       # may read GET /v1/ccproxy/keys/{name}/usage
         allow_public_without_keys: false
         public_paths: ["/health"]
 
@@ -14,10 +23,14 @@ Settings (``plugins: auth:`` in the config)::
   key's, with :func:`hmac.compare_digest`, over every key, so neither which key
   matched nor a key's length shows in the timing.
 * The client's key is never forwarded upstream (the core strips every credential
-  header and adds the provider's) and never logged.
+  header and adds the provider's) and never logged; its name is ``ctx.client_key``, which
+  the access log and the metrics show.
 * Proxy routes are checked in ``ccproxy_request_head``, on the headers, before the body is
   read; every other route (``/v1/models``, ``/plugins``, plugin routes such as ``/metrics``)
-  by a request middleware, except ``public_paths`` (and paths under them).
+  by a request middleware, except ``public_paths`` (and paths under them) and the admin
+  routes under ``/v1/ccproxy/`` (which take an admin key).
+* With a key given as a mapping or with ``admin_keys``, the gateway (``plugins/gateway.py``)
+  counts every key's requests, tokens and spend in the shared state and enforces limits.
 * The middleware sets ``request.ctx.ccproxy_authenticated`` (True or False) on every request
   it sees, public paths included, so that a public route can show more to a caller with a
   key (``/health/ready`` does). It is not set when no key is configured.
@@ -33,6 +46,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -40,7 +54,7 @@ from typing import Any
 
 from sanic import Request, Sanic
 
-from ccproxy_core import AuthenticationError, Config, ConfigError, PluginSettings, hookimpl
+from ccproxy_core import AuthenticationError, Config, ConfigError, PluginSettings, RequestContext, hookimpl
 
 log = logging.getLogger("ccproxy.auth")
 
@@ -48,14 +62,54 @@ log = logging.getLogger("ccproxy.auth")
 NAME = "auth"
 #: Routes checked by ``ccproxy_request_head`` (the middleware leaves them alone).
 PROXY_PATHS = frozenset({"/v1/messages", "/v1/chat/completions"})
+#: Routes under this prefix check admin keys themselves (the middleware leaves them alone).
+ADMIN_PREFIX = "/v1/ccproxy/"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PERIOD = re.compile(r"^(\d+)([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass
+class KeySetting:
+    """One item of ``keys`` written as a mapping."""
+
+    key: str
+    #: Shown in the access log, the metrics and the usage route; default ``key-N`` (its position).
+    name: str = ""
+    #: Requests per minute (429 with ``retry-after`` beyond).
+    rpm: int | None = None
+    #: Tokens per minute, input (cached included) + output, counted after each request.
+    tpm: int | None = None
+    #: US dollars per ``budget_period``, priced by the ``usage`` plugin's table (429 ``budget_exceeded``).
+    budget_usd: float | None = None
+    #: ``Ns``, ``Nm``, ``Nh`` or ``Nd``.
+    budget_period: str = "30d"
+    #: Globs of the model names this key may ask for (403 otherwise); None: any.
+    models: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A configured key, checked: its name, limits (None: none) and budget period in seconds."""
+
+    name: str
+    key: str = field(repr=False)
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "30d"
+    budget_seconds: float = 30 * 86400
+    models: tuple[str, ...] | None = None
 
 
 @dataclass
 class AuthSettings:
     """The ``plugins: auth:`` block."""
 
-    #: Proxy keys clients may present; empty strings (unset ``${VAR:-}``) are ignored.
-    keys: list[str] = field(default_factory=list)
+    #: Proxy keys clients may present, plain or with limits; empty keys (unset ``${VAR:-}``) are ignored.
+    keys: list[KeySetting | str] = field(default_factory=list)
+    #: Keys that may read the usage route (``GET /v1/ccproxy/keys/{name}/usage``), not the proxy routes.
+    admin_keys: list[str] = field(default_factory=list)
     #: With no keys, start even when listening on a non-loopback address (logged loudly).
     allow_public_without_keys: bool = False
     #: Paths (and paths under them) served without a key.
@@ -67,8 +121,39 @@ def settings_of(config: Config | None) -> AuthSettings:
     if config is None:
         return AuthSettings()
     loaded = PluginSettings(NAME, config.plugin_settings(NAME), config.path).load(AuthSettings)
-    loaded.keys = [k for k in loaded.keys if k]
+    loaded.keys = [k for k in loaded.keys if (k.key if isinstance(k, KeySetting) else k)]
     return loaded
+
+
+def client_keys(settings: PluginSettings, loaded: AuthSettings) -> list[ClientKey]:
+    """The configured keys, checked (names unique and usable in a URL, keys unique), empty ones left out."""
+    found: list[ClientKey] = []
+    names: set[str] = set()
+    values: set[str] = set()
+    for i, item in enumerate(loaded.keys):
+        where = f"keys[{i}]"
+        if isinstance(item, str):
+            item = KeySetting(key=item)
+        if not item.key:
+            continue
+        name = item.name or f"key-{i}"
+        if not _NAME.match(name):
+            raise settings.error(f"{where}.name", f"use 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+        if name in names:
+            raise settings.error(f"{where}.name", f"two keys are called {name!r}")
+        if item.key in values:
+            raise settings.error(f"{where}.key", "the same key is listed twice")
+        period = _PERIOD.match(item.budget_period)
+        if period is None or int(period.group(1)) == 0:
+            raise settings.error(f"{where}.budget_period", f"expected Ns, Nm, Nh or Nd (e.g. 30d), got {item.budget_period!r}")
+        names.add(name)
+        values.add(item.key)
+        found.append(ClientKey(
+            name, item.key, item.rpm, item.tpm, item.budget_usd, item.budget_period,
+            int(period.group(1)) * _SECONDS[period.group(2)],
+            tuple(item.models) if item.models is not None else None,
+        ))
+    return found
 
 
 @lru_cache(maxsize=64)
@@ -88,21 +173,30 @@ def presented_keys(headers: Any) -> list[str]:
     return [k for k in found if k]
 
 
-def authorized(keys: tuple[str, ...], headers: Any) -> bool:
-    """True when some presented credential equals some key, compared in constant time."""
+def matching(keys: tuple[str, ...], headers: Any) -> int | None:
+    """The index of the key some presented credential equals, compared in constant time over every key."""
     digests = _digests(keys)
-    ok = False
+    found = -1
     for value in presented_keys(headers):
         candidate = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
-        for digest in digests:
-            ok |= hmac.compare_digest(candidate, digest)
-    return ok
+        for i, digest in enumerate(digests):
+            if hmac.compare_digest(candidate, digest):
+                found = i
+    return None if found < 0 else found
 
 
-def check(keys: tuple[str, ...], headers: Any) -> None:
-    """Raise :class:`AuthenticationError` unless ``headers`` carry one of ``keys``."""
-    if not keys or authorized(keys, headers):
-        return
+def authorized(keys: tuple[str, ...], headers: Any) -> bool:
+    """True when some presented credential equals some key, compared in constant time."""
+    return matching(keys, headers) is not None
+
+
+def check(keys: tuple[str, ...], headers: Any) -> int | None:
+    """The index of the key ``headers`` carry; raise :class:`AuthenticationError` when none (None: no keys)."""
+    if not keys:
+        return None
+    found = matching(keys, headers)
+    if found is not None:
+        return found
     if presented_keys(headers):
         raise AuthenticationError("invalid proxy key (send one of this proxy's keys as x-api-key or Bearer token)")
     raise AuthenticationError("missing proxy key: send it as the x-api-key header or as Authorization: Bearer")
@@ -117,17 +211,24 @@ def ccproxy_configure(settings: PluginSettings) -> AuthPlugin:
     for i, path in enumerate(loaded.public_paths):
         if not path.startswith("/"):
             raise settings.error(f"public_paths[{i}]", f"expected a path starting with '/', got {path!r}")
-    keys = tuple(k for k in loaded.keys if k)
-    if loaded.keys and not keys:
+    found = client_keys(settings, loaded)
+    if loaded.keys and not found:
         log.warning("plugins.auth.keys: every key is empty (unset environment variables?); no key is required")
-    return AuthPlugin(keys, loaded)
+    admin = tuple(k for k in loaded.admin_keys if k)
+    if found and (admin or any(isinstance(k, KeySetting) for k in loaded.keys)):
+        from .gateway import GatewayPlugin
+
+        return GatewayPlugin(found, loaded, admin)
+    return AuthPlugin(found, loaded)
 
 
 class AuthPlugin:
     """The hooks of one app, holding its keys."""
 
-    def __init__(self, keys: tuple[str, ...], settings: AuthSettings) -> None:
-        self.keys = keys
+    def __init__(self, keys: list[ClientKey], settings: AuthSettings) -> None:
+        self.client_keys = keys
+        self.keys = tuple(k.key for k in keys)
+        self.names = tuple(k.name for k in keys)
         self.settings = settings
 
     @hookimpl
@@ -141,6 +242,8 @@ class AuthPlugin:
             path = request.path
             if path in PROXY_PATHS or request.method == "NONE":  # proxy routes: the hook; NONE: unparsable head
                 return
+            if path.startswith(ADMIN_PREFIX):  # admin routes check admin keys
+                return
             for prefix in public:
                 if path == prefix or path.startswith(prefix + "/"):
                     request.ctx.ccproxy_authenticated = authorized(keys, request.headers)
@@ -151,8 +254,10 @@ class AuthPlugin:
         app.register_middleware(require_key, "request")
 
     @hookimpl
-    def ccproxy_request_head(self, request: Request) -> None:
-        check(self.keys, request.headers)
+    def ccproxy_request_head(self, ctx: RequestContext, request: Request) -> None:
+        found = check(self.keys, request.headers)
+        if found is not None:
+            ctx.client_key = self.names[found]
 
     @hookimpl
     def ccproxy_startup(self, app: Sanic) -> None:
