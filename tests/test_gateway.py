@@ -141,6 +141,31 @@ def test_two_processes_taking_at_once_get_exactly_the_limit(backend):
     assert all(a > 0 for a in admitted), admitted
 
 
+def test_redis_adds_ride_with_the_next_take_or_go_alone_soon(redis_server):
+    """``add`` costs no round trip of its own: its amounts go with the next ``take``, or on their own
+    within FLUSH_AFTER when no request comes; another instance sees them either way."""
+    async def main():
+        settings = StateSettings(backend="redis", url=redis_server.url)
+        a, b = open_state(settings), open_state(settings)
+        suffix = time.monotonic_ns()
+        tokens, requests = Window(f"t:tokens:{suffix}", 60), Window(f"t:requests:{suffix}", 60)
+        try:
+            await a.add([(tokens, 7)])
+            await a.add([(tokens, 5)])
+            assert await b.read([tokens]) == [(0.0, 0.0)]  # not sent yet
+            await asyncio.sleep(0.3)
+            assert (await b.read([tokens]))[0][0] == 12  # sent on its own
+            await a.add([(tokens, 3)])
+            assert (await a.take([Check(requests, None, 1)])).refused is None  # carries the add
+            assert a._pending == {}
+            assert (await b.read([tokens]))[0][0] == 15
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
 # -- settings ---------------------------------------------------------------------------------------
 
 
