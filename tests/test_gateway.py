@@ -248,6 +248,20 @@ def test_tpm_counts_input_and_output_after_each_request(make_proxy, upstream):
     assert report["requests"]["used"] == 1  # the refused request was not counted
 
 
+def test_streamed_requests_are_counted_too(make_proxy, upstream):
+    server = make_proxy(gateway_config(upstream.url, {"tpm": 1000}))
+    for path, body in (("/v1/messages", ANTHROPIC_BODY), ("/v1/chat/completions", OPENAI_BODY)):
+        with httpx.stream("POST", server.url + path, json=body, headers={"x-api-key": ALICE}) as reply:
+            assert reply.status_code == 200 and b"".join(reply.iter_raw())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the tokens are added when each request has ended
+        report = httpx.get(server.url + "/v1/ccproxy/keys/alice/usage", headers={"x-api-key": ADMIN}).json()
+        if report["tokens"]["used"] and report["spend_usd"]["used"] and report["requests"]["used"] == 2:
+            break
+        time.sleep(0.05)
+    assert report["requests"]["used"] == 2 and report["tokens"]["used"] > 20 and report["spend_usd"]["used"] > 0
+
+
 def test_budget_exceeded_is_429_naming_it_in_both_dialects(make_proxy, upstream):
     server = make_proxy(gateway_config(upstream.url, {"budget_usd": 0.000001, "budget_period": "1d"}))
     assert httpx.post(server.url + "/v1/messages", json=JSON_ANTHROPIC, headers={"x-api-key": ALICE}).status_code == 200
@@ -364,6 +378,36 @@ def test_two_instances_share_one_redis_exactly(tmp_path, upstream, redis_server)
         finally:
             errors = stop_process(a) + stop_process(b)
     assert "Traceback" not in errors
+
+
+def test_two_instances_through_a_redis_restart(tmp_path, upstream):
+    """Two gateway processes, one Redis stopped mid-test: both answer 503 in dialect at once and log
+    one line each, no traceback; Redis back, both count again without a restart."""
+    with reserved_port() as redis_port, reserved_port() as port_a, reserved_port() as port_b:
+        redis = RedisServer(redis_port).start()
+        config = gateway_config(upstream.url, {"rpm": 3}, state={"backend": "redis", "url": redis.url})
+        config["plugins"]["disabled"] = ["example"]
+        a = gateway_process(tmp_path, "a", config, port_a)
+        b = gateway_process(tmp_path, "b", config, port_b)
+        urls = [f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"]
+        try:
+            assert statuses(send_concurrently(urls * 2, ALICE)) == [200] * 3 + [429]
+            redis.stop()
+            started = time.monotonic()
+            down = send_concurrently(urls * 2, ALICE)
+            assert time.monotonic() - started < 5
+            assert [r.status_code for r in down] == [503] * 4
+            assert all(r.json()["error"]["type"] == "overloaded_error" for r in down)
+            redis.start()  # empty: the windows start again
+            assert statuses(send_concurrently(urls * 2, ALICE)) == [200] * 3 + [429]
+        finally:
+            logs = [stop_process(a), stop_process(b)]
+            redis.stop()
+    for log in logs:
+        assert "Traceback" not in log and "SECRET" not in log
+        lines = [line for line in log.splitlines() if "state: redis" in line]
+        assert len(lines) == 2, log  # the outage's start and its end
+        assert "unavailable" in lines[0] and "on_error: closed" in lines[0] and "is back" in lines[1]
 
 
 @pytest.mark.parametrize("on_error", ["closed", "open"])
