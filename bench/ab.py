@@ -3,6 +3,7 @@
     python bench/ab.py                                   # all plugins vs core only
     python bench/ab.py --variant all= --variant core=providers --variant +log=providers,access_log
     python bench/ab.py --variant base= --variant try=@/tmp/experiment.py --phase stream
+    python bench/ab.py --variant off=%off --variant memory=%memory --variant redis=%redis://127.0.0.1:6379
 
 On a shared, noisy machine two runs minutes apart differ by more than most effects
 worth measuring, so every set-up runs at once (each its own ``sanic app.app`` process on
@@ -13,7 +14,9 @@ proxy CPU / units done; the spread (min–max) shows how noisy the machine was.
 A variant is ``NAME=SPEC``: SPEC is a comma-separated plugin allow-list (empty: every
 installed plugin), optionally followed by ``@FILE`` — a Python file executed in the
 proxy before the app is imported (``bench/profiled_proxy.py --patch``), to measure a
-hot-path change without editing the project.
+hot-path change without editing the project, and/or ``%GATEWAY``: the load client's keys as
+client keys, plain (``off``) or with limits counted in a state backend (``memory``,
+``sqlite:PATH``, ``redis://...``; see ``run.proxy_config``).
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
     variants = []
     for spec in args.variant or ["all plugins=", "core only=providers"]:
         name, _, rest = spec.partition("=")
+        rest, _, gateway = rest.partition("%")
         plugins, _, patch = rest.partition("@")
         cfg = tmp / f"{len(variants)}.yaml"
         run.proxy_config(cfg, ports["port"], tls=False, transport=args.transport,
-                         enabled_plugins=[p for p in plugins.split(",") if p] or None if plugins else None)
+                         enabled_plugins=[p for p in plugins.split(",") if p] or None if plugins else None,
+                         gateway=gateway or None)
         port = run.free_port()
         if patch:
             argv = [sys.executable, str(HERE / "profiled_proxy.py"), "--port", str(port), "--patch", patch]
@@ -93,7 +98,7 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", action="append", help="NAME=PLUGINS[@PATCHFILE] (repeatable)")
+    parser.add_argument("--variant", action="append", help="NAME=PLUGINS[@PATCHFILE][%%GATEWAY] (repeatable)")
     parser.add_argument("--phase", choices=["json", "big", "stream"], default="json")
     parser.add_argument("--transport", default="fast")
     parser.add_argument("--rounds", type=int, default=8)

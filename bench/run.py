@@ -243,11 +243,13 @@ def make_certificate(tmp: Path) -> tuple[Path, Path] | None:
 
 
 def proxy_config(path: Path, upstream_port: int, *, tls: bool, transport: str | None,
-                 enabled_plugins: list[str] | None = None) -> None:
+                 enabled_plugins: list[str] | None = None, gateway: str | None = None) -> None:
     """A deployment like a team's: real providers (pointing at the mock), the demo ones, an alias.
 
     ``enabled_plugins`` restricts the loaded plugins to that allow-list (the demo providers,
-    which need the ``demo`` plugin, are then left out unless it is listed).
+    which need the ``demo`` plugin, are then left out unless it is listed). ``gateway``: the
+    load client's two keys as ``plugins.auth.keys``: ``off`` plain keys, ``memory``/``sqlite:PATH``/
+    ``redis://...`` named keys with limits (never reached) counted in that ``state:`` backend.
     """
     scheme = "https" if tls else "http"
     extra = ""
@@ -294,12 +296,36 @@ timeouts:
   idle: 60
   total: 600
 """
+    plugins = ""
     if enabled_plugins is not None:
-        text += f"plugins:\n  enabled: [{', '.join(enabled_plugins)}]\n"
+        plugins += f"  enabled: [{', '.join(enabled_plugins)}]\n"
     elif NOT_PRODUCT_PLUGINS & installed_plugins():
         # Installed for the tests (examples/ccproxy-example-plugin), not part of the product.
-        text += f"plugins:\n  disabled: [{', '.join(sorted(NOT_PRODUCT_PLUGINS & installed_plugins()))}]\n"
+        plugins += f"  disabled: [{', '.join(sorted(NOT_PRODUCT_PLUGINS & installed_plugins()))}]\n"
+    if gateway:
+        plugins += gateway_settings(gateway)
+        if gateway.startswith("redis"):
+            text += f"state: {{backend: redis, url: '{gateway}'}}\n"
+        elif gateway.startswith("sqlite:"):
+            text += f"state: {{backend: sqlite, path: '{gateway[7:]}'}}\n"
+    if plugins:
+        text += "plugins:\n" + plugins
     path.write_text(text)
+
+
+#: The keys bench/loadgen.py presents (Anthropic: x-api-key; OpenAI: Bearer).
+CLIENT_KEYS = ("sk-ant-client-key-not-forwarded", "sk-client-key-not-forwarded")
+
+
+def gateway_settings(gateway: str) -> str:
+    """``plugins.auth`` lines for :func:`proxy_config`'s ``gateway``."""
+    if gateway == "off":
+        return "  auth:\n    keys: [" + ", ".join(CLIENT_KEYS) + "]\n"
+    keys = "".join(
+        f"      - {{name: team-{i}, key: {key}, rpm: 100000000, tpm: 100000000000, budget_usd: 1000000000}}\n"
+        for i, key in enumerate(CLIENT_KEYS)
+    )
+    return "  auth:\n    keys:\n" + keys
 
 
 #: Installed plugins the benchmark leaves out: `example` is the test suite's sample third-party plugin.

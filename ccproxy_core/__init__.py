@@ -49,6 +49,7 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .plugins import PluginSettings
 from .sse import SSEEvent, SSEParser, encode_event
+from .state import Check, StateBackend, StateUnavailable, Verdict, Window
 
 __all__ = [
     # hooks and settings
@@ -94,6 +95,12 @@ __all__ = [
     "UpstreamError",
     "UpstreamProtocolError",
     "UpstreamTimeout",
+    # shared state (app.ctx.state; the top-level state: block)
+    "StateBackend",
+    "StateUnavailable",
+    "Check",
+    "Verdict",
+    "Window",
     # configuration and the app
     "Config",
     "Limits",

@@ -159,6 +159,23 @@ class Limits:
 
 
 @dataclass(slots=True)
+class StateSettings:
+    """The top-level ``state:`` block: where counters that must hold across workers or instances live
+    (see :mod:`ccproxy_core.state`)."""
+
+    #: ``memory`` (one worker's own), ``sqlite`` (every worker on one machine) or ``redis`` (every instance).
+    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    #: The SQLite file (``backend: sqlite``).
+    path: str = ""
+    #: ``redis://[:password@]host:port/db`` or ``rediss://`` (``backend: redis``).
+    url: str = ""
+    #: When the backend fails: ``closed`` refuses requests with 503, ``open`` lets them pass unlimited.
+    on_error: Literal["closed", "open"] = "closed"
+    #: Seconds one state operation may take before it counts as a failure.
+    timeout: float = 0.5
+
+
+@dataclass(slots=True)
 class SkippedProvider:
     """A provider left out because its ``api_key`` is empty (kept to explain 404s)."""
 
@@ -182,6 +199,7 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     retries: Retries = field(default_factory=Retries)
+    state: StateSettings = field(default_factory=StateSettings)
     #: Seconds in-flight responses may run on after SIGTERM before they are ended with an error.
     shutdown_grace: float = 30.0
     #: Seconds an upstream's model list (``GET /v1/models``) is kept before it is fetched again.
@@ -414,6 +432,13 @@ def _check(config: Config, key_variables: dict[str, list[str]] | None = None) ->
         raise ConfigError("retries.max_attempts: must be at least 1")
     if config.retries.backoff_max < config.retries.backoff_base:
         raise ConfigError("retries.backoff_max: must not be less than retries.backoff_base")
+    state = config.state
+    if state.backend == "sqlite" and not state.path:
+        raise ConfigError("state.path: backend sqlite needs the path of its database file")
+    if state.backend == "redis" and not re.match(r"^(rediss?|unix)://", state.url):
+        raise ConfigError("state.url: backend redis needs a redis://, rediss:// or unix:// URL")
+    if state.timeout <= 0:
+        raise ConfigError(f"state.timeout: must be a positive number of seconds, got {state.timeout}")
     if not 1024 <= config.limits.max_header_bytes <= MAX_HEADER_CEILING:
         raise ConfigError(
             f"limits.max_header_bytes: must be between 1024 and {MAX_HEADER_CEILING} (Sanic's ceiling), "

@@ -118,6 +118,8 @@ class RequestContext:
     #: OpenAI ``data: {"error": ...}``), or None.
     inband_error: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    #: The name of the client key that authorised the request (set by the ``auth`` plugin; never the key).
+    client_key: str | None = None
     #: Scratch space for plugins, keyed by plugin name.
     state: dict[str, Any] = field(default_factory=dict)
     #: The deployment's configuration (``config.plugin_settings(name)`` for a plugin's own).

@@ -38,8 +38,9 @@ _OPENAI_TYPES = {
     "timeout_error": "timeout_error",
     "api_error": "server_error",
     "billing_error": "insufficient_quota",
+    "budget_exceeded": "rate_limit_error",  # a gateway key's budget (the code says budget_exceeded)
 }
-_ANTHROPIC_TYPES = {"timeout_error": "api_error"}
+_ANTHROPIC_TYPES = {"timeout_error": "api_error", "budget_exceeded": "rate_limit_error"}
 
 
 def error_payload(dialect: str, error: ProxyError) -> dict:

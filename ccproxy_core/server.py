@@ -18,12 +18,13 @@ from sanic.handlers import ErrorHandler
 from . import dialects
 from .config import Config, Limits, ProviderConfig, load_config
 from .context import ANTHROPIC, OPENAI, REJECTED
-from .errors import ConfigError, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
+from .errors import ConfigError, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge, ProxyError
 from .intake import DeadlineProtocol, Intake
 from .headers import REQUEST_ID_HEADER, request_id
 from .plugins import Plugins
 from .models import ModelCatalog, list_payload
 from .proxy import Proxy
+from .state import open_state
 from .streaming import END_WRITE_TIMEOUT
 from .transport import FastTransport, ResponseHeadTooLarge, environment_proxy
 
@@ -58,7 +59,7 @@ class DialectErrorHandler(ErrorHandler):
 
     def default(self, request: Request, exception: Exception) -> response.HTTPResponse:
         error = to_proxy_error(exception)
-        if error.status >= 500:
+        if error.status >= 500 and not isinstance(error, Overloaded):  # Overloaded: a refusal, said where decided
             log.error("unhandled error on %s %s", request.method, request.path, exc_info=exception)
         ctx = getattr(request.ctx, "ccproxy", None)
         headers = dict(error.headers)
@@ -260,6 +261,7 @@ def create_app(
         app.ctx.transports = transports
         app.ctx.proxy = Proxy(config, loaded, clients, transports)
         app.ctx.catalog = ModelCatalog(config, loaded, clients)
+        app.ctx.state = open_state(config.state)  # shared counters and values (ccproxy_core.state)
         await loaded.call("ccproxy_startup", app=app, config=config)
 
     @app.before_server_stop
@@ -279,6 +281,9 @@ def create_app(
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 pass
         await loaded.notify("ccproxy_shutdown", app=app)
+        state = getattr(app.ctx, "state", None)
+        if state is not None:
+            await state.close()
         for client in getattr(app.ctx, "clients", {}).values():
             await client.aclose()
 

@@ -324,6 +324,7 @@ class AccessLog:
             "method": ctx.method,
             "route": ctx.route,
             "client_dialect": ctx.client_dialect,
+            "key": ctx.client_key,
             "provider": ctx.provider,
             "upstream_dialect": ctx.upstream_dialect,
             "model_requested": ctx.model_requested,

@@ -4,8 +4,16 @@ Settings (``plugins: auth:`` in the config)::
 
     plugins:
       auth:
-        keys: ["${CCPROXY_KEY_1}", "${CCPROXY_KEY_2:-}"]   # empty values are ignored
-        admin_keys: ["${CCPROXY_ADMIN_KEY:-}"]              # for admin routes (the dashboard's data)
+        keys:
+          - "${CCPROXY_KEY_1}"                     # a plain key (named key-0 after its position)
+          - name: alice                            # a team member's key with limits (plugins/gateway.py)
+            key: "${ALICE_KEY}"
+            rpm: 60                                # requests per minute
+            tpm: 200000                            # tokens per minute (input + output)
+            budget_usd: 50                         # US dollars per budget_period
+            budget_period: 30d                     # Ns, Nm, Nh or Nd; default 30d
+            models: ["claude-*", "gpt-4o*"]        # globs of the model names the client may ask for
+        admin_keys: ["${CCPROXY_ADMIN_KEY:-}"]     # for admin routes: the dashboard, per-key usage
         allow_public_without_keys: false
         public_paths: ["/health"]
 
@@ -15,15 +23,18 @@ Settings (``plugins: auth:`` in the config)::
   key's, with :func:`hmac.compare_digest`, over every key, so neither which key
   matched nor a key's length shows in the timing.
 * The client's key is never forwarded upstream (the core strips every credential
-  header and adds the provider's) and never logged.
+  header and adds the provider's) and never logged; its name is ``ctx.client_key``, which
+  the access log and the metrics show.
 * Proxy routes are checked in ``ccproxy_request_head``, on the headers, before the body is
   read; every other route (``/v1/models``, ``/plugins``, plugin routes such as ``/metrics``)
   by a request middleware, except ``public_paths`` (and paths under them).
 * A route may say who may call it with Sanic's route context, ``ctx_ccproxy_access=...`` in
   ``app.add_route``: ``"public"`` (no key, like ``public_paths``) or ``"admin"`` (one of
   ``admin_keys``, never a client key; with keys on and no admin key configured the route answers
-  403). Admin keys open admin routes only. With no key of either kind, admin routes are open like
-  the rest (loopback only, see below).
+  403). Admin keys open admin routes only (the dashboard, ``GET /v1/ccproxy/keys/{name}/usage``).
+  With no key of either kind, admin routes are open like the rest (loopback only, see below).
+* With a key given as a mapping or with ``admin_keys``, the gateway (``plugins/gateway.py``)
+  counts every key's requests, tokens and spend in the shared state and enforces limits.
 * The middleware sets ``request.ctx.ccproxy_authenticated`` (True or False) on every request
   it sees, public paths included, so that a public route can show more to a caller with a
   key (``/health/ready`` does). It is not set when no key is configured.
@@ -39,6 +50,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -46,7 +58,7 @@ from typing import Any
 
 from sanic import Request, Sanic
 
-from ccproxy_core import AuthenticationError, Config, ConfigError, PermissionDenied, PluginSettings, hookimpl
+from ccproxy_core import AuthenticationError, Config, ConfigError, PermissionDenied, PluginSettings, RequestContext, hookimpl
 
 log = logging.getLogger("ccproxy.auth")
 
@@ -54,15 +66,53 @@ log = logging.getLogger("ccproxy.auth")
 NAME = "auth"
 #: Routes checked by ``ccproxy_request_head`` (the middleware leaves them alone).
 PROXY_PATHS = frozenset({"/v1/messages", "/v1/chat/completions"})
+#: Routes under this prefix check admin keys themselves (the middleware leaves them alone).
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PERIOD = re.compile(r"^(\d+)([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass
+class KeySetting:
+    """One item of ``keys`` written as a mapping."""
+
+    key: str
+    #: Shown in the access log, the metrics and the usage route; default ``key-N`` (its position).
+    name: str = ""
+    #: Requests per minute (429 with ``retry-after`` beyond).
+    rpm: int | None = None
+    #: Tokens per minute, input (cached included) + output, counted after each request.
+    tpm: int | None = None
+    #: US dollars per ``budget_period``, priced by the ``usage`` plugin's table (429 ``budget_exceeded``).
+    budget_usd: float | None = None
+    #: ``Ns``, ``Nm``, ``Nh`` or ``Nd``.
+    budget_period: str = "30d"
+    #: Globs of the model names this key may ask for (403 otherwise); None: any.
+    models: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A configured key, checked: its name, limits (None: none) and budget period in seconds."""
+
+    name: str
+    key: str = field(repr=False)
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "30d"
+    budget_seconds: float = 30 * 86400
+    models: tuple[str, ...] | None = None
 
 
 @dataclass
 class AuthSettings:
     """The ``plugins: auth:`` block."""
 
-    #: Proxy keys clients may present; empty strings (unset ``${VAR:-}``) are ignored.
-    keys: list[str] = field(default_factory=list)
-    #: Keys for admin routes (``ctx_ccproxy_access="admin"``); empty strings are ignored.
+    #: Proxy keys clients may present, plain or with limits; empty keys (unset ``${VAR:-}``) are ignored.
+    keys: list[KeySetting | str] = field(default_factory=list)
+    #: Keys for admin routes (``ctx_ccproxy_access="admin"``: the dashboard, per-key usage), never
+    #: the proxy routes; empty strings are ignored.
     admin_keys: list[str] = field(default_factory=list)
     #: With no keys, start even when listening on a non-loopback address (logged loudly).
     allow_public_without_keys: bool = False
@@ -75,8 +125,39 @@ def settings_of(config: Config | None) -> AuthSettings:
     if config is None:
         return AuthSettings()
     loaded = PluginSettings(NAME, config.plugin_settings(NAME), config.path).load(AuthSettings)
-    loaded.keys = [k for k in loaded.keys if k]
+    loaded.keys = [k for k in loaded.keys if (k.key if isinstance(k, KeySetting) else k)]
     return loaded
+
+
+def client_keys(settings: PluginSettings, loaded: AuthSettings) -> list[ClientKey]:
+    """The configured keys, checked (names unique and usable in a URL, keys unique), empty ones left out."""
+    found: list[ClientKey] = []
+    names: set[str] = set()
+    values: set[str] = set()
+    for i, item in enumerate(loaded.keys):
+        where = f"keys[{i}]"
+        if isinstance(item, str):
+            item = KeySetting(key=item)
+        if not item.key:
+            continue
+        name = item.name or f"key-{i}"
+        if not _NAME.match(name):
+            raise settings.error(f"{where}.name", f"use 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+        if name in names:
+            raise settings.error(f"{where}.name", f"two keys are called {name!r}")
+        if item.key in values:
+            raise settings.error(f"{where}.key", "the same key is listed twice")
+        period = _PERIOD.match(item.budget_period)
+        if period is None or int(period.group(1)) == 0:
+            raise settings.error(f"{where}.budget_period", f"expected Ns, Nm, Nh or Nd (e.g. 30d), got {item.budget_period!r}")
+        names.add(name)
+        values.add(item.key)
+        found.append(ClientKey(
+            name, item.key, item.rpm, item.tpm, item.budget_usd, item.budget_period,
+            int(period.group(1)) * _SECONDS[period.group(2)],
+            tuple(item.models) if item.models is not None else None,
+        ))
+    return found
 
 
 @lru_cache(maxsize=64)
@@ -96,21 +177,30 @@ def presented_keys(headers: Any) -> list[str]:
     return [k for k in found if k]
 
 
-def authorized(keys: tuple[str, ...], headers: Any) -> bool:
-    """True when some presented credential equals some key, compared in constant time."""
+def matching(keys: tuple[str, ...], headers: Any) -> int | None:
+    """The index of the key some presented credential equals, compared in constant time over every key."""
     digests = _digests(keys)
-    ok = False
+    found = -1
     for value in presented_keys(headers):
         candidate = hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
-        for digest in digests:
-            ok |= hmac.compare_digest(candidate, digest)
-    return ok
+        for i, digest in enumerate(digests):
+            if hmac.compare_digest(candidate, digest):
+                found = i
+    return None if found < 0 else found
 
 
-def check(keys: tuple[str, ...], headers: Any) -> None:
-    """Raise :class:`AuthenticationError` unless ``headers`` carry one of ``keys``."""
-    if not keys or authorized(keys, headers):
-        return
+def authorized(keys: tuple[str, ...], headers: Any) -> bool:
+    """True when some presented credential equals some key, compared in constant time."""
+    return matching(keys, headers) is not None
+
+
+def check(keys: tuple[str, ...], headers: Any) -> int | None:
+    """The index of the key ``headers`` carry; raise :class:`AuthenticationError` when none (None: no keys)."""
+    if not keys:
+        return None
+    found = matching(keys, headers)
+    if found is not None:
+        return found
     if presented_keys(headers):
         raise AuthenticationError("invalid proxy key (send one of this proxy's keys as x-api-key or Bearer token)")
     raise AuthenticationError("missing proxy key: send it as the x-api-key header or as Authorization: Bearer")
@@ -125,17 +215,24 @@ def ccproxy_configure(settings: PluginSettings) -> AuthPlugin:
     for i, path in enumerate(loaded.public_paths):
         if not path.startswith("/"):
             raise settings.error(f"public_paths[{i}]", f"expected a path starting with '/', got {path!r}")
-    keys = tuple(k for k in loaded.keys if k)
-    if loaded.keys and not keys:
+    found = client_keys(settings, loaded)
+    if loaded.keys and not found:
         log.warning("plugins.auth.keys: every key is empty (unset environment variables?); no key is required")
-    return AuthPlugin(keys, loaded, tuple(k for k in loaded.admin_keys if k))
+    admin = tuple(k for k in loaded.admin_keys if k)
+    if found and (admin or any(isinstance(k, KeySetting) for k in loaded.keys)):
+        from .gateway import GatewayPlugin
+
+        return GatewayPlugin(found, loaded, admin)
+    return AuthPlugin(found, loaded, admin)
 
 
 class AuthPlugin:
     """The hooks of one app, holding its keys."""
 
-    def __init__(self, keys: tuple[str, ...], settings: AuthSettings, admin_keys: tuple[str, ...] = ()) -> None:
-        self.keys = keys
+    def __init__(self, keys: list[ClientKey], settings: AuthSettings, admin_keys: tuple[str, ...] = ()) -> None:
+        self.client_keys = keys
+        self.keys = tuple(k.key for k in keys)
+        self.names = tuple(k.name for k in keys)
         self.settings = settings
         self.admin_keys = admin_keys
 
@@ -168,8 +265,10 @@ class AuthPlugin:
         app.register_middleware(require_key, "request")
 
     @hookimpl
-    def ccproxy_request_head(self, request: Request) -> None:
-        check(self.keys, request.headers)
+    def ccproxy_request_head(self, ctx: RequestContext, request: Request) -> None:
+        found = check(self.keys, request.headers)
+        if found is not None:
+            ctx.client_key = self.names[found]
 
     @hookimpl
     def ccproxy_startup(self, app: Sanic) -> None:

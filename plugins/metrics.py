@@ -181,6 +181,24 @@ class Metrics:
             ["provider", "model"],
             registry=reg,
         )
+        self.key_requests = Counter(
+            "ccproxy_key_requests",
+            "Client requests on the proxy routes by client key name (plugins.auth.keys) and status.",
+            ["key", "status"],
+            registry=reg,
+        )
+        self.key_tokens = Counter(
+            "ccproxy_key_tokens",
+            "Tokens reported by the upstream (input, cached input and output) by client key name.",
+            ["key"],
+            registry=reg,
+        )
+        self.key_cost = Counter(
+            "ccproxy_key_cost_usd",
+            "Cost in US dollars by client key name.",
+            ["key"],
+            registry=reg,
+        )
         self.upstream_errors = Counter(
             "ccproxy_upstream_errors",
             "Upstream failures by kind: http_<status>, connect, connect_timeout, pool_timeout, write_timeout, "
@@ -251,6 +269,15 @@ class Metrics:
         cost = ctx.cost
         if cost:
             self.child(self.cost, (provider, model), 1).inc(cost)
+        key = ctx.client_key
+        if key is not None:  # names come from the config: a bounded set
+            self.child(self.key_requests, (key, str(ctx.status or ""))).inc()
+            if usage is not None:
+                self.child(self.key_tokens, (key,)).inc(
+                    usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+                    + usage.output_tokens)
+            if cost:
+                self.child(self.key_cost, (key,)).inc(cost)
         if ctx.attempts:
             self._count_upstream_errors(ctx)
         if ctx.inband_error is not None:

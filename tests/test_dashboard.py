@@ -47,19 +47,12 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-class KeyName:
-    """Names the client key the way the auth plugin records it (``ctx.state["auth"]["key_name"]``)."""
-
-    @hookimpl
-    def ccproxy_request_head(self, ctx: Any) -> None:
-        ctx.state["auth"] = {"key_name": "team-a"}
-
-
 @pytest.fixture
 def dashboard(mock: Any) -> Iterator[ProxyThread]:
     config = provider_config(mock.url)
-    config["plugins"] = {"auth": {"keys": [CLIENT_KEY], "admin_keys": [ADMIN_KEY]}}
-    with ProxyThread(config, plugins=[("keyname", KeyName())]) as server:
+    # A named key: the auth plugin records its name (ctx.client_key), which the page shows.
+    config["plugins"] = {"auth": {"keys": [{"name": "team-a", "key": CLIENT_KEY}], "admin_keys": [ADMIN_KEY]}}
+    with ProxyThread(config) as server:
         yield server
 
 
@@ -147,8 +140,8 @@ class _Demo:
     names = ("alice", "ci-bot", "team-a")
 
     @hookimpl
-    def ccproxy_request_head(self, ctx: Any) -> None:
-        ctx.state["auth"] = {"key_name": self.names[hash(ctx.request_id) % 3]}
+    def ccproxy_request_received(self, ctx: Any) -> None:
+        ctx.client_key = self.names[hash(ctx.request_id) % 3]
 
 
 def screenshot(path: str) -> None:
@@ -216,14 +209,15 @@ def test_keys_without_admin_keys_refuse_the_data(mock: Any) -> None:
 
 def test_everything_kept_is_bounded() -> None:
     from ccproxy_core import COMPLETED, RequestContext, Usage
-    from ccproxy_plugins.dashboard.aggregate import MAX_LABELS, OTHER, WINDOW, Aggregate
+    from ccproxy_plugins.dashboard.aggregate import MAX_LABELS, WINDOW, Aggregate
+    from ccproxy_plugins.metrics import OTHER
     from ccproxy_plugins.metrics import MAX_MODEL_LABELS
 
     aggregate = Aggregate(build_config(provider_config("http://127.0.0.1:9"), "test"), recent=10)
     for i in range(WINDOW + 200):
         ctx = RequestContext(f"r{i}", "POST", "/v1/messages", "anthropic", model=f"claude-{i}",
                              provider="anthropic", status=200, outcome=COMPLETED, duration=0.01,
-                             usage=Usage(input_tokens=1, output_tokens=2), state={"auth": {"key_name": f"k{i}"}})
+                             usage=Usage(input_tokens=1, output_tokens=2), client_key=f"k{i}")
         aggregate.started(ctx)
         aggregate.ended(ctx)
     snap = aggregate.snapshot()

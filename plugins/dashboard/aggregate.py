@@ -19,7 +19,7 @@ from typing import Any
 
 from ccproxy_core import COMPLETED, Config, RequestContext
 
-from ..metrics import OTHER, ModelLabels
+from ..metrics import ModelLabels
 
 #: Seconds of per-second request and error counts.
 SERIES = 120
@@ -34,13 +34,9 @@ MAX_IN_FLIGHT_LISTED = 50
 
 
 def key_name(ctx: RequestContext) -> str | None:
-    """The name of the client key a request presented, never the key itself: ``ctx.client_key`` where the
-    auth plugin sets it (the team-gateway work), else ``ctx.state["auth"]["key_name"]``."""
-    name = getattr(ctx, "client_key", None)
-    if name:
-        return name
-    auth = ctx.state.get("auth")
-    return auth.get("key_name") if isinstance(auth, dict) else None
+    """The name of the client key a request presented (``ctx.client_key``, set by the auth plugin), never
+    the key itself."""
+    return ctx.client_key
 
 
 def error_kind(ctx: RequestContext) -> str | None:
