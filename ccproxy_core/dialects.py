@@ -4,8 +4,7 @@ This is the single place where a :class:`ProxyError` becomes bytes the
 client understands, as a JSON body or as an in-stream error event.
 
 Dialects: ``anthropic`` (Messages), ``openai`` (Chat Completions) and ``responses``
-(the OpenAI Responses API). The constants for the first two live in
-:mod:`ccproxy_core.context`.
+(the OpenAI Responses API). The constants live in :mod:`ccproxy_core.context`.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ from .errors import ProxyError
 
 #: Path the upstream of each dialect serves, appended to the provider's base_url.
 UPSTREAM_PATHS = {ANTHROPIC: "/v1/messages", OPENAI: "/chat/completions", RESPONSES: "/responses"}
+#: Path a Responses upstream counts input tokens on (``POST /v1/responses/input_tokens``).
+INPUT_TOKENS_PATH = "/responses/input_tokens"
 
 # Neutral kind -> OpenAI error type. Anthropic uses the neutral kinds as they are.
 _OPENAI_TYPES = {

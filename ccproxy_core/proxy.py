@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from sanic import Request
+from sanic import Request, response
 
 from .config import Config, ProviderConfig
-from .context import RequestContext
+from .context import COMPLETED, RESPONSES, RequestContext
 from .decoding import decodable_accept_encoding
-from .dialects import UPSTREAM_PATHS
+from .dialects import INPUT_TOKENS_PATH, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import request_headers, request_id
 from .intake import check_headers, parse_body
@@ -71,18 +71,39 @@ class Proxy:
         Raises:
             ProxyError: bad input, an unknown model, or a plugin refusing the request.
         """
-        check_headers(request.headers)
-        body = parse_body(request.body, self.config.limits.max_model_length)
-        ctx.body = body
-        ctx.model_requested = body["model"]
-        await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
-        routes = self.routes(ctx.model_requested)
-        ctx.stream = body.get("stream") is True
+        routes = await self._receive(request, ctx)
+        ctx.stream = ctx.body.get("stream") is True  # type: ignore[union-attr]
         # The first route that can be prepared is the call; the others are its fallbacks, prepared
         # only if needed. Raises the first route's error when none can be prepared.
         attempts = self._attempts(request, ctx, routes)
         first = await anext(attempts)
         return self.handler.respond(ctx, first, attempts)
+
+    async def input_tokens(self, request: Request, ctx: RequestContext) -> DeferredResponse | response.HTTPResponse:
+        """``POST /v1/responses/input_tokens``: passed to the model's provider (and its fallbacks) when
+        it speaks the Responses API; otherwise estimated here, with no upstream call
+        (:func:`estimate_input_tokens`), and the request ends as ``completed``."""
+        routes = await self._receive(request, ctx)
+        if routes[0].provider.format == RESPONSES:
+            attempts = self._attempts(request, ctx, [r for r in routes if r.provider.format == RESPONSES],
+                                      path=INPUT_TOKENS_PATH)
+            first = await anext(attempts)
+            return self.handler.respond(ctx, first, attempts)
+        assert ctx.body is not None
+        aim(ctx, routes[0].provider.name, routes[0].model, routes[0].provider.format)
+        ctx.outcome, ctx.status = COMPLETED, 200
+        ctx.duration = ctx.elapsed()
+        await self.plugins.notify("ccproxy_stream_end", ctx=ctx)
+        return response.json({"object": "response.input_tokens", "input_tokens": estimate_input_tokens(ctx.body)})
+
+    async def _receive(self, request: Request, ctx: RequestContext) -> list[Route]:
+        """Parse the body, let plugins refuse it, and route its model."""
+        check_headers(request.headers)
+        body = parse_body(request.body, self.config.limits.max_model_length)
+        ctx.body = body
+        ctx.model_requested = body["model"]
+        await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
+        return self.routes(ctx.model_requested)
 
     def routes(self, model: str) -> list[Route]:
         """The routes to try for ``model``, in order: its own, then fallbacks.
@@ -154,7 +175,7 @@ class Proxy:
         return None
 
     async def _attempts(
-        self, request: Request, ctx: RequestContext, routes: list[Route]
+        self, request: Request, ctx: RequestContext, routes: list[Route], path: str | None = None
     ) -> AsyncIterator[UpstreamRequest]:
         """Prepare each route when it is needed; a route that cannot be prepared is skipped.
 
@@ -165,7 +186,7 @@ class Proxy:
         yielded = False
         for route in routes:
             try:
-                prepared = await self._prepare(request, ctx, route)
+                prepared = await self._prepare(request, ctx, route, path)
             except ProxyError as error:
                 if len(routes) == 1:
                     raise
@@ -180,8 +201,9 @@ class Proxy:
         if not yielded and first_error is not None:
             raise first_error
 
-    async def _prepare(self, request: Request, ctx: RequestContext, route: Route) -> UpstreamRequest:
-        """Body, URL and headers for one attempt (runs lazily, when the attempt is made)."""
+    async def _prepare(self, request: Request, ctx: RequestContext, route: Route, path: str | None) -> UpstreamRequest:
+        """Body, URL and headers for one attempt (runs lazily, when the attempt is made); ``path``
+        replaces the dialect's upstream path."""
         provider = route.provider
         aim(ctx, provider.name, route.model, provider.format)  # what the request hooks below see
         handler_config = HandlerConfig(
@@ -191,7 +213,7 @@ class Proxy:
         # Per attempt (fallbacks may differ), before the request adapter and body hooks see it.
         ctx.upstream_stream = ctx.stream and self.handler.should_stream(ctx.body or {}, handler_config)
         body = await self._upstream_body(request, ctx)
-        url = provider.base_url + UPSTREAM_PATHS[provider.format]
+        url = provider.base_url + (path or UPSTREAM_PATHS[provider.format])
         if request.query_string and not ctx.translated:
             url += "?" + request.query_string
         headers = request_headers(request.headers.items())
@@ -239,3 +261,10 @@ class Proxy:
             results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
             changed = changed or any(r is True for r in results)
         return json.dumps(body, ensure_ascii=False).encode() if changed else request.body
+
+
+def estimate_input_tokens(body: dict) -> int:
+    """A rough count of a Responses request's input tokens for an upstream that cannot count them:
+    one token per four characters of its ``instructions``, ``input`` and ``tools`` as JSON (at least 1)."""
+    parts = [body.get(key) for key in ("instructions", "input", "tools") if body.get(key) is not None]
+    return max(1, len(json.dumps(parts, ensure_ascii=False)) // 4)

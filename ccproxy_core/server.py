@@ -17,7 +17,7 @@ from sanic.handlers import ErrorHandler
 
 from . import dialects
 from .config import Config, Limits, ProviderConfig, load_config
-from .context import ANTHROPIC, OPENAI, REJECTED
+from .context import ANTHROPIC, OPENAI, REJECTED, RESPONSES
 from .errors import ConfigError, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError
 from .intake import DeadlineProtocol, Intake
 from .headers import REQUEST_ID_HEADER, request_id
@@ -30,12 +30,20 @@ log = logging.getLogger("ccproxy")
 _app_numbers = itertools.count(1)
 
 #: Client dialect of each proxy route.
-PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": OPENAI}
+PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/chat/completions": OPENAI, "/v1/responses": RESPONSES,
+                "/v1/responses/input_tokens": RESPONSES}
+#: The route that counts a Responses request's input tokens (``Proxy.input_tokens``).
+INPUT_TOKENS_ROUTE = "/v1/responses/input_tokens"
 
 
 def dialect_for_path(path: str) -> str:
-    """The dialect errors on ``path`` are written in (OpenAI's unless the route is Anthropic's)."""
-    return ANTHROPIC if path.rstrip("/").endswith("/messages") else OPENAI
+    """The dialect errors on ``path`` are written in (OpenAI's unless the route is Anthropic's or Responses')."""
+    path = path.rstrip("/")
+    if path.endswith("/messages"):
+        return ANTHROPIC
+    if path.endswith("/responses") or path.endswith(INPUT_TOKENS_ROUTE):
+        return RESPONSES
+    return OPENAI
 
 
 def _error_path(request: Request) -> str:
@@ -287,6 +295,8 @@ def create_app(
         request.ctx.ccproxy = ctx
         try:
             await intake.receive(request, ctx)
+            if ctx.route.rstrip("/") == INPUT_TOKENS_ROUTE:
+                return await proxy.input_tokens(request, ctx)
             return await proxy.handle(request, ctx)
         except ProxyError as error:
             ctx.outcome, ctx.error, ctx.status = REJECTED, error, error.status
