@@ -18,7 +18,7 @@ import pytest
 
 from ccproxy_core import hookimpl
 from tests.mock_upstream import DEFAULT_TEXT
-from tests.servers import ProxyThread, provider_config
+from tests.servers import ProxyThread, closed_port, provider_config
 
 RESP = "gpt-5-mini"  # served by the Responses provider
 CLAUDE = "claude-sonnet-4-5"
@@ -30,21 +30,24 @@ FIXED = {"x-mock-fixed-ids": "1"}
 
 
 class Ends:
-    """Records each request's context when ``ccproxy_stream_end`` runs."""
+    """Records each request's context, by request id, when ``ccproxy_stream_end`` runs (after the client may
+    have read the whole answer)."""
 
     def __init__(self) -> None:
-        self.ctxs: list[Any] = []
-        self.event = threading.Event()
+        self.ctxs: dict[str, Any] = {}
+        self.cond = threading.Condition()
 
     @hookimpl
     def ccproxy_stream_end(self, ctx: Any) -> None:
-        self.ctxs.append(ctx)
-        self.event.set()
+        with self.cond:
+            self.ctxs[ctx.request_id] = ctx
+            self.cond.notify_all()
 
-    def last(self) -> Any:
-        assert self.event.wait(5)
-        self.event.clear()
-        return self.ctxs[-1]
+    def of(self, request_id: str) -> Any:
+        """The context of the request sent with ``x-request-id: request_id``."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: request_id in self.ctxs, 5)
+            return self.ctxs[request_id]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +134,8 @@ def test_anthropic_and_chat_clients_to_a_responses_upstream(proxy: ProxyThread) 
 
 def test_same_dialect_byte_for_byte(proxy: ProxyThread, mock: Any, ends: Ends) -> None:
     body = {"model": RESP, "input": "hi", "stream": True}
-    for headers in (FIXED, {**FIXED, "x-mock-split": "1"}, {**FIXED, "x-mock-content": "parallel_tools"}):
+    for headers in (FIXED, {**FIXED, "x-mock-split": "1"},
+                    {**FIXED, "x-mock-content": "parallel_tools", "x-request-id": "same-tools"}):
         direct = httpx.post(mock.url + "/v1/responses", json=body, headers=headers, timeout=10)
         proxied = httpx.post(proxy.url + "/v1/responses?trace=1", json=body, headers=headers, timeout=10)
         assert proxied.status_code == 200 and proxied.content == direct.content
@@ -139,14 +143,15 @@ def test_same_dialect_byte_for_byte(proxy: ProxyThread, mock: Any, ends: Ends) -
         assert proxied.headers["x-request-id"] == direct.headers["x-request-id"]
     forwarded = mock.requests[-1]
     assert forwarded.query == "trace=1" and forwarded.header("authorization") == "Bearer sk-resp-upstream-SECRET"
-    ctx = ends.last()
+    ctx = ends.of("same-tools")
     assert (ctx.client_dialect, ctx.upstream_dialect, ctx.outcome) == ("responses", "responses", "completed")
     assert ctx.usage.as_dict() == {"input_tokens": 9, "output_tokens": 12, "cache_read_input_tokens": 3,
                                    "cache_creation_input_tokens": 0}
-    plain = httpx.post(proxy.url + "/v1/responses", json={**body, "stream": False}, headers=FIXED, timeout=10)
+    plain = httpx.post(proxy.url + "/v1/responses", json={**body, "stream": False},
+                       headers={**FIXED, "x-request-id": "same-json"}, timeout=10)
     assert plain.content == httpx.post(mock.url + "/v1/responses", json={**body, "stream": False}, headers=FIXED,
                                        timeout=10).content
-    assert ends.last().usage.output_tokens == 5
+    assert ends.of("same-json").usage.output_tokens == 5
 
 
 def test_errors_in_the_responses_shape(proxy: ProxyThread) -> None:
@@ -168,3 +173,24 @@ def test_alias_and_max_tokens_through_translation(proxy: ProxyThread) -> None:
     for model in (CLAUDE, CHAT):
         cut = client(proxy, **{"x-mock-max-tokens": "1"}).responses.create(model=model, input="hi")
         assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+
+
+def test_fallback_from_a_dead_responses_provider_and_disconnect(mock: Any, ends: Ends) -> None:
+    """A Responses provider that cannot be reached falls back (before the first write) to an Anthropic
+    one, translated; a client leaving mid-stream closes the upstream exchange."""
+    config = provider_config(mock.url)
+    config["providers"] = {"dead": {"format": "responses", "base_url": f"http://127.0.0.1:{closed_port()}/v1",
+                                    "api_key": "k", "models": ["gpt-5*"], "fallbacks": ["anthropic"]},
+                           **config["providers"]}
+    with ProxyThread(config, plugins=[("ends", ends)]) as server:
+        with client(server, **{"x-request-id": "fell-back"}).responses.stream(model=RESP, input="hi") as stream:
+            assert stream.get_final_response().output_text == DEFAULT_TEXT
+        ctx = ends.of("fell-back")
+        assert [a.provider for a in ctx.attempts] == ["dead", "anthropic"] and ctx.upstream_dialect == "anthropic"
+        mock.reset_stats()
+        with httpx.stream("POST", server.url + "/v1/responses", timeout=10,
+                          json={"model": "gpt-4o", "input": "hi", "stream": True},
+                          headers={"x-mock-events": "1000", "x-mock-delay": "5", "x-request-id": "left"}) as response:
+            next(response.iter_raw())
+        assert ends.of("left").outcome == "client_disconnected"
+        assert mock.wait_for(lambda m: m.disconnects == 1 and m.active_streams == 0, timeout=5)
