@@ -194,3 +194,47 @@ def test_fallback_from_a_dead_responses_provider_and_disconnect(mock: Any, ends:
             next(response.iter_raw())
         assert ends.of("left").outcome == "client_disconnected"
         assert mock.wait_for(lambda m: m.disconnects == 1 and m.active_streams == 0, timeout=5)
+
+
+@pytest.mark.parametrize("upstream", ["anthropic", "openai"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_previous_response_id_against_a_translated_upstream(proxy: ProxyThread, mock: Any, upstream: str,
+                                                            stream: bool) -> None:
+    """The gateway keeps each translated exchange and expands the chain: a tool round trip, then a follow-up."""
+    model = UPSTREAMS[upstream]
+
+    def create(**kwargs: Any) -> Any:
+        gpt = client(proxy, **{"x-mock-content": kwargs.pop("content", "text")})
+        if not stream:
+            return gpt.responses.create(model=model, tools=TOOLS, **kwargs)
+        with gpt.responses.stream(model=model, tools=TOOLS, **kwargs) as events:
+            return events.get_final_response()
+
+    first = create(input="Weather in SF?", instructions="Be brief.", content="tools")
+    [call] = [i for i in first.output if i.type == "function_call"]
+    second = create(previous_response_id=first.id, input=[
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees"}])
+    third = create(previous_response_id=second.id, input="Thanks!")
+    assert third.output_text == DEFAULT_TEXT
+    sent = mock.requests[-1].json()
+    if upstream == "anthropic":
+        turns = [(m["role"], [b["type"] if isinstance(b, dict) else b for b in m["content"]]
+                  if isinstance(m["content"], list) else m["content"]) for m in sent["messages"]]
+        assert turns == [("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result"]),
+                         ("assistant", ["text"]), ("user", ["text"])]
+        assert "system" not in sent  # instructions are not carried over
+    else:
+        assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool", "assistant", "user"]
+        assert sent["messages"][2]["tool_call_id"] == call.call_id
+
+
+def test_previous_response_id_store_false_unknown_and_passthrough(proxy: ProxyThread, mock: Any) -> None:
+    gpt = client(proxy)
+    kept_nothing = gpt.responses.create(model=CLAUDE, input="secret", store=False)
+    for unknown in (kept_nothing.id, "resp_never"):
+        with pytest.raises(openai.BadRequestError, match="not found") as caught:
+            gpt.responses.create(model=CLAUDE, previous_response_id=unknown, input="more")
+        assert set(caught.value.body) == {"message", "type", "param", "code"}
+    answer = gpt.responses.create(model=RESP, previous_response_id="resp_upstream_knows", input="more")
+    assert answer.output_text == DEFAULT_TEXT  # a Responses upstream gets it as sent
+    assert mock.requests[-1].json() == {"model": RESP, "previous_response_id": "resp_upstream_knows", "input": "more"}
