@@ -6,12 +6,13 @@ requests can be told apart by their headers).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
 
 from tests.mock_upstream.anthropic_messages import Anthropic
-from tests.mock_upstream.content import INPUT_TOKENS
+from tests.mock_upstream.content import INPUT_TOKENS, has_tool_result
 from tests.mock_upstream.dialect import Dialect, Reply, dumps
 from tests.mock_upstream.openai_chat import OpenAIChat
 from tests.mock_upstream.openai_responses import OpenAIResponses
@@ -42,6 +43,8 @@ def _generate(dialect: Dialect, request: RecordedRequest, sc: Scenario) -> Reply
     body = _request_json(dialect, request)
     if isinstance(body, Reply):
         return body
+    if sc.content == "shell" and has_tool_result(body):
+        sc = dataclasses.replace(sc, content="text")
     blocks = dialect.blocks(sc)
     headers = dialect.headers(200)
     if body.get("stream") is True:

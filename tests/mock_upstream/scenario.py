@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-CONTENTS = ("text", "tools", "parallel_tools", "thinking")
+CONTENTS = ("text", "tools", "parallel_tools", "thinking", "shell")
 
 
 def _ms(value: str) -> float:
