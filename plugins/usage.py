@@ -373,26 +373,20 @@ def _set_anthropic(ctx: RequestContext, usage: Any, *, replace: bool) -> None:
             setattr(target, key, _int(value))
 
 
-def _set_openai(ctx: RequestContext, usage: Any) -> None:
-    if not isinstance(usage, dict):
-        return
-    details = usage.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    ctx.usage = Usage(
-        input_tokens=max(_int(usage.get("prompt_tokens")) - cached, 0),
-        output_tokens=_int(usage.get("completion_tokens")),
-        cache_read_input_tokens=cached,
-    )
+#: (input, its details, output) keys of OpenAI's usage objects: Chat Completions', the Responses API's.
+_CHAT_KEYS = ("prompt_tokens", "prompt_tokens_details", "completion_tokens")
+_RESPONSES_KEYS = ("input_tokens", "input_tokens_details", "output_tokens")
 
 
-def _set_responses(ctx: RequestContext, usage: Any) -> None:
+def _set_openai(ctx: RequestContext, usage: Any, keys: tuple[str, str, str] = _CHAT_KEYS) -> None:
     if not isinstance(usage, dict):
         return
-    details = usage.get("input_tokens_details")
+    input_key, details_key, output_key = keys
+    details = usage.get(details_key)
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     ctx.usage = Usage(
-        input_tokens=max(_int(usage.get("input_tokens")) - cached, 0),
-        output_tokens=_int(usage.get("output_tokens")),
+        input_tokens=max(_int(usage.get(input_key)) - cached, 0),
+        output_tokens=_int(usage.get(output_key)),
         cache_read_input_tokens=cached,
     )
 
@@ -445,7 +439,7 @@ def ccproxy_stream_event(ctx: RequestContext, event: Any) -> None:
                 return
             flags = _flags(ctx)
             flags["source"], flags["final"] = "stream", True
-            _set_responses(ctx, response.get("usage"))
+            _set_openai(ctx, response.get("usage"), _RESPONSES_KEYS)
             if name == "response.failed":
                 ctx.inband_error = _error_message(response)
         elif name == "error":
@@ -483,7 +477,7 @@ def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
     if ctx.upstream_dialect == ANTHROPIC:
         _set_anthropic(ctx, payload.get("usage"), replace=False)
     elif ctx.upstream_dialect == RESPONSES:
-        _set_responses(ctx, payload.get("usage"))
+        _set_openai(ctx, payload.get("usage"), _RESPONSES_KEYS)
     else:
         _set_openai(ctx, payload.get("usage"))
     if ctx.usage is not None:
