@@ -288,25 +288,29 @@ def create_app(
         for client in getattr(app.ctx, "clients", {}).values():
             await client.aclose()
 
-    async def proxy_route(request: Request) -> Any:
-        proxy: Proxy = request.app.ctx.proxy
-        # Sanic also routes "/v1/messages/" here.
-        ctx = proxy.context(request, PROXY_ROUTES.get(request.path.rstrip("/")) or dialect_for_path(request.path))
-        request.ctx.ccproxy = ctx
-        try:
-            await intake.receive(request, ctx)
-            if ctx.route.rstrip("/") == INPUT_TOKENS_ROUTE:
-                return await proxy.input_tokens(request, ctx)
-            return await proxy.handle(request, ctx)
-        except ProxyError as error:
-            ctx.outcome, ctx.error, ctx.status = REJECTED, error, error.status
-            ctx.duration = ctx.elapsed()
-            await loaded.notify("ccproxy_stream_end", ctx=ctx)
-            raise
+    def proxy_route(method: str) -> Any:
+        """The handler of a proxy route whose request ``Proxy.<method>`` serves."""
+
+        async def proxy_route(request: Request) -> Any:
+            proxy: Proxy = request.app.ctx.proxy
+            # Sanic also routes "/v1/messages/" here.
+            ctx = proxy.context(request, PROXY_ROUTES.get(request.path.rstrip("/")) or dialect_for_path(request.path))
+            request.ctx.ccproxy = ctx
+            try:
+                await intake.receive(request, ctx)
+                return await getattr(proxy, method)(request, ctx)
+            except ProxyError as error:
+                ctx.outcome, ctx.error, ctx.status = REJECTED, error, error.status
+                ctx.duration = ctx.elapsed()
+                await loaded.notify("ccproxy_stream_end", ctx=ctx)
+                raise
+
+        return proxy_route
 
     for path in PROXY_ROUTES:
         # stream=True: Sanic reads no body before the handler; the intake reads it after the head hooks.
-        app.add_route(proxy_route, path, methods=["POST"], name=path.strip("/").replace("/", "_"), stream=True)
+        handler = proxy_route("input_tokens" if path == INPUT_TOKENS_ROUTE else "handle")
+        app.add_route(handler, path, methods=["POST"], name=path.strip("/").replace("/", "_"), stream=True)
 
     @app.get("/v1/models")
     async def models(request: Request) -> response.HTTPResponse:

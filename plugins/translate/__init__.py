@@ -72,16 +72,18 @@ def ccproxy_configure(settings: PluginSettings) -> Translate:
 
 
 class Translate:
-    """The adapter hooks, for one app: they share its :class:`ResponseStore`."""
+    """The adapter hooks, for one app: they share its :class:`ResponseStore`. ``trylast``: a per-app
+    object is registered after every plugin, and other plugins' adapters keep coming first, as when these
+    hooks were the module's (another plugin's request adapter wins; response adapters chain in that order)."""
 
     def __init__(self, store: ResponseStore | None) -> None:
         self.store = store
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def ccproxy_request_adapter(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any] | None:
         return request_adapter(ctx, body, self.store)
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def ccproxy_response_adapter(self, ctx: Any) -> ResponseAdapter | None:
         return response_adapter(ctx, self.store)
 
