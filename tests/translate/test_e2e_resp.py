@@ -238,3 +238,12 @@ def test_previous_response_id_store_false_unknown_and_passthrough(proxy: ProxyTh
     answer = gpt.responses.create(model=RESP, previous_response_id="resp_upstream_knows", input="more")
     assert answer.output_text == DEFAULT_TEXT  # a Responses upstream gets it as sent
     assert mock.requests[-1].json() == {"model": RESP, "previous_response_id": "resp_upstream_knows", "input": "more"}
+
+
+def test_metrics_and_cost_for_the_route(proxy: ProxyThread, ends: Ends) -> None:
+    client(proxy, **{"x-request-id": "priced"}).responses.create(model=CLAUDE, input="hi")
+    client(proxy).responses.input_tokens.count(model=CLAUDE, input="hi")
+    ctx = ends.of("priced")
+    assert ctx.usage.output_tokens == 5 and ctx.cost is not None and ctx.cost > 0
+    metrics = httpx.get(proxy.url + "/metrics", timeout=10).text
+    assert 'route="/v1/responses"' in metrics and 'route="/v1/responses/input_tokens"' in metrics
