@@ -48,6 +48,7 @@ class Target:
     #: Prefix of the OpenAI path: the proxy serves ``/v1/chat/completions``, so does the upstream.
     openai_path: str = "/v1/chat/completions"
     anthropic_path: str = "/v1/messages?beta=true"
+    responses_path: str = "/v1/responses"
 
 
 @dataclass(slots=True)
@@ -102,6 +103,9 @@ def build_request(
     if dialect == "anthropic":
         path = target.anthropic_path
         model = "claude-bench-1"
+    elif dialect == "responses":
+        path = target.responses_path
+        model = "resp-bench-1"
     else:
         path = target.openai_path
         model = "gpt-bench-1"
@@ -113,6 +117,11 @@ def build_request(
             '{"model":"%s","max_tokens":1024,"stream":%s,"metadata":{"user_id":"bench"},'
             '"system":[{"type":"text","text":"You are a benchmark.","cache_control":{"type":"ephemeral"}}],'
             '"messages":[{"role":"user","content":"%s"}]}' % (model, "true" if stream else "false", text)
+        ).encode()
+    elif dialect == "responses":
+        body = (
+            '{"model":"%s","max_output_tokens":1024,"stream":%s,"instructions":"You are a benchmark.",'
+            '"input":[{"role":"user","content":"%s"}]}' % (model, "true" if stream else "false", text)
         ).encode()
     else:
         body = (

@@ -57,6 +57,8 @@ CLIENT_CPU = 1
 MOCK_UPSTREAM = [sys.executable, "-m", "tests.mock_upstream", "--port", "0", "--cpu", str(CLIENT_CPU), "--watch-stdin"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DIALECTS = ("anthropic", "openai")
+#: Each route measured alone (proxy variants): the CPU per request and per event of each dialect, side by side.
+ROUTES = ("anthropic", "openai", "responses")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Plan:
     many_streams: int = 500
     many_rate: float = 50.0
     many_ramp: float = 1.0
+    route_seconds: float = 2.0
 
 
 FULL = Plan(json_seconds=5, json1_seconds=2, big_seconds=3, stream_seconds=5, ttfb_rounds=20, many_seconds=8, extra_startups=3)
@@ -284,6 +287,13 @@ providers:
     base_url: {scheme}://127.0.0.1:{upstream_port}/v1
     api_key: sk-bench-provider-key
     models: ["gpt-*", "o[0-9]*", "chatgpt-*"]
+    headers:
+      x-bench-gateway: ccproxy
+{extra}  responses:
+    format: responses
+    base_url: {scheme}://127.0.0.1:{upstream_port}/v1
+    api_key: sk-bench-provider-key
+    models: ["resp-*"]
     headers:
       x-bench-gateway: ccproxy
 {extra}{demo}models:
@@ -525,6 +535,22 @@ class Bench:
             m["ttfb_p50"], m["ttfb_p99"] = pct(r.ttfb, 50) / 1e6, pct(r.ttfb, 99) / 1e6
             m["errors"] += r.errors
 
+            if v.kind == "proxy":
+                for route in ROUTES:
+                    log(f"{v.name}: route {route} alone: JSON, {p.json_concurrency} clients; "
+                        f"{p.stream_concurrency} concurrent {p.stream_events}-event streams")
+                    meter = Meter(pid)
+                    r = await loadgen.closed_loop(t, [build_request(t, route)], p.json_concurrency, p.route_seconds)
+                    meter.stop()
+                    m[f"route_{route}_json_us"] = meter.cpu / max(1, r.requests) * 1e6
+                    meter = Meter(pid)
+                    r = await loadgen.closed_loop(
+                        t, [build_request(t, route, stream=True, events=p.stream_events, rate=p.stream_rate)],
+                        p.stream_concurrency, p.route_seconds)
+                    meter.stop()
+                    m[f"route_{route}_event_us"] = meter.cpu / max(1, r.events) * 1e6
+                    m["errors"] += r.errors
+
             events = int(p.many_rate * p.many_seconds)
             log(f"{v.name}: {p.many_streams} concurrent streams x {p.many_rate:g} events/s x {p.many_seconds:g} s")
             rss_peak = [0]
@@ -656,6 +682,9 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         ("… proxy CPU (% of one core) / per event (µs)",
          lambda v: f"{cell(v, 'many_cpu_pct', 0)} / {cell(v, 'many_cpu_event_us', 1)}"),
         ("… **proxy RSS peak (MB)**", lambda v: cell(v, "many_rss_peak", 1)),
+        *((f"route {route} alone: proxy CPU per JSON request (µs) / per stream event (µs)",
+           lambda v, route=route: f"{cell(v, f'route_{route}_json_us', 0)} / {cell(v, f'route_{route}_event_us', 1)}")
+          for route in ROUTES),
         ("errors (non-200, broken connections)", lambda v: cell(v, "errors")),
         (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams (%)",
          lambda v: " / ".join(cell(v, k, 0) for k in ("others_json", "others_stream", "others_ttfb", "others_many"))),

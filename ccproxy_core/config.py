@@ -49,7 +49,7 @@ class Timeouts:
 class ProviderConfig:
     """One upstream provider."""
 
-    format: Literal["anthropic", "openai"]
+    format: Literal["anthropic", "openai", "responses"]
     base_url: str
     name: str = field(default="", metadata={INTERNAL: True})
     api_key: str = ""

@@ -13,8 +13,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ANTHROPIC = "anthropic"
 OPENAI = "openai"
-RESPONSES = "responses"  # translated by plugins/translate; not yet a route or a provider format
-DIALECTS = (ANTHROPIC, OPENAI)
+RESPONSES = "responses"  # the OpenAI Responses API
+DIALECTS = (ANTHROPIC, OPENAI, RESPONSES)
 
 #: ``ctx.outcome`` values.
 COMPLETED = "completed"

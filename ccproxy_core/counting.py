@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["estimate_input_tokens", "EstimateTransport", "ESTIMATE_HEADER"]
+__all__ = ["estimate_input_tokens", "estimate_responses_input_tokens", "EstimateTransport", "ESTIMATE_HEADER"]
 
 #: Response header naming the estimate, so a client or log can tell it from an upstream's count.
 ESTIMATE_HEADER = "x-ccproxy-token-count"
@@ -62,6 +62,8 @@ def _content_tokens(content: Any) -> int:
         kind = block.get("type")
         if kind in ("image", "image_url"):
             tokens += _PER_IMAGE
+        elif kind in ("input_image", "input_file"):
+            tokens += _PER_IMAGE
         elif kind == "tool_use":
             tokens += _text_tokens(str(block.get("name", ""))) + _text_tokens(json.dumps(block.get("input", {})))
         elif kind == "tool_result":
@@ -83,6 +85,31 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
     for message in body.get("messages") or []:
         if isinstance(message, dict):
             tokens += _PER_MESSAGE + _content_tokens(message.get("content"))
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict):
+            tokens += _PER_TOOL + _text_tokens(json.dumps(tool, ensure_ascii=False))
+    return max(tokens, 1)
+
+
+def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
+    """The same estimate for a Responses API request ``body``: ``instructions``, ``input`` (a string or
+    items: messages, function calls and their outputs, reasoning summaries) and ``tools`` (at least 1)."""
+    tokens = _content_tokens(body.get("instructions"))
+    items = body.get("input")
+    for item in [{"role": "user", "content": items}] if isinstance(items, str) else items or []:
+        if not isinstance(item, dict):
+            continue
+        tokens += _PER_MESSAGE
+        kind = item.get("type", "message")
+        if kind == "message":
+            tokens += _content_tokens(item.get("content"))
+        elif kind == "function_call":
+            tokens += _text_tokens(str(item.get("name", ""))) + _text_tokens(str(item.get("arguments", "")))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            tokens += _content_tokens(output) if isinstance(output, (str, list)) else 0
+        elif kind == "reasoning":
+            tokens += _content_tokens(item.get("summary"))
     for tool in body.get("tools") or []:
         if isinstance(tool, dict):
             tokens += _PER_TOOL + _text_tokens(json.dumps(tool, ensure_ascii=False))

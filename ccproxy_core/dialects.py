@@ -4,8 +4,7 @@ This is the single place where a :class:`ProxyError` becomes bytes the
 client understands, as a JSON body or as an in-stream error event.
 
 Dialects: ``anthropic`` (Messages), ``openai`` (Chat Completions) and ``responses``
-(the OpenAI Responses API). The constants for the first two live in
-:mod:`ccproxy_core.context`.
+(the OpenAI Responses API). The constants live in :mod:`ccproxy_core.context`.
 """
 
 from __future__ import annotations
@@ -17,11 +16,9 @@ from .errors import ProxyError
 
 #: Path the upstream of each dialect serves, appended to the provider's base_url.
 UPSTREAM_PATHS = {ANTHROPIC: "/v1/messages", OPENAI: "/chat/completions", RESPONSES: "/responses"}
-
-#: Path of each upstream dialect's token count. A dialect without one (Chat Completions) gets the
-#: local estimate (:mod:`.counting`). The Responses dialect's is ``/responses/input_tokens``; it joins
-#: here, with a translation of the count body, when that dialect is routed.
-COUNT_PATHS = {ANTHROPIC: "/v1/messages/count_tokens"}
+#: Path of each upstream dialect's token count. A count is passed through only to an upstream of the
+#: client's own dialect; any other gets the local estimate (:mod:`.counting`), never a completion call.
+COUNT_PATHS = {ANTHROPIC: "/v1/messages/count_tokens", RESPONSES: "/responses/input_tokens"}
 
 #: Path of each upstream dialect's model list, appended to the provider's base_url.
 MODELS_PATHS = {ANTHROPIC: "/v1/models", OPENAI: "/models"}

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from sanic import Request
+from sanic import Request, response
 
 from .config import Config, ProviderConfig
-from .context import RequestContext
+from .context import COMPLETED, RESPONSES, RequestContext
 from .decoding import decodable_accept_encoding
 from .context import ANTHROPIC
-from .counting import EstimateTransport
+from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_input_tokens
 from .dialects import COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import request_headers, request_id
@@ -84,19 +84,43 @@ class Proxy:
         Raises:
             ProxyError: bad input, an unknown model, or a plugin refusing the request.
         """
-        check_headers(request.headers)
-        body = parse_body(request.body, self.config.limits.max_model_length)
-        ctx.body = body
-        ctx.model_requested = body["model"]
-        ctx.counting = ctx.route.rstrip("/").endswith("/count_tokens")
-        await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
-        routes = self.routes(ctx.model_requested)
-        ctx.stream = body.get("stream") is True and not ctx.counting
+        routes = await self._receive(request, ctx)
+        ctx.stream = ctx.body.get("stream") is True and not ctx.counting  # type: ignore[union-attr]
         # The first route that can be prepared is the call; the others are its fallbacks, prepared
         # only if needed. Raises the first route's error when none can be prepared.
         attempts = self._attempts(request, ctx, routes)
         first = await anext(attempts)
         return self.handler.respond(ctx, first, attempts)
+
+    async def input_tokens(self, request: Request, ctx: RequestContext) -> DeferredResponse | response.HTTPResponse:
+        """``POST /v1/responses/input_tokens``: passed to the model's provider (and its fallbacks) when
+        it speaks the Responses API; otherwise estimated here, with no upstream call
+        (:func:`~.counting.estimate_responses_input_tokens`), and the request ends as ``completed``."""
+        routes = await self._receive(request, ctx)
+        if routes[0].provider.format == RESPONSES:
+            attempts = self._attempts(request, ctx, [r for r in routes if r.provider.format == RESPONSES],
+                                      path=COUNT_PATHS[RESPONSES])
+            first = await anext(attempts)
+            return self.handler.respond(ctx, first, attempts)
+        assert ctx.body is not None
+        aim(ctx, routes[0].provider.name, routes[0].model, routes[0].provider.format)
+        ctx.outcome, ctx.status = COMPLETED, 200
+        ctx.duration = ctx.elapsed()
+        await self.plugins.notify("ccproxy_stream_end", ctx=ctx)
+        count = estimate_responses_input_tokens(ctx.body)
+        return response.json({"object": "response.input_tokens", "input_tokens": count},
+                             headers={ESTIMATE_HEADER: "estimate"})
+
+    async def _receive(self, request: Request, ctx: RequestContext) -> list[Route]:
+        """Parse the body, let plugins refuse it, and route its model."""
+        check_headers(request.headers)
+        body = parse_body(request.body, self.config.limits.max_model_length)
+        ctx.body = body
+        ctx.model_requested = body["model"]
+        # A token count (count_tokens, input_tokens): plugins that limit or bill see it as one.
+        ctx.counting = ctx.route.rstrip("/").endswith(("/count_tokens", "/input_tokens"))
+        await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
+        return self.routes(ctx.model_requested)
 
     def routes(self, model: str) -> list[Route]:
         """The routes to try for ``model``, in order: its own, then fallbacks.
@@ -170,7 +194,7 @@ class Proxy:
         return None
 
     async def _attempts(
-        self, request: Request, ctx: RequestContext, routes: list[Route]
+        self, request: Request, ctx: RequestContext, routes: list[Route], path: str | None = None
     ) -> AsyncIterator[UpstreamRequest]:
         """Prepare each route when it is needed; a route that cannot be prepared is skipped.
 
@@ -181,7 +205,7 @@ class Proxy:
         yielded = False
         for route in routes:
             try:
-                prepared = await self._prepare(request, ctx, route)
+                prepared = await self._prepare(request, ctx, route, path)
             except ProxyError as error:
                 if len(routes) == 1:
                     raise
@@ -196,8 +220,9 @@ class Proxy:
         if not yielded and first_error is not None:
             raise first_error
 
-    async def _prepare(self, request: Request, ctx: RequestContext, route: Route) -> UpstreamRequest:
-        """Body, URL and headers for one attempt (runs lazily, when the attempt is made)."""
+    async def _prepare(self, request: Request, ctx: RequestContext, route: Route, path: str | None) -> UpstreamRequest:
+        """Body, URL and headers for one attempt (runs lazily, when the attempt is made); ``path``
+        replaces the dialect's upstream path."""
         provider = route.provider
         aim(ctx, provider.name, route.model, provider.format)  # what the request hooks below see
         if ctx.counting:
@@ -209,7 +234,7 @@ class Proxy:
         # Per attempt (fallbacks may differ), before the request adapter and body hooks see it.
         ctx.upstream_stream = ctx.stream and self.handler.should_stream(ctx.body or {}, handler_config)
         body = await self._upstream_body(request, ctx)
-        url = provider.base_url + UPSTREAM_PATHS[provider.format]
+        url = provider.base_url + (path or UPSTREAM_PATHS[provider.format])
         if request.query_string and not ctx.translated:
             url += "?" + request.query_string
         headers = request_headers(request.headers.items())
@@ -266,7 +291,8 @@ class Proxy:
         headers; the estimate speaks Anthropic's count API, so nothing is translated either way.
         """
         provider = route.provider
-        path = COUNT_PATHS.get(provider.format)
+        # Passed through only in the client's own dialect: nothing translates a count request.
+        path = COUNT_PATHS.get(provider.format) if provider.format == ctx.client_dialect else None
         body = request.body
         if ctx.model != ctx.model_requested:
             body = json.dumps({**(ctx.body or {}), "model": ctx.model}, ensure_ascii=False).encode()

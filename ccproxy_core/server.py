@@ -17,7 +17,7 @@ from sanic.handlers import ErrorHandler
 
 from . import dialects
 from .config import Config, Limits, ProviderConfig, load_config
-from .context import ANTHROPIC, OPENAI, REJECTED
+from .context import ANTHROPIC, OPENAI, REJECTED, RESPONSES
 from .errors import ConfigError, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge, ProxyError
 from .intake import DeadlineProtocol, Intake
 from .headers import REQUEST_ID_HEADER, request_id
@@ -32,12 +32,20 @@ log = logging.getLogger("ccproxy")
 _app_numbers = itertools.count(1)
 
 #: Client dialect of each proxy route.
-PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/messages/count_tokens": ANTHROPIC, "/v1/chat/completions": OPENAI}
+PROXY_ROUTES = {"/v1/messages": ANTHROPIC, "/v1/messages/count_tokens": ANTHROPIC, "/v1/chat/completions": OPENAI,
+                "/v1/responses": RESPONSES, "/v1/responses/input_tokens": RESPONSES}
+#: The route that counts a Responses request's input tokens (``Proxy.input_tokens``).
+INPUT_TOKENS_ROUTE = "/v1/responses/input_tokens"
 
 
 def dialect_for_path(path: str) -> str:
-    """The dialect errors on ``path`` are written in (OpenAI's unless the route is Anthropic's)."""
-    return ANTHROPIC if path.rstrip("/").endswith(("/messages", "/messages/count_tokens")) else OPENAI
+    """The dialect errors on ``path`` are written in (OpenAI's unless the route is Anthropic's or Responses')."""
+    path = path.rstrip("/")
+    if path.endswith(("/messages", "/messages/count_tokens")):
+        return ANTHROPIC
+    if path.endswith("/responses") or path.endswith(INPUT_TOKENS_ROUTE):
+        return RESPONSES
+    return OPENAI
 
 
 def _error_path(request: Request) -> str:
@@ -287,23 +295,29 @@ def create_app(
         for client in getattr(app.ctx, "clients", {}).values():
             await client.aclose()
 
-    async def proxy_route(request: Request) -> Any:
-        proxy: Proxy = request.app.ctx.proxy
-        # Sanic also routes "/v1/messages/" here.
-        ctx = proxy.context(request, PROXY_ROUTES.get(request.path.rstrip("/")) or dialect_for_path(request.path))
-        request.ctx.ccproxy = ctx
-        try:
-            await intake.receive(request, ctx)
-            return await proxy.handle(request, ctx)
-        except ProxyError as error:
-            ctx.outcome, ctx.error, ctx.status = REJECTED, error, error.status
-            ctx.duration = ctx.elapsed()
-            await loaded.notify("ccproxy_stream_end", ctx=ctx)
-            raise
+    def proxy_route(method: str) -> Any:
+        """The handler of a proxy route whose request ``Proxy.<method>`` serves."""
+
+        async def proxy_route(request: Request) -> Any:
+            proxy: Proxy = request.app.ctx.proxy
+            # Sanic also routes "/v1/messages/" here.
+            ctx = proxy.context(request, PROXY_ROUTES.get(request.path.rstrip("/")) or dialect_for_path(request.path))
+            request.ctx.ccproxy = ctx
+            try:
+                await intake.receive(request, ctx)
+                return await getattr(proxy, method)(request, ctx)
+            except ProxyError as error:
+                ctx.outcome, ctx.error, ctx.status = REJECTED, error, error.status
+                ctx.duration = ctx.elapsed()
+                await loaded.notify("ccproxy_stream_end", ctx=ctx)
+                raise
+
+        return proxy_route
 
     for path in PROXY_ROUTES:
         # stream=True: Sanic reads no body before the handler; the intake reads it after the head hooks.
-        app.add_route(proxy_route, path, methods=["POST"], name=path.strip("/").replace("/", "_"), stream=True)
+        handler = proxy_route("input_tokens" if path == INPUT_TOKENS_ROUTE else "handle")
+        app.add_route(handler, path, methods=["POST"], name=path.strip("/").replace("/", "_"), stream=True)
 
     def _model_error(request: Request, error: ProxyError) -> response.HTTPResponse:
         dialect = ANTHROPIC if "anthropic-version" in request.headers else OPENAI

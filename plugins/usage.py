@@ -13,6 +13,9 @@ Where the numbers come from (always ``ctx.upstream_dialect``, so translated requ
   asks for. When a client streams without it, this plugin asks the upstream for it
   (``ccproxy_request_body``) and removes what that adds from the client's stream (the usage frame and
   the ``"usage":null`` field of the other chunks), so the client gets what it asked for.
+* Responses stream: the ``response`` of ``response.completed`` / ``response.incomplete`` /
+  ``response.failed`` carries ``usage`` (``input_tokens`` with ``input_tokens_details.cached_tokens``,
+  ``output_tokens``); ``error`` and ``response.failed`` are in-band errors.
 * Non-streamed responses: the body's ``usage``.
 
 The dialects are normalised to Anthropic's meaning: ``input_tokens`` counts the input tokens billed
@@ -51,6 +54,7 @@ from ccproxy_core import (
     ANTHROPIC,
     CLIENT_DISCONNECTED,
     OPENAI,
+    RESPONSES,
     UPSTREAM_ERROR,
     Config,
     PluginSettings,
@@ -369,16 +373,26 @@ def _set_anthropic(ctx: RequestContext, usage: Any, *, replace: bool) -> None:
             setattr(target, key, _int(value))
 
 
-def _set_openai(ctx: RequestContext, usage: Any) -> None:
+#: (input, its details, output) keys of OpenAI's usage objects: Chat Completions', the Responses API's.
+_CHAT_KEYS = ("prompt_tokens", "prompt_tokens_details", "completion_tokens")
+_RESPONSES_KEYS = ("input_tokens", "input_tokens_details", "output_tokens")
+
+
+def _set_openai(ctx: RequestContext, usage: Any, keys: tuple[str, str, str] = _CHAT_KEYS) -> None:
     if not isinstance(usage, dict):
         return
-    details = usage.get("prompt_tokens_details")
+    input_key, details_key, output_key = keys
+    details = usage.get(details_key)
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     ctx.usage = Usage(
-        input_tokens=max(_int(usage.get("prompt_tokens")) - cached, 0),
-        output_tokens=_int(usage.get("completion_tokens")),
+        input_tokens=max(_int(usage.get(input_key)) - cached, 0),
+        output_tokens=_int(usage.get(output_key)),
         cache_read_input_tokens=cached,
     )
+
+
+#: Responses events whose ``response`` is final (and carries ``usage``).
+_RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def _loads(data: str) -> dict[str, Any]:
@@ -417,6 +431,21 @@ def ccproxy_stream_event(ctx: RequestContext, event: Any) -> None:
         elif name == "error":
             ctx.inband_error = _error_message(_loads(data))
         return
+    if ctx.upstream_dialect == RESPONSES:
+        name = event.event
+        if name in _RESPONSES_FINAL:
+            response = _loads(data).get("response")
+            if not isinstance(response, dict):
+                return
+            flags = _flags(ctx)
+            flags["source"], flags["final"] = "stream", True
+            _set_openai(ctx, response.get("usage"), _RESPONSES_KEYS)
+            if name == "response.failed":
+                ctx.inband_error = _error_message(response)
+        elif name == "error":
+            payload = _loads(data)
+            ctx.inband_error = str(payload.get("message") or payload.get("code") or "error")
+        return
     if '"usage":{' in data or '"usage": {' in data:
         chunk = _loads(data)
         usage = chunk.get("usage")
@@ -447,6 +476,8 @@ def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
     flags = _flags(ctx)
     if ctx.upstream_dialect == ANTHROPIC:
         _set_anthropic(ctx, payload.get("usage"), replace=False)
+    elif ctx.upstream_dialect == RESPONSES:
+        _set_openai(ctx, payload.get("usage"), _RESPONSES_KEYS)
     else:
         _set_openai(ctx, payload.get("usage"))
     if ctx.usage is not None:

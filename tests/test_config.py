@@ -63,7 +63,7 @@ def test_ccproxy_config_env_selects_file(tmp_path, monkeypatch):
         ("providers:\n  a: {format: anthropic, base_url: 'https://x', api_key: k, models: [a], colour: red}",
          "providers.a.colour: unknown key"),
         ("providers:\n  a: {format: cobol, base_url: 'https://x', api_key: k, models: [a]}",
-         "providers.a.format: expected one of anthropic, openai, got 'cobol'"),
+         "providers.a.format: expected one of anthropic, openai, responses, got 'cobol'"),
         ("providers:\n  a: {format: openai, base_url: 'ftp://x', api_key: k, models: [a]}", "providers.a.base_url"),
         ("providers:\n  a: {format: openai, base_url: 'https://x', api_key: k}", "providers.a.models: list at least one"),
         ("providers:\n  a: {base_url: 'https://x', api_key: k, models: [a]}", "providers.a.format: required key is missing"),

@@ -3,7 +3,10 @@ Completions and the OpenAI Responses API, each to each.
 
 It implements only public hooks, so a third party can replace it: unregister
 ``translate`` and register another plugin on the same hooks. Settings live under
-``plugins: translate:`` (see :class:`Settings` and docs/translation.md).
+``plugins: translate:`` (see :class:`Settings` and docs/translation.md). The adapter hooks are
+methods of the per-app :class:`Translate`, which holds the app's store of translated Responses
+exchanges (``previous_response_id``, :mod:`.resp_store`) and passes it to :func:`request_adapter`
+and :func:`response_adapter`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .base import PLUGIN_NAME, ResponseAdapter, Settings
 from .headers import add_client_headers
 from .requests import anthropic_to_openai, openai_to_anthropic
 from .resp_requests import responses_to_anthropic, responses_to_openai
+from .resp_store import MemoryResponseStore, ResponseStore, expand, recorder
 from .resp_upstream import anthropic_to_responses, openai_to_responses
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from .synthesize import StreamSynthesizer, stream_adapter
@@ -61,14 +65,33 @@ _ONLY_FOR = {ANTHROPIC: mappings.ANTHROPIC_ONLY_REQUEST_HEADERS, OPENAI: mapping
 
 
 @hookimpl
-def ccproxy_configure(settings: PluginSettings) -> None:
-    """Check ``plugins: translate:`` so a bad setting stops start-up (ConfigError)."""
-    Settings.load(settings)
+def ccproxy_configure(settings: PluginSettings) -> Translate:
+    """Check ``plugins: translate:`` so a bad setting stops start-up (ConfigError); the app's store."""
+    loaded = Settings.load(settings)
+    return Translate(MemoryResponseStore(loaded.store_max_entries, loaded.store_max_bytes, loaded.store_ttl))
 
 
-@hookimpl
-def ccproxy_request_adapter(ctx: Any, body: dict[str, Any]) -> dict[str, Any] | None:
+class Translate:
+    """The adapter hooks, for one app: they share its :class:`ResponseStore`. ``trylast``: a per-app
+    object is registered after every plugin, and other plugins' adapters keep coming first, as when these
+    hooks were the module's (another plugin's request adapter wins; response adapters chain in that order)."""
+
+    def __init__(self, store: ResponseStore | None) -> None:
+        self.store = store
+
+    @hookimpl(trylast=True)
+    def ccproxy_request_adapter(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any] | None:
+        return request_adapter(ctx, body, self.store)
+
+    @hookimpl(trylast=True)
+    def ccproxy_response_adapter(self, ctx: Any) -> ResponseAdapter | None:
+        return response_adapter(ctx, self.store)
+
+
+def request_adapter(ctx: Any, body: dict[str, Any], store: ResponseStore | None = None) -> dict[str, Any] | None:
     """Convert the body between dialects; None when there is nothing to translate.
+
+    A Responses client's ``previous_response_id`` is expanded from ``store`` (:func:`.resp_store.expand`).
 
     The upstream is asked to stream when ``ctx.upstream_stream`` (the client asked and the
     provider streams); an OpenAI upstream is then asked for the usage chunk unless
@@ -80,6 +103,8 @@ def ccproxy_request_adapter(ctx: Any, body: dict[str, Any]) -> dict[str, Any] | 
     convert = _CONVERTERS.get((ctx.client_dialect, ctx.upstream_dialect))
     if convert is None:
         return None
+    if ctx.client_dialect == RESPONSES:
+        body = expand(ctx, body, store)
     ignored: list[str] = []
     options: dict[str, Any] = {"stream": ctx.upstream_stream}
     if ctx.upstream_stream and ctx.upstream_dialect == OPENAI:
@@ -105,12 +130,13 @@ def ccproxy_request_headers(ctx: Any, headers: dict[str, str]) -> None:
         headers.setdefault("anthropic-version", mappings.ANTHROPIC_VERSION)
 
 
-@hookimpl
-def ccproxy_response_adapter(ctx: Any) -> ResponseAdapter | None:
+def response_adapter(ctx: Any, store: ResponseStore | None = None) -> ResponseAdapter | None:
     """The adapter for a stream made from a JSON answer (``supports_streaming: false``), for a
-    translated response or for an aliased model; else None."""
+    translated response or for an aliased model; else None. A translated Responses answer is kept in
+    ``store`` when its request was (:func:`.resp_store.recorder`)."""
     settings = Settings.of(ctx)
-    return stream_adapter(ctx, settings) or choose_adapter(ctx, settings)
+    keep = recorder(ctx, store)
+    return stream_adapter(ctx, settings, keep) or choose_adapter(ctx, settings, keep)
 
 
 @hookimpl

@@ -38,6 +38,8 @@ from .responses import anthropic_message_to_openai, openai_completion_to_anthrop
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 _DEFAULT_LIMIT = Limits().max_response_body_bytes
+#: Given a Responses client's final response object, to keep it (``previous_response_id``).
+Keep = Callable[[dict[str, Any]], None]
 
 __all__ = [
     "BufferedAdapter",
@@ -204,14 +206,17 @@ def response_limit(ctx: Any) -> int:
     return limits.max_response_body_bytes if limits is not None else _DEFAULT_LIMIT
 
 
-def stream_translator(ctx: Any, settings: Settings) -> ResponseAdapter:
-    """The translator of an upstream stream into the client's dialect (the dialects differ)."""
+def stream_translator(ctx: Any, settings: Settings, keep: Keep | None = None) -> ResponseAdapter:
+    """The translator of an upstream stream into the client's dialect (the dialects differ); ``keep``
+    is given a Responses client's final response object."""
     model = ctx.model_requested or ctx.model
     client, upstream = ctx.client_dialect, ctx.upstream_dialect
     thinking = settings.thinking == "reasoning_content"
     if client == RESPONSES:
         cls = AnthropicToResponsesStream if upstream == ANTHROPIC else ChatToResponsesStream
-        return cls(model=model, request=ctx.body, limit=response_limit(ctx))
+        translator = cls(model=model, request=ctx.body, limit=response_limit(ctx))
+        translator._r.on_final = keep
+        return translator
     if upstream == RESPONSES:
         if client == ANTHROPIC:
             return ResponsesToAnthropicStream(model=model, limit=response_limit(ctx))
@@ -221,13 +226,22 @@ def stream_translator(ctx: Any, settings: Settings) -> ResponseAdapter:
     return OpenAIToAnthropicStream(model=model, limit=response_limit(ctx))
 
 
-def json_converter(ctx: Any, settings: Settings) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The converter of a successful JSON answer into the client's dialect (the dialects differ)."""
+def json_converter(ctx: Any, settings: Settings, keep: Keep | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The converter of a successful JSON answer into the client's dialect (the dialects differ); ``keep``
+    is given a Responses client's response object."""
     model = ctx.model_requested or ctx.model
     client, upstream = ctx.client_dialect, ctx.upstream_dialect
     if client == RESPONSES:
         convert = anthropic_message_to_responses if upstream == ANTHROPIC else chat_completion_to_responses
-        return partial(convert, model=model, request=ctx.body)
+        if keep is None:
+            return partial(convert, model=model, request=ctx.body)
+
+        def convert_and_keep(body: dict[str, Any]) -> dict[str, Any]:
+            response = convert(body, model=model, request=ctx.body)
+            keep(response)
+            return response
+
+        return convert_and_keep
     if upstream == RESPONSES:
         if client == ANTHROPIC:
             return partial(responses_to_anthropic_message, model=model)
@@ -237,8 +251,9 @@ def json_converter(ctx: Any, settings: Settings) -> Callable[[dict[str, Any]], d
     return partial(openai_completion_to_anthropic, model=model)
 
 
-def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
-    """The adapter for this response, or None to pass the bytes through.
+def choose_adapter(ctx: Any, settings: Settings, keep: Keep | None = None) -> ResponseAdapter | None:
+    """The adapter for this response, or None to pass the bytes through (``keep``: see
+    :func:`stream_translator`).
 
     Sets the client's ``content-type`` and, for errors, ``ctx.status``.
     """
@@ -258,6 +273,6 @@ def choose_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
         return ErrorResponseAdapter(upstream, client, status)
     if _is_stream(ctx):
         ctx.response_headers["content-type"] = SSE_CONTENT_TYPE
-        return stream_translator(ctx, settings)
+        return stream_translator(ctx, settings, keep)
     ctx.response_headers["content-type"] = JSON_CONTENT_TYPE
-    return JSONResponseAdapter(upstream, json_converter(ctx, settings))
+    return JSONResponseAdapter(upstream, json_converter(ctx, settings, keep))

@@ -54,19 +54,26 @@ class Settings:
             OpenAI ``reasoning_effort`` (turn off for OpenAI models that reject it).
         max_tokens_field: the field that carries Anthropic ``max_tokens`` to OpenAI
             upstreams (``max_tokens`` for older OpenAI-compatible servers).
+        store_max_entries, store_max_bytes, store_ttl: the bounds of the in-process store of
+            translated Responses exchanges (``previous_response_id``): responses kept per worker,
+            bytes of their items as JSON, seconds each is kept.
     """
 
     thinking: Literal["reasoning_content", "drop"] = "reasoning_content"
     default_max_tokens: int = 8192
     reasoning_effort: bool = True
     max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    store_max_entries: int = 1000
+    store_max_bytes: int = 64 << 20
+    store_ttl: float = 3600.0
 
     @classmethod
     def load(cls, settings: PluginSettings) -> Settings:
         """Check a ``PluginSettings`` block; raise :class:`ConfigError` naming the bad key."""
         loaded = settings.load(cls) if settings else DEFAULT_SETTINGS
-        if loaded.default_max_tokens < 1:
-            raise settings.error("default_max_tokens", f"expected a positive number, got {loaded.default_max_tokens}")
+        for key in ("default_max_tokens", "store_max_entries", "store_max_bytes", "store_ttl"):
+            if getattr(loaded, key) <= 0:
+                raise settings.error(key, f"expected a positive number, got {getattr(loaded, key)}")
         return loaded
 
     @classmethod

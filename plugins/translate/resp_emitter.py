@@ -7,6 +7,7 @@ see :mod:`.resp_streams`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ccproxy_core import ProxyError, UpstreamProtocolError
@@ -30,7 +31,7 @@ class ResponsesEmitter:
     """Block-level events -> Responses stream events, appended to ``out`` (see the module docstring)."""
 
     __slots__ = ("_model", "_request", "_limit", "_created", "_seq", "id", "_shell", "_items", "kind", "_item",
-                 "_parts", "_encrypted", "_event", "_prefix", "_size", "_summary")
+                 "_parts", "_encrypted", "_event", "_prefix", "_size", "_summary", "on_final")
 
     def __init__(self, *, model: str | None, request: dict[str, Any] | None, limit: int,
                  created: int | None = None) -> None:
@@ -49,6 +50,8 @@ class ResponsesEmitter:
         self._prefix = ""  # its data up to the "delta" value
         self._size = 0
         self._summary = False  # the open reasoning item's summary part was announced
+        #: Called with the final response object of a stream that completed or is incomplete.
+        self.on_final: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def sequence(self) -> int:
@@ -173,6 +176,8 @@ class ResponsesEmitter:
         kind = "response.failed" if status == "failed" else "response.incomplete" if status == "incomplete" else \
             "response.completed"
         self._send(kind, {"response": response}, out)
+        if self.on_final is not None and kind != "response.failed":
+            self.on_final(response)
 
     def fail(self, error: ProxyError, out: list[bytes]) -> None:
         """End with ``response.failed`` (``response.error``: the upstream's error); an open item is dropped."""

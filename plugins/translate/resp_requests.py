@@ -98,15 +98,28 @@ def _image_url(part: dict[str, Any], where: str) -> str:
     return expect_str(part.get("image_url"), where, "image_url", nonempty=True)
 
 
-def _function_tools(tools: list[Any]) -> list[tuple[dict[str, Any], str]]:
-    """(tool, path) of each flat function tool; other tool types are a 400."""
+#: Hosted tools a translated upstream cannot run, dropped (and listed as ignored) rather than refused: the
+#: Codex CLI offers ``web_search`` on every request, so refusing it would refuse every Codex turn.
+_DROPPED_TOOLS = frozenset({"web_search", "web_search_preview"})
+
+
+def _function_tools(tools: list[Any], ignored: list[str], where: str = "tools") -> list[tuple[dict[str, Any], str]]:
+    """(tool, path) of each function tool, those of a ``namespace`` tool included (flattened: a call
+    comes back by the function's own name); :data:`_DROPPED_TOOLS` are dropped; other types are a 400."""
     out = []
     for i, tool in enumerate(tools):
-        tool, kind = _part(tool, f"tools[{i}]")
+        at = f"{where}[{i}]"
+        tool, kind = _part(tool, at)
+        if kind == "namespace":
+            out.extend(_function_tools(expect_list(tool.get("tools"), at, "tools"), ignored, f"{at}.tools"))
+            continue
+        if kind in _DROPPED_TOOLS:
+            ignored.append(f"{at} ({kind})")
+            continue
         if kind != "function":
-            raise InvalidRequest(f"tools[{i}]: tool type {kind!r} cannot be translated (function tools only)")
-        expect_str(tool.get("name"), f"tools[{i}]", "name", nonempty=True)
-        out.append((tool, f"tools[{i}]"))
+            raise InvalidRequest(f"{at}: tool type {kind!r} cannot be translated (function tools only)")
+        expect_str(tool.get("name"), at, "name", nonempty=True)
+        out.append((tool, at))
     return out
 
 
@@ -263,7 +276,7 @@ def responses_to_anthropic(
     parallel = expect_bool(body.get("parallel_tool_calls"), "parallel_tool_calls", default=None)
     if tools:
         converted = []
-        for tool, at in _function_tools(tools):
+        for tool, at in _function_tools(tools, ignored):
             entry: dict[str, Any] = {"name": tool["name"], "input_schema": expect_dict(
                 tool.get("parameters"), at, "parameters", default=None) or {"type": "object", "properties": {}}}
             if expect_str(tool.get("description"), at, "description", default=None):
@@ -408,7 +421,7 @@ def responses_to_openai(
     choice = _responses_tool_choice(body.get("tool_choice"))
     if tools:
         converted = []
-        for tool, at in _function_tools(tools):
+        for tool, at in _function_tools(tools, ignored):
             fn = {key: tool[key] for key in ("name", "description", "parameters", "strict") if tool.get(key) is not None}
             converted.append({"type": "function", "function": fn})
         out["tools"] = converted

@@ -47,7 +47,7 @@ from typing import Any
 
 from ccproxy_core import ANTHROPIC, RESPONSES, UpstreamProtocolError
 
-from .adapters import _is_stream, client_wants_usage, response_limit, stream_translator, upstream_json
+from .adapters import Keep, _is_stream, client_wants_usage, response_limit, stream_translator, upstream_json
 from .base import SSE_CONTENT_TYPE, ResponseAdapter, Settings, dumps
 from .resp_emitter import responses_events
 
@@ -57,7 +57,7 @@ __all__ = ["StreamSynthesizer", "anthropic_events", "openai_chunks", "stream_ada
 _TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 
 
-def stream_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
+def stream_adapter(ctx: Any, settings: Settings, keep: Keep | None = None) -> ResponseAdapter | None:
     """A :class:`StreamSynthesizer` for this response, or None (see the module docstring)."""
     if not ctx.stream or ctx.upstream_stream:
         return None
@@ -74,7 +74,7 @@ def stream_adapter(ctx: Any, settings: Settings) -> ResponseAdapter | None:
         rename = requested if requested and ctx.model and requested != ctx.model else None
         include_usage = client_wants_usage(ctx)
     else:
-        translator = stream_translator(ctx, settings)
+        translator = stream_translator(ctx, settings, keep)
         include_usage = True  # the translator needs the usage; it decides what the client gets
     return StreamSynthesizer(upstream, limit, include_usage=include_usage, model=rename, translator=translator)
 

@@ -1,4 +1,4 @@
-"""A mock of the Anthropic Messages and OpenAI Chat Completions upstreams over a real socket, shared
+"""A mock of the Anthropic Messages, OpenAI Chat Completions and OpenAI Responses upstreams over a real socket, shared
 by the tests and the benchmarks.
 
 Hand-written HTTP/1.1 (an :class:`asyncio.Protocol` with ``httptools``, no framework) so that it can
@@ -6,7 +6,8 @@ misbehave exactly (split or coalesced writes, truncated chunked bodies, resets, 
 stay cheap enough that a benchmark measures the proxy, not the mock.
 
 * The path picks the dialect: ``POST .../v1/messages`` is Anthropic, ``POST .../chat/completions``
-  is OpenAI, ``POST .../v1/messages/count_tokens`` counts tokens, ``GET .../models`` lists models.
+  is OpenAI, ``POST .../responses`` is the Responses API, ``POST .../v1/messages/count_tokens`` and
+  ``POST .../responses/input_tokens`` count tokens, ``GET .../models`` lists models.
   Anything else is a 404 in the dialect guessed from the headers (``anthropic-version`` or
   ``x-api-key`` means Anthropic, otherwise OpenAI).
 * ``"stream": true`` in the request JSON selects SSE (``transfer-encoding: chunked``), otherwise
@@ -19,7 +20,7 @@ stay cheap enough that a benchmark measures the proxy, not the mock.
   unless ``x-mock-fixed-ids: 1`` makes every body byte-stable.
 
 Modules: ``scenario`` (the headers), ``content`` (what is said), ``dialect`` (what a dialect
-provides) with one module per dialect (``anthropic_messages``, ``openai_chat``), ``routes`` (path
+provides) with one module per dialect (``anthropic_messages``, ``openai_chat``, ``openai_responses``), ``routes`` (path
 -> dialect and handler), ``wire`` (bytes and faults), ``server`` (connections, the server),
 ``thread`` (the server in a thread, for synchronous tests), ``__main__`` (standalone: ``python -m tests.mock_upstream --port 9999``).
 """
@@ -34,4 +35,4 @@ __all__ = ["MockUpstream", "MockUpstreamThread", "RecordedRequest", "Scenario", 
 
 #: Client dialect -> SSE events a stream carries besides its text deltas (``x-mock-content: text``,
 #: no ``stream_options``): what a load client adds to ``x-mock-events`` to know how many events to expect.
-stream_framing = {"anthropic": 6, "openai": 3}
+stream_framing = {"anthropic": 6, "openai": 3, "responses": 8}

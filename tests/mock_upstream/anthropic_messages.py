@@ -41,7 +41,9 @@ class Anthropic(Dialect):
                 "cache_read_input_tokens": CACHE_READ_TOKENS, "output_tokens": output_tokens}
 
     @staticmethod
-    def _stop_reason(blocks: Sequence[Block]) -> str:
+    def _stop_reason(blocks: Sequence[Block], sc: Scenario) -> str:
+        if sc.max_tokens:
+            return "max_tokens"
         return "tool_use" if any(isinstance(b, Tool) for b in blocks) else "end_turn"
 
     @staticmethod
@@ -74,11 +76,11 @@ class Anthropic(Dialect):
                 raise TypeError(block)
         return ({"type": "content_block_delta", "index": index, "delta": delta} for delta in deltas)
 
-    def completion(self, body: dict[str, Any], blocks: list[Block]) -> dict[str, Any]:
+    def completion(self, body: dict[str, Any], blocks: list[Block], sc: Scenario) -> dict[str, Any]:
         return {
             "id": f"msg_{self._token(12)}", "type": "message", "role": "assistant",
             "model": model_of(body), "content": [self._block(b, empty=False) for b in blocks],
-            "stop_reason": self._stop_reason(blocks), "stop_sequence": None,
+            "stop_reason": self._stop_reason(blocks, sc), "stop_sequence": None,
             "usage": self._usage(output_tokens(blocks)),
         }
 
@@ -100,7 +102,7 @@ class Anthropic(Dialect):
                     return
             yield "content_block_stop", {"type": "content_block_stop", "index": index}
         yield "message_delta", {"type": "message_delta",
-                                "delta": {"stop_reason": self._stop_reason(blocks), "stop_sequence": None},
+                                "delta": {"stop_reason": self._stop_reason(blocks, sc), "stop_sequence": None},
                                 "usage": {"output_tokens": output_tokens(blocks)}}
         yield "message_stop", {"type": "message_stop"}
 

@@ -85,6 +85,9 @@ def _tool(suffix: str, name: str, arguments: dict[str, Any]) -> Tool:
 
 _WEATHER_SF = _tool("01A09q90qw90lq917835lq9", "get_weather", {"location": "San Francisco, CA", "unit": "celsius"})
 _WEATHER_TOKYO = _tool("01B77e21rt45kx553390wz2", "get_weather", {"location": "Tokyo, Japan", "unit": "celsius"})
+#: The Codex CLI's shell tool (``exec_command``), for ``x-mock-content: shell``.
+SHELL_OUTPUT = "mock-shell-ok"
+_SHELL = _tool("01C55s83sh12ll90ok77zz1", "exec_command", {"cmd": f"echo {SHELL_OUTPUT}"})
 _THOUGHT = "The user said hello. A short, friendly greeting is the right answer here."
 _SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds2b7m5iS3fDjKdE6HrQqAKF9H2TMAn"
 
@@ -99,7 +102,19 @@ PLANS: dict[str, Callable[[int | None, bool], list[Block]]] = {
     "tools": lambda n, stamp: [_WEATHER_SF],
     "parallel_tools": lambda n, stamp: [_WEATHER_SF, _WEATHER_TOKYO],
     "thinking": lambda n, stamp: [Thinking(tuple(Words(_THOUGHT, 3)), _SIGNATURE), _text(n, stamp)],
+    "shell": lambda n, stamp: [_SHELL],  # answered with "text" once the request carries a tool's result
 }
+
+
+def has_tool_result(body: dict[str, Any]) -> bool:
+    """The request's last turn carries a tool's result (Anthropic ``tool_result``, Chat ``role: tool``,
+    Responses ``function_call_output``): a tool round trip is complete."""
+    turns = body.get("input") if "input" in body else body.get("messages")
+    last = turns[-1] if isinstance(turns, list) and turns and isinstance(turns[-1], dict) else {}
+    content = last.get("content")
+    return (last.get("type") == "function_call_output" or last.get("role") == "tool"
+            or isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result"
+                                                 for b in content))
 
 
 def output_tokens(blocks: Sequence[Block]) -> int:

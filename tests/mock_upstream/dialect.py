@@ -113,7 +113,7 @@ class Dialect(abc.ABC):
         """The error body for ``status``."""
 
     @abc.abstractmethod
-    def completion(self, body: dict[str, Any], blocks: list[Block]) -> dict[str, Any]:
+    def completion(self, body: dict[str, Any], blocks: list[Block], sc: Scenario) -> dict[str, Any]:
         """The non-streaming reply."""
 
     @abc.abstractmethod

@@ -44,7 +44,9 @@ class OpenAIChat(Dialect):
                                               "rejected_prediction_tokens": 0}}
 
     @staticmethod
-    def _finish_reason(blocks: Sequence[Block]) -> str:
+    def _finish_reason(blocks: Sequence[Block], sc: Scenario) -> str:
+        if sc.max_tokens:
+            return "length"
         return "tool_calls" if any(isinstance(b, Tool) for b in blocks) else "stop"
 
     @staticmethod
@@ -56,7 +58,7 @@ class OpenAIChat(Dialect):
         return {"id": f"chatcmpl-{self._token(12)}", "object": obj, "created": self._now(),
                 "model": model_of(body), "service_tier": "default", "system_fingerprint": "fp_mock0001"}
 
-    def completion(self, body: dict[str, Any], blocks: list[Block]) -> dict[str, Any]:
+    def completion(self, body: dict[str, Any], blocks: list[Block], sc: Scenario) -> dict[str, Any]:
         text = "".join("".join(b.pieces) for b in blocks if isinstance(b, Text))
         tools = [self._tool_call(b) for b in blocks if isinstance(b, Tool)]
         message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None,
@@ -65,7 +67,7 @@ class OpenAIChat(Dialect):
             message["tool_calls"] = tools
         return {**self._envelope(body, "chat.completion"),
                 "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": self._finish_reason(blocks)}],
+                             "finish_reason": self._finish_reason(blocks, sc)}],
                 "usage": self._usage(blocks)}
 
     def stream(self, body: dict[str, Any], blocks: list[Block], sc: Scenario) -> Iterator[Event]:
@@ -92,7 +94,7 @@ class OpenAIChat(Dialect):
             yield None, self.error(500, "The server had an error while processing your request. Sorry about that!")
             return
         yield from events
-        yield chunk({}, self._finish_reason(blocks))
+        yield chunk({}, self._finish_reason(blocks, sc))
         if include_usage:
             yield None, {**envelope, "choices": [], "usage": self._usage(blocks)}
         yield None, "[DONE]"

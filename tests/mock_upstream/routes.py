@@ -6,14 +6,16 @@ requests can be told apart by their headers).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
 
 from tests.mock_upstream.anthropic_messages import Anthropic
-from tests.mock_upstream.content import INPUT_TOKENS
+from tests.mock_upstream.content import INPUT_TOKENS, has_tool_result
 from tests.mock_upstream.dialect import Dialect, Reply, dumps
 from tests.mock_upstream.openai_chat import OpenAIChat
+from tests.mock_upstream.openai_responses import OpenAIResponses
 from tests.mock_upstream.request import RecordedRequest
 from tests.mock_upstream.scenario import Scenario
 
@@ -41,12 +43,14 @@ def _generate(dialect: Dialect, request: RecordedRequest, sc: Scenario) -> Reply
     body = _request_json(dialect, request)
     if isinstance(body, Reply):
         return body
+    if sc.content == "shell" and has_tool_result(body):
+        sc = dataclasses.replace(sc, content="text")
     blocks = dialect.blocks(sc)
     headers = dialect.headers(200)
     if body.get("stream") is True:
         return Reply(200, [*headers, ("cache-control", "no-cache")],
                      events=functools.partial(dialect.stream, body, blocks, sc))
-    return Reply(200, headers, dumps(dialect.completion(body, blocks)))
+    return Reply(200, headers, dumps(dialect.completion(body, blocks, sc)))
 
 
 def _count_tokens(dialect: Dialect, request: RecordedRequest, sc: Scenario) -> Reply:
@@ -54,6 +58,13 @@ def _count_tokens(dialect: Dialect, request: RecordedRequest, sc: Scenario) -> R
     if isinstance(body, Reply):
         return body
     return Reply(200, dialect.headers(200), dumps({"input_tokens": INPUT_TOKENS}))
+
+
+def _input_tokens(dialect: Dialect, request: RecordedRequest, sc: Scenario) -> Reply:
+    body = _request_json(dialect, request)
+    if isinstance(body, Reply):
+        return body
+    return Reply(200, dialect.headers(200), dumps({"object": "response.input_tokens", "input_tokens": INPUT_TOKENS}))
 
 
 def _models(dialect: Dialect, request: RecordedRequest, sc: Scenario) -> Reply:
@@ -67,6 +78,8 @@ ROUTES: tuple[tuple[str, str, type[Dialect] | None, Handler], ...] = (
     ("POST", "/v1/messages/count_tokens", Anthropic, _count_tokens),
     ("POST", "/v1/messages", Anthropic, _generate),
     ("POST", "/chat/completions", OpenAIChat, _generate),
+    ("POST", "/responses/input_tokens", OpenAIResponses, _input_tokens),
+    ("POST", "/responses", OpenAIResponses, _generate),
     ("GET", "/models", None, _models),
 )
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-CONTENTS = ("text", "tools", "parallel_tools", "thinking")
+CONTENTS = ("text", "tools", "parallel_tools", "thinking", "shell")
 
 
 def _ms(value: str) -> float:
@@ -109,6 +109,7 @@ class Scenario:
     interleave: bool = _opt("x-mock-interleave", _flag, False)  # OpenAI: parallel tool calls' pieces alternate
     rate: float | None = _opt("x-mock-rate", _rate, None)  # events per second, on a schedule
     stamp: bool = _opt("x-mock-stamp", _flag, False)  # text deltas: "@" + send time in ns (benchmarks)
+    max_tokens: bool = _opt("x-mock-max-tokens", _flag, False)  # the answer stops at its output token limit
 
     @property
     def plain(self) -> bool:

@@ -131,7 +131,7 @@ def test_responses_to_chat_completion() -> None:
 @given(upstream=st.sampled_from([ANTHROPIC, OPENAI, RESPONSES]), body=json_values)
 def test_random_upstream_json_gives_a_response_or_an_upstream_error(upstream: str, body: Any) -> None:
     for client in ([RESPONSES] if upstream != RESPONSES else [ANTHROPIC, OPENAI]):
-        adapter = translate.ccproxy_response_adapter(make_ctx(client, upstream))
+        adapter = translate.response_adapter(make_ctx(client, upstream))
         adapter.feed(json.dumps(body).encode())
         try:
             json.loads(adapter.finish())
@@ -140,7 +140,7 @@ def test_random_upstream_json_gives_a_response_or_an_upstream_error(upstream: st
 
 
 def test_failed_response_under_200_is_an_error() -> None:
-    adapter = translate.ccproxy_response_adapter(make_ctx(ANTHROPIC, RESPONSES))
+    adapter = translate.response_adapter(make_ctx(ANTHROPIC, RESPONSES))
     adapter.feed(json.dumps({**RESPONSE, "status": "failed", "error": {"code": "rate_limit_exceeded",
                                                                         "message": "slow down"}}).encode())
     with pytest.raises(ProxyError, match="slow down") as info:
@@ -184,7 +184,7 @@ def test_responses_dialect_wire_shapes() -> None:
 def test_responses_upstream_errors_for_anthropic_clients(status: int, body: dict, client_status: int,
                                                          kind: str) -> None:
     ctx = make_ctx(ANTHROPIC, RESPONSES, status=status)
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     assert isinstance(adapter, ErrorResponseAdapter) and ctx.status == client_status
     adapter.feed(json.dumps(body).encode())
     assert json.loads(adapter.finish())["error"]["type"] == kind
@@ -192,7 +192,7 @@ def test_responses_upstream_errors_for_anthropic_clients(status: int, body: dict
 
 def test_anthropic_upstream_errors_for_responses_clients() -> None:
     ctx = make_ctx(RESPONSES, ANTHROPIC, status=529)
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     adapter.feed(b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
     assert ctx.status == 503
     assert json.loads(adapter.finish()) == {"error": {"message": "Overloaded", "type": "server_error", "param": None,
@@ -208,8 +208,8 @@ def test_anthropic_upstream_errors_for_responses_clients() -> None:
 ])
 def test_response_adapter_choice_for_streams(client: str, upstream: str, cls: type) -> None:
     ctx = make_ctx(client, upstream, content_type="text/event-stream")
-    assert isinstance(translate.ccproxy_response_adapter(ctx), cls)
-    assert isinstance(translate.ccproxy_response_adapter(make_ctx(client, upstream)), JSONResponseAdapter)
+    assert isinstance(translate.response_adapter(ctx), cls)
+    assert isinstance(translate.response_adapter(make_ctx(client, upstream)), JSONResponseAdapter)
 
 
 def test_request_adapter_for_each_new_direction() -> None:
@@ -222,13 +222,13 @@ def test_request_adapter_for_each_new_direction() -> None:
     ]
     for client, upstream, body, key in cases:
         ctx = make_ctx(client, upstream)
-        out = translate.ccproxy_request_adapter(ctx, body)
+        out = translate.request_adapter(ctx, body)
         assert out["model"] == "upstream-model" and key in out, (client, upstream)
     ctx = make_ctx(RESPONSES, ANTHROPIC)
-    translate.ccproxy_request_adapter(ctx, cases[0][2])
+    translate.request_adapter(ctx, cases[0][2])
     assert ctx.state["translate"] == {"ignored_fields": ["store"]}
     ctx = make_ctx(RESPONSES, RESPONSES)
-    assert translate.ccproxy_request_adapter(ctx, {"model": "c", "input": "hi"}) is None
+    assert translate.request_adapter(ctx, {"model": "c", "input": "hi"}) is None
 
 
 def test_request_headers_for_responses() -> None:
@@ -253,7 +253,7 @@ def test_rate_limit_headers_between_the_openai_dialects_are_left_alone() -> None
 
 def test_alias_rename_in_a_same_dialect_responses_stream() -> None:
     ctx = make_ctx(RESPONSES, RESPONSES, content_type="text/event-stream")
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     assert isinstance(adapter, ModelRenameStreamAdapter)
     raw = (b'event: response.created\ndata: {"type":"response.created","response":{"id":"r","model":"gpt-x"}}\n\n'
            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"\\"model\\":"}\n\n')
@@ -266,7 +266,7 @@ def test_a_stream_made_from_a_json_answer(client: str, upstream: str) -> None:
     """``supports_streaming: false``: the JSON answer becomes the client's stream."""
     ctx = make_ctx(client, upstream, requested="upstream-model")
     ctx.stream, ctx.upstream_stream = True, False
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     assert isinstance(adapter, StreamSynthesizer)
     body = {ANTHROPIC: ANTHROPIC_MESSAGE, OPENAI: CHAT_COMPLETION, RESPONSES: RESPONSE}[upstream]
     adapter.feed(json.dumps(body).encode())
@@ -289,6 +289,6 @@ def test_a_stream_made_from_a_json_answer(client: str, upstream: str) -> None:
 def test_synthesized_stream_is_bounded() -> None:
     ctx = make_ctx(RESPONSES, ANTHROPIC)
     ctx.stream, ctx.upstream_stream = True, False
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     with pytest.raises(UpstreamProtocolError):
         adapter.feed(b"x" * (64 * 1024 * 1024 + 1))

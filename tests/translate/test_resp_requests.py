@@ -183,7 +183,7 @@ def test_r2o_reasoning_setting_off_and_max_tokens_field() -> None:
         ({"input": "x", "previous_response_id": "resp_1"}, ["previous_response_id", "send the whole input"]),
         ({"input": "x", "background": True}, ["background"]),
         ({"input": [{"type": "web_search_call", "id": "w"}]}, ["input[0]", "web_search_call"]),
-        ({"input": "x", "tools": [{"type": "web_search"}]}, ["tools[0]", "web_search"]),
+        ({"input": "x", "tools": [{"type": "file_search"}]}, ["tools[0]", "file_search"]),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}, ["file_id"]),
         ({"input": "x", "tool_choice": "required"}, ["tool_choice needs tools"]),
         ({"input": "x", "reasoning": {"effort": "huge"}}, ["reasoning.effort"]),

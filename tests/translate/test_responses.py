@@ -240,7 +240,7 @@ def test_sdks_parse_translated_json() -> None:
 
 def _error(upstream: str, client: str, status: int, body: Any) -> tuple[int, dict[str, Any]]:
     ctx = make_ctx(client, upstream, status=status, content_type="application/json")
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     assert isinstance(adapter, ErrorResponseAdapter)
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     out = adapter.feed(raw[:5]) + adapter.feed(raw[5:]) + adapter.finish()
@@ -406,54 +406,54 @@ def make_ctx(
 
 def test_request_adapter_only_when_dialects_differ() -> None:
     ctx = make_ctx(OPENAI, OPENAI)
-    assert translate.ccproxy_request_adapter(ctx, {"model": "x", "messages": []}) is None
+    assert translate.request_adapter(ctx, {"model": "x", "messages": []}) is None
     ctx = make_ctx(OPENAI, ANTHROPIC, settings={"default_max_tokens": 77})
-    out = translate.ccproxy_request_adapter(ctx, {"model": "client-model", "messages": [{"role": "user", "content": "hi"}], "seed": 1})
+    out = translate.request_adapter(ctx, {"model": "client-model", "messages": [{"role": "user", "content": "hi"}], "seed": 1})
     assert out == {"model": "upstream-model", "max_tokens": 77, "messages": [{"role": "user", "content": "hi"}]}
     assert ctx.state["translate"] == {"ignored_fields": ["seed"]}
 
 
 def test_response_adapter_choice() -> None:
-    assert translate.ccproxy_response_adapter(make_ctx(OPENAI, OPENAI, requested="upstream-model")) is None
-    assert translate.ccproxy_response_adapter(make_ctx(OPENAI, OPENAI, status=429)) is None
-    assert isinstance(translate.ccproxy_response_adapter(make_ctx(OPENAI, OPENAI)), ModelRenameJSONAdapter)
+    assert translate.response_adapter(make_ctx(OPENAI, OPENAI, requested="upstream-model")) is None
+    assert translate.response_adapter(make_ctx(OPENAI, OPENAI, status=429)) is None
+    assert isinstance(translate.response_adapter(make_ctx(OPENAI, OPENAI)), ModelRenameJSONAdapter)
     assert isinstance(
-        translate.ccproxy_response_adapter(make_ctx(ANTHROPIC, ANTHROPIC, content_type="text/event-stream")),
+        translate.response_adapter(make_ctx(ANTHROPIC, ANTHROPIC, content_type="text/event-stream")),
         ModelRenameStreamAdapter,
     )
     ctx = make_ctx(OPENAI, ANTHROPIC, content_type="text/event-stream; charset=utf-8", body={"stream_options": {"include_usage": True}})
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     assert isinstance(adapter, AnthropicToOpenAIStream) and adapter._include_usage
     assert ctx.response_headers["content-type"] == "text/event-stream; charset=utf-8"
-    adapter = translate.ccproxy_response_adapter(make_ctx(ANTHROPIC, OPENAI, content_type="text/event-stream"))
+    adapter = translate.response_adapter(make_ctx(ANTHROPIC, OPENAI, content_type="text/event-stream"))
     assert isinstance(adapter, OpenAIToAnthropicStream)
-    assert isinstance(translate.ccproxy_response_adapter(make_ctx(ANTHROPIC, OPENAI)), JSONResponseAdapter)
+    assert isinstance(translate.response_adapter(make_ctx(ANTHROPIC, OPENAI)), JSONResponseAdapter)
     assert isinstance(adapter, ResponseAdapter)
 
 
 def test_thinking_setting_reaches_the_stream_adapter() -> None:
     ctx = make_ctx(OPENAI, ANTHROPIC, content_type="text/event-stream", settings={"thinking": "drop"})
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     assert isinstance(adapter, AnthropicToOpenAIStream) and adapter._thinking is False
 
 
 def test_json_adapter_translates_and_names_the_requested_model() -> None:
     ctx = make_ctx(ANTHROPIC, OPENAI)
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     raw = json.dumps(OPENAI_COMPLETION).encode()
     out = json.loads(adapter.feed(raw[:100]) + adapter.feed(raw[100:]) + adapter.finish())
     assert out["model"] == "client-model" and out["type"] == "message"
 
 
 def test_json_adapter_on_a_body_that_is_not_json() -> None:
-    adapter = translate.ccproxy_response_adapter(make_ctx(ANTHROPIC, OPENAI))
+    adapter = translate.response_adapter(make_ctx(ANTHROPIC, OPENAI))
     adapter.feed(b"<html>oops</html>")
     with pytest.raises(UpstreamProtocolError):
         adapter.finish()
 
 
 def test_json_adapter_on_an_error_payload_under_200() -> None:
-    adapter = translate.ccproxy_response_adapter(make_ctx(ANTHROPIC, OPENAI))
+    adapter = translate.response_adapter(make_ctx(ANTHROPIC, OPENAI))
     adapter.feed(b'{"error": {"message": "model overloaded", "code": 503}}')
     with pytest.raises(ProxyError, match="model overloaded") as info:
         adapter.finish()
@@ -474,7 +474,7 @@ def test_json_adapter_on_an_error_payload_under_200() -> None:
     ],
 )  # fmt: skip
 def test_json_adapter_on_odd_but_valid_bodies(upstream: str, body: dict[str, Any], expected: dict[str, Any]) -> None:
-    adapter = translate.ccproxy_response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
+    adapter = translate.response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
     adapter.feed(json.dumps(body).encode())
     out = json.loads(adapter.finish())
     if upstream == ANTHROPIC:
@@ -504,7 +504,7 @@ def test_json_adapter_on_odd_but_valid_bodies(upstream: str, body: dict[str, Any
     ],
 )
 def test_json_adapter_on_bodies_that_cannot_be_translated(upstream: str, body: dict[str, Any], message: str) -> None:
-    adapter = translate.ccproxy_response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
+    adapter = translate.response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
     adapter.feed(json.dumps(body).encode())
     with pytest.raises(UpstreamProtocolError) as info:
         adapter.finish()
@@ -518,7 +518,7 @@ def test_json_adapter_on_bodies_that_cannot_be_translated(upstream: str, body: d
     body=st.one_of(json_values, mutated([ANTHROPIC_MESSAGE, OPENAI_COMPLETION])),
 )
 def test_random_upstream_json_gives_json_or_an_upstream_error(upstream: str, body: Any) -> None:
-    adapter = translate.ccproxy_response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
+    adapter = translate.response_adapter(make_ctx(OPENAI if upstream == ANTHROPIC else ANTHROPIC, upstream))
     adapter.feed(json.dumps(body).encode())
     try:
         out = json.loads(adapter.finish())
@@ -531,7 +531,7 @@ def test_random_upstream_json_gives_json_or_an_upstream_error(upstream: str, bod
 
 
 def test_rename_json_adapter() -> None:
-    adapter = translate.ccproxy_response_adapter(make_ctx(OPENAI, OPENAI))
+    adapter = translate.response_adapter(make_ctx(OPENAI, OPENAI))
     raw = json.dumps(OPENAI_COMPLETION).encode()
     out = json.loads(adapter.feed(raw) + adapter.finish())
     assert out == {**OPENAI_COMPLETION, "model": "client-model"}
@@ -540,7 +540,7 @@ def test_rename_json_adapter() -> None:
 
 
 def test_rename_stream_adapter_openai_and_anthropic() -> None:
-    adapter = translate.ccproxy_response_adapter(make_ctx(OPENAI, OPENAI, content_type="text/event-stream"))
+    adapter = translate.response_adapter(make_ctx(OPENAI, OPENAI, content_type="text/event-stream"))
     raw = (
         b'data: {"id":"c","model": "gpt-4o-2024-08-06","choices":[{"delta":{"content":"\\"model\\": \\"x\\""}}]}\r\n\r\n'
         b": comment\n\ndata: [DONE]\n\n"
@@ -550,7 +550,7 @@ def test_rename_stream_adapter_openai_and_anthropic() -> None:
         b'data: {"id":"c","model": "client-model","choices":[{"delta":{"content":"\\"model\\": \\"x\\""}}]}\n\n'
         b"data: [DONE]\n\n"
     )
-    adapter = translate.ccproxy_response_adapter(make_ctx(ANTHROPIC, ANTHROPIC, content_type="text/event-stream"))
+    adapter = translate.response_adapter(make_ctx(ANTHROPIC, ANTHROPIC, content_type="text/event-stream"))
     raw = (
         b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-x","id":"m"}}\n\n'
         b'event: content_block_delta\ndata: {"type":"content_block_delta","model":"kept"}\n\n'
@@ -599,6 +599,7 @@ def test_plugin_registers_against_the_hookspecs() -> None:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     pm.register(translate, name="translate")
+    pm.register(translate.ccproxy_configure(PluginSettings("translate", {})), name="translate-app")  # per-app hooks
     pm.check_pending()
     ctx = make_ctx(ANTHROPIC, OPENAI)
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}

@@ -78,7 +78,7 @@ def context(client: str, upstream: str, *, body: dict | None = None, model: str 
 
 
 def synthesize(ctx: RequestContext, payload: dict, pieces: int = 3) -> bytes:
-    adapter = translate.ccproxy_response_adapter(ctx)
+    adapter = translate.response_adapter(ctx)
     assert isinstance(adapter, StreamSynthesizer)
     assert ctx.response_headers["content-type"].startswith("text/event-stream")
     raw = json.dumps(payload, ensure_ascii=False).encode()
@@ -275,12 +275,12 @@ def test_an_alias_gets_its_own_name_back() -> None:
 def test_when_no_stream_is_made(change: dict) -> None:
     ctx = context(ANTHROPIC, OPENAI, **change)
     assert stream_adapter(ctx, translate.Settings()) is None
-    assert not isinstance(translate.ccproxy_response_adapter(ctx), StreamSynthesizer)
+    assert not isinstance(translate.response_adapter(ctx), StreamSynthesizer)
     assert same_dialect_passes(change)
 
 
 def same_dialect_passes(change: dict) -> bool:
-    return translate.ccproxy_response_adapter(context(OPENAI, OPENAI, **change)) is None
+    return translate.response_adapter(context(OPENAI, OPENAI, **change)) is None
 
 
 def test_the_answer_is_bounded_by_max_response_body_bytes() -> None:
