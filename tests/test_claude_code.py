@@ -9,7 +9,6 @@ or the registry the test is skipped with the reason. Bounded: one install of at 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from ccproxy_core import hookimpl
+from tests.npm_tools import npm_tool
 from tests.servers import ROOT, ProxyThread
 
 PACKAGE = "@anthropic-ai/claude-code@2.1.197"
@@ -29,21 +29,7 @@ RUN_TIMEOUT = 90
 
 
 def _claude() -> Path:
-    binary = CACHE / "node_modules" / ".bin" / "claude"
-    if binary.exists():
-        return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: cannot fetch " + PACKAGE)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run([npm, "install", "--prefix", str(CACHE), "--no-audit", "--no-fund", PACKAGE],
-                              capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"npm install {PACKAGE} took over {INSTALL_TIMEOUT}s")
-    if done.returncode != 0 or not binary.exists():
-        pytest.skip(f"npm install {PACKAGE} failed: {(done.stderr or done.stdout).strip()[-300:]}")
-    return binary
+    return npm_tool(PACKAGE, "claude", CACHE, INSTALL_TIMEOUT)
 
 
 class Recorder:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.mock_upstream.content import DEFAULT_TEXT, SHELL_OUTPUT
+from tests.npm_tools import npm_tool
 from tests.servers import ProxyThread, provider_config
 
 VERSION = "0.171.0"
@@ -29,21 +29,7 @@ MODELS = {"responses": "gpt-5-codex", "anthropic": "claude-sonnet-4-5", "openai"
 @pytest.fixture(scope="module")
 def codex() -> Path:
     """The ``codex`` executable, installed once into :data:`CACHE`."""
-    binary = CACHE / "node_modules" / ".bin" / "codex"
-    if binary.exists():
-        return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: cannot fetch @openai/codex")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run([npm, "install", "--prefix", str(CACHE), "--no-audit", "--no-fund", "--no-save",
-                               f"@openai/codex@{VERSION}"], capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        pytest.skip("npm could not fetch @openai/codex within 300 s")
-    if done.returncode != 0 or not binary.exists():
-        pytest.skip(f"npm could not fetch @openai/codex: {done.stderr.strip()[-300:]}")
-    return binary
+    return npm_tool(f"@openai/codex@{VERSION}", "codex", CACHE, 300)
 
 
 @pytest.fixture(scope="module")
