@@ -50,6 +50,7 @@ __all__ = [
     "ModelRenameJSONAdapter",
     "ModelRenameStreamAdapter",
     "choose_adapter",
+    "count_answer",
 ]
 
 
