@@ -1,9 +1,10 @@
 """Token counts for upstreams that have no count endpoint: the local estimate and its transport.
 
-``POST /v1/messages/count_tokens`` goes to an Anthropic upstream as it came. A Chat Completions
-upstream has no such endpoint (and a completion call would bill a generation), so the count is
-estimated here, in-process, by :class:`EstimateTransport`: the engine sends the attempt to it like
-to any upstream, so keys, limits, hooks and logs apply unchanged.
+A count goes to an upstream's own count endpoint when its dialect has one (Anthropic, Responses;
+translated between the two, see :mod:`.proxy`). A Chat Completions upstream has no such endpoint
+(and a completion call would bill a generation), so the count is estimated here, in-process, by
+:class:`EstimateTransport`: the engine sends the attempt to it like to any upstream, so keys,
+limits, hooks and logs apply unchanged.
 
 The estimate (:func:`estimate_input_tokens`) counts the request's text (system, messages, tool
 calls and results, tool definitions) in word and punctuation pieces, plus fixed overheads per

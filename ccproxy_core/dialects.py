@@ -16,9 +16,18 @@ from .errors import ProxyError
 
 #: Path the upstream of each dialect serves, appended to the provider's base_url.
 UPSTREAM_PATHS = {ANTHROPIC: "/v1/messages", OPENAI: "/chat/completions", RESPONSES: "/responses"}
-#: Path of each upstream dialect's token count. A count is passed through only to an upstream of the
-#: client's own dialect; any other gets the local estimate (:mod:`.counting`), never a completion call.
+#: Path of each upstream dialect's token count. A count goes to an upstream that has one (translated
+#: between the two dialects); a Chat upstream gets the local estimate (:mod:`.counting`), never a completion call.
 COUNT_PATHS = {ANTHROPIC: "/v1/messages/count_tokens", RESPONSES: "/responses/input_tokens"}
+#: The body fields each count endpoint accepts (``messages.count_tokens`` in the anthropic SDK,
+#: ``responses.input_tokens.count`` in the openai SDK): a translated count keeps only these.
+COUNT_FIELDS = {
+    ANTHROPIC: frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
+                          "cache_control", "output_config", "output_format", "speed"}),
+    RESPONSES: frozenset({"model", "input", "instructions", "tools", "tool_choice", "text", "reasoning",
+                          "parallel_tool_calls", "previous_response_id", "conversation", "truncation",
+                          "personality"}),
+}
 
 #: Path of each upstream dialect's model list, appended to the provider's base_url.
 MODELS_PATHS = {ANTHROPIC: "/v1/models", OPENAI: "/models"}

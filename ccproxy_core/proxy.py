@@ -17,11 +17,10 @@ import httpx
 from sanic import Request, response
 
 from .config import Config, ProviderConfig
-from .context import COMPLETED, RESPONSES, RequestContext
+from .context import ANTHROPIC, COMPLETED, RequestContext
 from .decoding import decodable_accept_encoding
-from .context import ANTHROPIC
 from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_input_tokens
-from .dialects import COUNT_PATHS, UPSTREAM_PATHS
+from .dialects import COUNT_FIELDS, COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import request_headers, request_id
 from .intake import check_headers, parse_body
@@ -93,13 +92,13 @@ class Proxy:
         return self.handler.respond(ctx, first, attempts)
 
     async def input_tokens(self, request: Request, ctx: RequestContext) -> DeferredResponse | response.HTTPResponse:
-        """``POST /v1/responses/input_tokens``: passed to the model's provider (and its fallbacks) when
-        it speaks the Responses API; otherwise estimated here, with no upstream call
+        """``POST /v1/responses/input_tokens``: passed to the model's provider (and its fallbacks that have
+        a count endpoint) when it has a count endpoint (a Responses one, or an Anthropic one through
+        translation); otherwise estimated here, with no upstream call
         (:func:`~.counting.estimate_responses_input_tokens`), and the request ends as ``completed``."""
         routes = await self._receive(request, ctx)
-        if routes[0].provider.format == RESPONSES:
-            attempts = self._attempts(request, ctx, [r for r in routes if r.provider.format == RESPONSES],
-                                      path=COUNT_PATHS[RESPONSES])
+        if routes[0].provider.format in COUNT_PATHS:
+            attempts = self._attempts(request, ctx, [r for r in routes if r.provider.format in COUNT_PATHS])
             first = await anext(attempts)
             return self.handler.respond(ctx, first, attempts)
         assert ctx.body is not None
@@ -194,7 +193,7 @@ class Proxy:
         return None
 
     async def _attempts(
-        self, request: Request, ctx: RequestContext, routes: list[Route], path: str | None = None
+        self, request: Request, ctx: RequestContext, routes: list[Route]
     ) -> AsyncIterator[UpstreamRequest]:
         """Prepare each route when it is needed; a route that cannot be prepared is skipped.
 
@@ -205,7 +204,7 @@ class Proxy:
         yielded = False
         for route in routes:
             try:
-                prepared = await self._prepare(request, ctx, route, path)
+                prepared = await self._prepare(request, ctx, route)
             except ProxyError as error:
                 if len(routes) == 1:
                     raise
@@ -220,9 +219,8 @@ class Proxy:
         if not yielded and first_error is not None:
             raise first_error
 
-    async def _prepare(self, request: Request, ctx: RequestContext, route: Route, path: str | None) -> UpstreamRequest:
-        """Body, URL and headers for one attempt (runs lazily, when the attempt is made); ``path``
-        replaces the dialect's upstream path."""
+    async def _prepare(self, request: Request, ctx: RequestContext, route: Route) -> UpstreamRequest:
+        """Body, URL and headers for one attempt (runs lazily, when the attempt is made)."""
         provider = route.provider
         aim(ctx, provider.name, route.model, provider.format)  # what the request hooks below see
         if ctx.counting:
@@ -234,7 +232,7 @@ class Proxy:
         # Per attempt (fallbacks may differ), before the request adapter and body hooks see it.
         ctx.upstream_stream = ctx.stream and self.handler.should_stream(ctx.body or {}, handler_config)
         body = await self._upstream_body(request, ctx)
-        url = provider.base_url + (path or UPSTREAM_PATHS[provider.format])
+        url = provider.base_url + UPSTREAM_PATHS[provider.format]
         if request.query_string and not ctx.translated:
             url += "?" + request.query_string
         headers = request_headers(request.headers.items())
@@ -267,12 +265,7 @@ class Proxy:
         if not changed and not self._body_hooks:
             return request.body
         if ctx.translated:
-            body = await self.plugins.first("ccproxy_request_adapter", ctx=ctx, body=ctx.body)
-            if body is None:
-                raise InvalidRequest(
-                    f"model {ctx.model_requested!r} is served by provider {ctx.provider!r}, which speaks the "
-                    f"{ctx.upstream_dialect} dialect, and no plugin translates {ctx.client_dialect} requests to it"
-                )
+            body = await self._translate(ctx)
         else:
             body = {**ctx.body, "model": ctx.model}
             if unstreamed:
@@ -283,18 +276,38 @@ class Proxy:
             changed = changed or any(r is True for r in results)
         return json.dumps(body, ensure_ascii=False).encode() if changed else request.body
 
+    async def _translate(self, ctx: RequestContext) -> dict:
+        """The body in the upstream's dialect, from ``ccproxy_request_adapter``.
+
+        Raises:
+            InvalidRequest: no plugin translates the client's dialect to the upstream's.
+        """
+        body = await self.plugins.first("ccproxy_request_adapter", ctx=ctx, body=ctx.body)
+        if body is None:
+            raise InvalidRequest(
+                f"model {ctx.model_requested!r} is served by provider {ctx.provider!r}, which speaks the "
+                f"{ctx.upstream_dialect} dialect, and no plugin translates {ctx.client_dialect} requests to it"
+            )
+        return body
+
     async def _prepare_count(self, request: Request, ctx: RequestContext, route: Route) -> UpstreamRequest:
         """A token count: to the upstream's count endpoint, or to the local estimate when its dialect
         has none (never to a completion endpoint: that would bill a generation).
 
-        The upstream gets the client's body (model renamed for an alias), query string and
-        headers; the estimate speaks Anthropic's count API, so nothing is translated either way.
+        An upstream of the client's dialect gets the client's body (model renamed for an alias), query
+        string and headers. The other dialect with a count endpoint gets the body translated by
+        ``ccproxy_request_adapter``, cut to the fields its count endpoint accepts (``COUNT_FIELDS``), and
+        no query string; the translator's response adapter maps the answer back. The estimate speaks
+        Anthropic's count API and gets the client's body.
         """
         provider = route.provider
-        # Passed through only in the client's own dialect: nothing translates a count request.
-        path = COUNT_PATHS.get(provider.format) if provider.format == ctx.client_dialect else None
+        path = COUNT_PATHS.get(provider.format)
         body = request.body
-        if ctx.model != ctx.model_requested:
+        if path is not None and ctx.translated:
+            translated = await self._translate(ctx)
+            fields = COUNT_FIELDS[provider.format]
+            body = json.dumps({k: v for k, v in translated.items() if k in fields}, ensure_ascii=False).encode()
+        elif ctx.model != ctx.model_requested:
             body = json.dumps({**(ctx.body or {}), "model": ctx.model}, ensure_ascii=False).encode()
         headers = request_headers(request.headers.items())
         headers.update(provider.headers)
@@ -303,7 +316,9 @@ class Proxy:
         if path is None:
             url, transport, dialect = "http://ccproxy.estimate" + COUNT_PATHS[ANTHROPIC], _ESTIMATE, ANTHROPIC
         else:
-            url = provider.base_url + path + ("?" + request.query_string if request.query_string else "")
+            url = provider.base_url + path
+            if request.query_string and not ctx.translated:
+                url += "?" + request.query_string
             transport, dialect = self.transports.get(provider.name), provider.format
         return UpstreamRequest(
             method="POST",

@@ -4,14 +4,15 @@ Chat Completions upstream, never a completion call, never a 404."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import anthropic
+import pytest
 import httpx
 
 from ccproxy_core.counting import ESTIMATE_HEADER, estimate_input_tokens
 from tests.servers import provider_config
-from tests.test_plugins import wait_for
 
 BODY = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "How many tokens is this?"}]}
 CORPUS = Path(__file__).parent / "data" / "count_corpus.json"
@@ -57,18 +58,22 @@ def test_unknown_model_is_an_anthropic_404_naming_the_model(proxy):
 
 def test_count_is_logged_as_a_count_without_usage(mock, make_proxy):
     seen = []
+    ended = threading.Condition()
 
     class Observer:
         from ccproxy_core import hookimpl
 
         @hookimpl
         def ccproxy_stream_end(self, ctx):
-            seen.append((ctx.route, ctx.counting, ctx.usage, ctx.outcome))
+            with ended:
+                seen.append((ctx.route, ctx.counting, ctx.usage, ctx.outcome))
+                ended.notify_all()
 
     server = make_proxy(plugins=[("observer", Observer())])
     assert httpx.post(server.url + "/v1/messages/count_tokens", json=BODY).status_code == 200
     assert httpx.post(server.url + "/v1/messages/count_tokens", json={**BODY, "model": "gpt-4o"}).status_code == 200
-    wait_for(lambda: len(seen) == 2)  # ccproxy_stream_end runs once the last byte is out, maybe after the client read it
+    with ended:  # the end runs after the client has the last byte (docs/architecture.md, step 12)
+        assert ended.wait_for(lambda: len(seen) == 2, 5)
     assert [(route, counting, usage) for route, counting, usage, _ in seen] == [
         ("/v1/messages/count_tokens", True, None), ("/v1/messages/count_tokens", True, None)]
 
@@ -120,3 +125,40 @@ def test_aliased_counts_go_to_the_target_model(mock, make_proxy, upstream):
     r = httpx.post(server.url + "/v1/messages/count_tokens", json={**BODY, "model": "mini"})
     assert r.status_code == 200 and r.json() == {"input_tokens": estimate_input_tokens(BODY)}
     assert len(upstream.upstream.requests) == 1
+
+
+def _with_responses_provider(mock_url: str) -> dict:
+    config = provider_config(mock_url)
+    config["providers"] = {"responses": {"format": "responses", "base_url": mock_url + "/v1",
+                                         "api_key": "sk-resp-upstream-SECRET", "models": ["gpt-5*"]},
+                           **config["providers"]}  # first, so it wins gpt-5* from the Chat provider's gpt-*
+    return config
+
+
+def test_anthropic_sdk_count_to_a_responses_upstream_is_translated(mock, make_proxy, upstream):
+    """``messages.count_tokens`` to a Responses upstream goes to its ``/responses/input_tokens``, translated and
+    cut to the fields that endpoint accepts; the answer comes back in Anthropic's shape. Never a completion."""
+    server = make_proxy(_with_responses_provider(mock.url))
+    client = anthropic.Anthropic(base_url=server.url, api_key="client-key", max_retries=0)
+    tools = [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}]
+    count = client.messages.count_tokens(model="gpt-5-mini", system="Be brief.", messages=BODY["messages"],
+                                         tools=tools, extra_query={"beta": "true"})
+    assert count.input_tokens == 12 and count.model_dump() == {"input_tokens": 12}
+    [sent] = upstream.upstream.requests
+    assert (sent.path, sent.query) == ("/v1/responses/input_tokens", "")
+    assert sent.header("authorization") == "Bearer sk-resp-upstream-SECRET"
+    assert sent.header("anthropic-version") is None and sent.header("x-api-key") is None
+    body = json.loads(sent.body)
+    assert set(body) == {"model", "input", "instructions", "tools"}  # no max_output_tokens, stream, store...
+    assert body["model"] == "gpt-5-mini" and body["instructions"] == "Be brief."
+    assert body["input"][0]["role"] == "user" and body["tools"][0]["name"] == "get_weather"
+
+
+def test_count_error_from_a_responses_upstream_is_in_anthropic_shape(mock, make_proxy, upstream):
+    server = make_proxy(_with_responses_provider(mock.url))
+    client = anthropic.Anthropic(base_url=server.url, api_key="client-key", max_retries=0,
+                                 default_headers={"x-mock-status": "429"})
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        client.messages.count_tokens(model="gpt-5-mini", messages=BODY["messages"])
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "rate_limit_error"
+    assert [r.path for r in upstream.upstream.requests] == ["/v1/responses/input_tokens"]

@@ -50,6 +50,7 @@ __all__ = [
     "ModelRenameJSONAdapter",
     "ModelRenameStreamAdapter",
     "choose_adapter",
+    "count_answer",
 ]
 
 
@@ -231,6 +232,8 @@ def json_converter(ctx: Any, settings: Settings, keep: Keep | None = None) -> Ca
     is given a Responses client's response object."""
     model = ctx.model_requested or ctx.model
     client, upstream = ctx.client_dialect, ctx.upstream_dialect
+    if ctx.counting:
+        return partial(count_answer, client)
     if client == RESPONSES:
         convert = anthropic_message_to_responses if upstream == ANTHROPIC else chat_completion_to_responses
         if keep is None:
@@ -249,6 +252,19 @@ def json_converter(ctx: Any, settings: Settings, keep: Keep | None = None) -> Ca
     if upstream == ANTHROPIC:
         return partial(anthropic_message_to_openai, model=model, settings=settings)
     return partial(openai_completion_to_anthropic, model=model)
+
+
+def count_answer(client: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A token count in ``client``'s shape: Anthropic's ``{"input_tokens": N}`` or the Responses API's
+    ``{"object": "response.input_tokens", "input_tokens": N}``.
+
+    Raises:
+        UpstreamProtocolError: the upstream's answer has no integer ``input_tokens``.
+    """
+    count = body.get("input_tokens")
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise UpstreamProtocolError("the upstream's token count has no integer input_tokens")
+    return {"object": "response.input_tokens", "input_tokens": count} if client == RESPONSES else {"input_tokens": count}
 
 
 def choose_adapter(ctx: Any, settings: Settings, keep: Keep | None = None) -> ResponseAdapter | None:

@@ -108,8 +108,30 @@ def test_input_tokens(proxy: ProxyThread, upstream: str, mock: Any) -> None:
     assert count.object == "response.input_tokens"
     if upstream == "responses":  # passed through: the upstream's own count
         assert count.input_tokens == 12 and mock.requests[-1].path == "/v1/responses/input_tokens"
+    elif upstream == "anthropic":  # translated to Anthropic's count endpoint, never a completion
+        assert count.input_tokens == 12 and [r.path for r in mock.requests] == ["/v1/messages/count_tokens"]
+        sent = mock.requests[-1]
+        assert sent.json() == {"model": CLAUDE, "system": [{"type": "text", "text": "Be brief."}],
+                               "messages": [{"role": "user", "content": "hi " * 40}]}  # no max_tokens, stream...
+        assert sent.header("anthropic-version") and sent.header("x-api-key") == "sk-ant-upstream-SECRET"
+        assert sent.header("authorization") is None and sent.query == ""
     else:  # estimated here, no upstream call
         assert 20 < count.input_tokens < 60 and mock.requests == []
+
+
+def test_input_tokens_from_an_anthropic_upstream_errors_and_tools(proxy: ProxyThread, mock: Any) -> None:
+    mock.reset_stats()
+    count = client(proxy).responses.input_tokens.count(model=CLAUDE, input="hi", tools=TOOLS, tool_choice="auto",
+                                                       reasoning={"effort": "low"}, extra_query={"trace": "1"})
+    assert (count.object, count.input_tokens) == ("response.input_tokens", 12)
+    sent = mock.requests[-1].json()
+    assert set(sent) <= {"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config"}
+    assert sent["tools"][0]["name"] == "get_weather" and sent["tools"][0]["input_schema"]["type"] == "object"
+    assert mock.requests[-1].query == ""  # the client's query string is for its own dialect
+    with pytest.raises(openai.RateLimitError) as caught:
+        client(proxy, **{"x-mock-status": "429"}).responses.input_tokens.count(model=CLAUDE, input="hi")
+    assert set(caught.value.body) == {"message", "type", "param", "code"}
+    assert [r.path for r in mock.requests] == ["/v1/messages/count_tokens"] * 2
 
 
 def test_anthropic_and_chat_clients_to_a_responses_upstream(proxy: ProxyThread) -> None:

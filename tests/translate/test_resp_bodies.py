@@ -18,7 +18,12 @@ from ccproxy_core.dialects import RESPONSES, UPSTREAM_PATHS, error_body, error_e
 from ccproxy_core.errors import ProxyError, UpstreamProtocolError
 from ccproxy_core.sse import SSEParser
 from ccproxy_plugins import translate
-from ccproxy_plugins.translate.adapters import ErrorResponseAdapter, JSONResponseAdapter, ModelRenameStreamAdapter
+from ccproxy_plugins.translate.adapters import (
+    ErrorResponseAdapter,
+    JSONResponseAdapter,
+    ModelRenameStreamAdapter,
+    count_answer,
+)
 from ccproxy_plugins.translate.base import Settings
 from ccproxy_plugins.translate.resp_bodies import (
     anthropic_message_to_responses,
@@ -292,3 +297,11 @@ def test_synthesized_stream_is_bounded() -> None:
     adapter = translate.response_adapter(ctx)
     with pytest.raises(UpstreamProtocolError):
         adapter.feed(b"x" * (64 * 1024 * 1024 + 1))
+
+
+def test_count_answers_map_between_the_two_count_shapes() -> None:
+    assert count_answer(ANTHROPIC, {"object": "response.input_tokens", "input_tokens": 7}) == {"input_tokens": 7}
+    assert count_answer(RESPONSES, {"input_tokens": 7}) == {"object": "response.input_tokens", "input_tokens": 7}
+    for bad in ({}, {"input_tokens": "7"}, {"input_tokens": True}):
+        with pytest.raises(UpstreamProtocolError):
+            count_answer(ANTHROPIC, bad)
