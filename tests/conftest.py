@@ -54,9 +54,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_site, os.environ.get("
 
 # `make test` draws the same examples on every run, so a run passes or fails on the code alone;
 # `make fuzz` (HYPOTHESIS_PROFILE=explore) draws new ones each time, to look for what these miss.
-settings.register_profile("ci",
+settings.register_profile("ci", derandomize=True, database=None, deadline=None,
                           suppress_health_check=list(HealthCheck))
-settings.register_profile("explore")
+settings.register_profile("explore", deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
