@@ -11,6 +11,7 @@ import httpx
 
 from ccproxy_core.counting import ESTIMATE_HEADER, estimate_input_tokens
 from tests.servers import provider_config
+from tests.test_plugins import wait_for
 
 BODY = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "How many tokens is this?"}]}
 CORPUS = Path(__file__).parent / "data" / "count_corpus.json"
@@ -67,6 +68,8 @@ def test_count_is_logged_as_a_count_without_usage(mock, make_proxy):
     server = make_proxy(plugins=[("observer", Observer())])
     assert httpx.post(server.url + "/v1/messages/count_tokens", json=BODY).status_code == 200
     assert httpx.post(server.url + "/v1/messages/count_tokens", json={**BODY, "model": "gpt-4o"}).status_code == 200
+    # ccproxy_stream_end runs once the last byte was handed to the connection: it may follow the client's read.
+    wait_for(lambda: len(seen) == 2)
     assert [(route, counting, usage) for route, counting, usage, _ in seen] == [
         ("/v1/messages/count_tokens", True, None), ("/v1/messages/count_tokens", True, None)]
 
