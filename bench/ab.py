@@ -4,6 +4,7 @@
     python bench/ab.py --variant all= --variant core=providers --variant +log=providers,access_log
     python bench/ab.py --variant base= --variant try=@/tmp/experiment.py --phase stream
     python bench/ab.py --variant off=%off --variant memory=%memory --variant redis=%redis://127.0.0.1:6379
+    python bench/ab.py --routes --phase stream           # each route alone: CPU per event, per route
 
 On a shared, noisy machine two runs minutes apart differ by more than most effects
 worth measuring, so every set-up runs at once (each its own ``sanic app.app`` process on
@@ -17,6 +18,10 @@ proxy before the app is imported (``bench/profiled_proxy.py --patch``), to measu
 hot-path change without editing the project, and/or ``%GATEWAY``: the load client's keys as
 client keys, plain (``off``) or with limits counted in a state backend (``memory``,
 ``sqlite:PATH``, ``redis://...``; see ``run.proxy_config``).
+
+``--routes`` measures each route of ``run.ROUTES`` alone for every variant (a unit per variant and route,
+visited in the same interleaved rounds) and prints each route's ratio to the mean of the others, round by
+round; with ``--phase stream`` the figure is per event.
 """
 
 from __future__ import annotations
@@ -63,37 +68,62 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
     procs = {}
     for v in variants:
         procs[v.name] = await bench.start(v)
+    dialects = [(d,) for d in run.ROUTES] if args.routes else [run.DIALECTS]
     if args.phase == "stream":
-        def reqs(t: Target) -> list[loadgen.Request]:
-            return [build_request(t, d, stream=True, events=50, rate=500) for d in run.DIALECTS]
-        conc, unit = args.concurrency or 16, "stream"
+        def reqs(t: Target, ds: tuple[str, ...]) -> list[loadgen.Request]:
+            return [build_request(t, d, stream=True, events=50, rate=500) for d in ds]
+        conc, unit = args.concurrency or 16, "event" if args.routes else "stream"
     else:
         size = 80_000 if args.phase == "big" else 0
 
-        def reqs(t: Target) -> list[loadgen.Request]:
-            return [build_request(t, d, body_bytes=size) for d in run.DIALECTS]
+        def reqs(t: Target, ds: tuple[str, ...]) -> list[loadgen.Request]:
+            return [build_request(t, d, body_bytes=size) for d in ds]
         conc, unit = args.concurrency or 32, "request"
-    for v in variants:  # warm-up
-        await loadgen.closed_loop(v.target, reqs(v.target), conc, 1.0)
-    per: dict[str, list[float]] = {v.name: [] for v in variants}
-    errors: dict[str, int] = {v.name: 0 for v in variants}
+    units = [(v, ds, v.name + (f" {ds[0]}" if args.routes else "")) for v in variants for ds in dialects]
+    for v, ds, _ in units:  # warm-up
+        await loadgen.closed_loop(v.target, reqs(v.target, ds), conc, 1.0)
+    per: dict[str, list[float]] = {name: [] for _, _, name in units}
+    errors: dict[str, int] = {name: 0 for _, _, name in units}
+    sizes: dict[str, list[float]] = {name: [] for _, _, name in units}  # body bytes per unit
     for i in range(args.rounds):
-        order = variants if i % 2 == 0 else list(reversed(variants))
-        for v in order:
+        order = units if i % 2 == 0 else list(reversed(units))
+        for v, ds, name in order:
             pid = procs[v.name].pid
             c0 = run.cpu_seconds(pid)
-            r = await loadgen.closed_loop(v.target, reqs(v.target), conc, args.slice)
-            done = r.streams if unit == "stream" else r.requests
-            errors[v.name] += r.errors + r.incomplete_streams
-            per[v.name].append((run.cpu_seconds(pid) - c0) / max(1, done) * 1e6)
-    base = statistics.median(per[variants[0].name])
+            r = await loadgen.closed_loop(v.target, reqs(v.target, ds), conc, args.slice)
+            done = {"stream": r.streams, "event": r.events}.get(unit, r.requests)
+            errors[name] += r.errors + r.incomplete_streams
+            per[name].append((run.cpu_seconds(pid) - c0) / max(1, done) * 1e6)
+            sizes[name].append(r.body_bytes / max(1, done))
+    base = statistics.median(per[units[0][2]])
     print(f"proxy CPU per {unit} ({args.phase}, {conc} clients, {args.rounds} rounds × {args.slice:g} s, "
           f"transport {args.transport}):")
-    for v in variants:
-        xs = per[v.name]
+    for _, _, name in units:
+        xs = per[name]
         med = statistics.median(xs)
-        bad = f"   {errors[v.name]} ERRORS" if errors[v.name] else ""
-        print(f"  {v.name:<28} {med:8.1f} µs   (min {min(xs):.1f}, max {max(xs):.1f})   {med - base:+8.1f} µs vs first{bad}")
+        bad = f"   {errors[name]} ERRORS" if errors[name] else ""
+        print(f"  {name:<28} {med:8.1f} µs   (min {min(xs):.1f}, max {max(xs):.1f})   {med - base:+8.1f} µs vs first{bad}")
+    if args.routes:
+        print_route_ratios(variants, per, sizes, unit, args.rounds)
+
+
+def print_route_ratios(variants: list[run.Variant], per: dict[str, list[float]], sizes: dict[str, list[float]],
+                       unit: str, rounds: int) -> None:
+    """Each route against the mean of the other routes, per round: median ratio and its spread; and
+    the same per KB of response body the client received (what a route costs per byte it carries)."""
+    print(f"each route / mean of the other routes (median over rounds, min–max); body bytes per {unit}, "
+          "µs per KB received:")
+    for v in variants:
+        kb = {route: [c / max(1.0, b) * 1000 for c, b in zip(per[f"{v.name} {route}"], sizes[f"{v.name} {route}"])]
+              for route in run.ROUTES}
+        for route in run.ROUTES:
+            others = [r for r in run.ROUTES if r != route]
+            ratios = [per[f"{v.name} {route}"][i] / statistics.fmean(per[f"{v.name} {o}"][i] for o in others)
+                      for i in range(rounds)]
+            kb_ratios = [kb[route][i] / statistics.fmean(kb[o][i] for o in others) for i in range(rounds)]
+            print(f"  {v.name} {route:<12} {statistics.median(ratios):6.3f}   ({min(ratios):.3f}–{max(ratios):.3f})"
+                  f"   {statistics.median(sizes[f'{v.name} {route}']):8.0f} B   {statistics.median(kb[route]):7.1f} µs/KB"
+                  f"   per KB {statistics.median(kb_ratios):6.3f} ({min(kb_ratios):.3f}–{max(kb_ratios):.3f})")
 
 
 def main() -> int:
@@ -104,6 +134,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--slice", type=float, default=1.5)
     parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--routes", action="store_true", help="measure each route of run.ROUTES alone")
     args = parser.parse_args()
     return run.drive(amain, args, "ccproxy-ab-", 600)
 

@@ -64,6 +64,8 @@ class Result:
     incomplete_streams: int = 0
     events: int = 0
     expected_events: int = 0
+    #: Response body bytes (without the chunked framing) of the requests counted.
+    body_bytes: int = 0
     event_latencies: list[int] = field(default_factory=list)
     gaps: list[int] = field(default_factory=list)
     event_reads: int = 0
@@ -176,6 +178,7 @@ class Conn(asyncio.Protocol):
         self.t_first = 0
         self.status = 0
         self.events = 0
+        self.body_bytes = 0
         self.tail = b""
         self.last_arrival = 0
         self.read_events = 0
@@ -189,6 +192,7 @@ class Conn(asyncio.Protocol):
         self.t_first = 0
         self.status = 0
         self.events = 0
+        self.body_bytes = 0
         self.tail = b""
         self.last_arrival = 0
         self.waiter = self.loop.create_future()
@@ -237,6 +241,7 @@ class Conn(asyncio.Protocol):
         self.status = self.parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
         if not self.sse:
             return
         res = self.res
@@ -290,6 +295,7 @@ def _record(conn: Conn, req: Request, res: Result, t_done: int) -> None:
     if conn.status != 200:
         res.errors += 1
     res.latencies.append(t_done - conn.t_sent)
+    res.body_bytes += conn.body_bytes
     if req.sse:
         res.ttfb.append(conn.t_first - conn.t_sent)
         res.streams += 1

@@ -84,13 +84,14 @@ async def warm_up(target: Target) -> None:
 async def phase(args: argparse.Namespace, target: Target, pid: int) -> tuple[str, float, int]:
     """The measured phase; returns (unit, proxy CPU seconds, units done)."""
     c0 = run.cpu_seconds(pid)
+    dialects = (args.route,) if args.route else run.DIALECTS
     if args.phase == "stream":
-        reqs = [build_request(target, d, stream=True, events=50, rate=500) for d in run.DIALECTS]
+        reqs = [build_request(target, d, stream=True, events=50, rate=500) for d in dialects]
         r = await loadgen.closed_loop(target, reqs, args.concurrency or 16, args.seconds)
         unit, done = "stream", r.streams
     else:
         size = 80_000 if args.phase == "big" else 0
-        reqs = [build_request(target, d, body_bytes=size) for d in run.DIALECTS]
+        reqs = [build_request(target, d, body_bytes=size) for d in dialects]
         r = await loadgen.closed_loop(target, reqs, args.concurrency or 32, args.seconds)
         unit, done = "request", r.requests
     return unit, run.cpu_seconds(pid) - c0, done
@@ -168,6 +169,8 @@ def main() -> int:
                         help="comma-separated allow-list of plugins (default: every installed one)")
     parser.add_argument("--native", action="store_true", help="py-spy: include C frames (uvloop, CPython)")
     parser.add_argument("--no-profile", action="store_true", help="measure CPU only, no profiler")
+    parser.add_argument("--route", choices=run.ROUTES, default=None,
+                        help="profile one route alone (default: Anthropic and Chat, half each)")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--top", type=int, default=40)

@@ -59,6 +59,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 DIALECTS = ("anthropic", "openai")
 #: Each route measured alone (proxy variants): the CPU per request and per event of each dialect, side by side.
 ROUTES = ("anthropic", "openai", "responses")
+#: The routes take turns this many times in the per-route phase (a run of the shared machine's load hits each alike).
+ROUTE_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -437,6 +439,30 @@ class Bench:
         self.tmp = tmp
         self.startups: list[float] = []
 
+    async def routes_alone(self, t: Target, pid: int, m: dict[str, Any]) -> None:
+        """Proxy CPU per JSON request and per stream event of each route alone; the routes take turns
+        (``ROUTE_ROUNDS`` rounds, the order reversed every other round) so the machine's other load
+        falls on each alike."""
+        p = self.plan
+        cpu = {(route, kind): 0.0 for route in ROUTES for kind in ("json", "event")}
+        done = dict.fromkeys(cpu, 0)
+        for i in range(ROUTE_ROUNDS):
+            for route in ROUTES if i % 2 == 0 else ROUTES[::-1]:
+                meter = Meter(pid)
+                r = await loadgen.closed_loop(t, [build_request(t, route)], p.json_concurrency,
+                                              p.route_seconds / ROUTE_ROUNDS)
+                cpu[route, "json"] += meter.stop().cpu
+                done[route, "json"] += r.requests
+                meter = Meter(pid)
+                r = await loadgen.closed_loop(
+                    t, [build_request(t, route, stream=True, events=p.stream_events, rate=p.stream_rate)],
+                    p.stream_concurrency, p.route_seconds / ROUTE_ROUNDS)
+                cpu[route, "event"] += meter.stop().cpu
+                done[route, "event"] += r.events
+                m["errors"] += r.errors
+        for (route, kind), seconds in cpu.items():
+            m[f"route_{route}_{kind}_us"] = seconds / max(1, done[route, kind]) * 1e6
+
     def requests(self, target: Target, **kw: Any) -> list[Request]:
         return [build_request(target, d, **kw) for d in DIALECTS]
 
@@ -536,20 +562,9 @@ class Bench:
             m["errors"] += r.errors
 
             if v.kind == "proxy":
-                for route in ROUTES:
-                    log(f"{v.name}: route {route} alone: JSON, {p.json_concurrency} clients; "
-                        f"{p.stream_concurrency} concurrent {p.stream_events}-event streams")
-                    meter = Meter(pid)
-                    r = await loadgen.closed_loop(t, [build_request(t, route)], p.json_concurrency, p.route_seconds)
-                    meter.stop()
-                    m[f"route_{route}_json_us"] = meter.cpu / max(1, r.requests) * 1e6
-                    meter = Meter(pid)
-                    r = await loadgen.closed_loop(
-                        t, [build_request(t, route, stream=True, events=p.stream_events, rate=p.stream_rate)],
-                        p.stream_concurrency, p.route_seconds)
-                    meter.stop()
-                    m[f"route_{route}_event_us"] = meter.cpu / max(1, r.events) * 1e6
-                    m["errors"] += r.errors
+                log(f"{v.name}: each route alone, interleaved ({ROUTE_ROUNDS} rounds): JSON, {p.json_concurrency} "
+                    f"clients; {p.stream_concurrency} concurrent {p.stream_events}-event streams")
+                await self.routes_alone(t, pid, m)
 
             events = int(p.many_rate * p.many_seconds)
             log(f"{v.name}: {p.many_streams} concurrent streams x {p.many_rate:g} events/s x {p.many_seconds:g} s")
