@@ -209,22 +209,22 @@ def test_keys_without_admin_keys_refuse_the_data(mock: Any) -> None:
 
 def test_everything_kept_is_bounded() -> None:
     from ccproxy_core import COMPLETED, RequestContext, Usage
-    from ccproxy_plugins.dashboard.aggregate import MAX_LABELS, WINDOW, Aggregate
+    from ccproxy_plugins.dashboard.aggregate import BOUNDS, MAX_LABELS, Aggregate
     from ccproxy_plugins.metrics import OTHER
     from ccproxy_plugins.metrics import MAX_MODEL_LABELS
 
     aggregate = Aggregate(build_config(provider_config("http://127.0.0.1:9"), "test"), recent=10)
-    for i in range(WINDOW + 200):
+    for i in range(1200):
         ctx = RequestContext(f"r{i}", "POST", "/v1/messages", "anthropic", model=f"claude-{i}",
                              provider="anthropic", status=200, outcome=COMPLETED, duration=0.01,
                              usage=Usage(input_tokens=1, output_tokens=2), client_key=f"k{i}")
         aggregate.started(ctx)
         aggregate.ended(ctx)
     snap = aggregate.snapshot()
-    assert len(snap["recent"]) == 10 and len(aggregate.durations) == WINDOW
+    assert len(snap["recent"]) == 10 and len(aggregate.durations) == len(BOUNDS) + 1
     assert len(snap["by"]["model"]) == MAX_MODEL_LABELS + 1 and len(snap["by"]["key"]) == MAX_LABELS + 1
     assert {r["name"] for r in snap["by"]["key"]} >= {OTHER} and snap["in_flight"]["count"] == 0
-    assert snap["totals"]["requests"] == WINDOW + 200 and snap["totals"]["output_tokens"] == 2 * (WINDOW + 200)
+    assert snap["totals"]["requests"] == 1200 and snap["totals"]["output_tokens"] == 2 * 1200
 
 
 def test_admin_keys_alone_guard_only_admin_routes(mock: Any) -> None:

@@ -1,0 +1,116 @@
+"""The dashboard across workers and instances (plugins/dashboard/shared.py): sqlite with two workers, two
+instances on one real Redis-protocol server, the state failing, and per-key budget use. Real processes,
+real sockets, the event stream read incrementally."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import httpx
+
+from tests.gateway_helpers import RedisServer, gateway_process, send_concurrently, stop_process
+from tests.servers import ANTHROPIC_BODY, ProxyThread, reserved_port
+from tests.test_gateway import ADMIN, ALICE, gateway_config, redis_server  # noqa: F401 (a fixture)
+
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+JSON_BODY = {**ANTHROPIC_BODY, "stream": False}
+
+
+def first_push(url: str, wanted: Callable[[dict[str, Any]], bool], within: float = 10.0) -> dict[str, Any]:
+    """The first snapshot on ``url``'s event stream that ``wanted`` accepts, read as it arrives; fails
+    after ``within`` seconds with the last one seen."""
+    last: dict[str, Any] = {}
+    deadline = time.monotonic() + within
+    with httpx.stream("GET", url + "/dashboard/events", headers=AUTH, timeout=within) as events:
+        assert events.status_code == 200
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                last = json.loads(line[6:])
+                if wanted(last):
+                    return last
+            assert time.monotonic() < deadline, f"no matching push within {within}s; last: {last}"
+    raise AssertionError(f"the stream ended; last: {last}")
+
+
+def test_sqlite_two_workers_show_in_one_workers_feed(tmp_path, upstream):
+    """Requests served by both workers of one instance all show in the snapshot either worker pushes."""
+    config = gateway_config(upstream.url, {"budget_usd": 5, "rpm": 100},
+                            state={"backend": "sqlite", "path": str(tmp_path / "state.db")})
+    config["plugins"]["disabled"] = ["example"]
+    config["plugins"]["dashboard"] = {"interval": 0.2}
+    config["plugins"]["access_log"] = {"path": str(tmp_path / "access.jsonl")}
+    with reserved_port() as port:
+        proc = gateway_process(tmp_path, "sqlite", config, port, workers=2)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            replies = send_concurrently([url] * 20, ALICE, stagger=0.03, headers={"x-mock-headers-delay": "1500"})
+            assert [r.status_code for r in replies] == [200] * 20
+            snap = first_push(url, lambda s: s["totals"]["requests"] == 20 and s["shared"].get("workers") == 2)
+        finally:
+            err = stop_process(proc)
+    assert len(snap["recent"]) == 20 and snap["by"]["key"][0] == {**snap["by"]["key"][0], "name": "alice",
+                                                                    "requests": 20}
+    assert snap["latency"]["p50"] >= 1.4  # the histograms summed: every request waited 1.5 s
+    alice = next(k for k in snap["keys"] if k["name"] == "alice")
+    assert alice["requests"] == {**alice["requests"], "used": 20, "limit": 100}
+    assert alice["spend_usd"]["limit"] == 5 and alice["backend"] == "sqlite"
+    assert "Traceback" not in err
+    pids = {json.loads(line)["pid"] for line in (tmp_path / "access.jsonl").read_text().splitlines()}
+    assert len(pids) == 2, "both workers served"
+
+
+def test_two_instances_on_one_redis_show_the_whole_gateway(tmp_path, upstream, redis_server):  # noqa: F811
+    name = f"alice-{time.monotonic_ns()}"
+    config = gateway_config(upstream.url, {"name": name}, state={"backend": "redis", "url": redis_server.url})
+    config["plugins"]["disabled"] = ["example"]
+    config["plugins"]["dashboard"] = {"interval": 0.2}
+    with reserved_port() as port_a, reserved_port() as port_b:
+        a = gateway_process(tmp_path, "a", config, port_a)
+        b = gateway_process(tmp_path, "b", config, port_b)
+        try:
+            url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+            replies = send_concurrently([url_a] * 3 + [url_b] * 5, ALICE)
+            assert [r.status_code for r in replies] == [200] * 8
+            # Instance A's feed holds B's requests too (the Redis server is shared by the module: count by key).
+            snap = first_push(url_a, lambda s: any(r["name"] == name and r["requests"] == 8 for r in s["by"]["key"]))
+            assert snap["shared"]["workers"] >= 2
+            assert [k["requests"]["used"] for k in snap["keys"] if k["name"] == name] == [8]
+            assert len([r for r in snap["recent"] if r["key"] == name]) == 8
+        finally:
+            errors = stop_process(a) + stop_process(b)
+    assert "Traceback" not in errors
+
+
+def test_state_down_shows_this_workers_numbers_and_says_so(tmp_path, upstream):
+    """Redis stopped: the page still gets this worker's numbers, promptly, with the reason; no traceback."""
+    with reserved_port() as port:
+        redis = RedisServer(port).start()
+        config = gateway_config(upstream.url, state={"backend": "redis", "url": redis.url, "timeout": 0.5})
+        config["plugins"]["dashboard"] = {"interval": 0.2}
+        try:
+            with ProxyThread(config) as server:
+                assert httpx.post(server.url + "/v1/messages", json=JSON_BODY, headers={"x-api-key": ALICE}).status_code == 200
+                first_push(server.url, lambda s: s["shared"] == {"workers": 1} and s["totals"]["requests"] == 1)
+                redis.stop()
+                started = time.monotonic()
+                snap = first_push(server.url, lambda s: "error" in (s["shared"] or {}))
+                assert time.monotonic() - started < 5
+                assert snap["totals"]["requests"] == 1 and "unavailable" in snap["shared"]["error"]
+                assert snap["keys"] == []
+        finally:
+            redis.stop()
+
+
+def test_memory_backend_shows_this_worker_as_before(upstream):
+    """``state.backend: memory``: no publishing, ``shared`` is null, the numbers are this worker's."""
+    config = gateway_config(upstream.url, {"budget_usd": 2})
+    with ProxyThread(config) as server:
+        assert server.app.ctx.state.kind == "memory"
+        assert httpx.post(server.url + "/v1/messages", json=JSON_BODY, headers={"x-api-key": ALICE}).status_code == 200
+        snap = first_push(server.url, lambda s: s["totals"]["requests"] == 1)
+        plugin = next(p for p in server.app.ctx.plugins.pm.get_plugins() if type(p).__name__ == "DashboardPlugin")
+        assert snap["shared"] is None and plugin.shared is None and plugin.publisher is None
+        alice = next(k for k in snap["keys"] if k["name"] == "alice")
+        assert alice["requests"]["used"] == 1 and alice["spend_usd"]["limit"] == 2
