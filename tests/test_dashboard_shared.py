@@ -114,3 +114,30 @@ def test_memory_backend_shows_this_worker_as_before(upstream):
         assert snap["shared"] is None and plugin.shared is None and plugin.publisher is None
         alice = next(k for k in snap["keys"] if k["name"] == "alice")
         assert alice["requests"]["used"] == 1 and alice["spend_usd"]["limit"] == 2
+
+
+def test_publishing_is_once_per_interval_never_per_request(tmp_path, upstream):
+    """sqlite, ``interval: 60``: twenty requests write nothing to the state beyond the start-up publication
+    (one value and the roster) and the gateway's own counts."""
+    config = gateway_config(upstream.url, state={"backend": "sqlite", "path": str(tmp_path / "state.db")})
+    config["plugins"]["dashboard"] = {"interval": 60}
+    with ProxyThread(config) as server:
+        plugin = next(p for p in server.app.ctx.plugins.pm.get_plugins() if type(p).__name__ == "DashboardPlugin")
+        deadline = time.monotonic() + 5
+        while not plugin.shared.listed:  # the start-up publication (the publisher's first step)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        state = server.app.ctx.state
+        puts: list[str] = []
+        real = state.put
+
+        async def put(key: str, value: bytes, ttl: float) -> None:
+            puts.append(key)
+            await real(key, value, ttl)
+
+        state.put = put
+        for _ in range(20):
+            assert httpx.post(server.url + "/v1/messages", json=JSON_BODY, headers={"x-api-key": ALICE}).status_code == 200
+        assert puts == []  # the next publication is 60 s away
+        snap = first_push(server.url, lambda s: s["totals"]["requests"] == 20)
+        assert snap["shared"] == {"workers": 1} and puts == []  # a push reads, it does not write
