@@ -51,7 +51,8 @@ def browser() -> Iterator[Any]:
 def dashboard(mock: Any) -> Iterator[ProxyThread]:
     config = provider_config(mock.url)
     # A named key: the auth plugin records its name (ctx.client_key), which the page shows.
-    config["plugins"] = {"auth": {"keys": [{"name": "team-a", "key": CLIENT_KEY}], "admin_keys": [ADMIN_KEY]}}
+    config["plugins"] = {"auth": {"keys": [{"name": "team-a", "key": CLIENT_KEY, "budget_usd": 5}],
+                                  "admin_keys": [ADMIN_KEY]}}
     with ProxyThread(config) as server:
         yield server
 
@@ -104,6 +105,10 @@ def test_request_and_stream_show_live(browser: Any, dashboard: ProxyThread) -> N
     row = page.text_content("#recent tr:nth-child(2)")
     assert "team-a" in row and "anthropic" in row and "200" in row and "completed" in row
     assert "claude-dash-1" in page.text_content("#by-model") and "team-a" in page.text_content("#by-key")
+    # The key's use beside its limits (the gateway's usage, as the usage route shows it).
+    page.wait_for_selector("#budgets td:has-text('team-a')", timeout=2000)
+    budget = page.text_content("#budgets tr:nth-child(2)")
+    assert "/ $5.00" in budget and budget.startswith("team-a1")  # name, then 1 request (no rpm)
 
     # A stream in flight for ~2 s: it shows, then leaves.
     stream_body = {**OPENAI_BODY, "model": "gpt-dash-stream"}

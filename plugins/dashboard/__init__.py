@@ -150,7 +150,8 @@ class DashboardPlugin:
         if isinstance(keys, str):
             shared, keys = {"error": keys}, []
         snapshot = {**view(parts, now, recent), "worker": os.getpid(), "shared": shared, "keys": keys}
-        changes = ([p["version"] for p in parts], shared, keys)
+        used = [[k[w]["used"] for w in ("requests", "tokens", "spend_usd")] for k in keys]  # not resets_in
+        changes = ([p["version"] for p in parts], shared, used)
         return snapshot, changes
 
     async def key_usage(self) -> list[dict[str, Any]] | str:
