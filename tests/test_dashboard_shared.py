@@ -141,3 +141,36 @@ def test_publishing_is_once_per_interval_never_per_request(tmp_path, upstream):
         assert puts == []  # the next publication is 60 s away
         snap = first_push(server.url, lambda s: s["totals"]["requests"] == 20)
         assert snap["shared"] == {"workers": 1} and puts == []  # a push reads, it does not write
+
+
+def test_gather_sums_workers_and_skips_what_it_cannot_read():
+    """Two workers' parts through one backend sum in :func:`view`; a roster or a part that is not ours
+    (garbage, another layout mid-upgrade) is left out, never an exception."""
+    import asyncio
+
+    from ccproxy_core import COMPLETED, RequestContext, Usage, build_config
+    from ccproxy_core.state.memory import MemoryState
+    from ccproxy_plugins.dashboard.aggregate import Aggregate, view
+    from ccproxy_plugins.dashboard.shared import ROSTER, Shared
+    from tests.servers import provider_config
+
+    config = build_config(provider_config("http://127.0.0.1:9"), "test")
+
+    async def main() -> None:
+        state = MemoryState()
+        a, b = Shared(state, Aggregate(config), 1.0), Shared(state, Aggregate(config), 1.0)
+        for i, shared in enumerate((a, b, b)):
+            shared.aggregate.ended(RequestContext(f"r{i}", "POST", "/v1/messages", "anthropic", model="claude-x",
+                                                  provider="anthropic", status=200, outcome=COMPLETED, duration=0.3,
+                                                  usage=Usage(input_tokens=1, output_tokens=2)))
+        await a.publish()
+        await b.publish()
+        snap = view(await a.gather(), 0.0, 10)
+        assert snap["totals"]["requests"] == 3 and snap["totals"]["output_tokens"] == 6
+        assert len(snap["recent"]) == 3 and snap["latency"]["p50"] is not None
+        await state.put(f"dashboard:worker:{b.id}", b'{"format": 0}', 10)
+        assert len(await a.gather()) == 1
+        await state.put(ROSTER, b"not json", 10)
+        assert len(await a.gather()) == 1
+
+    asyncio.run(main())

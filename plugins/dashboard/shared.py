@@ -28,6 +28,8 @@ from ccproxy_core import StateBackend
 from .aggregate import Aggregate
 
 ROSTER = "dashboard:roster"
+#: The layout of a published part; parts of another layout (an instance mid-upgrade) are left out.
+FORMAT = 1
 
 
 class Shared:
@@ -46,7 +48,7 @@ class Shared:
         now = time.time()
         version = self.aggregate.version
         if version != self.published[0] or now - self.published[1] > self.ttl / 3:
-            parts = json.dumps(self.aggregate.export(), separators=(",", ":")).encode()
+            parts = json.dumps({**self.aggregate.export(), "format": FORMAT}, separators=(",", ":")).encode()
             await self.state.put(f"dashboard:worker:{self.id}", parts, self.ttl)
             self.published = (version, now)
         if now - self.listed > self.ttl / 3:
@@ -60,12 +62,20 @@ class Shared:
         parts = [self.aggregate.export()]
         for worker in await self._roster(time.time()):
             if worker != self.id:
-                found = await self.state.get(f"dashboard:worker:{worker}")
-                if found is not None:
-                    parts.append(json.loads(found))
+                part = loaded(await self.state.get(f"dashboard:worker:{worker}"))
+                if part.get("format") == FORMAT:
+                    parts.append(part)
         return parts
 
     async def _roster(self, now: float) -> dict[str, float]:
-        found = await self.state.get(ROSTER)
-        roster = json.loads(found) if found else {}
-        return {worker: seen for worker, seen in roster.items() if now - seen < self.ttl}
+        roster = loaded(await self.state.get(ROSTER))
+        return {worker: seen for worker, seen in roster.items() if isinstance(seen, (int, float)) and now - seen < self.ttl}
+
+
+def loaded(found: bytes | None) -> dict[str, Any]:
+    """A stored JSON object, or ``{}`` for nothing or anything else (the state may be shared with others)."""
+    try:
+        value = json.loads(found) if found else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
