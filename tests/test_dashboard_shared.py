@@ -141,6 +141,8 @@ def test_publishing_is_once_per_interval_never_per_request(tmp_path, upstream):
         assert puts == []  # the next publication is 60 s away
         snap = first_push(server.url, lambda s: s["totals"]["requests"] == 20)
         assert snap["shared"] == {"workers": 1} and puts == []  # a push reads, it does not write
+    # The test server cancels every task when it stops, the publisher too: the shutdown still closes the rest.
+    assert server.app.ctx.clients and all(c.is_closed for c in server.app.ctx.clients.values())
 
 
 def test_gather_sums_workers_and_skips_what_it_cannot_read():

@@ -197,7 +197,7 @@ class DashboardPlugin:
         if self.closing is not None:
             self.closing.set()
         if self.publisher is not None:
-            await self.publisher
+            await asyncio.wait([self.publisher])  # ended, or cancelled by whoever stops the loop: never raises
             self.publisher = None
 
     @hookimpl
