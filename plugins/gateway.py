@@ -21,7 +21,7 @@ sees everyone.
   ``open`` → the request passes uncounted. The backend logs the outage's start and end once each.
 * ``GET /v1/ccproxy/keys/{name}/usage`` with an admin key (``x-api-key`` or Bearer): the three
   windows as ``{"used", "limit", "window_seconds", "resets_in"}`` (:meth:`GatewayPlugin.usage`,
-  which a dashboard calls directly).
+  which the dashboard calls directly, finding this object on ``app.ctx.gateway``).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class GatewayPlugin(AuthPlugin):
     def ccproxy_startup(self, app: Sanic) -> None:
         super().ccproxy_startup(app)
         self.state = app.ctx.state
+        app.ctx.gateway = self  # the dashboard reads each key's usage through it
         self.fail_open = app.ctx.config.state.on_error == "open"
 
     @hookimpl

@@ -129,9 +129,11 @@ class ProxyThread:
         await self._server.before_stop()
         self._server.close()
         await self._server.wait_closed()
-        for task in [t for t in asyncio.all_tasks(self.loop) if t is not asyncio.current_task()]:
+        tasks = [t for t in asyncio.all_tasks(self.loop) if t is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
-        await asyncio.sleep(0)
+        if tasks:  # a cancelled task may need more than one step to finish (a connection awaiting its handler)
+            await asyncio.wait(tasks, timeout=5)
         await self._server.after_stop()
 
     def start(self) -> ProxyThread:

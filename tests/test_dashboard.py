@@ -51,7 +51,8 @@ def browser() -> Iterator[Any]:
 def dashboard(mock: Any) -> Iterator[ProxyThread]:
     config = provider_config(mock.url)
     # A named key: the auth plugin records its name (ctx.client_key), which the page shows.
-    config["plugins"] = {"auth": {"keys": [{"name": "team-a", "key": CLIENT_KEY}], "admin_keys": [ADMIN_KEY]}}
+    config["plugins"] = {"auth": {"keys": [{"name": "team-a", "key": CLIENT_KEY, "budget_usd": 5}],
+                                  "admin_keys": [ADMIN_KEY]}}
     with ProxyThread(config) as server:
         yield server
 
@@ -104,6 +105,10 @@ def test_request_and_stream_show_live(browser: Any, dashboard: ProxyThread) -> N
     row = page.text_content("#recent tr:nth-child(2)")
     assert "team-a" in row and "anthropic" in row and "200" in row and "completed" in row
     assert "claude-dash-1" in page.text_content("#by-model") and "team-a" in page.text_content("#by-key")
+    # The key's use beside its limits (the gateway's usage, as the usage route shows it).
+    page.wait_for_selector("#budgets td:has-text('team-a')", timeout=2000)
+    budget = page.text_content("#budgets tr:nth-child(2)")
+    assert "/ $5.00" in budget and budget.startswith("team-a1")  # name, then 1 request (no rpm)
 
     # A stream in flight for ~2 s: it shows, then leaves.
     stream_body = {**OPENAI_BODY, "model": "gpt-dash-stream"}
@@ -209,22 +214,22 @@ def test_keys_without_admin_keys_refuse_the_data(mock: Any) -> None:
 
 def test_everything_kept_is_bounded() -> None:
     from ccproxy_core import COMPLETED, RequestContext, Usage
-    from ccproxy_plugins.dashboard.aggregate import MAX_LABELS, WINDOW, Aggregate
+    from ccproxy_plugins.dashboard.aggregate import BOUNDS, MAX_LABELS, Aggregate
     from ccproxy_plugins.metrics import OTHER
     from ccproxy_plugins.metrics import MAX_MODEL_LABELS
 
     aggregate = Aggregate(build_config(provider_config("http://127.0.0.1:9"), "test"), recent=10)
-    for i in range(WINDOW + 200):
+    for i in range(1200):
         ctx = RequestContext(f"r{i}", "POST", "/v1/messages", "anthropic", model=f"claude-{i}",
                              provider="anthropic", status=200, outcome=COMPLETED, duration=0.01,
                              usage=Usage(input_tokens=1, output_tokens=2), client_key=f"k{i}")
         aggregate.started(ctx)
         aggregate.ended(ctx)
     snap = aggregate.snapshot()
-    assert len(snap["recent"]) == 10 and len(aggregate.durations) == WINDOW
+    assert len(snap["recent"]) == 10 and len(aggregate.durations) == len(BOUNDS) + 1
     assert len(snap["by"]["model"]) == MAX_MODEL_LABELS + 1 and len(snap["by"]["key"]) == MAX_LABELS + 1
     assert {r["name"] for r in snap["by"]["key"]} >= {OTHER} and snap["in_flight"]["count"] == 0
-    assert snap["totals"]["requests"] == WINDOW + 200 and snap["totals"]["output_tokens"] == 2 * (WINDOW + 200)
+    assert snap["totals"]["requests"] == 1200 and snap["totals"]["output_tokens"] == 2 * 1200
 
 
 def test_admin_keys_alone_guard_only_admin_routes(mock: Any) -> None:

@@ -13,7 +13,15 @@ Routes (``path`` is the setting, ``/dashboard`` by default):
 
 Per request the work is ``ccproxy_stream_start`` (streams only) and ``ccproxy_stream_end``: a few dict
 and deque updates (:mod:`.aggregate`). Disabled (``plugins: disabled: [dashboard]``) it registers
-nothing and costs nothing. With several workers each one shows its own numbers (``worker`` says which).
+nothing and costs nothing.
+
+Across workers and instances: with ``state.backend`` ``sqlite`` or ``redis`` each worker publishes its
+numbers once per ``interval`` and every push merges all of them (:mod:`.shared`; the snapshot's
+``shared`` says how many workers it holds). With ``memory`` (one worker) it shows its own, as
+``shared: null``. When the state fails the push carries this worker's numbers and ``shared`` says the
+shared view is unavailable (``{"error": ...}``). With the gateway's keys (``GatewayPlugin``, found on
+``app.ctx.gateway``) each push also carries ``keys``: every key's requests, tokens and spend beside
+its limits, as the usage route shows them.
 
 Settings (``plugins: dashboard: {...}``):
 
@@ -31,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccproxy_core import Config, PluginSettings, RequestContext, hookimpl
+from ccproxy_core import Config, PluginSettings, RequestContext, StateUnavailable, hookimpl
 
 from ..auth import settings_of as auth_settings
-from .aggregate import Aggregate
+from .aggregate import MAX_LABELS, Aggregate, view
+from .shared import Shared
 
 NAME = "dashboard"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -73,6 +82,9 @@ class DashboardPlugin:
         self.settings = settings
         self.aggregate: Aggregate | None = None
         self.closing: asyncio.Event | None = None
+        self.shared: Shared | None = None
+        self.publisher: asyncio.Task[None] | None = None
+        self.app: Any = None
 
     @hookimpl
     def ccproxy_register_routes(self, app: Any) -> None:
@@ -104,17 +116,16 @@ class DashboardPlugin:
             content_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-        worker = os.getpid()
-        seen = -1
+        seen: Any = None
         quiet = 0.0
         while not closing.is_set():
-            if aggregate.version != seen or quiet >= KEEPALIVE:
-                if aggregate.version != seen:
-                    seen = aggregate.version
-                    data = json.dumps({**aggregate.snapshot(), "worker": worker}, separators=(",", ":"))
-                    await stream.send(f"data: {data}\n\n")
-                else:
-                    await stream.send(": keep-alive\n\n")
+            snapshot, changes = await self.snapshot()
+            if changes != seen:
+                seen = changes
+                await stream.send(f"data: {json.dumps(snapshot, separators=(',', ':'))}\n\n")
+                quiet = 0.0
+            elif quiet >= KEEPALIVE:
+                await stream.send(": keep-alive\n\n")
                 quiet = 0.0
             try:
                 await asyncio.wait_for(closing.wait(), self.settings.interval)
@@ -122,15 +133,72 @@ class DashboardPlugin:
                 quiet += self.settings.interval
         await stream.eof()
 
+    async def snapshot(self) -> tuple[dict[str, Any], Any]:
+        """What one push carries, and a value that differs whenever something the page shows changed."""
+        aggregate = self.aggregate
+        assert aggregate is not None
+        now, recent = aggregate.clock(), self.settings.recent
+        shared: dict[str, Any] | None = None
+        parts = [aggregate.export()]
+        if self.shared is not None:
+            try:
+                parts = await self.shared.gather()
+                shared = {"workers": len(parts)}
+            except StateUnavailable as exc:
+                shared = {"error": f"the shared view is unavailable: {exc}"}
+        keys = await self.key_usage()
+        if isinstance(keys, str):
+            shared, keys = {"error": keys}, []
+        snapshot = {**view(parts, now, recent), "worker": os.getpid(), "shared": shared, "keys": keys}
+        used = [[k[w]["used"] for w in ("requests", "tokens", "spend_usd")] for k in keys]  # not resets_in
+        changes = ([p["version"] for p in parts], shared, used)
+        return snapshot, changes
+
+    async def key_usage(self) -> list[dict[str, Any]] | str:
+        """Each gateway key's windows and limits (``GatewayPlugin.usage``), the first :data:`MAX_LABELS`;
+        a message when the state cannot answer."""
+        gateway = getattr(self.app.ctx, "gateway", None) if self.app is not None else None
+        if gateway is None:
+            return []
+        try:
+            return [await gateway.usage(name) for name in list(gateway.windows)[:MAX_LABELS]]
+        except StateUnavailable as exc:
+            return f"the shared view is unavailable: {exc}"
+
     @hookimpl
-    def ccproxy_startup(self) -> None:
+    def ccproxy_startup(self, app: Any) -> None:
+        self.app = app
         self.aggregate = Aggregate(self.config, self.settings.recent)
         self.closing = asyncio.Event()
+        if app.ctx.state.kind != "memory":
+            self.shared = Shared(app.ctx.state, self.aggregate, self.settings.interval)
+            self.publisher = asyncio.get_running_loop().create_task(self.publish(self.shared, self.closing))
+
+    async def publish(self, shared: Shared, closing: asyncio.Event) -> None:
+        """Publish this worker's numbers once per interval until the worker stops; failures wait for the next."""
+        while not closing.is_set():
+            try:
+                await shared.publish()
+            except StateUnavailable:
+                pass  # logged by the backend; the next interval tries again
+            try:
+                await asyncio.wait_for(closing.wait(), self.settings.interval)
+            except asyncio.TimeoutError:
+                pass
 
     def stop_streams(self, app: Any) -> None:
         """The worker begins to stop: end the event streams now, so they do not hold up its shutdown."""
         if self.closing is not None:
             self.closing.set()
+
+    @hookimpl
+    async def ccproxy_shutdown(self) -> None:
+        """The publisher ends before the core closes the state."""
+        if self.closing is not None:
+            self.closing.set()
+        if self.publisher is not None:
+            await asyncio.wait([self.publisher])  # ended, or cancelled by whoever stops the loop: never raises
+            self.publisher = None
 
     @hookimpl
     def ccproxy_stream_start(self, ctx: RequestContext) -> None:

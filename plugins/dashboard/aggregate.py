@@ -1,10 +1,14 @@
-"""What the dashboard shows, as one worker saw it: the one place its numbers are kept and read.
+"""What the dashboard shows: the one place its numbers are kept, merged and read.
 
 :class:`Aggregate` is the interface the page's data goes through: :meth:`Aggregate.started` and
 :meth:`Aggregate.ended` take a request (from the plugin's ``ccproxy_stream_start`` and
-``ccproxy_stream_end``), :meth:`Aggregate.snapshot` returns the JSON-ready numbers the page draws.
-Everything it keeps is bounded: per-second series of :data:`SERIES` seconds, the last
-:data:`WINDOW` durations for percentiles, the last ``recent`` requests, :data:`RECENT_FALLBACKS`
+``ccproxy_stream_end``); :meth:`Aggregate.export` returns one worker's counters as JSON-ready
+parts, and :func:`view` merges the parts of any number of workers into the numbers the page draws
+(:meth:`Aggregate.snapshot` is this worker's alone). Every part adds up across workers: counts,
+per-second rows, and durations and times to first byte as fixed-bucket histograms (:data:`BOUNDS`),
+so percentiles of the whole gateway are exact to a bucket.
+Everything kept is bounded: per-second series of :data:`SERIES` seconds, two histograms of
+``len(BOUNDS) + 1`` buckets, the last ``recent`` requests, :data:`RECENT_FALLBACKS`
 fallbacks, and at most :data:`MAX_LABELS` providers and key names (the rest fold into
 :data:`OTHER`); model names fold as the metrics plugin folds them (:class:`ModelLabels`).
 
@@ -13,18 +17,19 @@ It keeps no key, prompt or completion: a request is reduced to names, numbers an
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter, deque
 from typing import Any
 
 from ccproxy_core import COMPLETED, Config, RequestContext
 
-from ..metrics import ModelLabels
+from ..metrics import OTHER, ModelLabels
 
 #: Seconds of per-second request and error counts.
 SERIES = 120
-#: Durations and times to first byte kept for the percentiles.
-WINDOW = 1000
+#: Upper bounds (seconds) of the duration and time-to-first-byte buckets: 1 ms to ~12 min, each ×√2.
+BOUNDS = tuple(0.001 * 2 ** (k / 2) for k in range(40))
 #: Fallbacks kept for the page.
 RECENT_FALLBACKS = 20
 #: Distinct providers and key names with a row of their own.
@@ -52,11 +57,18 @@ def error_kind(ctx: RequestContext) -> str | None:
     return None
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of already sorted values, nearest rank; None when empty."""
-    if not sorted_values:
+def percentile(buckets: list[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a histogram over :data:`BOUNDS`, nearest rank, as its bucket's upper
+    bound (the last bound for the overflow bucket); None when empty."""
+    total = sum(buckets)
+    if not total:
         return None
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+    rank = min(total - 1, int(q * total))
+    for i, n in enumerate(buckets):
+        rank -= n
+        if rank < 0:
+            return BOUNDS[min(i, len(BOUNDS) - 1)]
+    return BOUNDS[-1]  # pragma: no cover (the ranks add up)
 
 
 class Totals:
@@ -76,9 +88,21 @@ class Totals:
             self.output_tokens += ctx.usage.output_tokens
         self.cost += ctx.cost or 0.0
 
-    def as_dict(self, name: str) -> dict[str, Any]:
-        return {"name": name, "requests": self.requests, "errors": self.errors, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens, "cost": round(self.cost, 6)}
+    def as_list(self) -> list[Any]:
+        return [self.requests, self.errors, self.input_tokens, self.output_tokens, self.cost]
+
+
+FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cost")
+
+
+def as_row(name: str, values: list[Any]) -> dict[str, Any]:
+    row = {"name": name, **dict(zip(FIELDS, values))}
+    row["cost"] = round(row["cost"], 6)
+    return row
+
+
+def summed(rows: list[list[Any]]) -> list[Any]:
+    return [sum(column) for column in zip(*rows)] if rows else [0, 0, 0, 0, 0.0]
 
 
 class Aggregate:
@@ -93,8 +117,8 @@ class Aggregate:
         #: Bumped by every change, so a reader can tell whether anything happened.
         self.version = 0
         self.seconds: deque[list[int]] = deque(maxlen=SERIES)  # [unix second, requests, errors]
-        self.durations: deque[float] = deque(maxlen=WINDOW)
-        self.ttfbs: deque[float] = deque(maxlen=WINDOW)
+        self.durations = [0] * (len(BOUNDS) + 1)  # a histogram over BOUNDS
+        self.ttfbs = [0] * (len(BOUNDS) + 1)
         self.errors: Counter[str] = Counter()
         self.by: dict[str, dict[str, Totals]] = {"model": {}, "provider": {}, "key": {}}
         self.total = Totals()
@@ -127,9 +151,9 @@ class Aggregate:
         if kind is not None:
             self.errors[kind] += 1
         if ctx.duration is not None:
-            self.durations.append(ctx.duration)
+            self.durations[bisect.bisect_left(BOUNDS, ctx.duration)] += 1
         if ctx.t_first_byte is not None:
-            self.ttfbs.append(ctx.t_first_byte)
+            self.ttfbs[bisect.bisect_left(BOUNDS, ctx.t_first_byte)] += 1
         model = self.model_label(ctx.model or ctx.model_requested or "")
         provider = self.provider_label(ctx.provider or "")
         key = self._key(ctx)
@@ -167,28 +191,71 @@ class Aggregate:
                 "why": f"http_{first.status}" if first.error_kind == "status" else first.error_kind,
             })
 
-    def snapshot(self) -> dict[str, Any]:
-        """The numbers the page draws, as JSON-ready values."""
-        now = self.clock()
-        last = int(now)  # the current second, still counting
-        counts = {row[0]: row for row in self.seconds}
-        requests = [counts[s][1] if s in counts else 0 for s in range(last - SERIES + 1, last + 1)]
-        errors = [counts[s][2] if s in counts else 0 for s in range(last - SERIES + 1, last + 1)]
-        durations, ttfbs = sorted(self.durations), sorted(self.ttfbs)
+    def export(self) -> dict[str, Any]:
+        """This worker's counters as JSON-ready parts that :func:`view` can merge with other workers'."""
         flights = sorted(self.in_flight.values(), key=lambda f: f["started_at"])
         return {
-            "now": now,
-            "uptime": now - self.started_at,
-            "rps": sum(requests[-10:]) / 10,
-            "series": {"requests": requests, "errors": errors},
-            "totals": self.total.as_dict("all"),
-            "errors": dict(self.errors.most_common()),
-            "latency": {"p50": percentile(durations, 0.5), "p99": percentile(durations, 0.99)},
-            "ttfb": {"p50": percentile(ttfbs, 0.5), "p99": percentile(ttfbs, 0.99)},
-            "by": {dim: sorted((t.as_dict(n) for n, t in table.items()), key=lambda r: -r["requests"])
-                   for dim, table in self.by.items()},
-            "in_flight": {"count": len(flights), "streams": [
-                {**f, "age": now - f["started_at"]} for f in flights[:MAX_IN_FLIGHT_LISTED]]},
-            "fallbacks": {"count": self.fallbacks, "retries": self.retries, "recent": list(self.recent_fallbacks)},
+            "version": self.version, "started_at": self.started_at, "seconds": [list(r) for r in self.seconds],
+            "durations": list(self.durations), "ttfbs": list(self.ttfbs), "errors": dict(self.errors),
+            "total": self.total.as_list(),
+            "by": {dim: {n: t.as_list() for n, t in table.items()} for dim, table in self.by.items()},
+            "in_flight": len(flights), "streams": flights[:MAX_IN_FLIGHT_LISTED],
+            "fallbacks": self.fallbacks, "retries": self.retries, "recent_fallbacks": list(self.recent_fallbacks),
             "recent": list(self.recent),
         }
+
+    def snapshot(self) -> dict[str, Any]:
+        """This worker's numbers, as the page draws them."""
+        return view([self.export()], self.clock(), self.recent.maxlen or 0)
+
+
+def view(parts: list[dict[str, Any]], now: float, recent: int) -> dict[str, Any]:
+    """The numbers the page draws, as JSON-ready values, for the workers whose :meth:`Aggregate.export`
+    ``parts`` are given (at least one); ``recent`` requests are kept, the newest."""
+    last = int(now)  # the current second, still counting
+    counts: Counter[int] = Counter()
+    failures: Counter[int] = Counter()
+    for part in parts:
+        for second, n, failed in part["seconds"]:
+            counts[second] += n
+            failures[second] += failed
+    span = range(last - SERIES + 1, last + 1)
+    requests, errors = [counts[s] for s in span], [failures[s] for s in span]
+    durations = [sum(c) for c in zip(*(p["durations"] for p in parts))]
+    ttfbs = [sum(c) for c in zip(*(p["ttfbs"] for p in parts))]
+    kinds: Counter[str] = Counter()
+    for part in parts:
+        kinds.update(part["errors"])
+    flights = sorted((f for p in parts for f in p["streams"]), key=lambda f: f["started_at"])
+    started_at = min(p["started_at"] for p in parts)
+    return {
+        "now": now,
+        "uptime": now - started_at,
+        "rps": sum(requests[-10:]) / 10,
+        "series": {"requests": requests, "errors": errors},
+        "totals": as_row("all", summed([p["total"] for p in parts])),
+        "errors": dict(kinds.most_common()),
+        "latency": {"p50": percentile(durations, 0.5), "p99": percentile(durations, 0.99)},
+        "ttfb": {"p50": percentile(ttfbs, 0.5), "p99": percentile(ttfbs, 0.99)},
+        "by": {dim: _rows([p["by"][dim] for p in parts]) for dim in ("model", "provider", "key")},
+        "in_flight": {"count": sum(p["in_flight"] for p in parts), "streams": [
+            {**f, "age": now - f["started_at"]} for f in flights[:MAX_IN_FLIGHT_LISTED]]},
+        "fallbacks": {"count": sum(p["fallbacks"] for p in parts), "retries": sum(p["retries"] for p in parts),
+                      "recent": sorted((f for p in parts for f in p["recent_fallbacks"]),
+                                       key=lambda f: f["time"])[-RECENT_FALLBACKS:]},
+        "recent": sorted((r for p in parts for r in p["recent"]), key=lambda r: r["time"])[-recent:] if recent else [],
+    }
+
+
+def _rows(tables: list[dict[str, list[Any]]]) -> list[dict[str, Any]]:
+    """The per-label rows of several workers summed, most requests first; beyond :data:`MAX_LABELS`
+    (workers may each know other names) the rest fold into :data:`OTHER`."""
+    merged: dict[str, list[list[Any]]] = {}
+    for table in tables:
+        for name, values in table.items():
+            merged.setdefault(name, []).append(values)
+    rows = sorted(((n, summed(v)) for n, v in merged.items()), key=lambda r: -r[1][0])
+    if len(rows) > MAX_LABELS + 1:
+        rows = [r for r in rows[:MAX_LABELS] if r[0] != OTHER] + [
+            (OTHER, summed([v for n, v in rows if n == OTHER] + [v for n, v in rows[MAX_LABELS:] if n != OTHER]))]
+    return [as_row(n, v) for n, v in rows]

@@ -34,7 +34,9 @@ function spark(el, values, color) {
 
 function draw(s) {
   last = s;
-  $("status").textContent = `worker ${s.worker} · up ${secs(s.uptime)} · ${num(s.totals.requests)} requests · updated ${clock(s.now)}`;
+  const scope = s.shared == null ? `worker ${s.worker}` : s.shared.error ? `worker ${s.worker} only: ${s.shared.error}`
+    : `${s.shared.workers} worker${s.shared.workers === 1 ? "" : "s"} (seen by worker ${s.worker})`;
+  $("status").textContent = `${scope} · up ${secs(s.uptime)} · ${num(s.totals.requests)} requests · updated ${clock(s.now)}`;
   $("rps").textContent = num(s.rps, 1);
   spark($("rps-chart"), s.series.requests, "var(--acc)");
   $("errors").textContent = num(s.totals.errors);
@@ -56,6 +58,10 @@ function draw(s) {
   table($("by-model"), head, totals(s.by.model));
   table($("by-provider"), head, totals(s.by.provider));
   table($("by-key"), head, totals(s.by.key));
+  $("budgets-card").hidden = !s.keys.length;
+  const use = (w, f) => (w.limit == null ? f(w.used) : { text: `${f(w.used)} / ${f(w.limit)}`, cls: w.used >= w.limit ? "bad" : "" });
+  table($("budgets"), ["key", "requests / min", "tokens / min", "spend", "resets in"],
+    s.keys.map((k) => [k.name, use(k.requests, num), use(k.tokens, num), use(k.spend_usd, usd), secs(k.spend_usd.resets_in)]));
   drawRecent();
 }
 
