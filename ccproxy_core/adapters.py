@@ -15,7 +15,7 @@ from .plugins import Plugins
 
 
 class ResponseAdapter(Protocol):
-    """Rewrites one response body; returned by ``ccproxy_response_adapter``."""
+    """Rewrites one response body; returned by ``ccproxy_response_adapter`` (see also ``settle`` below)."""
 
     def feed(self, data: bytes) -> bytes:
         """Take decoded upstream bytes (split anywhere); return bytes for the client (may be empty)."""

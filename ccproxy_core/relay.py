@@ -240,7 +240,7 @@ class Relay(ResponseStream):
         except Exception as exc:  # a response adapter's finish failed
             await self._fail_after_head(response, self.handler.plugins.failed_mid_response(exc, self.ctx), is_sse)
             return
-        settle = getattr(adapter, "settle", None)
+        settle = getattr(adapter, "settle", None) if adapter is not None else None
         if settle is not None:  # what the tail waits for (see ResponseAdapter)
             try:
                 await settle()
