@@ -77,20 +77,11 @@ def test_a_chain_continues_on_the_other_worker_with_sqlite(tmp_path: Any, upstre
             err = stop_process(proc)
     for i in range(8):
         assert sent_turns(upstream, f"c{i}") == [f"c{i} turn {n}" for n in range(4)]
-    pid = {line["request_id"]: line["pid"] for line in map(json.loads, (tmp_path / "access.jsonl").read_text().splitlines())}
+    lines = [json.loads(line) for line in (tmp_path / "access.jsonl").read_text().splitlines()]
+    pid = {line["request_id"]: line["pid"] for line in lines}
     crossings = sum(pid[a] != pid[b] for ids in chains for a, b in zip(ids, ids[1:]))
     assert len(set(pid.values())) == 2 and crossings > 0, "some turn was served by the other worker"
     assert "Traceback" not in err
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with reserved_port() as port:
-        server = RedisServer(port).start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 def test_a_chain_continues_on_the_other_instance_with_redis(tmp_path: Any, upstream: Any, redis_server: Any) -> None:
