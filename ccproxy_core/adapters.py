@@ -15,13 +15,17 @@ from .plugins import Plugins
 
 
 class ResponseAdapter(Protocol):
-    """Rewrites one response body; returned by ``ccproxy_response_adapter``."""
+    """Rewrites one response body; returned by ``ccproxy_response_adapter`` (see also ``settle`` below)."""
 
     def feed(self, data: bytes) -> bytes:
         """Take decoded upstream bytes (split anywhere); return bytes for the client (may be empty)."""
 
     def finish(self) -> bytes:
         """The upstream body ended cleanly; return what is left to write."""
+
+    # Optional: ``async def settle(self) -> None``, awaited after ``finish`` and before its bytes are
+    # written: work the response's last bytes must wait for (the translate plugin keeps a Responses
+    # exchange there). A ProxyError it raises ends the response with that error in the client's dialect.
 
 
 class AdapterChain:
@@ -42,6 +46,12 @@ class AdapterChain:
         for adapter in self.adapters:
             data = (adapter.feed(data) if data else b"") + adapter.finish()
         return data
+
+    async def settle(self) -> None:
+        for adapter in self.adapters:
+            settle = getattr(adapter, "settle", None)
+            if settle is not None:
+                await settle()
 
 
 #: Called once the upstream answered; returns the adapter for this response or None.

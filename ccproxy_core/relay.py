@@ -220,7 +220,8 @@ class Relay(ResponseStream):
         adapter: ResponseAdapter | None,
         is_sse: bool,
     ) -> None:
-        """The upstream body ended: the end-of-body observers, the adapter's tail, the last chunk.
+        """The upstream body ended: the end-of-body observers, the adapter's tail (after its ``settle``), the
+        last chunk.
 
         The observers see the whole body even if the client leaves now: sync ones cannot be
         interrupted, async ones run in a task that a cancellation does not reach (``_finish``
@@ -239,6 +240,16 @@ class Relay(ResponseStream):
         except Exception as exc:  # a response adapter's finish failed
             await self._fail_after_head(response, self.handler.plugins.failed_mid_response(exc, self.ctx), is_sse)
             return
+        settle = getattr(adapter, "settle", None) if adapter is not None else None
+        if settle is not None:  # what the tail waits for (see ResponseAdapter)
+            try:
+                await settle()
+            except ProxyError as exc:
+                await self._fail_after_head(response, exc, is_sse)
+                return
+            except Exception as exc:
+                await self._fail_after_head(response, self.handler.plugins.failed_mid_response(exc, self.ctx), is_sse)
+                return
         if tail:
             await self._write(response, tail, is_sse)
         await self._eof(response)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.gateway_helpers import RedisServer
 from tests.mock_upstream import MockUpstreamThread
 from tests.servers import ROOT, ProxyThread, provider_config, reserved_port
 
@@ -107,3 +108,14 @@ def sanic_port() -> Iterator[int]:
     """A port held for a ``sanic`` subprocess until the test ends (see :func:`tests.servers.reserved_port`)."""
     with reserved_port() as port:
         yield port
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[Any]:
+    """A real Redis-protocol server (``tests.gateway_helpers.RedisServer``) for one test module."""
+    with reserved_port() as port:
+        server = RedisServer(port).start()
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -12,7 +12,7 @@ import httpx
 
 from tests.gateway_helpers import RedisServer, gateway_process, send_concurrently, stop_process
 from tests.servers import ANTHROPIC_BODY, ProxyThread, reserved_port
-from tests.test_gateway import ADMIN, ALICE, gateway_config, redis_server  # noqa: F401 (a fixture)
+from tests.test_gateway import ADMIN, ALICE, gateway_config
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 JSON_BODY = {**ANTHROPIC_BODY, "stream": False}
@@ -61,7 +61,7 @@ def test_sqlite_two_workers_show_in_one_workers_feed(tmp_path, upstream):
     assert len(pids) == 2, "both workers served"
 
 
-def test_two_instances_on_one_redis_show_the_whole_gateway(tmp_path, upstream, redis_server):  # noqa: F811
+def test_two_instances_on_one_redis_show_the_whole_gateway(tmp_path, upstream, redis_server):
     name = f"alice-{time.monotonic_ns()}"
     config = gateway_config(upstream.url, {"name": name}, state={"backend": "redis", "url": redis_server.url})
     config["plugins"]["disabled"] = ["example"]

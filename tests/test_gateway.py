@@ -40,16 +40,6 @@ def gateway_config(mock_url: str, alice: dict | None = None, state: dict | None 
     return config
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    with reserved_port() as port:
-        server = RedisServer(port).start()
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
 def statuses(replies: list[httpx.Response]) -> list[int]:
     return sorted(r.status_code for r in replies)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ccproxy_core import ANTHROPIC, OPENAI, RESPONSES, PluginSettings, hookimpl
+from ccproxy_core import ANTHROPIC, OPENAI, RESPONSES, InvalidRequest, PluginSettings, hookimpl
 
 from ..usage import settings_for as usage_settings
 from . import mappings
@@ -29,7 +29,7 @@ from .base import PLUGIN_NAME, ResponseAdapter, Settings
 from .headers import add_client_headers
 from .requests import anthropic_to_openai, openai_to_anthropic
 from .resp_requests import responses_to_anthropic, responses_to_openai
-from .resp_store import MemoryResponseStore, ResponseStore, expand, recorder
+from .resp_store import MemoryValues, ResponseStore, expand, keeping, previous_id
 from .resp_upstream import anthropic_to_responses, openai_to_responses
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from .synthesize import StreamSynthesizer, stream_adapter
@@ -66,32 +66,49 @@ _ONLY_FOR = {ANTHROPIC: mappings.ANTHROPIC_ONLY_REQUEST_HEADERS, OPENAI: mapping
 
 @hookimpl
 def ccproxy_configure(settings: PluginSettings) -> Translate:
-    """Check ``plugins: translate:`` so a bad setting stops start-up (ConfigError); the app's store."""
-    loaded = Settings.load(settings)
-    return Translate(MemoryResponseStore(loaded.store_max_entries, loaded.store_max_bytes, loaded.store_ttl))
+    """Check ``plugins: translate:`` so a bad setting stops start-up (ConfigError); the app's hooks."""
+    return Translate(Settings.load(settings))
 
 
 class Translate:
-    """The adapter hooks, for one app: they share its :class:`ResponseStore`. ``trylast``: a per-app
-    object is registered after every plugin, and other plugins' adapters keep coming first, as when these
-    hooks were the module's (another plugin's request adapter wins; response adapters chain in that order)."""
+    """The adapter hooks, for one app: they share its :class:`ResponseStore` (opened in ``ccproxy_startup``
+    on the app's state backend, see :mod:`.resp_store`). ``trylast``: a per-app object is registered after
+    every plugin, and other plugins' adapters keep coming first, as when these hooks were the module's
+    (another plugin's request adapter wins; response adapters chain in that order)."""
 
-    def __init__(self, store: ResponseStore | None) -> None:
-        self.store = store
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: ResponseStore | None = None
+
+    @hookimpl
+    def ccproxy_startup(self, app: Any) -> None:
+        s, state = self.settings, app.ctx.state
+        values = MemoryValues(s.store_max_entries, s.store_max_bytes) if state.kind == "memory" else state
+        self.store = ResponseStore(values, max_value_bytes=s.store_max_value_bytes, ttl=s.store_ttl,
+                                   fail_open=app.ctx.config.state.on_error == "open")
 
     @hookimpl(trylast=True)
-    def ccproxy_request_adapter(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any] | None:
+    def ccproxy_request_adapter(self, ctx: Any, body: dict[str, Any]) -> Any:
+        if ctx.client_dialect == RESPONSES and self.store is not None and (ctx.client_dialect, ctx.upstream_dialect) \
+                in _CONVERTERS and previous_id(body) is not None:
+            return self._expanded(ctx, body)  # a coroutine: the core awaits it
         return request_adapter(ctx, body, self.store)
+
+    async def _expanded(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any] | None:
+        items = await self.store.get(body["previous_response_id"])  # type: ignore[union-attr]
+        return request_adapter(ctx, body, self.store, items)
 
     @hookimpl(trylast=True)
     def ccproxy_response_adapter(self, ctx: Any) -> ResponseAdapter | None:
         return response_adapter(ctx, self.store)
 
 
-def request_adapter(ctx: Any, body: dict[str, Any], store: ResponseStore | None = None) -> dict[str, Any] | None:
+def request_adapter(ctx: Any, body: dict[str, Any], store: ResponseStore | None = None,
+                    items: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """Convert the body between dialects; None when there is nothing to translate.
 
-    A Responses client's ``previous_response_id`` is expanded from ``store`` (:func:`.resp_store.expand`).
+    A Responses client's ``previous_response_id`` is expanded with ``items``, what ``store`` keeps for it
+    (:func:`.resp_store.expand`; without ``items`` it is refused as not found).
 
     The upstream is asked to stream when ``ctx.upstream_stream`` (the client asked and the
     provider streams); an OpenAI upstream is then asked for the usage chunk unless
@@ -104,7 +121,9 @@ def request_adapter(ctx: Any, body: dict[str, Any], store: ResponseStore | None 
     if convert is None:
         return None
     if ctx.client_dialect == RESPONSES:
-        body = expand(ctx, body, store)
+        if items is None and previous_id(body) is not None:
+            raise InvalidRequest(f"Previous response with id {body['previous_response_id']!r} not found.")
+        body = expand(ctx, body, items, store)
     ignored: list[str] = []
     options: dict[str, Any] = {"stream": ctx.upstream_stream}
     if ctx.upstream_stream and ctx.upstream_dialect == OPENAI:
@@ -133,10 +152,15 @@ def ccproxy_request_headers(ctx: Any, headers: dict[str, str]) -> None:
 def response_adapter(ctx: Any, store: ResponseStore | None = None) -> ResponseAdapter | None:
     """The adapter for a stream made from a JSON answer (``supports_streaming: false``), for a
     translated response or for an aliased model; else None. A translated Responses answer is kept in
-    ``store`` when its request was (:func:`.resp_store.recorder`)."""
+    ``store`` when its request was (:class:`.resp_store.Keeping` wraps its adapter)."""
     settings = Settings.of(ctx)
-    keep = recorder(ctx, store)
-    return stream_adapter(ctx, settings, keep) or choose_adapter(ctx, settings, keep)
+    kept = keeping(ctx, store)
+    keep = kept.keep if kept is not None else None
+    adapter = stream_adapter(ctx, settings, keep) or choose_adapter(ctx, settings, keep)
+    if kept is None or adapter is None:
+        return adapter
+    kept.adapter = adapter
+    return kept
 
 
 @hookimpl

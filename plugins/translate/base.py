@@ -54,9 +54,10 @@ class Settings:
             OpenAI ``reasoning_effort`` (turn off for OpenAI models that reject it).
         max_tokens_field: the field that carries Anthropic ``max_tokens`` to OpenAI
             upstreams (``max_tokens`` for older OpenAI-compatible servers).
-        store_max_entries, store_max_bytes, store_ttl: the bounds of the in-process store of
-            translated Responses exchanges (``previous_response_id``): responses kept per worker,
-            bytes of their items as JSON, seconds each is kept.
+        store_max_value_bytes, store_ttl: the bounds of each translated Responses exchange kept for
+            ``previous_response_id`` (its conversation as JSON; seconds it is kept), on every state backend.
+        store_max_entries, store_max_bytes: with ``state.backend: memory``, what one worker keeps
+            in all (responses, bytes); the oldest go first.
     """
 
     thinking: Literal["reasoning_content", "drop"] = "reasoning_content"
@@ -65,13 +66,15 @@ class Settings:
     max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     store_max_entries: int = 1000
     store_max_bytes: int = 64 << 20
+    store_max_value_bytes: int = 16 << 20
     store_ttl: float = 3600.0
 
     @classmethod
     def load(cls, settings: PluginSettings) -> Settings:
         """Check a ``PluginSettings`` block; raise :class:`ConfigError` naming the bad key."""
         loaded = settings.load(cls) if settings else DEFAULT_SETTINGS
-        for key in ("default_max_tokens", "store_max_entries", "store_max_bytes", "store_ttl"):
+        for key in ("default_max_tokens", "store_max_entries", "store_max_bytes", "store_max_value_bytes",
+                    "store_ttl"):
             if getattr(loaded, key) <= 0:
                 raise settings.error(key, f"expected a positive number, got {getattr(loaded, key)}")
         return loaded
