@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -73,6 +74,7 @@ def gateway_process(tmp_path: Path, name: str, config: dict[str, Any], port: int
         [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "127.0.0.1", "--port", str(port), *mode],
         cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(path)},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, so stop_process can kill what it leaves behind
     )
     deadline = time.monotonic() + 30
     while not _answers(port) or len(_children(proc)) < (workers if workers > 1 else 0):
@@ -98,8 +100,12 @@ def stop_process(proc: subprocess.Popen) -> str:
     try:
         _, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
+        # Kill the whole group: a child left behind (Sanic's manager) would hold the pipe open.
+        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            err = "(stderr not read: the pipe stayed open after the process group was killed)"
     return err or ""
 
 
