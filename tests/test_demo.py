@@ -1,8 +1,9 @@
 """The offline demo provider shows what the gateway translates: tool calls, thinking and usage,
-in both dialects, streamed and not, through the official SDKs."""
+in all three dialects, streamed and not, through the official SDKs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anthropic
@@ -102,3 +103,24 @@ def test_chat_client_tool_round_trip_with_reasoning(gpt, model, stream):
 
 def test_demo_answers_counts(claude):
     assert claude.messages.count_tokens(model="demo", messages=ASK).input_tokens > 0
+
+
+RESP_BASH = {"type": "function", "name": "Bash", "description": "Run a command",
+             "parameters": BASH["input_schema"]}
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-gpt"])
+def test_responses_clients_get_the_demo_tool_round_trip_thinking_and_usage(gpt, model):
+    """The third dialect: a Responses client to either demo provider (Anthropic- and Chat-shaped), translated."""
+    first = gpt.responses.create(model=model, input="list the files", tools=[RESP_BASH])
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "Bash" and {"command", "mode"} <= set(json.loads(call.arguments))
+    assert first.usage.input_tokens > 0 and first.usage.output_tokens > 0
+    follow = [{"type": "function_call", "call_id": call.call_id, "name": "Bash", "arguments": call.arguments},
+              {"type": "function_call_output", "call_id": call.call_id, "output": "README.md"}]
+    with gpt.responses.stream(model=model, input=follow, tools=[RESP_BASH]) as stream:
+        answer = stream.get_final_response()
+    assert "README.md" in answer.output_text and answer.status == "completed"
+    thought = gpt.responses.create(model=model, input="hi", reasoning={"effort": "low"})
+    assert [item.type for item in thought.output] == ["reasoning", "message"]
+    assert gpt.responses.input_tokens.count(model=model, input="hello there").input_tokens > 0
