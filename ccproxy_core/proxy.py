@@ -22,7 +22,7 @@ from .decoding import decodable_accept_encoding
 from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_input_tokens
 from .dialects import COUNT_FIELDS, COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
-from .headers import request_headers, request_id
+from .headers import REQUEST_ID_HEADER, request_headers, request_id
 from .intake import check_headers, parse_body
 from .plugins import Plugins
 from .streaming import DeferredResponse, StreamingHandler
@@ -108,7 +108,7 @@ class Proxy:
         await self.plugins.notify("ccproxy_stream_end", ctx=ctx)
         count = estimate_responses_input_tokens(ctx.body)
         return response.json({"object": "response.input_tokens", "input_tokens": count},
-                             headers={ESTIMATE_HEADER: "estimate"})
+                             headers={ESTIMATE_HEADER: "estimate", REQUEST_ID_HEADER: ctx.request_id})
 
     async def _receive(self, request: Request, ctx: RequestContext) -> list[Route]:
         """Parse the body, let plugins refuse it, and route its model."""

@@ -117,6 +117,9 @@ def test_input_tokens(proxy: ProxyThread, upstream: str, mock: Any) -> None:
         assert sent.header("authorization") is None and sent.query == ""
     else:  # estimated here, no upstream call
         assert 20 < count.input_tokens < 60 and mock.requests == []
+    # Like every proxy answer, whichever way the count was made: the gateway's id for its logs.
+    raw = httpx.post(proxy.url + "/v1/responses/input_tokens", json={"model": UPSTREAMS[upstream], "input": "hi"})
+    assert raw.status_code == 200 and len(raw.headers["x-ccproxy-request-id"]) == 32
 
 
 def test_input_tokens_from_an_anthropic_upstream_errors_and_tools(proxy: ProxyThread, mock: Any) -> None:
