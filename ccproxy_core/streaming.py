@@ -32,7 +32,7 @@ from .errors import ProxyError, UpstreamError
 from .headers import REQUEST_ID_HEADER
 from .limiter import Limiter
 from .plugins import Plugins
-from .relay import END_WRITE_TIMEOUT, Relay
+from .relay import END_WRITE_TIMEOUT, ClientHead, Relay
 from .upstream import HandlerConfig, UpstreamRequest, release
 
 __all__ = [
@@ -252,7 +252,7 @@ class DeferredResponse(Relay):
             self._close_after_response()
         headers = {REQUEST_ID_HEADER: ctx.request_id, **error.headers}
         body = dialects.error_body(ctx.client_dialect, error)
-        response = await self.request.respond(status=error.status, headers=headers, content_type="application/json")
+        response = await self.request.respond(ClientHead(error.status, headers, "application/json"))
         self.response = response
         await self._write(response, body)
         await self._eof(response)
