@@ -79,14 +79,10 @@ class ClientHead(HTTPResponse):
         headers: dict[str, Any] = self.headers  # type: ignore[assignment]
         if has_message_body(self.status):
             headers.setdefault("content-type", self.content_type)
-        out = []
-        for name, value in headers.items():
-            if value.__class__ is not str:
-                value = f"{value}"  # Sanic sets content-length as an int
-            if _UNSAFE(value) or _UNSAFE(name):
-                name, value = name.translate(_STRIP_UNSAFE), value.translate(_STRIP_UNSAFE)
-            out.append((name.encode("ascii"), value.encode(errors="surrogateescape")))
-        return out
+        items = [(name, value if value.__class__ is str else f"{value}") for name, value in headers.items()]
+        if _UNSAFE("".join(headers) + "".join([value for _, value in items])):  # one scan for all
+            items = [(name.translate(_STRIP_UNSAFE), value.translate(_STRIP_UNSAFE)) for name, value in items]
+        return [(name.encode("ascii"), value.encode(errors="surrogateescape")) for name, value in items]
 
 
 def _body_too_large(limit: int) -> UpstreamProtocolError:
