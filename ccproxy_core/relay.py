@@ -149,6 +149,7 @@ class Relay(ResponseStream):
         ctx.t_upstream_headers = ctx.elapsed()
         headers = response_headers(_header_items(upstream.headers))
         ctx.response_headers = headers
+        upstream_length = headers.get("content-length", "")  # before an adapter drops it
         # Observers read the upstream's body; the client gets what the adapter makes of it
         # (e.g. a stream synthesised from a JSON answer, for a provider that cannot stream).
         upstream_sse = "text/event-stream" in headers.get("content-type", "")
@@ -206,7 +207,7 @@ class Relay(ResponseStream):
             if upstream_sse and reads and limits.max_sse_event_bytes > 0 else None
         )
         max_held = limits.max_response_body_bytes if not upstream_sse and reads else 0
-        announced = upstream.headers.get("content-length", "") if max_held > 0 and not encoded else ""
+        announced = upstream_length if max_held > 0 and not encoded else ""
         if announced.isdigit() and int(announced) > max_held:  # announced too large: refused before any byte
             refusal = _body_too_large(max_held)
         held = 0
