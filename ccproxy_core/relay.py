@@ -27,7 +27,7 @@ from .decoding import decoded, decoder_for
 from .errors import ProxyError, SendTimeout, UpstreamProtocolError
 from .headers import BODY_FRAMING, REQUEST_ID_HEADER, STREAM_HEADERS, response_headers
 from .sse import EventSizeLimit, SSEParser
-from .upstream import UpstreamRequest, map_httpx_error, reading
+from .upstream import UpstreamRequest, map_httpx_error, raw_chunks
 
 if TYPE_CHECKING:  # pragma: no cover
     from .streaming import HeadersCallback, StreamingHandler
@@ -196,8 +196,7 @@ class Relay(ResponseStream):
 
         parser = SSEParser() if wants_events else None
         body_parts: list[bytes] | None = [] if wants_body else None
-        chunks = upstream.aiter_bytes() if upstream.is_stream_consumed else upstream.aiter_raw()
-        chunks = reading(chunks, attempt)
+        chunks = upstream.aiter_bytes() if upstream.is_stream_consumed else raw_chunks(upstream, attempt)
         if decoder is not None:
             chunks = decoded(chunks, decoder)
         # What the proxy holds of an upstream body it reads: one event of a stream, a whole other body.

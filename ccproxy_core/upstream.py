@@ -191,6 +191,16 @@ def reading(chunks: AsyncIterator[bytes], attempt: UpstreamRequest) -> AsyncIter
     return chunks if cancel_safe(attempt) else _guarded(chunks)
 
 
+def raw_chunks(upstream: httpx.Response, attempt: UpstreamRequest) -> AsyncIterator[bytes]:
+    """``upstream.aiter_raw()`` read as :func:`reading` reads it. A fast path's body stream is read
+    directly: its reads are the raw chunks already, without httpx's generator and context per chunk
+    (the response is closed by :func:`release` as any other)."""
+    if cancel_safe(attempt) and isinstance(upstream.stream, AsyncIterator):
+        upstream.is_stream_consumed = True
+        return upstream.stream
+    return reading(upstream.aiter_raw(), attempt)
+
+
 async def send(attempt: UpstreamRequest) -> httpx.Response:
     """Send ``attempt``; return the upstream's response once its status and headers arrived.
 
