@@ -154,10 +154,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         remaining = max(0.0, total - self.ctx.elapsed())
         self.deadline = loop.time() + remaining
-        self.timer = loop.call_later(
-            remaining, end,
-            UpstreamTimeout(f"the response took longer than {total:g}s", error_kind=TOTAL_TIMEOUT),
-        )
+        self.timer = loop.call_later(remaining, _expire, end, total)
 
     async def _make(self, index: int, delay: float) -> httpx.Response | None:
         """Send route ``index`` after ``delay``; its response when usable, else None.
@@ -281,3 +278,8 @@ class Scheduler:
             self.kept = None
         else:
             self.kept = (buffered, attempt)
+
+
+def _expire(end: Callable[[ProxyError], object], total: float) -> None:
+    """The total timeout ran out: ``end`` the response with the error (made only now: rarely needed)."""
+    end(UpstreamTimeout(f"the response took longer than {total:g}s", error_kind=TOTAL_TIMEOUT))

@@ -44,23 +44,37 @@ STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 REQUEST_ID_HEADER = "x-ccproxy-request-id"
 
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+_PROXY_NAME = re.compile(r"(?m)^proxy-")
 
 
-def _filter(pairs: Iterable[tuple[str, str]], drop: frozenset[str] | set[str]) -> dict[str, str]:
-    """One pass: keep what is not in ``drop`` (nor ``proxy-*``), joining repeats; then remove the
-    headers that ``connection`` names (it is hop-by-hop itself, so it is always in ``drop``).
+def _filter(pairs: list[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
+    """Keep what is not in ``drop`` (nor ``proxy-*``), joining repeats; then remove the headers that
+    ``connection`` names (it is hop-by-hop itself, so it is always in ``drop``).
 
-    Linear in the input: repeated values are collected and joined once per name.
+    Linear in the input. Names mostly come once: then one dict is built and the dropped names are
+    found by set intersection (no Python-level test per header); repeats take :func:`_joined`.
     """
+    out = {name.lower(): value for name, value in pairs}
+    if len(out) != len(pairs):
+        out = _joined(pairs)
+    connection = out.get("connection")
+    for name in out.keys() & drop:
+        del out[name]
+    if _PROXY_NAME.search("\n".join(out)):
+        for name in [name for name in out if name.startswith("proxy-")]:
+            del out[name]
+    if connection:
+        for token in connection.split(","):
+            out.pop(token.strip().lower(), None)
+    return out
+
+
+def _joined(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case names to values, a repeated name's values joined with ", " in order."""
     out: dict[str, str] = {}
     repeated: dict[str, list[str]] = {}
-    connection: list[str] = []
     for name, value in pairs:
         name = name.lower()
-        if name in drop or name.startswith("proxy-"):
-            if name == "connection":
-                connection.append(value)
-            continue
         if name in out:
             values = repeated.get(name)
             if values is None:
@@ -69,21 +83,17 @@ def _filter(pairs: Iterable[tuple[str, str]], drop: frozenset[str] | set[str]) -
                 values.append(value)
         else:
             out[name] = value
-    if repeated:
-        for name, values in repeated.items():
-            out[name] = ", ".join(values)
-    if connection:
-        for token in ",".join(connection).split(","):
-            out.pop(token.strip().lower(), None)
+    for name, values in repeated.items():
+        out[name] = ", ".join(values)
     return out
 
 
 def request_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """The client's end-to-end headers that may go upstream."""
-    return _filter(pairs, _REQUEST_DROP)
+    return _filter(list(pairs), _REQUEST_DROP)
 
 
-def response_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+def response_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """The upstream's end-to-end headers that may go to the client."""
     return _filter(pairs, _RESPONSE_DROP)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -34,6 +34,8 @@ log = logging.getLogger("ccproxy")
 #: suffix, not part of any upstream's model id.
 _BRACKET_SUFFIX = re.compile(r"\[[^\[\]]*\]$")
 _ESTIMATE = EstimateTransport()
+#: Model names whose routes are kept (see ``Proxy._receive``); the cache starts again when full.
+ROUTE_CACHE_MAX = 1024
 
 
 def base_model(model: str) -> str:
@@ -66,6 +68,8 @@ class Proxy:
         self.transports = transports or {}
         self.handler = StreamingHandler(plugins, retries=config.retries, limits=config.limits)
         self._body_hooks = plugins.implemented("ccproxy_request_body")
+        #: ``routes(model)`` by model name (the configuration does not change while the app runs).
+        self._routes: dict[str, tuple[Route, ...]] = {}
         #: Something may read (and so decode) response bodies: offer upstreams only codings we decode.
         self._reads_bodies = bool(
             self.handler.plugin_adapters or self.handler.event_hooks or self.handler.body_hooks
@@ -110,7 +114,7 @@ class Proxy:
         return response.json({"object": "response.input_tokens", "input_tokens": count},
                              headers={ESTIMATE_HEADER: "estimate", REQUEST_ID_HEADER: ctx.request_id})
 
-    async def _receive(self, request: Request, ctx: RequestContext) -> list[Route]:
+    async def _receive(self, request: Request, ctx: RequestContext) -> tuple[Route, ...]:
         """Parse the body, let plugins refuse it, and route its model."""
         check_headers(request.headers)
         body = parse_body(request.body, self.config.limits.max_model_length)
@@ -119,9 +123,16 @@ class Proxy:
         # A token count (count_tokens, input_tokens): plugins that limit or bill see it as one.
         ctx.counting = ctx.route.rstrip("/").endswith(("/count_tokens", "/input_tokens"))
         await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
-        return self.routes(ctx.model_requested)
+        model = ctx.model_requested
+        routes = self._routes.get(model)
+        if routes is None:
+            routes = self.routes(model)
+            if len(self._routes) >= ROUTE_CACHE_MAX:  # the names are the clients': bounded
+                self._routes.clear()
+            self._routes[model] = routes
+        return routes
 
-    def routes(self, model: str) -> list[Route]:
+    def routes(self, model: str) -> tuple[Route, ...]:
         """The routes to try for ``model``, in order: its own, then fallbacks.
 
         The model's own route (an alias's target, else the first provider whose globs
@@ -155,7 +166,7 @@ class Proxy:
                 if key not in seen:
                     seen.add(key)
                     out.append(option)
-        return out
+        return tuple(out)
 
     def _route(self, model: str) -> Route:
         alias = self.config.models.get(model) or self.config.models.get(base_model(model))
@@ -193,7 +204,7 @@ class Proxy:
         return None
 
     async def _attempts(
-        self, request: Request, ctx: RequestContext, routes: list[Route]
+        self, request: Request, ctx: RequestContext, routes: Sequence[Route]
     ) -> AsyncIterator[UpstreamRequest]:
         """Prepare each route when it is needed; a route that cannot be prepared is skipped.
 

@@ -32,8 +32,8 @@ from .errors import ProxyError, UpstreamError
 from .headers import REQUEST_ID_HEADER
 from .limiter import Limiter
 from .plugins import Plugins
-from .relay import END_WRITE_TIMEOUT, Relay
-from .upstream import HandlerConfig, UpstreamRequest, release
+from .relay import END_WRITE_TIMEOUT, ClientHead, Relay
+from .upstream import HandlerConfig, UpstreamRequest, cancel_safe, release
 
 __all__ = [
     "END_WRITE_TIMEOUT",
@@ -72,6 +72,10 @@ class StreamingHandler:
             inspect.iscoroutinefunction(func)
             for name in ("ccproxy_stream_event", "ccproxy_response_body")
             for _, func, _ in plugins.impls(name)
+        )
+        #: Some ``ccproxy_stream_end`` implementation is async, so the end of a response can wait.
+        self.stream_end_suspends = any(
+            inspect.iscoroutinefunction(func) for _, func, _ in plugins.impls("ccproxy_stream_end")
         )
         self.retries = retries or Retries()
         self.limits = limits or Limits()
@@ -215,9 +219,23 @@ class DeferredResponse(Relay):
             if schedule.timer is not None:
                 schedule.timer.cancel()
             handler.limiter.active.discard(self)
-            # Shielded: a second cancellation must not leak the pooled connection.
-            await asyncio.shield(self._finish(upstream, attempt))
+            # A cancellation must not cut the end short (a leaked pooled connection, a lost outcome).
+            # It can only land where the end waits: when nothing in it can, no task is needed.
+            if self._finish_waits(attempt):
+                await asyncio.shield(self._finish(upstream, attempt))
+            else:
+                await self._finish(upstream, attempt)
         return self.response
+
+    def _finish_waits(self, attempt: UpstreamRequest | None) -> bool:
+        """False when :meth:`_finish` cannot wait: no end-of-body observer still running, a transport
+        whose close never waits (a fast path), no client to close and only plain ``ccproxy_stream_end``
+        implementations."""
+        return (
+            self.handler.stream_end_suspends
+            or (self._ending is not None and not self._ending.done())
+            or (attempt is not None and (attempt.close_client_on_finish or not cancel_safe(attempt)))
+        )
 
     def end(self, reason: ProxyError) -> bool:
         """End this response early with ``reason`` (from outside its task); False when too late.
@@ -252,7 +270,7 @@ class DeferredResponse(Relay):
             self._close_after_response()
         headers = {REQUEST_ID_HEADER: ctx.request_id, **error.headers}
         body = dialects.error_body(ctx.client_dialect, error)
-        response = await self.request.respond(status=error.status, headers=headers, content_type="application/json")
+        response = await self.request.respond(ClientHead(error.status, headers, "application/json"))
         self.response = response
         await self._write(response, body)
         await self._eof(response)

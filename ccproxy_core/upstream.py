@@ -125,7 +125,7 @@ def parsed_url(url: str) -> httpx.URL:
     return parsed
 
 
-def _cancel_safe(attempt: UpstreamRequest) -> bool:
+def cancel_safe(attempt: UpstreamRequest) -> bool:
     """True when the attempt's transport survives a cancelled request or read (a :class:`~.transport.FastPath` does).
 
     httpcore (httpx's stock transport, and any ``AsyncClient``) cleans up after a
@@ -165,7 +165,7 @@ async def _uninterrupted(sending: Awaitable[httpx.Response]) -> httpx.Response:
     """Await an upstream call that a cancellation must not interrupt; if one comes, close its response later.
 
     The call runs in its own task; when the caller is cancelled, the response is closed
-    as soon as it arrives (see :func:`_cancel_safe`).
+    as soon as it arrives (see :func:`cancel_safe`).
     """
     task = asyncio.ensure_future(sending)
     try:
@@ -188,7 +188,17 @@ def _close_late(task: asyncio.Future[httpx.Response]) -> None:
 
 def reading(chunks: AsyncIterator[bytes], attempt: UpstreamRequest) -> AsyncIterator[bytes]:
     """An upstream body's ``chunks``, each read in its own task unless the attempt's transport is cancel-safe."""
-    return chunks if _cancel_safe(attempt) else _guarded(chunks)
+    return chunks if cancel_safe(attempt) else _guarded(chunks)
+
+
+def raw_chunks(upstream: httpx.Response, attempt: UpstreamRequest) -> AsyncIterator[bytes]:
+    """``upstream.aiter_raw()`` read as :func:`reading` reads it. A fast path's body stream is read
+    directly: its reads are the raw chunks already, without httpx's generator and context per chunk
+    (the response is closed by :func:`release` as any other)."""
+    if cancel_safe(attempt) and isinstance(upstream.stream, AsyncIterator):
+        upstream.is_stream_consumed = True
+        return upstream.stream
+    return reading(upstream.aiter_raw(), attempt)
 
 
 async def send(attempt: UpstreamRequest) -> httpx.Response:

@@ -311,6 +311,39 @@ def test_lifecycle_hooks_fire_in_order(make_proxy, upstream):
     assert ctx.provider == "anthropic" and ctx.upstream_dialect == "anthropic"
 
 
+class HeaderWriter:
+    """Sets response headers the way a careless plugin might: mixed case, CR/LF inside a value."""
+
+    @hookimpl
+    def ccproxy_upstream_headers(self, ctx, status, headers):
+        headers["X-Plugin-Case"] = "kept"
+        headers["x-forged"] = "a\r\nset-cookie: forged=1\r\n\r\nbody"
+        headers["x-nul"] = "b\x00c"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_plugin_set_headers_are_sanitised_as_sanic_does(make_proxy, upstream, stream):
+    """The client head is written without Sanic's multidict: names still go out lower-case, and CR, LF
+    and NUL are still removed from values (no header or body can be forged through one)."""
+    server = make_proxy(plugins=[("writer", HeaderWriter())])
+    sock = raw_request(server.port, "/v1/messages", json.dumps({**ANTHROPIC_BODY, "stream": stream}).encode(),
+                       {"content-type": "application/json"})
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(65536)
+        assert data
+        head += data
+    sock.close()
+    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    names = [line.split(b":", 1)[0] for line in lines[1:]]
+    assert b"x-plugin-case: kept" in lines
+    assert b"x-forged: aset-cookie: forged=1body" in lines
+    assert b"x-nul: bc" in lines
+    assert b"set-cookie" not in names and b"X-Plugin-Case" not in names
+    assert len(names) == len(set(names))
+
+
 def test_rejected_request_ends_once_with_outcome(make_proxy):
     recorder = Recorder()
     server = make_proxy(plugins=[("recorder", recorder)])

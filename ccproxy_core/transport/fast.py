@@ -42,6 +42,16 @@ _METHODS: Final = {
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
+def _headers(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
+    """``httpx.Headers(raw)`` without its per-header normalising, which bytes from the parser do not need.
+
+    Builds httpx's own layout (``_list`` of (name, lower-case name, value); httpx is pinned below 0.29).
+    """
+    headers = httpx.Headers()
+    headers._list = [(name, name.lower(), value) for name, value in raw]
+    return headers
+
+
 class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
     """HTTP/1.1 transport on asyncio protocols and httptools, for ``httpx.AsyncClient``.
 
@@ -247,7 +257,7 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
             self._release(conn)
         return httpx.Response(
             conn.status,
-            headers=conn.headers,
+            headers=_headers(conn.headers),
             stream=stream,
             extensions={"http_version": conn.http_version, "reason_phrase": conn.reason},
             request=request,
