@@ -23,7 +23,7 @@ ANTHROPIC_STREAM = sse(
     ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 12, "cache_read_input_tokens": 3,
                                                                       "output_tokens": 1}}}),
     ("ping", {"type": "ping"}),
-    *[("content_block_delta", {"type": "content_block_delta", "delta": {"text": f"word {i} error-free"}})
+    *[("content_block_delta", {"type": "content_block_delta", "delta": {"text": f"word {i}" + " error-free" * (i % 5 == 0)}})
       for i in range(20)],
     ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 21}}),
     ("message_stop", {"type": "message_stop"}),
