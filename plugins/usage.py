@@ -68,7 +68,6 @@ from ccproxy_core import (
     Usage,
     hookimpl,
 )
-from ccproxy_core.decoding import decoder_for
 
 NAME = "usage"
 log = logging.getLogger("ccproxy")
@@ -271,8 +270,8 @@ def ccproxy_response_adapter(ctx: RequestContext) -> StreamReader | UsageChunkRe
     if flags and flags.get("requested") and not ctx.translated and ctx.upstream_dialect == OPENAI:
         remover = UsageChunkRemover()
     encoding = headers.get("content-encoding")
-    if encoding is not None and decoder_for(encoding, 1) is None:
-        return remover  # a body the core cannot decode is not read (it refuses to adapt one)
+    if encoding is not None and encoding.strip().lower() not in DECODED_CODINGS:
+        return remover  # not read, as the core passes it through unread when only observers read it
     return StreamReader(ctx, remover)
 
 
@@ -324,6 +323,9 @@ class StreamReader:
 
 
 _failed = False
+#: The ``content-encoding`` values the core decodes for a response adapter (``ccproxy_core.decoding``; a
+#: test keeps the two in step). It refuses to adapt a body in any other.
+DECODED_CODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 #: Bytes without one of which no event matters to :func:`read_event`, by upstream dialect: the names of
 #: Anthropic's and the Responses API's events that do, Chat Completions' usage object and error payload.
 #: (Substring checks, cheaper than a regular expression; a name found elsewhere only costs a parse.)

@@ -8,7 +8,9 @@ import random
 import pytest
 
 from ccproxy_core import ANTHROPIC, OPENAI, RESPONSES, RequestContext, SSEParser
-from ccproxy_plugins.usage import StreamReader, read_event
+from ccproxy_core.decoding import decoder_for
+from ccproxy_plugins.usage import DECODED_CODINGS, StreamReader, read_event
+from tests.test_bounds_upstream import Hostile, ProxyThread, chunked, claude_request, config, fetch
 
 
 def sse(*events: tuple[str | None, object]) -> bytes:
@@ -98,3 +100,17 @@ def test_stream_reader_reads_what_every_event_gives_however_the_bytes_are_split(
             assert b"".join(reader.feed(data) for data in reads) + reader.finish() == stream
             assert state(ctx) == every_event(dialect, reads)
     assert every_event(dialect, [raw])[0] is not None or every_event(dialect, [raw])[1] is not None
+
+
+def test_the_codings_read_are_the_ones_the_core_decodes():
+    for coding in ("identity", "gzip", "x-gzip", "deflate", " GZIP ", "br", "zstd", "gzip, br", "compress"):
+        assert (decoder_for(coding, 10) is not None) == (coding.strip().lower() in DECODED_CODINGS), coding
+
+
+def test_a_stream_in_a_coding_the_proxy_cannot_decode_passes_through_unread():
+    """As with observers only: the upstream ignored the narrowed accept-encoding; the bytes go as sent."""
+    opaque = b"\x8b\x01\x80not really brotli\x03"
+    with Hostile(chunked(200, lambda: [opaque], encoding="br")) as up, ProxyThread(config(up.url)) as proxy:
+        path, body = claude_request("anthropic", stream=True)
+        status, headers, content, _ = fetch(proxy.url, path, body)
+    assert (status, headers["content-encoding"], content) == (200, "br", opaque)
