@@ -13,7 +13,8 @@ value listed under ``redact`` becomes ``[REDACTED]``; in bodies the values of ke
 Lines are written out in batches: a line goes out at the end of the event-loop iteration that
 produced it, and at most every :data:`FLUSH_INTERVAL` (0.1 s) under load, so a busy worker makes
 about ten writes a second instead of one per request. Pending lines are written at shutdown (and at
-interpreter exit). Outside a running event loop each line is written at once.
+interpreter exit). Outside a running event loop each line is written at once. When this plugin's own
+stderr handler is the only listener, a line reaches it without a ``logging`` record (:func:`_sole_handler`).
 
 Settings (``plugins: access_log: {...}``):
 
@@ -154,6 +155,15 @@ class _StderrLines(logging.StreamHandler):
         except Exception:
             self.handleError(record)
 
+    def add(self, line: str) -> None:
+        """What ``emit`` does with a record whose message is ``line``, without the record."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.batch.add(line + self.terminator)
+            except Exception:
+                self.handleError(logging.makeLogRecord({"name": logger.name, "msg": line, "levelno": logging.INFO,
+                                                        "levelname": "INFO"}))
+
     def _write(self, text: str) -> None:
         stream = self.stream
         stream.write(text)
@@ -166,6 +176,26 @@ class _StderrLines(logging.StreamHandler):
             self.batch.flush()
         finally:
             self.release()
+
+
+def _sole_handler() -> _StderrLines | None:
+    """This plugin's stderr handler when ``logger.info`` would reach it and nothing else (no filter,
+    no other handler up the logger tree): then a line needs no ``LogRecord``. Checked per line, as
+    logging can be configured at any time."""
+    if logger.filters or logger.disabled or not logger.isEnabledFor(logging.INFO):
+        return None
+    handlers = logger.handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if handler.__class__ is not _StderrLines or handler.filters or handler.level > logging.INFO:
+        return None
+    node: logging.Logger | None = logger
+    while node is not None and node.propagate:
+        node = node.parent
+        if node is not None and node.handlers:
+            return None
+    return handler
 
 
 @dataclass(slots=True)
@@ -244,7 +274,11 @@ class AccessLog:
         if self.file is None and not logger.isEnabledFor(logging.INFO):
             return
         line = self.line(ctx)
-        logger.info(line)
+        handler = _sole_handler()
+        if handler is not None:
+            handler.add(line)
+        else:
+            logger.info(line)
         if self.file is not None:
             self.write(line)
 

@@ -44,7 +44,9 @@ class Health:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.plugins: Any = None
-        self.last: dict[str, dict[str, Any]] = {}
+        #: Each provider's last attempt: (status, error, seconds since the epoch, elapsed, model, request id);
+        #: :meth:`payload` shows it.
+        self.last: dict[str, tuple[Any, ...]] = {}
 
     def record(self, ctx: RequestContext) -> None:
         last_index = len(ctx.attempts) - 1
@@ -52,17 +54,25 @@ class Health:
             error = attempt.error
             if i == last_index and error is None and ctx.outcome == UPSTREAM_ERROR and ctx.error is not None:
                 error = ctx.error.message  # failed after its head was relayed
-            status = attempt.status
             elapsed = attempt.elapsed
-            self.last[attempt.provider] = {
-                "ok": error is None and status is not None and status not in _UNHEALTHY_STATUS,
-                "status": status,
-                "error": error,
-                "at": round(ctx.started_at + (elapsed if elapsed is not None else ctx.elapsed()), 3),
-                "elapsed_ms": round(elapsed * 1000, 1) if elapsed is not None else None,
-                "model": attempt.model,
-                "request_id": ctx.request_id,
-            }
+            at = ctx.started_at + (elapsed if elapsed is not None else ctx.elapsed())
+            self.last[attempt.provider] = (attempt.status, error, at, elapsed, attempt.model, ctx.request_id)
+
+    def result(self, provider: str) -> dict[str, Any] | None:
+        """``provider``'s last result as ``/health/ready`` shows it, or None."""
+        found = self.last.get(provider)
+        if found is None:
+            return None
+        status, error, at, elapsed, model, request_id = found
+        return {
+            "ok": error is None and status is not None and status not in _UNHEALTHY_STATUS,
+            "status": status,
+            "error": error,
+            "at": round(at, 3),
+            "elapsed_ms": round(elapsed * 1000, 1) if elapsed is not None else None,
+            "model": model,
+            "request_id": request_id,
+        }
 
     def payload(self) -> dict[str, Any]:
         plugins = self.plugins
@@ -86,7 +96,7 @@ class Health:
                 "errors": {f"{plugin}.{hook}": count for (plugin, hook), count in sorted(errors.items())},
             },
             "providers": {
-                name: {"format": provider.format, "last": self.last.get(name)}
+                name: {"format": provider.format, "last": self.result(name)}
                 for name, provider in self.config.providers.items()
             },
         }

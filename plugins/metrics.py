@@ -1,8 +1,8 @@
 """Prometheus metrics at ``GET /metrics``, from the public hooks only.
 
 Per request the work is one ``ccproxy_stream_end`` call (plus ``ccproxy_stream_start`` for the
-active-streams gauge): a few dict look-ups of pre-bound label children and their ``inc``/``observe``.
-Nothing runs per chunk.
+active-streams gauge): a few dict updates of plain numbers per label set (:class:`Totals`), which
+prometheus-client reads only when ``/metrics`` is scraped. Nothing runs per chunk.
 
 Several workers (``sanic app.app --workers N``): every worker counts into prometheus-client's
 multiprocess files and ``/metrics`` adds up all of them, so whichever worker answers the scrape
@@ -10,7 +10,8 @@ reports the totals. The plugin sets this up itself: in Sanic's main process, bef
 start, it creates a directory and exports ``PROMETHEUS_MULTIPROC_DIR`` (which the workers inherit),
 and removes it when the main process stops. A worker that stops marks its live gauges dead
 (``mark_process_dead``); a scrape also drops the live gauges of workers that died without stopping.
-If ``PROMETHEUS_MULTIPROC_DIR`` is already set it is used as it is (and never deleted).
+If ``PROMETHEUS_MULTIPROC_DIR`` is already set it is used as it is (and never deleted). In this mode
+the numbers go to prometheus-client's own metric objects (:class:`Children`), which write the files.
 
 Label values come from bounded sets: configured model names keep their own ``model`` value, at
 most :data:`MAX_MODEL_LABELS` other names per worker get one, and the rest are counted as
@@ -27,11 +28,15 @@ Settings (``plugins: metrics: {...}``):
 
 from __future__ import annotations
 
+import bisect
 import glob
+import itertools
+import math
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections import Counter as CountOf
 from dataclasses import dataclass
 from typing import Any
@@ -126,114 +131,173 @@ class ModelLabels:
         return OTHER
 
 
-class Metrics:
-    """The metric objects of one worker and their cached label children."""
+#: Every metric: (name, help, type, label names); histograms take their buckets from the settings.
+FAMILIES = (
+    ("ccproxy_requests", "Client requests on the proxy routes, counted when they end.", "counter",
+     ("route", "provider", "model", "status", "outcome")),
+    ("ccproxy_request_duration_seconds",
+     "From the request's arrival to its end (last byte sent, failure or disconnect).", "histogram",
+     ("route", "provider", "model")),
+    ("ccproxy_time_to_first_byte_seconds", "From the request's arrival to the first byte written to the client.",
+     "histogram", ("route", "provider", "model")),
+    ("ccproxy_active_streams", "Streamed responses being relayed now (summed over live workers).", "gauge", ()),
+    ("ccproxy_tokens", "Tokens reported by the upstream, by direction (input, output, cache_read, cache_creation).",
+     "counter", ("direction", "provider", "model")),
+    ("ccproxy_cost_usd", "Cost in US dollars from the usage plugin's price table.", "counter", ("provider", "model")),
+    ("ccproxy_key_requests", "Client requests on the proxy routes by client key name (plugins.auth.keys) and status.",
+     "counter", ("key", "status")),
+    ("ccproxy_key_tokens", "Tokens reported by the upstream (input, cached input and output) by client key name.",
+     "counter", ("key",)),
+    ("ccproxy_key_cost_usd", "Cost in US dollars by client key name.", "counter", ("key",)),
+    ("ccproxy_upstream_errors",
+     "Upstream failures by kind: http_<status>, connect, connect_timeout, pool_timeout, write_timeout, "
+     "headers_timeout, total_timeout, protocol, unsupported_protocol, other (before the response head), "
+     "stream_<kind> (after it), in_band (an error event inside a stream).", "counter", ("provider", "kind")),
+    ("ccproxy_plugin_errors", "Exceptions raised by plugins in observer hooks (the request went on).", "counter",
+     ("plugin", "hook")),
+)
 
-    def __init__(self, settings: Settings, plugins: Any, multiprocess_dir: str | None, config: Config) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
-        self.multiprocess_dir = multiprocess_dir
-        if multiprocess_dir is not None and not getattr(values.ValueClass, "_multiprocess", False):
+def _folded(table: dict[tuple[str, ...], Any], labels: tuple[str, ...], model_index: int | None) -> tuple[str, ...]:
+    """``labels`` for a new series of ``table``: past :data:`MAX_SERIES`, the model label becomes :data:`OTHER`."""
+    if model_index is not None and len(table) >= MAX_SERIES:
+        return (*labels[:model_index], OTHER, *labels[model_index + 1 :])
+    return labels
+
+
+class Totals:
+    """One process's numbers in plain dicts, read by prometheus-client only at a scrape (:meth:`collect`).
+
+    A counter's series is ``[value, created]``; a histogram's ``[count per bucket..., sum, created]``
+    (per bucket, not cumulative; the last bucket is ``+Inf``), as prometheus-client's own metrics
+    keep them, so the text is the same.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.bounds = {  # +Inf is the last bucket anyway
+            "ccproxy_request_duration_seconds": tuple(b for b in settings.duration_buckets if b != math.inf),
+            "ccproxy_time_to_first_byte_seconds": tuple(b for b in settings.ttfb_buckets if b != math.inf),
+        }
+        self.tables: dict[str, dict[tuple[str, ...], list[float]]] = {name: {} for name, *_ in FAMILIES}
+        self.active = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0, model_index: int | None = None) -> None:
+        table = self.tables[name]
+        series = table.get(labels)
+        if series is None:
+            labels = _folded(table, labels, model_index)
+            series = table.get(labels) or table.setdefault(labels, [0.0, time.time()])
+        series[0] += amount
+
+    def observe(self, name: str, labels: tuple[str, ...], value: float, model_index: int | None = None) -> None:
+        table = self.tables[name]
+        series = table.get(labels)
+        bounds = self.bounds[name]
+        if series is None:
+            labels = _folded(table, labels, model_index)
+            series = table.get(labels) or table.setdefault(labels, [0.0] * (len(bounds) + 2) + [time.time()])
+        series[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value, as prometheus-client
+        series[-2] += value
+
+    def add_active(self, delta: int) -> None:
+        self.active += delta
+
+    def collect(self) -> Any:
+        """The metric families, in :data:`FAMILIES` order (prometheus-client's collector interface)."""
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.samples import Sample
+        from prometheus_client.utils import floatToGoString
+
+        created = _created_series()
+        for name, doc, kind, labelnames in FAMILIES:
+            table = self.tables[name]
+            if kind == "gauge":
+                yield GaugeMetricFamily(name, doc, value=float(self.active))
+            elif kind == "counter":
+                family = CounterMetricFamily(name, doc, labels=labelnames)
+                for labels, (value, since) in list(table.items()):
+                    family.add_metric(labels, value, created=since if created else None)
+                yield family
+            else:
+                family = HistogramMetricFamily(name, doc, labels=labelnames)
+                les = [floatToGoString(b) for b in self.bounds[name]] + ["+Inf"]
+                for labels, series in list(table.items()):
+                    counts = itertools.accumulate(series[:-2])
+                    family.add_metric(labels, list(zip(les, counts)), series[-2])
+                    if created:
+                        family.samples.append(Sample(name + "_created", dict(zip(labelnames, labels)), series[-1]))
+                yield family
+
+
+def _created_series() -> bool:
+    """Whether prometheus-client writes ``_created`` series (``PROMETHEUS_DISABLE_CREATED_SERIES``)."""
+    from prometheus_client import metrics
+
+    return getattr(metrics, "_use_created", True)
+
+
+class Children:
+    """The numbers in prometheus-client's own metric objects: with several workers they live in its
+    multiprocess files, which a scrape in any worker adds up. Label children are bound once and cached."""
+
+    def __init__(self, settings: Settings) -> None:
+        from prometheus_client import Counter, Gauge, Histogram, values
+
+        if not getattr(values.ValueClass, "_multiprocess", False):
             # prometheus-client picks its value class at import; a worker forked (not spawned) after
             # the directory was set up imported it before. Values created from here on use the files.
             values.ValueClass = values.MultiProcessValue()
-        # Single process: a registry of our own (several apps may live in one test process).
-        # Multiprocess: values live in the files; each scrape collects them into a fresh registry.
-        self.registry = None if multiprocess_dir is not None else CollectorRegistry()
-        reg = self.registry
+        buckets = {"ccproxy_request_duration_seconds": settings.duration_buckets,
+                   "ccproxy_time_to_first_byte_seconds": settings.ttfb_buckets}
+        self.metrics: dict[str, Any] = {}
+        for name, doc, kind, labelnames in FAMILIES:
+            if kind == "gauge":
+                self.metrics[name] = Gauge(name, doc, registry=None, multiprocess_mode="livesum")
+            elif kind == "counter":
+                self.metrics[name] = Counter(name, doc, labelnames, registry=None)
+            else:
+                self.metrics[name] = Histogram(name, doc, labelnames, buckets=buckets[name], registry=None)
+        self.metrics["ccproxy_active_streams"].set(0)  # a fresh worker shows the gauge
+        self.children: dict[str, dict[tuple[str, ...], Any]] = {name: {} for name, *_ in FAMILIES}
+
+    def child(self, name: str, labels: tuple[str, ...], model_index: int | None) -> Any:
+        cache = self.children[name]
+        found = cache.get(labels)
+        if found is None:
+            labels = _folded(cache, labels, model_index)
+            found = cache.get(labels)
+            if found is None:
+                found = cache[labels] = self.metrics[name].labels(*labels)
+        return found
+
+    def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0, model_index: int | None = None) -> None:
+        self.child(name, labels, model_index).inc(amount)
+
+    def observe(self, name: str, labels: tuple[str, ...], value: float, model_index: int | None = None) -> None:
+        self.child(name, labels, model_index).observe(value)
+
+    def add_active(self, delta: int) -> None:
+        self.metrics["ccproxy_active_streams"].inc(delta)
+
+
+class Metrics:
+    """One worker's metrics: what a request adds (:meth:`record`) and the scrape's text (:meth:`exposition`).
+
+    One worker keeps them in :class:`Totals`; with several (``multiprocess_dir``) they go to
+    prometheus-client's files through :class:`Children`.
+    """
+
+    def __init__(self, settings: Settings, plugins: Any, multiprocess_dir: str | None, config: Config) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self.store: Totals | Children = Children(settings) if multiprocess_dir is not None else Totals(settings)
         self.plugins = plugins
         self.model_label = ModelLabels(config)
-        self.requests = Counter(
-            "ccproxy_requests",
-            "Client requests on the proxy routes, counted when they end.",
-            ["route", "provider", "model", "status", "outcome"],
-            registry=reg,
-        )
-        self.duration = Histogram(
-            "ccproxy_request_duration_seconds",
-            "From the request's arrival to its end (last byte sent, failure or disconnect).",
-            ["route", "provider", "model"],
-            buckets=settings.duration_buckets,
-            registry=reg,
-        )
-        self.ttfb = Histogram(
-            "ccproxy_time_to_first_byte_seconds",
-            "From the request's arrival to the first byte written to the client.",
-            ["route", "provider", "model"],
-            buckets=settings.ttfb_buckets,
-            registry=reg,
-        )
-        self.active = Gauge(
-            "ccproxy_active_streams",
-            "Streamed responses being relayed now (summed over live workers).",
-            registry=reg,
-            multiprocess_mode="livesum",
-        )
-        self.tokens = Counter(
-            "ccproxy_tokens",
-            "Tokens reported by the upstream, by direction (input, output, cache_read, cache_creation).",
-            ["direction", "provider", "model"],
-            registry=reg,
-        )
-        self.cost = Counter(
-            "ccproxy_cost_usd",
-            "Cost in US dollars from the usage plugin's price table.",
-            ["provider", "model"],
-            registry=reg,
-        )
-        self.key_requests = Counter(
-            "ccproxy_key_requests",
-            "Client requests on the proxy routes by client key name (plugins.auth.keys) and status.",
-            ["key", "status"],
-            registry=reg,
-        )
-        self.key_tokens = Counter(
-            "ccproxy_key_tokens",
-            "Tokens reported by the upstream (input, cached input and output) by client key name.",
-            ["key"],
-            registry=reg,
-        )
-        self.key_cost = Counter(
-            "ccproxy_key_cost_usd",
-            "Cost in US dollars by client key name.",
-            ["key"],
-            registry=reg,
-        )
-        self.upstream_errors = Counter(
-            "ccproxy_upstream_errors",
-            "Upstream failures by kind: http_<status>, connect, connect_timeout, pool_timeout, write_timeout, "
-            "headers_timeout, total_timeout, protocol, unsupported_protocol, other (before the response head), "
-            "stream_<kind> (after it), in_band (an error event inside a stream).",
-            ["provider", "kind"],
-            registry=reg,
-        )
-        self.plugin_errors = Counter(
-            "ccproxy_plugin_errors",
-            "Exceptions raised by plugins in observer hooks (the request went on).",
-            ["plugin", "hook"],
-            registry=reg,
-        )
-        # Materialise the unlabelled series and a zero for each metric family so a fresh worker shows them.
-        self.active.set(0)
-        self._children: dict[int, dict[tuple[str, ...], Any]] = {}
         self._plugin_errors_seen: CountOf[tuple[str, str]] = CountOf()
         self._plugin_errors_total = 0
-
-    def child(self, metric: Any, labels: tuple[str, ...], model_index: int | None = None) -> Any:
-        """The label child of ``metric`` for ``labels``, bound once and cached."""
-        cache = self._children.get(id(metric))
-        if cache is None:
-            cache = self._children[id(metric)] = {}
-        found = cache.get(labels)
-        if found is not None:
-            return found
-        if model_index is not None and len(cache) >= MAX_SERIES:
-            labels = (*labels[:model_index], OTHER, *labels[model_index + 1 :])
-            found = cache.get(labels)
-            if found is not None:
-                return found
-        found = cache[labels] = metric.labels(*labels)
-        return found
 
     def sync_plugin_errors(self) -> None:
         """Copy new counts from the core's ``plugins.errors`` Counter into the metric."""
@@ -246,42 +310,42 @@ class Metrics:
         for key, count in list(errors.items()):
             delta = count - self._plugin_errors_seen[key]
             if delta > 0:
-                self.child(self.plugin_errors, key).inc(delta)
+                self.store.count("ccproxy_plugin_errors", key, delta)
                 self._plugin_errors_seen[key] = count
         self._plugin_errors_total = total
 
     def record(self, ctx: RequestContext) -> None:
+        count, observe = self.store.count, self.store.observe
         provider = ctx.provider or ""
         model = self.model_label(ctx.model) if ctx.model else ""
         route = ctx.route
-        self.child(self.requests, (route, provider, model, str(ctx.status or ""), ctx.outcome or ""), 2).inc()
+        count("ccproxy_requests", (route, provider, model, str(ctx.status or ""), ctx.outcome or ""), 1, 2)
         series = (route, provider, model)
         if ctx.duration is not None:
-            self.child(self.duration, series, 2).observe(ctx.duration)
+            observe("ccproxy_request_duration_seconds", series, ctx.duration, 2)
         if ctx.t_first_byte is not None:
-            self.child(self.ttfb, series, 2).observe(ctx.t_first_byte)
+            observe("ccproxy_time_to_first_byte_seconds", series, ctx.t_first_byte, 2)
         usage = ctx.usage
         if usage is not None:
             for direction, key in DIRECTIONS:
-                count = getattr(usage, key)
-                if count:
-                    self.child(self.tokens, (direction, provider, model), 2).inc(count)
+                tokens = getattr(usage, key)
+                if tokens:
+                    count("ccproxy_tokens", (direction, provider, model), tokens, 2)
         cost = ctx.cost
         if cost:
-            self.child(self.cost, (provider, model), 1).inc(cost)
+            count("ccproxy_cost_usd", (provider, model), cost, 1)
         key = ctx.client_key
         if key is not None:  # names come from the config: a bounded set
-            self.child(self.key_requests, (key, str(ctx.status or ""))).inc()
+            count("ccproxy_key_requests", (key, str(ctx.status or "")))
             if usage is not None:
-                self.child(self.key_tokens, (key,)).inc(
-                    usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
-                    + usage.output_tokens)
+                count("ccproxy_key_tokens", (key,), usage.input_tokens + usage.cache_read_input_tokens
+                      + usage.cache_creation_input_tokens + usage.output_tokens)
             if cost:
-                self.child(self.key_cost, (key,)).inc(cost)
+                count("ccproxy_key_cost_usd", (key,), cost)
         if ctx.attempts:
             self._count_upstream_errors(ctx)
         if ctx.inband_error is not None:
-            self.child(self.upstream_errors, (provider, "in_band")).inc()
+            count("ccproxy_upstream_errors", (provider, "in_band"))
         self.sync_plugin_errors()
 
     def _count_upstream_errors(self, ctx: RequestContext) -> None:
@@ -300,7 +364,7 @@ class Metrics:
                     kind = "stream_" + kind
             else:
                 continue
-            self.child(self.upstream_errors, (attempt.provider, kind)).inc()
+            self.store.count("ccproxy_upstream_errors", (attempt.provider, kind))
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The scrape body and its content type."""
@@ -309,8 +373,8 @@ class Metrics:
 
         self.sync_plugin_errors()
         encoder, content_type = choose_encoder(accept or "")
-        if self.registry is not None:
-            return encoder(self.registry), content_type
+        if isinstance(self.store, Totals):
+            return encoder(self.store.registry), content_type
         from prometheus_client.multiprocess import MultiProcessCollector
 
         _drop_dead_workers(self.multiprocess_dir)
@@ -416,7 +480,7 @@ class MetricsPlugin:
     @hookimpl
     def ccproxy_stream_start(self, ctx: RequestContext) -> None:
         if ctx.stream and self.metrics is not None:
-            self.metrics.active.inc()
+            self.metrics.store.add_active(1)
             ctx.state["metrics"] = "active"
 
     @hookimpl
@@ -425,5 +489,5 @@ class MetricsPlugin:
         if metrics is None:
             return
         if ctx.state.pop("metrics", None) == "active":
-            metrics.active.dec()
+            metrics.store.add_active(-1)
         metrics.record(ctx)

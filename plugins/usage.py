@@ -18,6 +18,10 @@ Where the numbers come from (always ``ctx.upstream_dialect``, so translated requ
   ``output_tokens``); ``error`` and ``response.failed`` are in-band errors.
 * Non-streamed responses: the body's ``usage``.
 
+Streams are read by :class:`StreamReader`, a response adapter that passes the bytes on and parses
+only the reads that may hold one of these events, so the core neither parses a stream into events
+nor calls a hook per event for this plugin.
+
 The dialects are normalised to Anthropic's meaning: ``input_tokens`` counts the input tokens billed
 at the full input price, so for OpenAI it is ``prompt_tokens - prompt_tokens_details.cached_tokens``
 and ``cache_read_input_tokens`` is ``cached_tokens``.
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,11 +64,13 @@ from ccproxy_core import (
     Config,
     PluginSettings,
     RequestContext,
+    SSEParser,
     Usage,
     hookimpl,
 )
 
 NAME = "usage"
+log = logging.getLogger("ccproxy")
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
@@ -250,15 +257,83 @@ def _flags(ctx: RequestContext) -> dict[str, Any]:
     return flags
 
 
-@hookimpl
-def ccproxy_response_adapter(ctx: RequestContext) -> UsageChunkRemover | None:
-    """Hide from the client what asking for usage added (same-dialect OpenAI streams only)."""
+@hookimpl(tryfirst=True)
+def ccproxy_response_adapter(ctx: RequestContext) -> StreamReader | UsageChunkRemover | None:
+    """An upstream stream: read its usage (:class:`StreamReader`), first in the chain so it sees the
+    upstream's bytes, and hide from the client what asking for usage added (same-dialect OpenAI
+    streams only)."""
+    headers = ctx.response_headers
+    if "text/event-stream" not in headers.get("content-type", ""):
+        return None
     flags = ctx.state.get(NAME)
-    if not flags or not flags.get("requested") or ctx.translated or ctx.upstream_dialect != OPENAI:
-        return None
-    if "text/event-stream" not in ctx.response_headers.get("content-type", ""):
-        return None
-    return UsageChunkRemover()
+    remover = None
+    if flags and flags.get("requested") and not ctx.translated and ctx.upstream_dialect == OPENAI:
+        remover = UsageChunkRemover()
+    encoding = headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() not in DECODED_CODINGS:
+        return remover  # not read, as the core passes it through unread when only observers read it
+    return StreamReader(ctx, remover)
+
+
+class StreamReader:
+    """A response adapter that reads usage from an upstream stream as it passes, unchanged (or through
+    ``remover``), as :func:`read_event` would from every event, at a fraction of the cost.
+
+    Only reads that may hold an event carrying usage or an error are parsed (:data:`_MARKERS`, by
+    dialect): a read is skipped when the parser holds nothing (the previous read ended with a blank
+    line), it ends with a blank line itself and holds no carriage return (so it is whole events and leaves
+    the parser as it found it) and none of its events can matter (no marker in its bytes). Any
+    other read goes to the parser. An exception is logged once per process and the stream goes on.
+    """
+
+    __slots__ = ("ctx", "parser", "markers", "clean", "remover")
+
+    def __init__(self, ctx: RequestContext, remover: UsageChunkRemover | None = None) -> None:
+        self.ctx = ctx
+        self.parser = SSEParser()
+        self.markers = _MARKERS.get(ctx.upstream_dialect, _MARKERS[OPENAI])
+        self.clean = False  # the parser holds nothing (the first read always goes to it: a BOM)
+        self.remover = remover
+
+    def feed(self, data: bytes) -> bytes:
+        skip = self.clean and data.endswith(b"\n\n") and b"\r" not in data
+        if skip:
+            for marker in self.markers:
+                if marker in data:
+                    skip = False
+                    break
+        if not skip:
+            self._read(self.parser.feed(data))
+            self.clean = data.endswith(b"\n\n")  # a blank line last: no event or line left half read
+        return self.remover.feed(data) if self.remover is not None else data
+
+    def finish(self) -> bytes:
+        self._read(self.parser.flush())
+        return self.remover.finish() if self.remover is not None else b""
+
+    def _read(self, events: list[Any]) -> None:
+        global _failed
+        for event in events:
+            try:
+                read_event(self.ctx, event)
+            except Exception:
+                if not _failed:
+                    _failed = True
+                    log.exception("usage: reading an event's usage failed; the stream goes on (logged once)")
+
+
+_failed = False
+#: The ``content-encoding`` values the core decodes for a response adapter (``ccproxy_core.decoding``; a
+#: test keeps the two in step). It refuses to adapt a body in any other.
+DECODED_CODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
+#: Bytes without one of which no event matters to :func:`read_event`, by upstream dialect: the names of
+#: Anthropic's and the Responses API's events that do, Chat Completions' usage object and error payload.
+#: (Substring checks, cheaper than a regular expression; a name found elsewhere only costs a parse.)
+_MARKERS = {
+    ANTHROPIC: (b"message_start", b"message_delta", b"error"),
+    RESPONSES: (b"response.completed", b"response.incomplete", b"response.failed", b"error"),
+    OPENAI: (b'"usage":{', b'"usage": {', b'{"error"'),
+}
 
 
 _SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
@@ -411,9 +486,8 @@ def _error_message(payload: Any) -> str:
     return str(error or "error")
 
 
-@hookimpl
-def ccproxy_stream_event(ctx: RequestContext, event: Any) -> None:
-    """Read usage from the few events that carry it; everything else costs a comparison or two."""
+def read_event(ctx: RequestContext, event: Any) -> None:
+    """Read usage from the few events that carry it (:class:`StreamReader` passes them)."""
     data: str = event.data
     if ctx.upstream_dialect == ANTHROPIC:
         name = event.event

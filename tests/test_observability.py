@@ -413,6 +413,46 @@ def test_secrets_never_logged_even_with_bodies(make_proxy, mock, tmp_path, caplo
     assert caplog.text.count('"request_id"') >= 3  # the lines also went to the ccproxy.access logger
 
 
+def test_access_lines_skip_logging_only_when_nothing_else_listens(monkeypatch):
+    """Logging not configured: the plugin's own stderr handler gets each line, without a LogRecord.
+    Once anything else listens (a handler up the tree, a filter), the line goes through logging."""
+    import io
+
+    from ccproxy_core import RequestContext
+    from ccproxy_core.config import build_config
+    from ccproxy_core.plugins import PluginSettings
+    from ccproxy_plugins import access_log
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    root, access = logging.getLogger(), logging.getLogger("ccproxy.access")
+    monkeypatch.setattr(root, "handlers", [])  # pytest's own capture handlers
+    monkeypatch.setattr(access, "handlers", [])
+    monkeypatch.setattr(access, "filters", [])
+    config = build_config(provider_config("http://127.0.0.1:9"), "test-config")
+    log = access_log.ccproxy_configure(config, PluginSettings("access_log", {}, "test-config"))
+    log.ccproxy_startup()
+    records: list[logging.LogRecord] = []
+    make_record = logging.Logger.makeRecord
+    monkeypatch.setattr(logging.Logger, "makeRecord", lambda *a, **k: records.append(r := make_record(*a, **k)) or r)
+    ctx = RequestContext("req-1", "POST", "/v1/messages", "anthropic", outcome="completed", status=200)
+
+    log.ccproxy_stream_end(ctx)  # outside a running loop: written at once
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["req-1"]
+    assert records == []
+
+    heard: list[str] = []
+    listener = logging.Handler()
+    listener.emit = lambda record: heard.append(record.getMessage())  # type: ignore[method-assign]
+    monkeypatch.setattr(root, "handlers", [listener])
+    log.ccproxy_stream_end(ctx)
+    assert len(heard) == 1 and len(records) == 1 and len(stream.getvalue().splitlines()) == 2
+    monkeypatch.setattr(root, "handlers", [])
+    access.addFilter(lambda record: False)  # a filter drops the line, as logging does
+    log.ccproxy_stream_end(ctx)
+    assert len(stream.getvalue().splitlines()) == 2 and len(records) == 2
+
+
 # -- switching off, health -----------------------------------------------------------------------
 
 

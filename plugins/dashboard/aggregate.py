@@ -80,19 +80,21 @@ class Totals:
         self.requests = self.errors = self.input_tokens = self.output_tokens = 0
         self.cost = 0.0
 
-    def add(self, ctx: RequestContext, failed: bool) -> None:
+    def add(self, failed: bool, input_tokens: int, output_tokens: int, cost: float) -> None:
         self.requests += 1
         self.errors += failed
-        if ctx.usage is not None:
-            self.input_tokens += ctx.usage.input_tokens
-            self.output_tokens += ctx.usage.output_tokens
-        self.cost += ctx.cost or 0.0
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cost += cost
 
     def as_list(self) -> list[Any]:
         return [self.requests, self.errors, self.input_tokens, self.output_tokens, self.cost]
 
 
 FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cost")
+#: What the table of the last requests shows of each.
+RECENT_FIELDS = ("time", "key", "model", "provider", "status", "outcome", "error", "stream", "input_tokens",
+                 "output_tokens", "cost", "duration", "attempts")
 
 
 def as_row(name: str, values: list[Any]) -> dict[str, Any]:
@@ -126,7 +128,7 @@ class Aggregate:
         self.fallbacks = 0
         self.retries = 0
         self.recent_fallbacks: deque[dict[str, Any]] = deque(maxlen=RECENT_FALLBACKS)
-        self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
+        self.recent: deque[tuple[Any, ...]] = deque(maxlen=recent)  # rows of RECENT_FIELDS
 
     def started(self, ctx: RequestContext) -> None:
         """A streamed response's head is being written: it is in flight until :meth:`ended`."""
@@ -157,29 +159,29 @@ class Aggregate:
         model = self.model_label(ctx.model or ctx.model_requested or "")
         provider = self.provider_label(ctx.provider or "")
         key = self._key(ctx)
-        self.total.add(ctx, failed)
-        for dimension, label in (("model", model), ("provider", provider), ("key", key)):
-            if label:
-                table = self.by[dimension]
-                (table.get(label) or table.setdefault(label, Totals())).add(ctx, failed)
-        self._attempts(ctx, model)
         usage = ctx.usage
-        self.recent.append({
-            "time": ctx.started_at, "key": key, "model": model, "provider": provider, "status": ctx.status,
-            "outcome": ctx.outcome, "error": kind, "stream": ctx.stream,
-            "input_tokens": usage.input_tokens if usage else None,
-            "output_tokens": usage.output_tokens if usage else None,
-            "cost": ctx.cost, "duration": ctx.duration, "attempts": len(ctx.attempts),
-        })
+        input_tokens, output_tokens = (usage.input_tokens, usage.output_tokens) if usage is not None else (0, 0)
+        cost = ctx.cost or 0.0
+        self.total.add(failed, input_tokens, output_tokens, cost)
+        for table, label in ((self.by["model"], model), (self.by["provider"], provider), (self.by["key"], key)):
+            if label:
+                (table.get(label) or table.setdefault(label, Totals())).add(failed, input_tokens, output_tokens, cost)
+        if len(ctx.attempts) > 1:
+            self._attempts(ctx, model)
+        # A row of RECENT_FIELDS; export() makes it a dict (the page reads the last few once a second).
+        self.recent.append((
+            ctx.started_at, key, model, provider, ctx.status, ctx.outcome, kind, ctx.stream,
+            usage.input_tokens if usage else None, usage.output_tokens if usage else None,
+            ctx.cost, ctx.duration, len(ctx.attempts),
+        ))
 
     def _key(self, ctx: RequestContext) -> str | None:
         name = key_name(ctx)
         return self.key_label(name) if name else None
 
     def _attempts(self, ctx: RequestContext, model: str) -> None:
+        """Retries and fallbacks of a request with more than one attempt."""
         attempts = ctx.attempts
-        if len(attempts) < 2:
-            return
         providers = [a.provider for a in attempts]
         self.retries += len(attempts) - len(set(providers))
         if len(set(providers)) > 1:
@@ -201,7 +203,7 @@ class Aggregate:
             "by": {dim: {n: t.as_list() for n, t in table.items()} for dim, table in self.by.items()},
             "in_flight": len(flights), "streams": flights[:MAX_IN_FLIGHT_LISTED],
             "fallbacks": self.fallbacks, "retries": self.retries, "recent_fallbacks": list(self.recent_fallbacks),
-            "recent": list(self.recent),
+            "recent": [dict(zip(RECENT_FIELDS, row)) for row in self.recent],
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""The usage plugin's StreamReader reads what parsing every event would, from reads split anywhere."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from ccproxy_core import ANTHROPIC, OPENAI, RESPONSES, RequestContext, SSEParser
+from ccproxy_core.decoding import decoder_for
+from ccproxy_plugins.usage import DECODED_CODINGS, StreamReader, read_event
+from tests.test_bounds_upstream import Hostile, ProxyThread, chunked, claude_request, config, fetch
+
+
+def sse(*events: tuple[str | None, object]) -> bytes:
+    out = []
+    for name, data in events:
+        text = data if isinstance(data, str) else json.dumps(data)
+        out.append((f"event: {name}\n" if name else "") + "".join(f"data: {line}\n" for line in text.split("\n")) + "\n")
+    return "".join(out).encode()
+
+
+ANTHROPIC_STREAM = sse(
+    ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 12, "cache_read_input_tokens": 3,
+                                                                      "output_tokens": 1}}}),
+    ("ping", {"type": "ping"}),
+    *[("content_block_delta", {"type": "content_block_delta", "delta": {"text": f"word {i}" + " error-free" * (i % 5 == 0)}})
+      for i in range(20)],
+    ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 21}}),
+    ("message_stop", {"type": "message_stop"}),
+)
+ANTHROPIC_ERROR = sse(
+    ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 5}}}),
+    ("content_block_delta", {"delta": {"text": "hi"}}),
+    ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+)
+OPENAI_STREAM = sse(
+    *[(None, {"choices": [{"delta": {"content": f"w{i}"}, "finish_reason": None}], "usage": None}) for i in range(20)],
+    (None, {"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": None}),
+    (None, {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 5,
+                                     "prompt_tokens_details": {"cached_tokens": 3}}}),
+    (None, "[DONE]"),
+)
+OPENAI_ERROR = sse((None, {"choices": [{"delta": {"content": "a"}}]}), (None, {"error": {"message": "boom"}}))
+RESPONSES_STREAM = sse(
+    ("response.created", {"type": "response.created", "response": {"status": "in_progress"}}),
+    *[("response.output_text.delta", {"type": "response.output_text.delta", "delta": f"w{i}"}) for i in range(20)],
+    ("response.completed", {"type": "response.completed", "response": {"usage": {
+        "input_tokens": 12, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 7}}}),
+)
+RESPONSES_FAILED = sse(
+    ("response.output_text.delta", {"delta": "x"}),
+    ("response.failed", {"type": "response.failed", "response": {"error": {"message": "bad"}, "usage": None}}),
+)
+
+STREAMS = [
+    (ANTHROPIC, ANTHROPIC_STREAM), (ANTHROPIC, ANTHROPIC_ERROR), (OPENAI, OPENAI_STREAM), (OPENAI, OPENAI_ERROR),
+    (RESPONSES, RESPONSES_STREAM), (RESPONSES, RESPONSES_FAILED),
+]
+
+
+def variants(raw: bytes) -> list[bytes]:
+    """The stream as sent, with other line ends, a BOM, a multi-line data field, no final blank line."""
+    return [
+        raw, raw.replace(b"\n", b"\r\n"), raw.replace(b"\n", b"\r"), b"\xef\xbb\xbf" + raw,
+        raw.replace(b"data: {", b"data: {\ndata: ", 3), raw[:-1], raw.replace(b"\n\n", b"\n\r\n"),
+    ]
+
+
+def state(ctx: RequestContext) -> tuple[object, ...]:
+    return (ctx.usage, ctx.inband_error, ctx.state.get("usage"))
+
+
+def every_event(dialect: str, reads: list[bytes]) -> tuple[object, ...]:
+    """What the plugin's reading did before: every event parsed and read."""
+    ctx = RequestContext("r", "POST", "/", dialect, upstream_dialect=dialect)
+    parser = SSEParser()
+    for data in reads:
+        for event in parser.feed(data):
+            read_event(ctx, event)
+    for event in parser.flush():
+        read_event(ctx, event)
+    return state(ctx)
+
+
+@pytest.mark.parametrize("dialect, raw", STREAMS)
+def test_stream_reader_reads_what_every_event_gives_however_the_bytes_are_split(dialect, raw):
+    rng = random.Random(17)
+    for stream in variants(raw):
+        parts = stream.split(b"\n\n")
+        events = [p + b"\n\n" for p in parts[:-1]] + [parts[-1]]  # whole events, the usual read
+        splits = [events, [stream], [stream[i : i + 1] for i in range(len(stream))]]
+        for _ in range(30):
+            cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 12)))
+            splits.append([stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])])
+        for reads in splits:
+            ctx = RequestContext("r", "POST", "/", dialect, upstream_dialect=dialect)
+            reader = StreamReader(ctx)
+            assert b"".join(reader.feed(data) for data in reads) + reader.finish() == stream
+            assert state(ctx) == every_event(dialect, reads)
+    assert every_event(dialect, [raw])[0] is not None or every_event(dialect, [raw])[1] is not None
+
+
+def test_the_codings_read_are_the_ones_the_core_decodes():
+    for coding in ("identity", "gzip", "x-gzip", "deflate", " GZIP ", "br", "zstd", "gzip, br", "compress"):
+        assert (decoder_for(coding, 10) is not None) == (coding.strip().lower() in DECODED_CODINGS), coding
+
+
+def test_a_stream_in_a_coding_the_proxy_cannot_decode_passes_through_unread():
+    """As with observers only: the upstream ignored the narrowed accept-encoding; the bytes go as sent."""
+    opaque = b"\x8b\x01\x80not really brotli\x03"
+    with Hostile(chunked(200, lambda: [opaque], encoding="br")) as up, ProxyThread(config(up.url)) as proxy:
+        path, body = claude_request("anthropic", stream=True)
+        status, headers, content, _ = fetch(proxy.url, path, body)
+    assert (status, headers["content-encoding"], content) == (200, "br", opaque)
