@@ -302,6 +302,8 @@ class StreamReader:
                 if marker in data:
                     skip = False
                     break
+            else:  # a usage object in any spacing is read; Chat Completions chunks may carry "usage":null
+                skip = data.count(b'"usage"') == data.count(b'"usage":null')
         if not skip:
             self._read(self.parser.feed(data))
             self.clean = data.endswith(b"\n\n")  # a blank line last: no event or line left half read
@@ -327,12 +329,14 @@ _failed = False
 #: test keeps the two in step). It refuses to adapt a body in any other.
 DECODED_CODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 #: Bytes without one of which no event matters to :func:`read_event`, by upstream dialect: the names of
-#: Anthropic's and the Responses API's events that do, Chat Completions' usage object and error payload.
-#: (Substring checks, cheaper than a regular expression; a name found elsewhere only costs a parse.)
+#: Anthropic's and the Responses API's events that do, Chat Completions' error key (a quoted ``"error"``
+#: in a model's text is escaped, ``\"error\"``); a Chat Completions read whose every ``"usage"`` is not
+#: ``"usage":null`` (any spacing) is parsed too. Substring checks, cheaper than a regular expression:
+#: a name found elsewhere only costs a parse, a usage or error is never skipped.
 _MARKERS = {
     ANTHROPIC: (b"message_start", b"message_delta", b"error"),
     RESPONSES: (b"response.completed", b"response.incomplete", b"response.failed", b"error"),
-    OPENAI: (b'"usage":{', b'"usage": {', b'{"error"'),
+    OPENAI: (b'"error"',),
 }
 
 
@@ -520,7 +524,8 @@ def read_event(ctx: RequestContext, event: Any) -> None:
             payload = _loads(data)
             ctx.inband_error = str(payload.get("message") or payload.get("code") or "error")
         return
-    if '"usage":{' in data or '"usage": {' in data:
+    # Chat Completions: a usage object in any JSON spacing (OpenAI's own chunks say "usage":null).
+    if data.count('"usage"') != data.count('"usage":null'):
         chunk = _loads(data)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -531,8 +536,10 @@ def read_event(ctx: RequestContext, event: Any) -> None:
             # The usage chunk has no choices; some servers put usage on the finishing chunk instead.
             if not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
                 flags["final"] = True
-    elif data.startswith('{"error"'):
-        ctx.inband_error = _error_message(_loads(data))
+    elif '"error"' in data:  # a model's quoted "error" is escaped in the JSON text: \"error\"
+        chunk = _loads(data)
+        if chunk.get("error"):  # not "error": null
+            ctx.inband_error = _error_message(chunk)
 
 
 @hookimpl

@@ -54,8 +54,20 @@ RESPONSES_FAILED = sse(
     ("response.failed", {"type": "response.failed", "response": {"error": {"message": "bad"}, "usage": None}}),
 )
 
+#: OpenAI's own compact chunks ("usage":null in each, skipped unread), then JSON spaced in ways a
+#: compatible server may write it: a usage object or an error must still be read.
+OPENAI_COMPACT = sse(*[(None, json.dumps(json.loads(line[6:]), separators=(",", ":")))
+                       for line in OPENAI_STREAM.decode().split("\n") if line.startswith("data: {")], (None, "[DONE]"))
+OPENAI_SPACED = sse(
+    (None, '{"choices":[{"delta":{"content":"a \\"usage\\": {} \\"error\\""}}],"usage":null}'),
+    (None, '{"choices":[],"usage" :\t{"prompt_tokens":9,"completion_tokens":2}}'),
+)
+OPENAI_SPACED_ERROR = sse((None, '{"choices":[{"delta":{"content":"a"}}],"usage":null}'),
+                          (None, '{ "error" : {"message": "boom"}}'))
+
 STREAMS = [
     (ANTHROPIC, ANTHROPIC_STREAM), (ANTHROPIC, ANTHROPIC_ERROR), (OPENAI, OPENAI_STREAM), (OPENAI, OPENAI_ERROR),
+    (OPENAI, OPENAI_COMPACT), (OPENAI, OPENAI_SPACED), (OPENAI, OPENAI_SPACED_ERROR),
     (RESPONSES, RESPONSES_STREAM), (RESPONSES, RESPONSES_FAILED),
 ]
 
