@@ -1,13 +1,15 @@
-"""ccproxy's benchmark (issue 7): one command, side by side, bounded in time.
+"""ccproxy's benchmark (issues 7 and 17): one command, side by side, bounded in time.
 
-    python bench/run.py            # full run, about 4-5 minutes
-    python bench/run.py --quick    # about 1-1.5 minutes
+    python bench/run.py            # full run, about 7-8 minutes
+    python bench/run.py --quick    # about 2.5 minutes
 
 What runs, all on 127.0.0.1:
 
 * The project's mock upstream (``python -m tests.mock_upstream``, the one the tests use):
-  both dialects, JSON and SSE, its own process pinned to CPU 1, plain HTTP and TLS (a
+  every dialect, JSON and SSE, its own process pinned to CPU 1, plain HTTP and TLS (a
   self-signed certificate made here with the ``openssl`` CLI).
+* The floor (``bench/floor.py``): Sanic answering the same requests itself, with the mock's own
+  bytes and schedule and no upstream call, started like the proxy. Every CPU goal is a ratio to it.
 * The proxy: ``sanic app.app --single-process`` pinned to CPU 0, with a generated config
   whose providers point at the mock upstream (routing globs, provider headers, the
   bundled plugin set loaded from entry points). When the config accepts
@@ -15,12 +17,16 @@ What runs, all on 127.0.0.1:
 * The load client (``bench/loadgen.py``), in this process, pinned to CPU 1 too.
 * Baselines: the client straight to the upstream ("direct"), and nginx as a reverse
   proxy when ``nginx`` is installed.
+* After the columns, two phases of set-ups started once and loaded in interleaved rounds
+  (``bench/sidebyside.py``): one worker beside ``--workers 2`` (proxy and floor), and the
+  features' costs (dashboard, otel, limits with the memory and the Redis backend).
 
 Proxy CPU is ``utime + stime`` from ``/proc/PID/stat`` before and after each phase;
 RSS is ``VmRSS`` from ``/proc/PID/status``. "Added" figures are the proxy's minus
 the direct baseline's, from the same run. The Markdown report goes to stdout and to
-``bench/results/latest.md``; progress goes to stderr. Every subprocess dies with
-this one (SIGKILL on parent death, and a clean stop on exit or Ctrl-C).
+``bench/results/latest.md``, then one verdict line per goal (``bench/goals.py``); progress
+goes to stderr. Every subprocess dies with this one (SIGKILL on parent death, and a clean
+stop on exit or Ctrl-C).
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import goals  # noqa: E402
 import loadgen  # noqa: E402
+import sidebyside  # noqa: E402
 from loadgen import Request, Result, Target, build_request  # noqa: E402
 
 PROXY_CPU = 0
@@ -87,10 +95,20 @@ class Plan:
     many_rate: float = 50.0
     many_ramp: float = 1.0
     route_seconds: float = 2.0
+    #: One request in flight against an upstream that answers each JSON request ``slow_delay_ms`` late.
+    slow_requests: int = 600
+    slow_delay_ms: float = 20.0
+    #: The workers and features phases: set-ups started once, interleaved rounds of ``*_seconds`` slices.
+    workers_rounds: int = 4
+    workers_seconds: float = 1.5
+    features_rounds: int = 6
+    features_seconds: float = 1.0
 
 
 FULL = Plan(json_seconds=5, json1_seconds=2, big_seconds=3, stream_seconds=5, ttfb_rounds=20, many_seconds=8, extra_startups=3)
-QUICK = Plan(json_seconds=2, json1_seconds=1, big_seconds=1.5, stream_seconds=2, ttfb_rounds=6, many_seconds=3, extra_startups=0)
+QUICK = Plan(json_seconds=2, json1_seconds=1, big_seconds=1.5, stream_seconds=2, ttfb_rounds=6, many_seconds=3, extra_startups=0,
+             route_seconds=1.2, slow_requests=300, workers_rounds=3, workers_seconds=1.0, features_rounds=3,
+             features_seconds=0.5)
 
 
 def log(msg: str) -> None:
@@ -248,13 +266,16 @@ def make_certificate(tmp: Path) -> tuple[Path, Path] | None:
 
 
 def proxy_config(path: Path, upstream_port: int, *, tls: bool, transport: str | None,
-                 enabled_plugins: list[str] | None = None, gateway: str | None = None) -> None:
+                 enabled_plugins: list[str] | None = None, gateway: str | None = None,
+                 disabled: tuple[str, ...] = (), otel: bool = False) -> None:
     """A deployment like a team's: real providers (pointing at the mock), the demo ones, an alias.
 
     ``enabled_plugins`` restricts the loaded plugins to that allow-list (the demo providers,
     which need the ``demo`` plugin, are then left out unless it is listed). ``gateway``: the
     load client's two keys as ``plugins.auth.keys``: ``off`` plain keys, ``memory``/``sqlite:PATH``/
     ``redis://...`` named keys with limits (never reached) counted in that ``state:`` backend.
+    ``disabled``: product plugins switched off; ``otel``: the otel plugin on (its exporter configured by the
+    ``OTEL_*`` variables of the proxy's environment).
     """
     scheme = "https" if tls else "http"
     extra = ""
@@ -311,9 +332,11 @@ timeouts:
     plugins = ""
     if enabled_plugins is not None:
         plugins += f"  enabled: [{', '.join(enabled_plugins)}]\n"
-    elif NOT_PRODUCT_PLUGINS & installed_plugins():
-        # Installed for the tests (examples/ccproxy-example-plugin), not part of the product.
-        plugins += f"  disabled: [{', '.join(sorted(NOT_PRODUCT_PLUGINS & installed_plugins()))}]\n"
+    elif disabled or NOT_PRODUCT_PLUGINS & installed_plugins():
+        # `example` is installed for the tests (examples/ccproxy-example-plugin), not part of the product.
+        plugins += f"  disabled: [{', '.join(sorted(set(disabled) | (NOT_PRODUCT_PLUGINS & installed_plugins())))}]\n"
+    if otel:
+        plugins += "  otel:\n    enabled: true\n"
     if gateway:
         plugins += gateway_settings(gateway)
         if gateway.startswith("redis"):
@@ -422,11 +445,13 @@ class Variant:
 
     name: str
     target: Target
-    kind: str  # "direct", "proxy", "nginx"
+    kind: str  # "direct", "floor", "proxy", "nginx"
     tls: bool
     transport: str | None = None
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    #: The CPU its server is pinned to (None: not pinned, as with ``--workers 2``).
+    cpu: int | None = PROXY_CPU
     note: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -471,7 +496,7 @@ class Bench:
         log_path = self.tmp / f"{v.name.replace(' ', '-')}.log"
         req = build_request(v.target, "anthropic")
         t0 = time.perf_counter()
-        proc = self.children.spawn(v.argv, cpu=PROXY_CPU, log_path=log_path, env=v.env)
+        proc = self.children.spawn(v.argv, cpu=v.cpu, log_path=log_path, env=v.env)
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{v.name} exited with {proc.returncode}:\n{log_tail(log_path)}")
@@ -513,6 +538,15 @@ class Bench:
             r = await loadgen.closed_loop(t, self.requests(t), 1, p.json1_seconds)
             m["json1_p50"], m["json1_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
             m["errors"] = r.errors
+
+            if not v.tls:
+                log(f"{v.name}: JSON, 1 in flight, the upstream answering {p.slow_delay_ms:g} ms late, "
+                    f"{p.slow_requests} requests")
+                slow = [build_request(t, d, delay_ms=p.slow_delay_ms) for d in DIALECTS]
+                r = await loadgen.closed_loop(t, slow, 1, p.slow_requests * (p.slow_delay_ms + 1) / 1e3)
+                m["slow_p50"], m["slow_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
+                m["slow_n"] = r.requests
+                m["errors"] += r.errors
 
             log(f"{v.name}: JSON, {p.json_concurrency} clients")
             meter = Meter(pid)
@@ -561,7 +595,7 @@ class Bench:
             m["ttfb_p50"], m["ttfb_p99"] = pct(r.ttfb, 50) / 1e6, pct(r.ttfb, 99) / 1e6
             m["errors"] += r.errors
 
-            if v.kind == "proxy":
+            if v.kind in ("proxy", "floor"):
                 log(f"{v.name}: each route alone, interleaved ({ROUTE_ROUNDS} rounds): JSON, {p.json_concurrency} "
                     f"clients; {p.stream_concurrency} concurrent {p.stream_events}-event streams")
                 await self.routes_alone(t, pid, m)
@@ -644,10 +678,19 @@ def machine() -> list[str]:
 
 
 def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any], startups: list[float],
-           seconds: float) -> str:
+           seconds: float, side: dict[str, Any]) -> tuple[str, list[goals.Goal]]:
+    """The Markdown report, and the goals judged on the first plain proxy column."""
     p = plan
     done = [v for v in variants if v.metrics and not v.error]
     base = {tls: next((v for v in done if v.kind == "direct" and v.tls == tls), None) for tls in (False, True)}
+    floor = next((v for v in done if v.kind == "floor"), None)
+
+    def to_floor(v: Variant, key: str) -> str:
+        """This column's figure ÷ the floor's (proxies and nginx)."""
+        if v.kind in ("direct", "floor") or floor is None:
+            return "—"
+        r = goals.ratio(v.metrics.get(key), floor.metrics.get(key))
+        return f"{r:.2f}×" if r is not None else "—"
 
     def added(v: Variant, key: str) -> float | None:
         b = base[v.tls]
@@ -669,17 +712,24 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         ("RSS after warm-up (MB)", lambda v: cell(v, "rss_warm", 1)),
         ("JSON, 1 client: latency p50 / p99 (ms)", lambda v: f"{cell(v, 'json1_p50')} / {cell(v, 'json1_p99')}"),
         ("JSON, 1 client: added p50 (ms)", lambda v: fmt(added(v, "json1_p50"))),
+        (f"JSON, 1 in flight, upstream {p.slow_delay_ms:g} ms late: p50 / p99 (ms)",
+         lambda v: f"{cell(v, 'slow_p50')} / {cell(v, 'slow_p99')} ({v.metrics['slow_n']:,} req.)"
+         if "slow_n" in v.metrics else "—"),
+        ("… **added p99 (ms)**", lambda v: fmt(added(v, "slow_p99"))),
         (f"JSON, {p.json_concurrency} clients: requests/s", lambda v: cell(v, "json_rps")),
         (f"JSON, {p.json_concurrency} clients: **proxy CPU per request (µs)**", lambda v: cell(v, "json_cpu_us", 0)),
+        ("… **÷ floor**", lambda v: to_floor(v, "json_cpu_us")),
         (f"JSON, {p.json_concurrency} clients: latency p50 / p99 (ms)", lambda v: f"{cell(v, 'json_p50')} / {cell(v, 'json_p99')}"),
         (f"JSON {p.big_body_bytes // 1000} KB bodies, {p.json_concurrency} clients: requests/s",
          lambda v: cell(v, "big_rps")),
         (f"JSON {p.big_body_bytes // 1000} KB bodies: proxy CPU per request (µs)", lambda v: cell(v, "big_cpu_us", 0)),
+        ("… ÷ floor", lambda v: to_floor(v, "big_cpu_us")),
         (f"{p.stream_events}-event streams ({p.stream_concurrency} concurrent, {p.stream_rate:g} ev/s): streams done",
          lambda v: f"{v.metrics['st_streams'] - v.metrics['st_incomplete']:,} / {v.metrics['st_streams']:,}"
          if "st_streams" in v.metrics else "—"),
         ("… **proxy CPU per stream (ms)** / per event (µs)",
          lambda v: f"{cell(v, 'st_cpu_stream_ms')} / {cell(v, 'st_cpu_event_us', 1)}"),
+        ("… per event ÷ floor", lambda v: to_floor(v, "st_cpu_event_us")),
         ("… event latency p50 / p99 (ms)", lambda v: f"{cell(v, 'st_lat_p50')} / {cell(v, 'st_lat_p99')}"),
         ("… added event latency p99 (ms)", lambda v: fmt(added(v, "st_lat_p99"))),
         (f"… inter-arrival gap p50 / p99 (ms; sent every {1000 / p.stream_rate:g} ms)",
@@ -696,9 +746,13 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         ("… reads carrying >1 event (%)", lambda v: cell(v, "many_multi")),
         ("… proxy CPU (% of one core) / per event (µs)",
          lambda v: f"{cell(v, 'many_cpu_pct', 0)} / {cell(v, 'many_cpu_event_us', 1)}"),
+        ("… **per event ÷ floor**", lambda v: to_floor(v, "many_cpu_event_us")),
         ("… **proxy RSS peak (MB)**", lambda v: cell(v, "many_rss_peak", 1)),
         *((f"route {route} alone: proxy CPU per JSON request (µs) / per stream event (µs)",
            lambda v, route=route: f"{cell(v, f'route_{route}_json_us', 0)} / {cell(v, f'route_{route}_event_us', 1)}")
+          for route in ROUTES),
+        *((f"… route {route} ÷ floor's, per JSON request / per event",
+           lambda v, route=route: f"{to_floor(v, f'route_{route}_json_us')} / {to_floor(v, f'route_{route}_event_us')}")
           for route in ROUTES),
         ("errors (non-200, broken connections)", lambda v: cell(v, "errors")),
         (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams (%)",
@@ -724,34 +778,19 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
                 cells.append("—")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out.append("")
+    out += sidebyside.tables(side)
     # Goals, judged on the first proxy column (the configured default transport, plain HTTP upstream).
     proxy = next((v for v in done if v.kind == "proxy" and not v.tls), None)
+    judged: list[goals.Goal] = []
     if proxy is not None:
         m = proxy.metrics
-        startup = statistics.median(startups) if startups else float("nan")
-        lost = m.get("many_expected", 0) - m.get("many_events", 0)
-        goals = [
-            ("proxy CPU per non-streaming request, 32 clients", "≤ 150 µs", f"{fmt(m.get('json_cpu_us'), 0)} µs",
-             m.get("json_cpu_us", 1e9) <= 150),
-            ("proxy CPU per 50-event stream (per event)", "≤ 1.5 ms (≤ 30 µs)",
-             f"{fmt(m.get('st_cpu_stream_ms'))} ms ({fmt(m.get('st_cpu_event_us'), 1)} µs)",
-             m.get("st_cpu_stream_ms", 1e9) <= 1.5),
-            ("no coalescing: reads with >1 event, proxy vs direct", "≤ direct + 0.5 points",
-             f"{fmt(m.get('st_multi'))} % vs {fmt(base[False].metrics.get('st_multi') if base[False] else None)} %",
-             base[False] is not None and m.get("st_multi", 1e9) <= base[False].metrics.get("st_multi", 0) + 0.5),
-            (f"{p.many_streams} streams × {p.many_rate:g} ev/s: every event delivered", "all",
-             f"{m.get('many_events', 0):,} / {m.get('many_expected', 0):,}", lost == 0 and m.get("many_expected", 0) > 0),
-            ("… added p99 event latency", "≤ 5 ms", f"{fmt(added(proxy, 'many_lat_p99'))} ms",
-             (added(proxy, "many_lat_p99") or 1e9) <= 5),
-            ("… proxy RSS", "≤ 80 MB", f"{fmt(m.get('many_rss_peak'), 1)} MB", m.get("many_rss_peak", 1e9) <= 80),
-            (f"added TTFB p50, {p.ttfb_clients} streams together", "≤ 2 ms", f"{fmt(added(proxy, 'ttfb_p50'))} ms",
-             (added(proxy, "ttfb_p50") or 1e9) <= 2),
-            (f"start-up, spawn → first proxied 200 (median of {len(startups)})", "≤ 1 s",
-             f"{fmt(startup * 1e3, 0)} ms", startup <= 1.0),
-        ]
-        out += [f"Goals, judged on **{proxy.name}**:", "", "| goal | target | measured | |", "|---|---|---|---|"]
-        for goal, target, measured, ok in goals:
-            out.append(f"| {goal} | {target} | {measured} | {'✅' if ok else '❌'} |")
+        judged = goals.judge(m, floor.metrics if floor else {}, base[False].metrics if base[False] else {},
+                             workers=side.get("workers"), features=side.get("features"), startups=startups,
+                             streams=p.many_streams, rate=p.many_rate, ttfb_clients=p.ttfb_clients)
+        out += [f"Goals, judged on **{proxy.name}** (CPU against the floor, latency against the direct column, "
+                "the rest side by side):", "", "| verdict | goal | measured | target | detail |", "|---|---|---|---|---|"]
+        for g in judged:
+            out.append(f"| {g.status} | {g.name} | {g.measured} | {g.target or '—'} | {g.detail} |")
         out.append("")
         busy = [(k, m[k]) for k in ("others_json", "others_stream", "others_ttfb", "others_many")
                 if isinstance(m.get(k), float) and m[k] == m[k]]
@@ -773,13 +812,59 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         f"The load client and the mock upstream share CPU {CLIENT_CPU}, so the direct column is bounded by them.",
         "",
     ]
-    return "\n".join(out)
+    return "\n".join(out), judged
 
 
 # -- main ----------------------------------------------------------------------------------------
 
 
-async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
+FLOOR_APP = "bench.floor:app"
+
+
+def server_argv(app: str, port: int, workers: int = 1) -> list[str]:
+    """``sanic APP`` on 127.0.0.1:``port``, ``--single-process`` (one worker) or ``--workers N``."""
+    sanic = Path(sys.executable).with_name("sanic")
+    mode = ["--single-process"] if workers == 1 else ["--workers", str(workers)]
+    return [*([str(sanic)] if sanic.exists() else [sys.executable, "-m", "sanic"]), app, *mode,
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+async def side_by_side(bench: Bench, p: Plan, upstream_port: int, transport: str | None, tmp: Path) -> dict[str, Any]:
+    """The workers and features phases (``bench/sidebyside.py``): set-ups started once, interleaved rounds."""
+    def proxy(name: str, cpu: int | None = PROXY_CPU, workers: int = 1, **kwargs: Any) -> Variant:
+        port = free_port()
+        if kwargs.pop("floor", False):
+            return Variant(name, Target(name, "127.0.0.1", port), "floor", False, argv=server_argv(FLOOR_APP, port),
+                           cpu=CLIENT_CPU)
+        cfg = tmp / f"side-{name.replace(' ', '-')}.yaml"
+        proxy_config(cfg, upstream_port, tls=False, transport=transport, **kwargs)
+        return Variant(name, Target(name, "127.0.0.1", port), "proxy", False, transport, cpu=cpu,
+                       argv=server_argv("app.app", port, workers), env={"CCPROXY_CONFIG": str(cfg)})
+
+    def scaled(kind: str, workers: int) -> Variant:
+        name, cpu = f"{kind} {workers}w", PROXY_CPU if workers == 1 else None
+        if kind == "proxy":
+            return proxy(name, cpu, workers)
+        port = free_port()
+        return Variant(name, Target(name, "127.0.0.1", port), "floor", False, argv=server_argv(FLOOR_APP, port, workers),
+                       cpu=cpu)
+
+    out: dict[str, Any] = {}
+    for phase, run_phase in (
+        ("workers", lambda: sidebyside.workers(bench, scaled, p.workers_rounds, p.workers_seconds)),
+        ("features", lambda: sidebyside.features(bench, lambda name, kw: proxy(name, **kw), tmp, p.features_rounds,
+                                                  p.features_seconds)),
+    ):
+        log(f"=== {phase} phase: set-ups side by side, interleaved rounds")
+        try:
+            out[phase] = await run_phase()
+        except Exception as exc:  # one broken phase must not lose the columns
+            out[f"{phase}_error"] = f"{type(exc).__name__}: {exc}"
+            log(f"{phase} phase failed: {out[f'{phase}_error']}")
+    return out
+
+
+async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> tuple[str, list[goals.Goal]]:
     plan = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     certs = None if args.no_tls else make_certificate(tmp)
@@ -794,8 +879,6 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
     ports = json.loads(line)
     log(f"mock upstream: {ports}")
 
-    sanic = Path(sys.executable).with_name("sanic")
-    sanic_argv = [str(sanic)] if sanic.exists() else [sys.executable, "-m", "sanic"]
 
     # Does the config take `transport:`, and what does each value give?
     transports: list[str | None] = [None]
@@ -840,17 +923,21 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
             client_ssl.verify_mode = ssl.CERT_NONE
         variants.append(Variant("direct" + suffix, Target("direct", "127.0.0.1", up_port, ssl=client_ssl), "direct", tls,
                                 note="client → mock upstream" + (", TLS" if tls else "") if tls else ""))
+        if not tls:
+            port = free_port()
+            variants.append(Variant("floor", Target("floor", "127.0.0.1", port), "floor", False,
+                                    argv=server_argv(FLOOR_APP, port),
+                                    note="`bench/floor.py`: Sanic answering the same requests itself, no upstream call"))
         for choice in transports:
-            if tls and args.quick and choice == "httpx":
-                continue  # keeps --quick near a minute
+            if args.quick and choice == "httpx":
+                continue  # keeps --quick under 3 minutes
             port = free_port()
             cfg = tmp / f"proxy-{choice}-{'tls' if tls else 'plain'}.yaml"
             proxy_config(cfg, up_port, tls=tls, transport=choice)
             name = f"proxy {choice}{suffix}" if choice else f"proxy{suffix}"
             variants.append(Variant(
                 name, Target("proxy", "127.0.0.1", port), "proxy", tls, choice,
-                argv=sanic_argv + ["app.app", "--single-process", "--host", "127.0.0.1", "--port", str(port)],
-                env={"CCPROXY_CONFIG": str(cfg)},
+                argv=server_argv("app.app", port), env={"CCPROXY_CONFIG": str(cfg)},
                 note=(notes.get(choice, "") + ("; upstream over TLS, `verify_tls: false`" if tls else ""))
                 if not tls or choice == transports[0] else "",
             ))
@@ -861,8 +948,7 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
             variants.append(Variant(
                 f"proxy {transports[0] or ''} core only".replace("  ", " "), Target("proxy", "127.0.0.1", port),
                 "proxy", False, transports[0],
-                argv=sanic_argv + ["app.app", "--single-process", "--host", "127.0.0.1", "--port", str(port)],
-                env={"CCPROXY_CONFIG": str(cfg)},
+                argv=server_argv("app.app", port), env={"CCPROXY_CONFIG": str(cfg)},
                 note="`plugins: enabled: [providers]`: only the plugin that adds provider credentials",
             ))
         if nginx and not args.no_nginx and not (tls and args.quick):
@@ -882,12 +968,15 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
         except Exception as exc:  # one broken column must not lose the others
             v.error = f"{type(exc).__name__}: {exc}"
             log(f"{v.name} failed: {v.error}")
+    side: dict[str, Any] = {}
+    if not args.columns_only:
+        side = await side_by_side(bench, plan, ports["port"], transports[0], tmp)
     children.stop(up)
-    report = render(variants, plan, "quick" if args.quick else "full", probes, bench.startups,
-                    time.perf_counter() - t_start)
+    report, judged = render(variants, plan, "quick" if args.quick else "full", probes, bench.startups,
+                            time.perf_counter() - t_start, side)
     if not any(v.kind == "direct" for v in variants if not v.error):
         report += "\n(no direct baseline: 'added' figures unavailable)\n"
-    return report
+    return report, judged
 
 
 async def guarded(coro: Any, limit: float, signals: tuple[int, ...]) -> Any:
@@ -952,16 +1041,18 @@ def drive(amain: Any, args: Any, prefix: str, timeout: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ccproxy benchmark (issue 7)")
     parser.add_argument("--quick", action="store_true",
-                        help="short run, about 1-1.5 minutes (no httpx or nginx column over TLS)")
+                        help="short run, about 2.5 minutes (no httpx column, no nginx column over TLS)")
     parser.add_argument("--no-tls", action="store_true", help="skip the TLS-to-upstream columns")
     parser.add_argument("--no-httpx", action="store_true", help="skip the `transport: httpx` columns")
     parser.add_argument("--core-only", action="store_true",
                         help="add a column with only the `providers` plugin loaded (the cost of the others)")
     parser.add_argument("--no-nginx", action="store_true", help="skip nginx even when installed")
+    parser.add_argument("--columns-only", action="store_true",
+                        help="skip the side-by-side phases (--workers 2, features' costs) after the columns")
     parser.add_argument("--out", default=str(HERE / "results" / "latest.md"), help="where the Markdown goes too")
-    parser.add_argument("--time-limit", type=float, default=None, help="hard stop, seconds (default 200 quick / 480 full)")
+    parser.add_argument("--time-limit", type=float, default=None, help="hard stop, seconds (default 300 quick / 720 full)")
     args = parser.parse_args(argv)
-    args.time_limit = args.time_limit or (200.0 if args.quick else 480.0)
+    args.time_limit = args.time_limit or (300.0 if args.quick else 720.0)
 
     PINNED["ok"] = pin(CLIENT_CPU)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -987,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
     children = Children()
     tmp = Path(tempfile.mkdtemp(prefix="ccproxy-bench-"))
     try:
-        report = asyncio.run(guarded(amain(args, children, tmp), args.time_limit, signals))
+        report, judged = asyncio.run(guarded(amain(args, children, tmp), args.time_limit, signals))
     except KeyboardInterrupt:
         log("interrupted; stopping subprocesses")
         return 130
@@ -1002,6 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(report)
     log(f"written to {out}")
     shutil.rmtree(tmp, ignore_errors=True)
+    print("\n".join(goals.verdict(g) for g in judged))  # the last lines: one verdict per goal
     return 0
 
 
