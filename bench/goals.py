@@ -76,7 +76,8 @@ def judge(proxy: Mapping[str, Any], floor: Mapping[str, Any], direct: Mapping[st
                         r is not None and r <= 1.5 and lost == 0 and (proxy.get("many_expected") or 0) > 0,
                         f"{r:.2f}x floor" if r else "", "<= 1.5x, every event delivered",
                         f"{_us(proxy.get('many_cpu_event_us'))} vs {_us(floor.get('many_cpu_event_us'))} per event, "
-                        + delivered))
+                        f"{delivered}; reads with >1 event {_pct(proxy.get('many_multi'))} vs floor "
+                        f"{_pct(floor.get('many_multi'))}" if r else delivered))
     added = _diff(proxy.get("ttfb_p50"), direct.get("ttfb_p50"))
     goals.append(_check(f"added TTFB p50, {ttfb_clients} streams starting together", added,
                         added is not None and added <= 2, _ms(added), "<= 2 ms",
@@ -103,6 +104,11 @@ def judge(proxy: Mapping[str, Any], floor: Mapping[str, Any], direct: Mapping[st
 def _diff(a: Any, b: Any) -> float | None:
     a, b = _num(a), _num(b)
     return None if a is None or b is None else a - b
+
+
+def _pct(value: Any) -> str:
+    v = _num(value)
+    return "—" if v is None else f"{v:.1f} %"
 
 
 def _ms(ms: Any) -> str:

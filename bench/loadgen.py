@@ -34,6 +34,9 @@ if str(ROOT) not in sys.path:  # the mock upstream is the package tests/mock_ups
 from tests.mock_upstream import stream_framing  # noqa: E402
 
 _now = time.monotonic_ns
+#: The client dialects of :func:`build_request`: the two of every mixed phase, and every route, in report order.
+DIALECTS = ("anthropic", "openai")
+ROUTES = ("anthropic", "openai", "responses")
 
 
 @dataclass(slots=True)

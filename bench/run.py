@@ -33,15 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
-import os
-import platform
 import resource
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,22 +46,21 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+# What the side tools (ab.py, soak.py, profile_phase.py, client_attacks.py) use is importable from here too.
 import goals  # noqa: E402
 import loadgen  # noqa: E402
 import sidebyside  # noqa: E402
-from loadgen import Request, Result, Target, build_request  # noqa: E402
+from configs import (FLOOR_APP, make_certificate, nginx_config, probe, proxy_config,  # noqa: E402,F401
+                     server_argv)
+from loadgen import DIALECTS, ROUTES, Request, Target, build_request  # noqa: E402
+from procs import (CLIENT_CPU, PINNED, PROXY_CPU, ROOT, Children, Meter, cpu_seconds, free_port,  # noqa: E402,F401
+                   log, log_tail, pct, pin, status_kb)
+from report import render  # noqa: E402
 
-PROXY_CPU = 0
-CLIENT_CPU = 1
 #: The mock upstream, as a process of its own (run from the repository root): prints its ports as JSON.
 MOCK_UPSTREAM = [sys.executable, "-m", "tests.mock_upstream", "--port", "0", "--cpu", str(CLIENT_CPU), "--watch-stdin"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-DIALECTS = ("anthropic", "openai")
-#: Each route measured alone (proxy variants): the CPU per request and per event of each dialect, side by side.
-ROUTES = ("anthropic", "openai", "responses")
 #: The routes take turns this many times in the per-route phase (a run of the shared machine's load hits each alike).
 ROUTE_ROUNDS = 4
 
@@ -111,332 +105,7 @@ QUICK = Plan(json_seconds=2, json1_seconds=1, big_seconds=1.5, stream_seconds=2,
              features_seconds=0.5)
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# -- processes -------------------------------------------------------------------------------
-
-
-def _libc_prctl_deathsig() -> None:
-    """Child side: get SIGKILL when the benchmark dies, however it dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def pin(cpu: int) -> bool:
-    """Pin the calling process to ``cpu`` when it is available (not on a 1-CPU machine)."""
-    if hasattr(os, "sched_setaffinity") and cpu in os.sched_getaffinity(0) and len(os.sched_getaffinity(0)) > 1:
-        os.sched_setaffinity(0, {cpu})
-        return True
-    return False
-
-
-class Children:
-    """Every subprocess the benchmark starts; all are stopped on the way out."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(self, argv: list[str], *, cpu: int, log_path: Path, env: dict[str, str] | None = None,
-              stdin: int | None = subprocess.DEVNULL, stdout: int | None = None) -> subprocess.Popen[bytes]:
-        # All CPUs first (this process is pinned to the client's), then the child's own.
-        all_cpus = set(range(os.cpu_count() or 1))
-
-        def setup() -> None:
-            _libc_prctl_deathsig()
-            if hasattr(os, "sched_setaffinity"):
-                try:
-                    os.sched_setaffinity(0, all_cpus)
-                except OSError:
-                    pass
-                pin(cpu)
-
-        logf = open(log_path, "wb")
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdin=stdin,
-            stdout=stdout if stdout is not None else logf, stderr=logf, preexec_fn=setup,
-        )
-        logf.close()
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 3.0) -> None:
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGINT)  # Sanic stops cleanly on SIGINT
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in list(self.procs):
-            try:
-                self.stop(proc, timeout=2.0)
-            except Exception:
-                proc.kill()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        fields = fh.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def status_kb(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def core_ticks() -> dict[int, tuple[int, int]]:
-    """Per CPU: (user + nice + system ticks, steal ticks) from /proc/stat."""
-    out = {}
-    with open("/proc/stat") as fh:
-        for line in fh:
-            if line.startswith("cpu") and line[3].isdigit():
-                f = line.split()
-                vals = [int(x) for x in f[1:]]
-                out[int(f[0][3:])] = (vals[0] + vals[1] + vals[2], vals[7] if len(vals) > 7 else 0)
-    return out
-
-
-class Meter:
-    """One phase: the proxy's CPU seconds, and how busy CPU 0 was with anything else."""
-
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        self.c0 = cpu_seconds(pid) if pid else 0.0
-        self.s0 = core_ticks()
-        self.t0 = time.perf_counter()
-        self.cpu = float("nan")
-        self.others = float("nan")
-
-    def stop(self) -> Meter:
-        wall = time.perf_counter() - self.t0
-        if self.pid:
-            self.cpu = cpu_seconds(self.pid) - self.c0
-        s1 = core_ticks()
-        if PROXY_CPU in s1 and PROXY_CPU in self.s0:
-            busy = (s1[PROXY_CPU][0] - self.s0[PROXY_CPU][0]) / CLK_TCK
-            steal = (s1[PROXY_CPU][1] - self.s0[PROXY_CPU][1]) / CLK_TCK
-            mine = self.cpu if self.pid else 0.0
-            self.others = max(0.0, busy - mine + steal) / wall * 100
-        return self
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-# -- setup -------------------------------------------------------------------------------------
-
-
-def make_certificate(tmp: Path) -> tuple[Path, Path] | None:
-    """A self-signed certificate for 127.0.0.1, or None without the openssl CLI."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        return None
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-           "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-    done = subprocess.run(cmd, capture_output=True, timeout=60)
-    if done.returncode != 0:
-        log(f"openssl failed, TLS rows skipped: {done.stderr.decode(errors='replace').strip()[:200]}")
-        return None
-    return cert, key
-
-
-def proxy_config(path: Path, upstream_port: int, *, tls: bool, transport: str | None,
-                 enabled_plugins: list[str] | None = None, gateway: str | None = None,
-                 disabled: tuple[str, ...] = (), otel: bool = False) -> None:
-    """A deployment like a team's: real providers (pointing at the mock), the demo ones, an alias.
-
-    ``enabled_plugins`` restricts the loaded plugins to that allow-list (the demo providers,
-    which need the ``demo`` plugin, are then left out unless it is listed). ``gateway``: the
-    load client's two keys as ``plugins.auth.keys``: ``off`` plain keys, ``memory``/``sqlite:PATH``/
-    ``redis://...`` named keys with limits (never reached) counted in that ``state:`` backend.
-    ``disabled``: product plugins switched off; ``otel``: the otel plugin on (its exporter configured by the
-    ``OTEL_*`` variables of the proxy's environment).
-    """
-    scheme = "https" if tls else "http"
-    extra = ""
-    if transport is not None:
-        extra += f"    transport: {transport}\n"
-    if tls:
-        extra += "    verify_tls: false\n"
-    demo = """  demo:
-    format: anthropic
-    base_url: demo://anthropic
-    requires_key: false
-    models: ["demo", "demo-claude"]
-  demo-openai:
-    format: openai
-    base_url: demo://openai
-    requires_key: false
-    models: ["demo-gpt"]
-"""
-    if enabled_plugins is not None and "demo" not in enabled_plugins:
-        demo = ""
-    text = f"""# generated by bench/run.py
-providers:
-  anthropic:
-    format: anthropic
-    base_url: {scheme}://127.0.0.1:{upstream_port}
-    api_key: sk-ant-bench-provider-key
-    models: ["claude-*"]
-    headers:
-      x-bench-gateway: ccproxy
-{extra}  openai:
-    format: openai
-    base_url: {scheme}://127.0.0.1:{upstream_port}/v1
-    api_key: sk-bench-provider-key
-    models: ["gpt-*", "o[0-9]*", "chatgpt-*"]
-    headers:
-      x-bench-gateway: ccproxy
-{extra}  responses:
-    format: responses
-    base_url: {scheme}://127.0.0.1:{upstream_port}/v1
-    api_key: sk-bench-provider-key
-    models: ["resp-*"]
-    headers:
-      x-bench-gateway: ccproxy
-{extra}{demo}models:
-  sonnet:
-    model: claude-bench-1
-    provider: anthropic
-timeouts:
-  connect: 10
-  headers: 60
-  idle: 60
-  total: 600
-"""
-    plugins = ""
-    if enabled_plugins is not None:
-        plugins += f"  enabled: [{', '.join(enabled_plugins)}]\n"
-    elif disabled or NOT_PRODUCT_PLUGINS & installed_plugins():
-        # `example` is installed for the tests (examples/ccproxy-example-plugin), not part of the product.
-        plugins += f"  disabled: [{', '.join(sorted(set(disabled) | (NOT_PRODUCT_PLUGINS & installed_plugins())))}]\n"
-    if otel:
-        plugins += "  otel:\n    enabled: true\n"
-    if gateway:
-        plugins += gateway_settings(gateway)
-        if gateway.startswith("redis"):
-            text += f"state: {{backend: redis, url: '{gateway}'}}\n"
-        elif gateway.startswith("sqlite:"):
-            text += f"state: {{backend: sqlite, path: '{gateway[7:]}'}}\n"
-    if plugins:
-        text += "plugins:\n" + plugins
-    path.write_text(text)
-
-
-#: The keys bench/loadgen.py presents (Anthropic: x-api-key; OpenAI: Bearer).
-CLIENT_KEYS = ("sk-ant-client-key-not-forwarded", "sk-client-key-not-forwarded")
-
-
-def gateway_settings(gateway: str) -> str:
-    """``plugins.auth`` lines for :func:`proxy_config`'s ``gateway``."""
-    if gateway == "off":
-        return "  auth:\n    keys: [" + ", ".join(CLIENT_KEYS) + "]\n"
-    keys = "".join(
-        f"      - {{name: team-{i}, key: {key}, rpm: 100000000, tpm: 100000000000, budget_usd: 1000000000}}\n"
-        for i, key in enumerate(CLIENT_KEYS)
-    )
-    return "  auth:\n    keys:\n" + keys
-
-
-#: Installed plugins the benchmark leaves out: `example` is the test suite's sample third-party plugin.
-NOT_PRODUCT_PLUGINS = frozenset({"example"})
-
-
-def installed_plugins() -> set[str]:
-    """Names in the ``ccproxy`` entry-point group of the interpreter running the benchmark (the venv's)."""
-    import importlib.metadata
-
-    return {ep.name for ep in importlib.metadata.entry_points(group="ccproxy")}
-
-
-def probe(cfg: Path, log_path: Path) -> dict[str, Any]:
-    """Build the app with ``cfg`` in a subprocess: accepted? which transports? which plugins?"""
-    done = subprocess.run(
-        [sys.executable, str(HERE / "probe.py")], cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(cfg)},
-        capture_output=True, timeout=60,
-    )
-    log_path.write_bytes(done.stdout + done.stderr)
-    if done.returncode != 0:
-        return {"ok": False, "error": (done.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]}
-    for line in reversed(done.stdout.decode(errors="replace").splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"ok": False, "error": "no output"}
-
-
-def nginx_config(tmp: Path, port: int, upstream_port: int, tls: bool) -> Path:
-    scheme = "https" if tls else "http"
-    conf = tmp / f"nginx-{port}.conf"
-    conf.write_text(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx-{port}.pid;
-error_log {tmp}/nginx-{port}-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/nginx-body;
-  proxy_temp_path {tmp}/nginx-proxy;
-  fastcgi_temp_path {tmp}/nginx-fastcgi;
-  uwsgi_temp_path {tmp}/nginx-uwsgi;
-  scgi_temp_path {tmp}/nginx-scgi;
-  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 1024; }}
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    keepalive_requests 1000000;
-    location / {{
-      proxy_pass {scheme}://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_request_buffering off;
-      proxy_ssl_verify off;
-      proxy_ssl_session_reuse on;
-      proxy_read_timeout 120s;
-      client_max_body_size 64m;
-    }}
-  }}
-}}
-""")
-    return conf
-
-
 # -- measuring ---------------------------------------------------------------------------------
-
-
-def pct(values: list[int], p: float) -> float:
-    """The p-th percentile (nearest rank) of ``values``; nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1)))))
-    return float(ordered[k])
 
 
 @dataclass
@@ -463,6 +132,8 @@ class Bench:
         self.children = children
         self.tmp = tmp
         self.startups: list[float] = []
+        #: The proxy transport whose plain column gets the 20 ms upstream phase (the judged one).
+        self.slow_transport: str | None = None
 
     async def routes_alone(self, t: Target, pid: int, m: dict[str, Any]) -> None:
         """Proxy CPU per JSON request and per stream event of each route alone; the routes take turns
@@ -539,7 +210,7 @@ class Bench:
             m["json1_p50"], m["json1_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
             m["errors"] = r.errors
 
-            if not v.tls:
+            if not v.tls and (v.kind != "proxy" or v.transport == self.slow_transport):
                 log(f"{v.name}: JSON, 1 in flight, the upstream answering {p.slow_delay_ms:g} ms late, "
                     f"{p.slow_requests} requests")
                 slow = [build_request(t, d, delay_ms=p.slow_delay_ms) for d in DIALECTS]
@@ -636,197 +307,7 @@ class Bench:
                 self.children.stop(proc)
 
 
-# -- report ------------------------------------------------------------------------------------
-
-
-def fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        if value != value:  # nan
-            return "—"
-        if abs(value) >= 100:
-            return f"{value:,.0f}"
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-PINNED = {"ok": False}
-
-
-def machine() -> list[str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import uvloop  # noqa: F401
-
-        loop_name = "uvloop " + uvloop.__version__
-    except ImportError:
-        loop_name = "asyncio"
-    return [
-        f"- CPU: {model}, `nproc` = {os.cpu_count()}; "
-        + (f"proxy pinned to CPU {PROXY_CPU}, load client and mock upstream to CPU {CLIENT_CPU}"
-           if PINNED["ok"] else "**not pinned** (fewer than 2 CPUs available): every process shares the CPU"),
-        f"- Python {platform.python_version()} ({platform.python_implementation()}), {loop_name}, Linux {platform.release()}",
-    ]
-
-
-def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any], startups: list[float],
-           seconds: float, side: dict[str, Any]) -> tuple[str, list[goals.Goal]]:
-    """The Markdown report, and the goals judged on the first plain proxy column."""
-    p = plan
-    done = [v for v in variants if v.metrics and not v.error]
-    base = {tls: next((v for v in done if v.kind == "direct" and v.tls == tls), None) for tls in (False, True)}
-    floor = next((v for v in done if v.kind == "floor"), None)
-
-    def to_floor(v: Variant, key: str) -> str:
-        """This column's figure ÷ the floor's (proxies and nginx)."""
-        if v.kind in ("direct", "floor") or floor is None:
-            return "—"
-        r = goals.ratio(v.metrics.get(key), floor.metrics.get(key))
-        return f"{r:.2f}×" if r is not None else "—"
-
-    def added(v: Variant, key: str) -> float | None:
-        b = base[v.tls]
-        if v.kind == "direct" or b is None or key not in v.metrics or key not in b.metrics:
-            return None
-        return v.metrics[key] - b.metrics[key]
-
-    def cell(v: Variant, key: str, digits: int = 2) -> str:
-        return fmt(v.metrics.get(key), digits)
-
-    def events_cell(v: Variant, got: str, want: str) -> str:
-        if got not in v.metrics:
-            return "—"
-        return f"{v.metrics[got]:,} / {v.metrics[want]:,}"
-
-    rows: list[tuple[str, Any]] = [
-        ("start-up: spawn → first proxied 200 (ms)",
-         lambda v: fmt(statistics.median(v.metrics["startup"]) * 1e3, 0) if v.metrics.get("startup") else "—"),
-        ("RSS after warm-up (MB)", lambda v: cell(v, "rss_warm", 1)),
-        ("JSON, 1 client: latency p50 / p99 (ms)", lambda v: f"{cell(v, 'json1_p50')} / {cell(v, 'json1_p99')}"),
-        ("JSON, 1 client: added p50 (ms)", lambda v: fmt(added(v, "json1_p50"))),
-        (f"JSON, 1 in flight, upstream {p.slow_delay_ms:g} ms late: p50 / p99 (ms)",
-         lambda v: f"{cell(v, 'slow_p50')} / {cell(v, 'slow_p99')} ({v.metrics['slow_n']:,} req.)"
-         if "slow_n" in v.metrics else "—"),
-        ("… **added p99 (ms)**", lambda v: fmt(added(v, "slow_p99"))),
-        (f"JSON, {p.json_concurrency} clients: requests/s", lambda v: cell(v, "json_rps")),
-        (f"JSON, {p.json_concurrency} clients: **proxy CPU per request (µs)**", lambda v: cell(v, "json_cpu_us", 0)),
-        ("… **÷ floor**", lambda v: to_floor(v, "json_cpu_us")),
-        (f"JSON, {p.json_concurrency} clients: latency p50 / p99 (ms)", lambda v: f"{cell(v, 'json_p50')} / {cell(v, 'json_p99')}"),
-        (f"JSON {p.big_body_bytes // 1000} KB bodies, {p.json_concurrency} clients: requests/s",
-         lambda v: cell(v, "big_rps")),
-        (f"JSON {p.big_body_bytes // 1000} KB bodies: proxy CPU per request (µs)", lambda v: cell(v, "big_cpu_us", 0)),
-        ("… ÷ floor", lambda v: to_floor(v, "big_cpu_us")),
-        (f"{p.stream_events}-event streams ({p.stream_concurrency} concurrent, {p.stream_rate:g} ev/s): streams done",
-         lambda v: f"{v.metrics['st_streams'] - v.metrics['st_incomplete']:,} / {v.metrics['st_streams']:,}"
-         if "st_streams" in v.metrics else "—"),
-        ("… **proxy CPU per stream (ms)** / per event (µs)",
-         lambda v: f"{cell(v, 'st_cpu_stream_ms')} / {cell(v, 'st_cpu_event_us', 1)}"),
-        ("… per event ÷ floor", lambda v: to_floor(v, "st_cpu_event_us")),
-        ("… event latency p50 / p99 (ms)", lambda v: f"{cell(v, 'st_lat_p50')} / {cell(v, 'st_lat_p99')}"),
-        ("… added event latency p99 (ms)", lambda v: fmt(added(v, "st_lat_p99"))),
-        (f"… inter-arrival gap p50 / p99 (ms; sent every {1000 / p.stream_rate:g} ms)",
-         lambda v: f"{cell(v, 'st_gap_p50')} / {cell(v, 'st_gap_p99')}"),
-        ("… reads carrying >1 event (%)", lambda v: cell(v, "st_multi")),
-        (f"TTFB, {p.ttfb_clients} streams starting together: p50 / p99 (ms)",
-         lambda v: f"{cell(v, 'ttfb_p50')} / {cell(v, 'ttfb_p99')}"),
-        ("… **added TTFB p50 (ms)**", lambda v: fmt(added(v, "ttfb_p50"))),
-        (f"{p.many_streams} streams × {p.many_rate:g} ev/s × {p.many_seconds:g} s: events delivered",
-         lambda v: events_cell(v, "many_events", "many_expected")),
-        ("… event latency p50 / p99 / max (ms)",
-         lambda v: f"{cell(v, 'many_lat_p50')} / {cell(v, 'many_lat_p99')} / {cell(v, 'many_lat_max')}"),
-        ("… **added event latency p99 (ms)**", lambda v: fmt(added(v, "many_lat_p99"))),
-        ("… reads carrying >1 event (%)", lambda v: cell(v, "many_multi")),
-        ("… proxy CPU (% of one core) / per event (µs)",
-         lambda v: f"{cell(v, 'many_cpu_pct', 0)} / {cell(v, 'many_cpu_event_us', 1)}"),
-        ("… **per event ÷ floor**", lambda v: to_floor(v, "many_cpu_event_us")),
-        ("… **proxy RSS peak (MB)**", lambda v: cell(v, "many_rss_peak", 1)),
-        *((f"route {route} alone: proxy CPU per JSON request (µs) / per stream event (µs)",
-           lambda v, route=route: f"{cell(v, f'route_{route}_json_us', 0)} / {cell(v, f'route_{route}_event_us', 1)}")
-          for route in ROUTES),
-        *((f"… route {route} ÷ floor's, per JSON request / per event",
-           lambda v, route=route: f"{to_floor(v, f'route_{route}_json_us')} / {to_floor(v, f'route_{route}_event_us')}")
-          for route in ROUTES),
-        ("errors (non-200, broken connections)", lambda v: cell(v, "errors")),
-        (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams (%)",
-         lambda v: " / ".join(cell(v, k, 0) for k in ("others_json", "others_stream", "others_ttfb", "others_many"))),
-    ]
-    out = [f"# ccproxy benchmark ({mode} run, {time.strftime('%Y-%m-%d %H:%M %Z')}, {seconds:.0f} s)", ""]
-    out += machine()
-    out.append("")
-    for v in variants:
-        if v.note or v.error:
-            out.append(f"- **{v.name}**: {v.note}{' — FAILED: ' + v.error.splitlines()[0] if v.error else ''}")
-    if probes.get("plugins"):
-        out.append(f"- plugins loaded (entry points): {', '.join(probes['plugins'])}")
-    out.append("")
-    header = "| | " + " | ".join(v.name for v in done) + " |"
-    out += [header, "|---" * (len(done) + 1) + "|"]
-    for label, fn in rows:
-        cells = []
-        for v in done:
-            try:
-                cells.append(fn(v))
-            except (KeyError, TypeError, ValueError):
-                cells.append("—")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    out.append("")
-    out += sidebyside.tables(side)
-    # Goals, judged on the first proxy column (the configured default transport, plain HTTP upstream).
-    proxy = next((v for v in done if v.kind == "proxy" and not v.tls), None)
-    judged: list[goals.Goal] = []
-    if proxy is not None:
-        m = proxy.metrics
-        judged = goals.judge(m, floor.metrics if floor else {}, base[False].metrics if base[False] else {},
-                             workers=side.get("workers"), features=side.get("features"), startups=startups,
-                             streams=p.many_streams, rate=p.many_rate, ttfb_clients=p.ttfb_clients)
-        out += [f"Goals, judged on **{proxy.name}** (CPU against the floor, latency against the direct column, "
-                "the rest side by side):", "", "| verdict | goal | measured | target | detail |", "|---|---|---|---|---|"]
-        for g in judged:
-            out.append(f"| {g.status} | {g.name} | {g.measured} | {g.target or '—'} | {g.detail} |")
-        out.append("")
-        busy = [(k, m[k]) for k in ("others_json", "others_stream", "others_ttfb", "others_many")
-                if isinstance(m.get(k), float) and m[k] == m[k]]
-        worst = max(busy, key=lambda kv: kv[1]) if busy else None
-        if worst is not None and worst[1] > 10:
-            out += [
-                f"⚠ CPU {PROXY_CPU} was up to {worst[1]:.0f} % busy with other processes (or stolen by the "
-                "hypervisor) while the proxy was measured: its latency and throughput figures are inflated by "
-                "waiting for the CPU; CPU-per-request figures much less so. Re-run on a quiet machine to judge "
-                "the latency goals.",
-                "",
-            ]
-    out += [
-        "Notes: CPU is the proxy process's utime+stime (/proc/PID/stat, 10 ms ticks) over the phase divided by "
-        "requests, streams or events; 'added' = this column minus the direct column of the same run (plain or TLS). "
-        "Requests alternate Anthropic (`/v1/messages?beta=true`) and OpenAI (`/v1/chat/completions`). "
-        f"'CPU {PROXY_CPU} busy with other processes' is /proc/stat's user+nice+system+steal for that CPU minus the "
-        "proxy's own CPU, over the phase. "
-        f"The load client and the mock upstream share CPU {CLIENT_CPU}, so the direct column is bounded by them.",
-        "",
-    ]
-    return "\n".join(out), judged
-
-
 # -- main ----------------------------------------------------------------------------------------
-
-
-FLOOR_APP = "bench.floor:app"
-
-
-def server_argv(app: str, port: int, workers: int = 1) -> list[str]:
-    """``sanic APP`` on 127.0.0.1:``port``, ``--single-process`` (one worker) or ``--workers N``."""
-    sanic = Path(sys.executable).with_name("sanic")
-    mode = ["--single-process"] if workers == 1 else ["--workers", str(workers)]
-    return [*([str(sanic)] if sanic.exists() else [sys.executable, "-m", "sanic"]), app, *mode,
-            "--host", "127.0.0.1", "--port", str(port)]
 
 
 async def side_by_side(bench: Bench, p: Plan, upstream_port: int, transport: str | None, tmp: Path) -> dict[str, Any]:
@@ -961,6 +442,7 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> tupl
         log("nginx not installed: no nginx column")
 
     bench = Bench(plan, children, tmp)
+    bench.slow_transport = transports[0]
     for v in variants:
         log(f"=== {v.name}")
         try:

