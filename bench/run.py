@@ -312,28 +312,26 @@ class Bench:
 
 async def side_by_side(bench: Bench, p: Plan, upstream_port: int, transport: str | None, tmp: Path) -> dict[str, Any]:
     """The workers and features phases (``bench/sidebyside.py``): set-ups started once, interleaved rounds."""
+    def floor(name: str, cpu: int | None = PROXY_CPU, workers: int = 1) -> Variant:
+        port = free_port()
+        return Variant(name, Target(name, "127.0.0.1", port), "floor", False, cpu=cpu,
+                       argv=server_argv(FLOOR_APP, port, workers))
+
     def proxy(name: str, cpu: int | None = PROXY_CPU, workers: int = 1, **kwargs: Any) -> Variant:
         port = free_port()
-        if kwargs.pop("floor", False):
-            return Variant(name, Target(name, "127.0.0.1", port), "floor", False, argv=server_argv(FLOOR_APP, port),
-                           cpu=CLIENT_CPU)
         cfg = tmp / f"side-{name.replace(' ', '-')}.yaml"
         proxy_config(cfg, upstream_port, tls=False, transport=transport, **kwargs)
         return Variant(name, Target(name, "127.0.0.1", port), "proxy", False, transport, cpu=cpu,
                        argv=server_argv("app.app", port, workers), env={"CCPROXY_CONFIG": str(cfg)})
 
     def scaled(kind: str, workers: int) -> Variant:
-        name, cpu = f"{kind} {workers}w", PROXY_CPU if workers == 1 else None
-        if kind == "proxy":
-            return proxy(name, cpu, workers)
-        port = free_port()
-        return Variant(name, Target(name, "127.0.0.1", port), "floor", False, argv=server_argv(FLOOR_APP, port, workers),
-                       cpu=cpu)
+        return (proxy if kind == "proxy" else floor)(f"{kind} {workers}w", PROXY_CPU if workers == 1 else None, workers)
 
     out: dict[str, Any] = {}
     for phase, run_phase in (
         ("workers", lambda: sidebyside.workers(bench, scaled, p.workers_rounds, p.workers_seconds)),
-        ("features", lambda: sidebyside.features(bench, lambda name, kw: proxy(name, **kw), tmp, p.features_rounds,
+        ("features", lambda: sidebyside.features(bench, lambda name, kw: proxy(name, **kw),
+                                                  floor("otlp sink", CLIENT_CPU), tmp, p.features_rounds,
                                                   p.features_seconds)),
     ):
         log(f"=== {phase} phase: set-ups side by side, interleaved rounds")
@@ -521,7 +519,7 @@ def drive(amain: Any, args: Any, prefix: str, timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="ccproxy benchmark (issue 7)")
+    parser = argparse.ArgumentParser(description="ccproxy benchmark (issues 7 and 17)")
     parser.add_argument("--quick", action="store_true",
                         help="short run, about 2.5 minutes (no httpx column, no nginx column over TLS)")
     parser.add_argument("--no-tls", action="store_true", help="skip the TLS-to-upstream columns")

