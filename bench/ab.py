@@ -9,7 +9,8 @@
 On a shared, noisy machine two runs minutes apart differ by more than most effects
 worth measuring, so every set-up runs at once (each its own ``sanic app.app`` process on
 CPU 0, idle while not loaded) and the load visits them in turn, ``--slice`` seconds
-each, for ``--rounds`` rounds. The figure per set-up is the median over rounds of
+each, for ``--rounds`` rounds (``sidebyside.interleave``, as ``bench/run.py``'s workers and
+features phases). The figure per set-up is the median over rounds of
 proxy CPU / units done; the spread (min–max) shows how noisy the machine was.
 
 A variant is ``NAME=SPEC``: SPEC is a comma-separated plugin allow-list (empty: every
@@ -38,6 +39,7 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 import run  # noqa: E402
+import sidebyside  # noqa: E402
 from loadgen import Target, build_request  # noqa: E402
 
 
@@ -79,29 +81,21 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
         def reqs(t: Target, ds: tuple[str, ...]) -> list[loadgen.Request]:
             return [build_request(t, d, body_bytes=size) for d in ds]
         conc, unit = args.concurrency or 32, "request"
-    units = [(v, ds, v.name + (f" {ds[0]}" if args.routes else "")) for v in variants for ds in dialects]
-    for v, ds, _ in units:  # warm-up
-        await loadgen.closed_loop(v.target, reqs(v.target, ds), conc, 1.0)
-    per: dict[str, list[float]] = {name: [] for _, _, name in units}
-    errors: dict[str, int] = {name: 0 for _, _, name in units}
-    sizes: dict[str, list[float]] = {name: [] for _, _, name in units}  # body bytes per unit
-    for i in range(args.rounds):
-        order = units if i % 2 == 0 else list(reversed(units))
-        for v, ds, name in order:
-            pid = procs[v.name].pid
-            c0 = run.cpu_seconds(pid)
-            r = await loadgen.closed_loop(v.target, reqs(v.target, ds), conc, args.slice)
-            done = {"stream": r.streams, "event": r.events}.get(unit, r.requests)
-            errors[name] += r.errors + r.incomplete_streams
-            per[name].append((run.cpu_seconds(pid) - c0) / max(1, done) * 1e6)
-            sizes[name].append(r.body_bytes / max(1, done))
-    base = statistics.median(per[units[0][2]])
+    units = [sidebyside.Unit(v.name + (f" {ds[0]}" if args.routes else ""), v.target, procs[v.name].pid,
+                             reqs(v.target, ds), conc, unit) for v in variants for ds in dialects]
+    for u in units:  # warm-up
+        await loadgen.closed_loop(u.target, u.requests, conc, 1.0)
+    got = await sidebyside.interleave(units, args.rounds, args.slice, run.cpu_seconds)
+    per = {name: s.cpu_us for name, s in got.items()}
+    sizes = {name: s.body_bytes for name, s in got.items()}  # body bytes per unit
+    base = statistics.median(per[units[0].name])
     print(f"proxy CPU per {unit} ({args.phase}, {conc} clients, {args.rounds} rounds × {args.slice:g} s, "
           f"transport {args.transport}):")
-    for _, _, name in units:
+    for u in units:
+        name = u.name
         xs = per[name]
         med = statistics.median(xs)
-        bad = f"   {errors[name]} ERRORS" if errors[name] else ""
+        bad = f"   {got[name].errors} ERRORS" if got[name].errors else ""
         print(f"  {name:<28} {med:8.1f} µs   (min {min(xs):.1f}, max {max(xs):.1f})   {med - base:+8.1f} µs vs first{bad}")
     if args.routes:
         print_route_ratios(variants, per, sizes, unit, args.rounds)

@@ -34,6 +34,9 @@ if str(ROOT) not in sys.path:  # the mock upstream is the package tests/mock_ups
 from tests.mock_upstream import stream_framing  # noqa: E402
 
 _now = time.monotonic_ns
+#: The client dialects of :func:`build_request`: the two of every mixed phase, and every route, in report order.
+DIALECTS = ("anthropic", "openai")
+ROUTES = ("anthropic", "openai", "responses")
 
 
 @dataclass(slots=True)
@@ -99,7 +102,8 @@ def build_request(
     """A request as Claude Code or the OpenAI SDK would send it, pre-encoded.
 
     A stream carries ``events`` SSE events in all (at least one text delta, each stamped with its
-    send time), ``rate`` per second on a schedule (0: back to back) or ``delay_ms`` apart.
+    send time), ``rate`` per second on a schedule (0: back to back) or ``delay_ms`` apart; a JSON answer
+    comes ``delay_ms`` late (the upstream's own time, as in the field's 20 ms mock-upstream method).
     ``body_bytes`` pads the conversation to about that size (Claude Code sends ~80 KB).
     """
     if dialect == "anthropic":
@@ -148,8 +152,8 @@ def build_request(
         headers += [("x-mock-events", str(deltas)), ("x-mock-stamp", "1")]
         if rate > 0:
             headers.append(("x-mock-rate", f"{rate:g}"))
-        if delay_ms > 0:
-            headers.append(("x-mock-delay", f"{delay_ms:g}"))
+    if delay_ms > 0:
+        headers.append(("x-mock-delay", f"{delay_ms:g}"))
     if dialect == "anthropic":
         headers += [
             ("x-api-key", "sk-ant-client-key-not-forwarded"),

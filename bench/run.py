@@ -1,13 +1,15 @@
-"""ccproxy's benchmark (issue 7): one command, side by side, bounded in time.
+"""ccproxy's benchmark (issues 7 and 17): one command, side by side, bounded in time.
 
-    python bench/run.py            # full run, about 4-5 minutes
-    python bench/run.py --quick    # about 1-1.5 minutes
+    python bench/run.py            # full run, about 7-8 minutes
+    python bench/run.py --quick    # about 2.5 minutes
 
 What runs, all on 127.0.0.1:
 
 * The project's mock upstream (``python -m tests.mock_upstream``, the one the tests use):
-  both dialects, JSON and SSE, its own process pinned to CPU 1, plain HTTP and TLS (a
+  every dialect, JSON and SSE, its own process pinned to CPU 1, plain HTTP and TLS (a
   self-signed certificate made here with the ``openssl`` CLI).
+* The floor (``bench/floor.py``): Sanic answering the same requests itself, with the mock's own
+  bytes and schedule and no upstream call, started like the proxy. Every CPU goal is a ratio to it.
 * The proxy: ``sanic app.app --single-process`` pinned to CPU 0, with a generated config
   whose providers point at the mock upstream (routing globs, provider headers, the
   bundled plugin set loaded from entry points). When the config accepts
@@ -15,27 +17,26 @@ What runs, all on 127.0.0.1:
 * The load client (``bench/loadgen.py``), in this process, pinned to CPU 1 too.
 * Baselines: the client straight to the upstream ("direct"), and nginx as a reverse
   proxy when ``nginx`` is installed.
+* After the columns, two phases of set-ups started once and loaded in interleaved rounds
+  (``bench/sidebyside.py``): one worker beside ``--workers 2`` (proxy and floor), and the
+  features' costs (dashboard, otel, limits with the memory and the Redis backend).
 
 Proxy CPU is ``utime + stime`` from ``/proc/PID/stat`` before and after each phase;
 RSS is ``VmRSS`` from ``/proc/PID/status``. "Added" figures are the proxy's minus
 the direct baseline's, from the same run. The Markdown report goes to stdout and to
-``bench/results/latest.md``; progress goes to stderr. Every subprocess dies with
-this one (SIGKILL on parent death, and a clean stop on exit or Ctrl-C).
+``bench/results/latest.md``, then one verdict line per goal (``bench/goals.py``); progress
+goes to stderr. Every subprocess dies with this one (SIGKILL on parent death, and a clean
+stop on exit or Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
-import os
-import platform
 import resource
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,20 +46,21 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+# What the side tools (ab.py, soak.py, profile_phase.py, client_attacks.py) use is importable from here too.
+import goals  # noqa: E402
 import loadgen  # noqa: E402
-from loadgen import Request, Result, Target, build_request  # noqa: E402
+import sidebyside  # noqa: E402
+from configs import (FLOOR_APP, make_certificate, nginx_config, probe, proxy_config,  # noqa: E402,F401
+                     server_argv)
+from loadgen import DIALECTS, ROUTES, Request, Target, build_request  # noqa: E402
+from procs import (CLIENT_CPU, PINNED, PROXY_CPU, ROOT, Children, Meter, cpu_seconds, free_port,  # noqa: E402,F401
+                   log, log_tail, pct, pin, status_kb)
+from report import render  # noqa: E402
 
-PROXY_CPU = 0
-CLIENT_CPU = 1
 #: The mock upstream, as a process of its own (run from the repository root): prints its ports as JSON.
 MOCK_UPSTREAM = [sys.executable, "-m", "tests.mock_upstream", "--port", "0", "--cpu", str(CLIENT_CPU), "--watch-stdin"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-DIALECTS = ("anthropic", "openai")
-#: Each route measured alone (proxy variants): the CPU per request and per event of each dialect, side by side.
-ROUTES = ("anthropic", "openai", "responses")
 #: The routes take turns this many times in the per-route phase (a run of the shared machine's load hits each alike).
 ROUTE_ROUNDS = 4
 
@@ -87,333 +89,23 @@ class Plan:
     many_rate: float = 50.0
     many_ramp: float = 1.0
     route_seconds: float = 2.0
+    #: One request in flight against an upstream that answers each JSON request ``slow_delay_ms`` late.
+    slow_requests: int = 600
+    slow_delay_ms: float = 20.0
+    #: The workers and features phases: set-ups started once, interleaved rounds of ``*_seconds`` slices.
+    workers_rounds: int = 4
+    workers_seconds: float = 1.5
+    features_rounds: int = 6
+    features_seconds: float = 1.0
 
 
 FULL = Plan(json_seconds=5, json1_seconds=2, big_seconds=3, stream_seconds=5, ttfb_rounds=20, many_seconds=8, extra_startups=3)
-QUICK = Plan(json_seconds=2, json1_seconds=1, big_seconds=1.5, stream_seconds=2, ttfb_rounds=6, many_seconds=3, extra_startups=0)
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# -- processes -------------------------------------------------------------------------------
-
-
-def _libc_prctl_deathsig() -> None:
-    """Child side: get SIGKILL when the benchmark dies, however it dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def pin(cpu: int) -> bool:
-    """Pin the calling process to ``cpu`` when it is available (not on a 1-CPU machine)."""
-    if hasattr(os, "sched_setaffinity") and cpu in os.sched_getaffinity(0) and len(os.sched_getaffinity(0)) > 1:
-        os.sched_setaffinity(0, {cpu})
-        return True
-    return False
-
-
-class Children:
-    """Every subprocess the benchmark starts; all are stopped on the way out."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(self, argv: list[str], *, cpu: int, log_path: Path, env: dict[str, str] | None = None,
-              stdin: int | None = subprocess.DEVNULL, stdout: int | None = None) -> subprocess.Popen[bytes]:
-        # All CPUs first (this process is pinned to the client's), then the child's own.
-        all_cpus = set(range(os.cpu_count() or 1))
-
-        def setup() -> None:
-            _libc_prctl_deathsig()
-            if hasattr(os, "sched_setaffinity"):
-                try:
-                    os.sched_setaffinity(0, all_cpus)
-                except OSError:
-                    pass
-                pin(cpu)
-
-        logf = open(log_path, "wb")
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdin=stdin,
-            stdout=stdout if stdout is not None else logf, stderr=logf, preexec_fn=setup,
-        )
-        logf.close()
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 3.0) -> None:
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGINT)  # Sanic stops cleanly on SIGINT
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in list(self.procs):
-            try:
-                self.stop(proc, timeout=2.0)
-            except Exception:
-                proc.kill()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        fields = fh.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def status_kb(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def core_ticks() -> dict[int, tuple[int, int]]:
-    """Per CPU: (user + nice + system ticks, steal ticks) from /proc/stat."""
-    out = {}
-    with open("/proc/stat") as fh:
-        for line in fh:
-            if line.startswith("cpu") and line[3].isdigit():
-                f = line.split()
-                vals = [int(x) for x in f[1:]]
-                out[int(f[0][3:])] = (vals[0] + vals[1] + vals[2], vals[7] if len(vals) > 7 else 0)
-    return out
-
-
-class Meter:
-    """One phase: the proxy's CPU seconds, and how busy CPU 0 was with anything else."""
-
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        self.c0 = cpu_seconds(pid) if pid else 0.0
-        self.s0 = core_ticks()
-        self.t0 = time.perf_counter()
-        self.cpu = float("nan")
-        self.others = float("nan")
-
-    def stop(self) -> Meter:
-        wall = time.perf_counter() - self.t0
-        if self.pid:
-            self.cpu = cpu_seconds(self.pid) - self.c0
-        s1 = core_ticks()
-        if PROXY_CPU in s1 and PROXY_CPU in self.s0:
-            busy = (s1[PROXY_CPU][0] - self.s0[PROXY_CPU][0]) / CLK_TCK
-            steal = (s1[PROXY_CPU][1] - self.s0[PROXY_CPU][1]) / CLK_TCK
-            mine = self.cpu if self.pid else 0.0
-            self.others = max(0.0, busy - mine + steal) / wall * 100
-        return self
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-# -- setup -------------------------------------------------------------------------------------
-
-
-def make_certificate(tmp: Path) -> tuple[Path, Path] | None:
-    """A self-signed certificate for 127.0.0.1, or None without the openssl CLI."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        return None
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-           "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-    done = subprocess.run(cmd, capture_output=True, timeout=60)
-    if done.returncode != 0:
-        log(f"openssl failed, TLS rows skipped: {done.stderr.decode(errors='replace').strip()[:200]}")
-        return None
-    return cert, key
-
-
-def proxy_config(path: Path, upstream_port: int, *, tls: bool, transport: str | None,
-                 enabled_plugins: list[str] | None = None, gateway: str | None = None) -> None:
-    """A deployment like a team's: real providers (pointing at the mock), the demo ones, an alias.
-
-    ``enabled_plugins`` restricts the loaded plugins to that allow-list (the demo providers,
-    which need the ``demo`` plugin, are then left out unless it is listed). ``gateway``: the
-    load client's two keys as ``plugins.auth.keys``: ``off`` plain keys, ``memory``/``sqlite:PATH``/
-    ``redis://...`` named keys with limits (never reached) counted in that ``state:`` backend.
-    """
-    scheme = "https" if tls else "http"
-    extra = ""
-    if transport is not None:
-        extra += f"    transport: {transport}\n"
-    if tls:
-        extra += "    verify_tls: false\n"
-    demo = """  demo:
-    format: anthropic
-    base_url: demo://anthropic
-    requires_key: false
-    models: ["demo", "demo-claude"]
-  demo-openai:
-    format: openai
-    base_url: demo://openai
-    requires_key: false
-    models: ["demo-gpt"]
-"""
-    if enabled_plugins is not None and "demo" not in enabled_plugins:
-        demo = ""
-    text = f"""# generated by bench/run.py
-providers:
-  anthropic:
-    format: anthropic
-    base_url: {scheme}://127.0.0.1:{upstream_port}
-    api_key: sk-ant-bench-provider-key
-    models: ["claude-*"]
-    headers:
-      x-bench-gateway: ccproxy
-{extra}  openai:
-    format: openai
-    base_url: {scheme}://127.0.0.1:{upstream_port}/v1
-    api_key: sk-bench-provider-key
-    models: ["gpt-*", "o[0-9]*", "chatgpt-*"]
-    headers:
-      x-bench-gateway: ccproxy
-{extra}  responses:
-    format: responses
-    base_url: {scheme}://127.0.0.1:{upstream_port}/v1
-    api_key: sk-bench-provider-key
-    models: ["resp-*"]
-    headers:
-      x-bench-gateway: ccproxy
-{extra}{demo}models:
-  sonnet:
-    model: claude-bench-1
-    provider: anthropic
-timeouts:
-  connect: 10
-  headers: 60
-  idle: 60
-  total: 600
-"""
-    plugins = ""
-    if enabled_plugins is not None:
-        plugins += f"  enabled: [{', '.join(enabled_plugins)}]\n"
-    elif NOT_PRODUCT_PLUGINS & installed_plugins():
-        # Installed for the tests (examples/ccproxy-example-plugin), not part of the product.
-        plugins += f"  disabled: [{', '.join(sorted(NOT_PRODUCT_PLUGINS & installed_plugins()))}]\n"
-    if gateway:
-        plugins += gateway_settings(gateway)
-        if gateway.startswith("redis"):
-            text += f"state: {{backend: redis, url: '{gateway}'}}\n"
-        elif gateway.startswith("sqlite:"):
-            text += f"state: {{backend: sqlite, path: '{gateway[7:]}'}}\n"
-    if plugins:
-        text += "plugins:\n" + plugins
-    path.write_text(text)
-
-
-#: The keys bench/loadgen.py presents (Anthropic: x-api-key; OpenAI: Bearer).
-CLIENT_KEYS = ("sk-ant-client-key-not-forwarded", "sk-client-key-not-forwarded")
-
-
-def gateway_settings(gateway: str) -> str:
-    """``plugins.auth`` lines for :func:`proxy_config`'s ``gateway``."""
-    if gateway == "off":
-        return "  auth:\n    keys: [" + ", ".join(CLIENT_KEYS) + "]\n"
-    keys = "".join(
-        f"      - {{name: team-{i}, key: {key}, rpm: 100000000, tpm: 100000000000, budget_usd: 1000000000}}\n"
-        for i, key in enumerate(CLIENT_KEYS)
-    )
-    return "  auth:\n    keys:\n" + keys
-
-
-#: Installed plugins the benchmark leaves out: `example` is the test suite's sample third-party plugin.
-NOT_PRODUCT_PLUGINS = frozenset({"example"})
-
-
-def installed_plugins() -> set[str]:
-    """Names in the ``ccproxy`` entry-point group of the interpreter running the benchmark (the venv's)."""
-    import importlib.metadata
-
-    return {ep.name for ep in importlib.metadata.entry_points(group="ccproxy")}
-
-
-def probe(cfg: Path, log_path: Path) -> dict[str, Any]:
-    """Build the app with ``cfg`` in a subprocess: accepted? which transports? which plugins?"""
-    done = subprocess.run(
-        [sys.executable, str(HERE / "probe.py")], cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(cfg)},
-        capture_output=True, timeout=60,
-    )
-    log_path.write_bytes(done.stdout + done.stderr)
-    if done.returncode != 0:
-        return {"ok": False, "error": (done.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]}
-    for line in reversed(done.stdout.decode(errors="replace").splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"ok": False, "error": "no output"}
-
-
-def nginx_config(tmp: Path, port: int, upstream_port: int, tls: bool) -> Path:
-    scheme = "https" if tls else "http"
-    conf = tmp / f"nginx-{port}.conf"
-    conf.write_text(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx-{port}.pid;
-error_log {tmp}/nginx-{port}-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/nginx-body;
-  proxy_temp_path {tmp}/nginx-proxy;
-  fastcgi_temp_path {tmp}/nginx-fastcgi;
-  uwsgi_temp_path {tmp}/nginx-uwsgi;
-  scgi_temp_path {tmp}/nginx-scgi;
-  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 1024; }}
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    keepalive_requests 1000000;
-    location / {{
-      proxy_pass {scheme}://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_request_buffering off;
-      proxy_ssl_verify off;
-      proxy_ssl_session_reuse on;
-      proxy_read_timeout 120s;
-      client_max_body_size 64m;
-    }}
-  }}
-}}
-""")
-    return conf
+QUICK = Plan(json_seconds=2, json1_seconds=1, big_seconds=1.5, stream_seconds=2, ttfb_rounds=6, many_seconds=3, extra_startups=0,
+             route_seconds=1.2, slow_requests=300, workers_rounds=3, workers_seconds=1.0, features_rounds=3,
+             features_seconds=0.5)
 
 
 # -- measuring ---------------------------------------------------------------------------------
-
-
-def pct(values: list[int], p: float) -> float:
-    """The p-th percentile (nearest rank) of ``values``; nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1)))))
-    return float(ordered[k])
 
 
 @dataclass
@@ -422,11 +114,13 @@ class Variant:
 
     name: str
     target: Target
-    kind: str  # "direct", "proxy", "nginx"
+    kind: str  # "direct", "floor", "proxy", "nginx"
     tls: bool
     transport: str | None = None
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    #: The CPU its server is pinned to (None: not pinned, as with ``--workers 2``).
+    cpu: int | None = PROXY_CPU
     note: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -438,6 +132,8 @@ class Bench:
         self.children = children
         self.tmp = tmp
         self.startups: list[float] = []
+        #: The proxy transport whose plain column gets the 20 ms upstream phase (the judged one).
+        self.slow_transport: str | None = None
 
     async def routes_alone(self, t: Target, pid: int, m: dict[str, Any]) -> None:
         """Proxy CPU per JSON request and per stream event of each route alone; the routes take turns
@@ -471,7 +167,7 @@ class Bench:
         log_path = self.tmp / f"{v.name.replace(' ', '-')}.log"
         req = build_request(v.target, "anthropic")
         t0 = time.perf_counter()
-        proc = self.children.spawn(v.argv, cpu=PROXY_CPU, log_path=log_path, env=v.env)
+        proc = self.children.spawn(v.argv, cpu=v.cpu, log_path=log_path, env=v.env)
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{v.name} exited with {proc.returncode}:\n{log_tail(log_path)}")
@@ -513,6 +209,15 @@ class Bench:
             r = await loadgen.closed_loop(t, self.requests(t), 1, p.json1_seconds)
             m["json1_p50"], m["json1_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
             m["errors"] = r.errors
+
+            if not v.tls and (v.kind != "proxy" or v.transport == self.slow_transport):
+                log(f"{v.name}: JSON, 1 in flight, the upstream answering {p.slow_delay_ms:g} ms late, "
+                    f"{p.slow_requests} requests")
+                slow = [build_request(t, d, delay_ms=p.slow_delay_ms) for d in DIALECTS]
+                r = await loadgen.closed_loop(t, slow, 1, p.slow_requests * (p.slow_delay_ms + 1) / 1e3)
+                m["slow_p50"], m["slow_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
+                m["slow_n"] = r.requests
+                m["errors"] += r.errors
 
             log(f"{v.name}: JSON, {p.json_concurrency} clients")
             meter = Meter(pid)
@@ -561,7 +266,7 @@ class Bench:
             m["ttfb_p50"], m["ttfb_p99"] = pct(r.ttfb, 50) / 1e6, pct(r.ttfb, 99) / 1e6
             m["errors"] += r.errors
 
-            if v.kind == "proxy":
+            if v.kind in ("proxy", "floor"):
                 log(f"{v.name}: each route alone, interleaved ({ROUTE_ROUNDS} rounds): JSON, {p.json_concurrency} "
                     f"clients; {p.stream_concurrency} concurrent {p.stream_events}-event streams")
                 await self.routes_alone(t, pid, m)
@@ -602,184 +307,43 @@ class Bench:
                 self.children.stop(proc)
 
 
-# -- report ------------------------------------------------------------------------------------
-
-
-def fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        if value != value:  # nan
-            return "—"
-        if abs(value) >= 100:
-            return f"{value:,.0f}"
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-PINNED = {"ok": False}
-
-
-def machine() -> list[str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import uvloop  # noqa: F401
-
-        loop_name = "uvloop " + uvloop.__version__
-    except ImportError:
-        loop_name = "asyncio"
-    return [
-        f"- CPU: {model}, `nproc` = {os.cpu_count()}; "
-        + (f"proxy pinned to CPU {PROXY_CPU}, load client and mock upstream to CPU {CLIENT_CPU}"
-           if PINNED["ok"] else "**not pinned** (fewer than 2 CPUs available): every process shares the CPU"),
-        f"- Python {platform.python_version()} ({platform.python_implementation()}), {loop_name}, Linux {platform.release()}",
-    ]
-
-
-def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any], startups: list[float],
-           seconds: float) -> str:
-    p = plan
-    done = [v for v in variants if v.metrics and not v.error]
-    base = {tls: next((v for v in done if v.kind == "direct" and v.tls == tls), None) for tls in (False, True)}
-
-    def added(v: Variant, key: str) -> float | None:
-        b = base[v.tls]
-        if v.kind == "direct" or b is None or key not in v.metrics or key not in b.metrics:
-            return None
-        return v.metrics[key] - b.metrics[key]
-
-    def cell(v: Variant, key: str, digits: int = 2) -> str:
-        return fmt(v.metrics.get(key), digits)
-
-    def events_cell(v: Variant, got: str, want: str) -> str:
-        if got not in v.metrics:
-            return "—"
-        return f"{v.metrics[got]:,} / {v.metrics[want]:,}"
-
-    rows: list[tuple[str, Any]] = [
-        ("start-up: spawn → first proxied 200 (ms)",
-         lambda v: fmt(statistics.median(v.metrics["startup"]) * 1e3, 0) if v.metrics.get("startup") else "—"),
-        ("RSS after warm-up (MB)", lambda v: cell(v, "rss_warm", 1)),
-        ("JSON, 1 client: latency p50 / p99 (ms)", lambda v: f"{cell(v, 'json1_p50')} / {cell(v, 'json1_p99')}"),
-        ("JSON, 1 client: added p50 (ms)", lambda v: fmt(added(v, "json1_p50"))),
-        (f"JSON, {p.json_concurrency} clients: requests/s", lambda v: cell(v, "json_rps")),
-        (f"JSON, {p.json_concurrency} clients: **proxy CPU per request (µs)**", lambda v: cell(v, "json_cpu_us", 0)),
-        (f"JSON, {p.json_concurrency} clients: latency p50 / p99 (ms)", lambda v: f"{cell(v, 'json_p50')} / {cell(v, 'json_p99')}"),
-        (f"JSON {p.big_body_bytes // 1000} KB bodies, {p.json_concurrency} clients: requests/s",
-         lambda v: cell(v, "big_rps")),
-        (f"JSON {p.big_body_bytes // 1000} KB bodies: proxy CPU per request (µs)", lambda v: cell(v, "big_cpu_us", 0)),
-        (f"{p.stream_events}-event streams ({p.stream_concurrency} concurrent, {p.stream_rate:g} ev/s): streams done",
-         lambda v: f"{v.metrics['st_streams'] - v.metrics['st_incomplete']:,} / {v.metrics['st_streams']:,}"
-         if "st_streams" in v.metrics else "—"),
-        ("… **proxy CPU per stream (ms)** / per event (µs)",
-         lambda v: f"{cell(v, 'st_cpu_stream_ms')} / {cell(v, 'st_cpu_event_us', 1)}"),
-        ("… event latency p50 / p99 (ms)", lambda v: f"{cell(v, 'st_lat_p50')} / {cell(v, 'st_lat_p99')}"),
-        ("… added event latency p99 (ms)", lambda v: fmt(added(v, "st_lat_p99"))),
-        (f"… inter-arrival gap p50 / p99 (ms; sent every {1000 / p.stream_rate:g} ms)",
-         lambda v: f"{cell(v, 'st_gap_p50')} / {cell(v, 'st_gap_p99')}"),
-        ("… reads carrying >1 event (%)", lambda v: cell(v, "st_multi")),
-        (f"TTFB, {p.ttfb_clients} streams starting together: p50 / p99 (ms)",
-         lambda v: f"{cell(v, 'ttfb_p50')} / {cell(v, 'ttfb_p99')}"),
-        ("… **added TTFB p50 (ms)**", lambda v: fmt(added(v, "ttfb_p50"))),
-        (f"{p.many_streams} streams × {p.many_rate:g} ev/s × {p.many_seconds:g} s: events delivered",
-         lambda v: events_cell(v, "many_events", "many_expected")),
-        ("… event latency p50 / p99 / max (ms)",
-         lambda v: f"{cell(v, 'many_lat_p50')} / {cell(v, 'many_lat_p99')} / {cell(v, 'many_lat_max')}"),
-        ("… **added event latency p99 (ms)**", lambda v: fmt(added(v, "many_lat_p99"))),
-        ("… reads carrying >1 event (%)", lambda v: cell(v, "many_multi")),
-        ("… proxy CPU (% of one core) / per event (µs)",
-         lambda v: f"{cell(v, 'many_cpu_pct', 0)} / {cell(v, 'many_cpu_event_us', 1)}"),
-        ("… **proxy RSS peak (MB)**", lambda v: cell(v, "many_rss_peak", 1)),
-        *((f"route {route} alone: proxy CPU per JSON request (µs) / per stream event (µs)",
-           lambda v, route=route: f"{cell(v, f'route_{route}_json_us', 0)} / {cell(v, f'route_{route}_event_us', 1)}")
-          for route in ROUTES),
-        ("errors (non-200, broken connections)", lambda v: cell(v, "errors")),
-        (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams (%)",
-         lambda v: " / ".join(cell(v, k, 0) for k in ("others_json", "others_stream", "others_ttfb", "others_many"))),
-    ]
-    out = [f"# ccproxy benchmark ({mode} run, {time.strftime('%Y-%m-%d %H:%M %Z')}, {seconds:.0f} s)", ""]
-    out += machine()
-    out.append("")
-    for v in variants:
-        if v.note or v.error:
-            out.append(f"- **{v.name}**: {v.note}{' — FAILED: ' + v.error.splitlines()[0] if v.error else ''}")
-    if probes.get("plugins"):
-        out.append(f"- plugins loaded (entry points): {', '.join(probes['plugins'])}")
-    out.append("")
-    header = "| | " + " | ".join(v.name for v in done) + " |"
-    out += [header, "|---" * (len(done) + 1) + "|"]
-    for label, fn in rows:
-        cells = []
-        for v in done:
-            try:
-                cells.append(fn(v))
-            except (KeyError, TypeError, ValueError):
-                cells.append("—")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    out.append("")
-    # Goals, judged on the first proxy column (the configured default transport, plain HTTP upstream).
-    proxy = next((v for v in done if v.kind == "proxy" and not v.tls), None)
-    if proxy is not None:
-        m = proxy.metrics
-        startup = statistics.median(startups) if startups else float("nan")
-        lost = m.get("many_expected", 0) - m.get("many_events", 0)
-        goals = [
-            ("proxy CPU per non-streaming request, 32 clients", "≤ 150 µs", f"{fmt(m.get('json_cpu_us'), 0)} µs",
-             m.get("json_cpu_us", 1e9) <= 150),
-            ("proxy CPU per 50-event stream (per event)", "≤ 1.5 ms (≤ 30 µs)",
-             f"{fmt(m.get('st_cpu_stream_ms'))} ms ({fmt(m.get('st_cpu_event_us'), 1)} µs)",
-             m.get("st_cpu_stream_ms", 1e9) <= 1.5),
-            ("no coalescing: reads with >1 event, proxy vs direct", "≤ direct + 0.5 points",
-             f"{fmt(m.get('st_multi'))} % vs {fmt(base[False].metrics.get('st_multi') if base[False] else None)} %",
-             base[False] is not None and m.get("st_multi", 1e9) <= base[False].metrics.get("st_multi", 0) + 0.5),
-            (f"{p.many_streams} streams × {p.many_rate:g} ev/s: every event delivered", "all",
-             f"{m.get('many_events', 0):,} / {m.get('many_expected', 0):,}", lost == 0 and m.get("many_expected", 0) > 0),
-            ("… added p99 event latency", "≤ 5 ms", f"{fmt(added(proxy, 'many_lat_p99'))} ms",
-             (added(proxy, "many_lat_p99") or 1e9) <= 5),
-            ("… proxy RSS", "≤ 80 MB", f"{fmt(m.get('many_rss_peak'), 1)} MB", m.get("many_rss_peak", 1e9) <= 80),
-            (f"added TTFB p50, {p.ttfb_clients} streams together", "≤ 2 ms", f"{fmt(added(proxy, 'ttfb_p50'))} ms",
-             (added(proxy, "ttfb_p50") or 1e9) <= 2),
-            (f"start-up, spawn → first proxied 200 (median of {len(startups)})", "≤ 1 s",
-             f"{fmt(startup * 1e3, 0)} ms", startup <= 1.0),
-        ]
-        out += [f"Goals, judged on **{proxy.name}**:", "", "| goal | target | measured | |", "|---|---|---|---|"]
-        for goal, target, measured, ok in goals:
-            out.append(f"| {goal} | {target} | {measured} | {'✅' if ok else '❌'} |")
-        out.append("")
-        busy = [(k, m[k]) for k in ("others_json", "others_stream", "others_ttfb", "others_many")
-                if isinstance(m.get(k), float) and m[k] == m[k]]
-        worst = max(busy, key=lambda kv: kv[1]) if busy else None
-        if worst is not None and worst[1] > 10:
-            out += [
-                f"⚠ CPU {PROXY_CPU} was up to {worst[1]:.0f} % busy with other processes (or stolen by the "
-                "hypervisor) while the proxy was measured: its latency and throughput figures are inflated by "
-                "waiting for the CPU; CPU-per-request figures much less so. Re-run on a quiet machine to judge "
-                "the latency goals.",
-                "",
-            ]
-    out += [
-        "Notes: CPU is the proxy process's utime+stime (/proc/PID/stat, 10 ms ticks) over the phase divided by "
-        "requests, streams or events; 'added' = this column minus the direct column of the same run (plain or TLS). "
-        "Requests alternate Anthropic (`/v1/messages?beta=true`) and OpenAI (`/v1/chat/completions`). "
-        f"'CPU {PROXY_CPU} busy with other processes' is /proc/stat's user+nice+system+steal for that CPU minus the "
-        "proxy's own CPU, over the phase. "
-        f"The load client and the mock upstream share CPU {CLIENT_CPU}, so the direct column is bounded by them.",
-        "",
-    ]
-    return "\n".join(out)
-
-
 # -- main ----------------------------------------------------------------------------------------
 
 
-async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
+async def side_by_side(bench: Bench, p: Plan, upstream_port: int, transport: str | None, tmp: Path) -> dict[str, Any]:
+    """The workers and features phases (``bench/sidebyside.py``): set-ups started once, interleaved rounds."""
+    def floor(name: str, cpu: int | None = PROXY_CPU, workers: int = 1) -> Variant:
+        port = free_port()
+        return Variant(name, Target(name, "127.0.0.1", port), "floor", False, cpu=cpu,
+                       argv=server_argv(FLOOR_APP, port, workers))
+
+    def proxy(name: str, cpu: int | None = PROXY_CPU, workers: int = 1, **kwargs: Any) -> Variant:
+        port = free_port()
+        cfg = tmp / f"side-{name.replace(' ', '-')}.yaml"
+        proxy_config(cfg, upstream_port, tls=False, transport=transport, **kwargs)
+        return Variant(name, Target(name, "127.0.0.1", port), "proxy", False, transport, cpu=cpu,
+                       argv=server_argv("app.app", port, workers), env={"CCPROXY_CONFIG": str(cfg)})
+
+    def scaled(kind: str, workers: int) -> Variant:
+        return (proxy if kind == "proxy" else floor)(f"{kind} {workers}w", PROXY_CPU if workers == 1 else None, workers)
+
+    out: dict[str, Any] = {}
+    for phase, run_phase in (
+        ("workers", lambda: sidebyside.workers(bench, scaled, p.workers_rounds, p.workers_seconds)),
+        ("features", lambda: sidebyside.features(bench, lambda name, kw: proxy(name, **kw), floor("floor"),
+                                                  floor("otlp sink", CLIENT_CPU), tmp, p.features_rounds,
+                                                  p.features_seconds)),
+    ):
+        log(f"=== {phase} phase: set-ups side by side, interleaved rounds")
+        try:
+            out[phase] = await run_phase()
+        except Exception as exc:  # one broken phase must not lose the columns
+            out[f"{phase}_error"] = f"{type(exc).__name__}: {exc}"
+            log(f"{phase} phase failed: {out[f'{phase}_error']}")
+    return out
+
+
+async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> tuple[str, list[goals.Goal]]:
     plan = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     certs = None if args.no_tls else make_certificate(tmp)
@@ -794,8 +358,6 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
     ports = json.loads(line)
     log(f"mock upstream: {ports}")
 
-    sanic = Path(sys.executable).with_name("sanic")
-    sanic_argv = [str(sanic)] if sanic.exists() else [sys.executable, "-m", "sanic"]
 
     # Does the config take `transport:`, and what does each value give?
     transports: list[str | None] = [None]
@@ -840,17 +402,21 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
             client_ssl.verify_mode = ssl.CERT_NONE
         variants.append(Variant("direct" + suffix, Target("direct", "127.0.0.1", up_port, ssl=client_ssl), "direct", tls,
                                 note="client → mock upstream" + (", TLS" if tls else "") if tls else ""))
+        if not tls:
+            port = free_port()
+            variants.append(Variant("floor", Target("floor", "127.0.0.1", port), "floor", False,
+                                    argv=server_argv(FLOOR_APP, port),
+                                    note="`bench/floor.py`: Sanic answering the same requests itself, no upstream call"))
         for choice in transports:
-            if tls and args.quick and choice == "httpx":
-                continue  # keeps --quick near a minute
+            if args.quick and choice == "httpx":
+                continue  # keeps --quick under 3 minutes
             port = free_port()
             cfg = tmp / f"proxy-{choice}-{'tls' if tls else 'plain'}.yaml"
             proxy_config(cfg, up_port, tls=tls, transport=choice)
             name = f"proxy {choice}{suffix}" if choice else f"proxy{suffix}"
             variants.append(Variant(
                 name, Target("proxy", "127.0.0.1", port), "proxy", tls, choice,
-                argv=sanic_argv + ["app.app", "--single-process", "--host", "127.0.0.1", "--port", str(port)],
-                env={"CCPROXY_CONFIG": str(cfg)},
+                argv=server_argv("app.app", port), env={"CCPROXY_CONFIG": str(cfg)},
                 note=(notes.get(choice, "") + ("; upstream over TLS, `verify_tls: false`" if tls else ""))
                 if not tls or choice == transports[0] else "",
             ))
@@ -861,8 +427,7 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
             variants.append(Variant(
                 f"proxy {transports[0] or ''} core only".replace("  ", " "), Target("proxy", "127.0.0.1", port),
                 "proxy", False, transports[0],
-                argv=sanic_argv + ["app.app", "--single-process", "--host", "127.0.0.1", "--port", str(port)],
-                env={"CCPROXY_CONFIG": str(cfg)},
+                argv=server_argv("app.app", port), env={"CCPROXY_CONFIG": str(cfg)},
                 note="`plugins: enabled: [providers]`: only the plugin that adds provider credentials",
             ))
         if nginx and not args.no_nginx and not (tls and args.quick):
@@ -875,6 +440,7 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
         log("nginx not installed: no nginx column")
 
     bench = Bench(plan, children, tmp)
+    bench.slow_transport = transports[0]
     for v in variants:
         log(f"=== {v.name}")
         try:
@@ -882,12 +448,15 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> str:
         except Exception as exc:  # one broken column must not lose the others
             v.error = f"{type(exc).__name__}: {exc}"
             log(f"{v.name} failed: {v.error}")
+    side: dict[str, Any] = {}
+    if not args.columns_only:
+        side = await side_by_side(bench, plan, ports["port"], transports[0], tmp)
     children.stop(up)
-    report = render(variants, plan, "quick" if args.quick else "full", probes, bench.startups,
-                    time.perf_counter() - t_start)
+    report, judged = render(variants, plan, "quick" if args.quick else "full", probes, bench.startups,
+                            time.perf_counter() - t_start, side)
     if not any(v.kind == "direct" for v in variants if not v.error):
         report += "\n(no direct baseline: 'added' figures unavailable)\n"
-    return report
+    return report, judged
 
 
 async def guarded(coro: Any, limit: float, signals: tuple[int, ...]) -> Any:
@@ -950,18 +519,20 @@ def drive(amain: Any, args: Any, prefix: str, timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="ccproxy benchmark (issue 7)")
+    parser = argparse.ArgumentParser(description="ccproxy benchmark (issues 7 and 17)")
     parser.add_argument("--quick", action="store_true",
-                        help="short run, about 1-1.5 minutes (no httpx or nginx column over TLS)")
+                        help="short run, about 2.5 minutes (no httpx column, no nginx column over TLS)")
     parser.add_argument("--no-tls", action="store_true", help="skip the TLS-to-upstream columns")
     parser.add_argument("--no-httpx", action="store_true", help="skip the `transport: httpx` columns")
     parser.add_argument("--core-only", action="store_true",
                         help="add a column with only the `providers` plugin loaded (the cost of the others)")
     parser.add_argument("--no-nginx", action="store_true", help="skip nginx even when installed")
+    parser.add_argument("--columns-only", action="store_true",
+                        help="skip the side-by-side phases (--workers 2, features' costs) after the columns")
     parser.add_argument("--out", default=str(HERE / "results" / "latest.md"), help="where the Markdown goes too")
-    parser.add_argument("--time-limit", type=float, default=None, help="hard stop, seconds (default 200 quick / 480 full)")
+    parser.add_argument("--time-limit", type=float, default=None, help="hard stop, seconds (default 300 quick / 720 full)")
     args = parser.parse_args(argv)
-    args.time_limit = args.time_limit or (200.0 if args.quick else 480.0)
+    args.time_limit = args.time_limit or (300.0 if args.quick else 720.0)
 
     PINNED["ok"] = pin(CLIENT_CPU)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -987,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     children = Children()
     tmp = Path(tempfile.mkdtemp(prefix="ccproxy-bench-"))
     try:
-        report = asyncio.run(guarded(amain(args, children, tmp), args.time_limit, signals))
+        report, judged = asyncio.run(guarded(amain(args, children, tmp), args.time_limit, signals))
     except KeyboardInterrupt:
         log("interrupted; stopping subprocesses")
         return 130
@@ -1002,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(report)
     log(f"written to {out}")
     shutil.rmtree(tmp, ignore_errors=True)
+    print("\n".join(goals.verdict(g) for g in judged))  # the last lines: one verdict per goal
     return 0
 
 

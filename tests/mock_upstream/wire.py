@@ -45,7 +45,7 @@ def head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
 _date_cache: tuple[int, str] = (0, "")
 
 
-def _date() -> str:
+def http_date() -> str:
     """The ``date`` header, formatted once per second."""
     global _date_cache
     now = int(time.time())
@@ -60,11 +60,11 @@ class Canned:
     __slots__ = ("date", "data", "keep_alive")
 
     def __init__(self, data: bytes, keep_alive: bool):
-        self.date, self.data, self.keep_alive = _date(), data, keep_alive
+        self.date, self.data, self.keep_alive = http_date(), data, keep_alive
 
     def now(self) -> bytes:
         """The response with today's date."""
-        date = _date()
+        date = http_date()
         if date != self.date:
             self.data = self.data.replace(f"date: {self.date}".encode(), f"date: {date}".encode(), 1)
             self.date = date
@@ -102,8 +102,10 @@ class ReplyWriter:
         self.conn, self.sc = conn, sc
         self.keep_alive, self.head_only, self.gzip = keep_alive, head_only, gzip
 
-    def _headers(self, reply: Reply) -> list[tuple[str, str]]:
-        headers = [("date", _date()), ("server", "mock-upstream"), *reply.headers, _SET_COOKIE,
+    def headers(self, reply: Reply) -> list[tuple[str, str]]:
+        """The response's header lines but for its framing (``content-type``, ``content-length`` or
+        ``transfer-encoding``): the provider's, ``date``, ``server``, ``set-cookie``, the connection's."""
+        headers = [("date", http_date()), ("server", "mock-upstream"), *reply.headers, _SET_COOKIE,
                    ("connection", "keep-alive" if self.keep_alive else "close")]
         if self.keep_alive:
             headers.append(("keep-alive", "timeout=5"))
@@ -113,7 +115,7 @@ class ReplyWriter:
 
     def json_bytes(self, reply: Reply) -> bytes:
         """The whole response to a JSON reply without faults, to write at once."""
-        head_bytes = head(reply.status, [*self._headers(reply), ("content-type", "application/json"),
+        head_bytes = head(reply.status, [*self.headers(reply), ("content-type", "application/json"),
                                          ("content-length", str(len(reply.body)))])
         return head_bytes if self.head_only else head_bytes + reply.body
 
@@ -148,7 +150,7 @@ class ReplyWriter:
 
     async def _send_json(self, reply: Reply) -> None:
         body = gzip.compress(reply.body, mtime=0) if self.gzip else reply.body
-        head_bytes = head(reply.status, [*self._headers(reply), ("content-type", "application/json"),
+        head_bytes = head(reply.status, [*self.headers(reply), ("content-type", "application/json"),
                                          ("content-length", str(len(body)))])
         await self.conn.sleep(self.sc.delay)
         if self.head_only:
@@ -183,7 +185,7 @@ class ReplyWriter:
     async def _send_stream(self, reply: Reply) -> None:
         sc, conn = self.sc, self.conn
         assert reply.events is not None
-        head_bytes = head(reply.status, [*self._headers(reply), ("content-type", "text/event-stream; charset=utf-8"),
+        head_bytes = head(reply.status, [*self.headers(reply), ("content-type", "text/event-stream; charset=utf-8"),
                                          ("transfer-encoding", "chunked")])
         if self.head_only:
             await conn.write(head_bytes)

@@ -1,0 +1,68 @@
+"""The benchmark's verdicts (bench/goals.py): pure functions of the figures, one line per goal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import goals  # noqa: E402
+
+PROXY = {
+    "json_cpu_us": 212.0, "many_cpu_event_us": 15.0, "many_events": 1000, "many_expected": 1000,
+    "ttfb_p50": 2.5, "slow_p99": 21.2, "slow_n": 600, "st_multi": 0.1, "many_lat_p99": 0.9, "many_rss_peak": 70.0,
+    "route_anthropic_json_us": 200.0, "route_openai_json_us": 220.0, "route_responses_json_us": 230.0,
+    "route_anthropic_event_us": 20.0, "route_openai_event_us": 20.0, "route_responses_event_us": 23.0,
+}
+FLOOR = {"json_cpu_us": 115.0, "many_cpu_event_us": 12.0}
+DIRECT = {"ttfb_p50": 1.0, "slow_p99": 21.0, "st_multi": 0.0, "many_lat_p99": 0.5}
+WORKERS = {"proxy 1w": {"rps": 1000.0, "p99": 30.0}, "proxy 2w": {"rps": 1850.0, "p99": 25.0},
+           "floor 1w": {"rps": 8000.0, "p99": 5.0}, "floor 2w": {"rps": 12000.0, "p99": 4.0}}
+FEATURES = {"rounds": 6, "limits memory_json": 12.5, "limits redis_json": 90.0, "dashboard_json": 1.0,
+            "dashboard_event": 0.2, "otel_json": 300.0, "otel_event": 3.0}
+
+
+def by_name(judged: list[goals.Goal]) -> dict[str, goals.Goal]:
+    return {g.name: g for g in judged}
+
+
+def test_each_goal_is_judged_as_a_ratio_or_a_difference() -> None:
+    judged = by_name(goals.judge(PROXY, FLOOR, DIRECT, workers=WORKERS, features=FEATURES, startups=[0.3, 0.4, 0.5]))
+    json = judged["proxy CPU per JSON request (32 clients)"]
+    assert (json.status, json.measured) == ("PASS", "1.84x floor")
+    assert goals.verdict(json) == "PASS  proxy CPU per JSON request (32 clients) 1.84x floor (target <= 2.0x): 212 us vs 115 us"
+    assert judged["proxy CPU for 500 streams x 50 events/s"].status == "PASS"  # 1.25x, every event
+    assert judged["added TTFB p50, 20 streams starting together"].status == "PASS"  # 1.5 ms
+    assert judged["added p99, 1 request in flight, 20 ms upstream"].status == "PASS"  # 0.2 ms
+    assert judged["--workers 2 req/s vs 1 worker (JSON, same clients, p99 no worse)"].measured == "1.85x"
+    assert judged["Responses route CPU per JSON request vs the other routes"].status == "PASS"  # 1.095x
+    assert judged["Responses route CPU per stream event vs the other routes"].status == "FAIL"  # 1.15x
+    assert judged["limits on (memory backend) CPU per request over limits off"].status == "PASS"
+    assert judged["otel on (every request sampled, OTLP/HTTP to a local sink), CPU per request"].status == "INFO"
+    assert judged["start-up, spawn -> first proxied 200"].measured == "400 ms"
+
+
+def test_the_json_goal_prefers_the_interleaved_ratio_to_the_columns() -> None:
+    side = {**FEATURES, "floor_ratio_json": 2.1, "every product plugin json us": 420.0, "floor json us": 200.0}
+    json = by_name(goals.judge(PROXY, FLOOR, DIRECT, features=side))["proxy CPU per JSON request (32 clients)"]
+    assert (json.status, json.measured) == ("FAIL", "2.10x floor")
+    assert json.detail == "420 us vs 200 us, median of 6 interleaved rounds; columns 212 us vs 115 us (1.84x)"
+
+
+def test_a_lost_event_or_a_worse_p99_fails_whatever_the_ratio() -> None:
+    lossy = {**PROXY, "many_events": 999}
+    slower = {**WORKERS, "proxy 2w": {"rps": 1900.0, "p99": 31.0}}
+    judged = by_name(goals.judge(lossy, FLOOR, DIRECT, workers=slower))
+    assert judged["proxy CPU for 500 streams x 50 events/s"].status == "FAIL"
+    assert judged["--workers 2 req/s vs 1 worker (JSON, same clients, p99 no worse)"].status == "FAIL"
+
+
+def test_what_was_not_measured_says_so_instead_of_failing() -> None:
+    judged = goals.judge(PROXY, {}, {})
+    lines = [goals.verdict(g) for g in judged]
+    assert len(lines) == len(judged) and all("\n" not in line for line in lines)
+    missing = by_name(judged)
+    assert missing["proxy CPU per JSON request (32 clients)"].status == goals.MISSING
+    assert missing["limits on (memory backend) CPU per request over limits off"].status == goals.MISSING
+    assert goals.ratio(1.0, 0.0) is None and goals.ratio(float("nan"), 1.0) is None
