@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sanic.helpers import has_message_body
 from sanic.response import HTTPResponse, ResponseStream
 
 from . import dialects
 from .adapters import ResponseAdapter
+from .client_head import ClientHead
 from .context import CLIENT_DISCONNECTED, UPSTREAM_ERROR, RequestContext
 from .decoding import decoded, decoder_for
 from .errors import ProxyError, SendTimeout, UpstreamProtocolError
@@ -47,42 +46,6 @@ def _header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
         return [(k.decode("ascii"), v.decode("ascii")) for _, k, v in headers._list]
     except UnicodeDecodeError:
         return headers.multi_items()
-
-
-#: What Sanic's header sanitising removes (``HEADER_TRANSLATION_TABLE``): CR, LF and NUL.
-_UNSAFE = re.compile("[\r\n\x00]").search
-_STRIP_UNSAFE = str.maketrans("", "", "\r\n\x00")
-
-
-class ClientHead(HTTPResponse):
-    """The client's response, from a status, a header dict and a content type; written by Sanic as any other.
-
-    Sanic's own ``HTTPResponse`` copies the headers into a multidict and sanitises every name
-    and value on the way out (a fifth of a small proxied request's CPU). Here the headers stay
-    a plain dict with lower-case names (a copy: the caller's dict is not touched), and a name or
-    value is sanitised only when it holds what Sanic's sanitising removes, with the same result.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, status: int, headers: Mapping[str, str], content_type: str) -> None:
-        self.asgi = False
-        self.body = None
-        self.content_type = content_type
-        self.stream = None
-        self.status = status
-        self.headers = {name.lower(): value for name, value in headers.items()}  # type: ignore[assignment]
-        self._cookies = None
-
-    @property
-    def processed_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
-        headers: dict[str, Any] = self.headers  # type: ignore[assignment]
-        if has_message_body(self.status):
-            headers.setdefault("content-type", self.content_type)
-        items = [(name, value if value.__class__ is str else f"{value}") for name, value in headers.items()]
-        if _UNSAFE("".join(headers) + "".join([value for _, value in items])):  # one scan for all
-            items = [(name.translate(_STRIP_UNSAFE), value.translate(_STRIP_UNSAFE)) for name, value in items]
-        return [(name.encode("ascii"), value.encode(errors="surrogateescape")) for name, value in items]
 
 
 def _body_too_large(limit: int) -> UpstreamProtocolError:

@@ -32,7 +32,8 @@ from .errors import ProxyError, UpstreamError
 from .headers import REQUEST_ID_HEADER
 from .limiter import Limiter
 from .plugins import Plugins
-from .relay import END_WRITE_TIMEOUT, ClientHead, Relay
+from .client_head import ClientHead
+from .relay import END_WRITE_TIMEOUT, Relay
 from .upstream import HandlerConfig, UpstreamRequest, cancel_safe, release
 
 __all__ = [
