@@ -162,11 +162,16 @@ def peak_growth_mib(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, (_hwm_kib() - base) / 1024
 
 
-def fetch(url: str, path: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, str], bytes, bool]:
-    """(status, headers, raw body, broken end) of one request read to its end."""
+def fetch(url: str, path: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, str], bytearray, bool]:
+    """(status, headers, raw body, broken end) of one request read to its end.
+
+    The body grows in one ``bytearray``: ``bytes +=`` copied it on every read, so this client alone
+    rose by twice a 12 MiB body (and more, by how fragmented the heap was), inside the process whose
+    memory growth the tests bound for the proxy.
+    """
     with httpx.Client(timeout=timeout) as client:
         with client.stream("POST", url + path, json=body) as response:
-            data, broken = b"", False
+            data, broken = bytearray(), False
             try:
                 for chunk in response.iter_raw():
                     data += chunk
