@@ -24,6 +24,7 @@ from .context import (
     RequestContext,
     Usage,
 )
+from .decoding import DECODABLE_CODINGS
 from .dialects import error_body, error_event
 from .errors import (
     ERROR_KINDS,
@@ -69,6 +70,7 @@ __all__ = [
     "REJECTED",
     # responses and streams
     "ResponseAdapter",
+    "DECODABLE_CODINGS",
     "SSEEvent",
     "SSEParser",
     "encode_event",

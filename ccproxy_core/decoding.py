@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Iterator
 
 from .errors import UpstreamProtocolError
 
-__all__ = ["PIECE", "RATIO_ALLOWANCE", "BodyDecoder", "decodable_accept_encoding", "decoded", "decoder_for"]
+__all__ = [
+    "DECODABLE_CODINGS", "PIECE", "RATIO_ALLOWANCE", "BodyDecoder", "decodable_accept_encoding", "decoded", "decoder_for",
+]
 
 #: Largest decoded piece produced at once, in bytes.
 PIECE = 64 * 1024
@@ -25,6 +27,8 @@ PIECE = 64 * 1024
 RATIO_ALLOWANCE = 1024 * 1024
 
 _WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+#: The ``content-encoding`` values (lower-case) this module decodes; a response adapter is refused a body in any other.
+DECODABLE_CODINGS = frozenset({*_WBITS, "identity"})
 
 
 class BodyDecoder:
@@ -93,12 +97,11 @@ class BodyDecoder:
 def decoder_for(content_encoding: str, max_ratio: int) -> BodyDecoder | None:
     """A decoder for a ``content-encoding`` value, or None when it cannot be decoded within bounds."""
     encoding = content_encoding.strip().lower()
-    if encoding != "identity" and encoding not in _WBITS:
+    if encoding not in DECODABLE_CODINGS:
         return None
     return BodyDecoder(encoding, max_ratio)
 
 
-_DECODABLE = frozenset({*_WBITS, "identity"})
 _ACCEPTED: dict[str, str] = {}
 
 
@@ -111,7 +114,9 @@ def decodable_accept_encoding(value: str) -> str:
     """
     narrowed = _ACCEPTED.get(value)
     if narrowed is None:
-        kept = [part.strip() for part in value.split(",") if part.split(";", 1)[0].strip().lower() in _DECODABLE]
+        kept = [
+            part.strip() for part in value.split(",") if part.split(";", 1)[0].strip().lower() in DECODABLE_CODINGS
+        ]
         narrowed = ", ".join(kept) or "identity"
         if len(_ACCEPTED) >= 256:  # the values come from clients: bound the cache
             _ACCEPTED.clear()

@@ -58,6 +58,7 @@ from typing import Any
 from ccproxy_core import (
     ANTHROPIC,
     CLIENT_DISCONNECTED,
+    DECODABLE_CODINGS,
     OPENAI,
     RESPONSES,
     UPSTREAM_ERROR,
@@ -270,7 +271,7 @@ def ccproxy_response_adapter(ctx: RequestContext) -> StreamReader | UsageChunkRe
     if flags and flags.get("requested") and not ctx.translated and ctx.upstream_dialect == OPENAI:
         remover = UsageChunkRemover()
     encoding = headers.get("content-encoding")
-    if encoding is not None and encoding.strip().lower() not in DECODED_CODINGS:
+    if encoding is not None and encoding.strip().lower() not in DECODABLE_CODINGS:
         return remover  # not read, as the core passes it through unread when only observers read it
     return StreamReader(ctx, remover)
 
@@ -325,9 +326,6 @@ class StreamReader:
 
 
 _failed = False
-#: The ``content-encoding`` values the core decodes for a response adapter (``ccproxy_core.decoding``; a
-#: test keeps the two in step). It refuses to adapt a body in any other.
-DECODED_CODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 #: Bytes without one of which no event matters to :func:`read_event`, by upstream dialect: the names of
 #: Anthropic's and the Responses API's events that do, Chat Completions' error key (a quoted ``"error"``
 #: in a model's text is escaped, ``\"error\"``); a Chat Completions read whose every ``"usage"`` is not

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from ccproxy_core import ANTHROPIC, OPENAI, RESPONSES, RequestContext, SSEParser
+from ccproxy_core import ANTHROPIC, DECODABLE_CODINGS, OPENAI, RESPONSES, RequestContext, SSEParser
 from ccproxy_core.decoding import decoder_for
-from ccproxy_plugins.usage import DECODED_CODINGS, StreamReader, read_event
+from ccproxy_plugins.usage import StreamReader, read_event
 from tests.test_bounds_upstream import Hostile, ProxyThread, chunked, claude_request, config, fetch
 
 
@@ -116,7 +116,7 @@ def test_stream_reader_reads_what_every_event_gives_however_the_bytes_are_split(
 
 def test_the_codings_read_are_the_ones_the_core_decodes():
     for coding in ("identity", "gzip", "x-gzip", "deflate", " GZIP ", "br", "zstd", "gzip, br", "compress"):
-        assert (decoder_for(coding, 10) is not None) == (coding.strip().lower() in DECODED_CODINGS), coding
+        assert (decoder_for(coding, 10) is not None) == (coding.strip().lower() in DECODABLE_CODINGS), coding
 
 
 def test_a_stream_in_a_coding_the_proxy_cannot_decode_passes_through_unread():
