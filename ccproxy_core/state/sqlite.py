@@ -23,6 +23,24 @@ _SCHEMA = (
 )
 
 
+def _to_wal(db: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting up to ``timeout`` seconds for another connection.
+
+    While two connections switch a new file to WAL at once, sqlite may answer one of them "database
+    is locked" at once, without waiting its busy timeout (two connections opening a new file together
+    failed about one time in ten), so the switch is tried again until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.002)
+
+
 class SQLiteState:
     kind = "sqlite"
 
@@ -36,7 +54,7 @@ class SQLiteState:
         if self._db is None:
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             try:
-                db.execute("PRAGMA journal_mode=WAL")
+                _to_wal(db, self.timeout)
                 db.execute("PRAGMA synchronous=NORMAL")
                 for statement in _SCHEMA:
                     db.execute(statement)
