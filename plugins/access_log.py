@@ -11,10 +11,13 @@ value listed under ``redact`` becomes ``[REDACTED]``; in bodies the values of ke
 ``api_key``, ``authorization`` or ``password`` do too.
 
 Lines are written out in batches: a line goes out at the end of the event-loop iteration that
-produced it, and at most every :data:`FLUSH_INTERVAL` (0.1 s) under load, so a busy worker makes
-about ten writes a second instead of one per request. Pending lines are written at shutdown (and at
-interpreter exit). Outside a running event loop each line is written at once. When this plugin's own
-stderr handler is the only listener, a line reaches it without a ``logging`` record (:func:`_sole_handler`).
+produced it, and at most every :data:`FLUSH_INTERVAL` (0.1 s) under load (or once :data:`MAX_PENDING`
+lines wait), so a busy worker makes about ten writes a second instead of one per request. Pending
+lines are written at shutdown (and at interpreter exit). Outside a running event loop each line is
+written at once. When this plugin's own stderr handler is the only listener (:func:`_sole_handler`),
+a line reaches it without a ``logging`` record, and its fields are kept as they are when the request
+ends and turned into JSON (redacted) when the batch is written: off the request's path, and all
+the batch's lines in one go, which costs less CPU than one at a time between requests.
 
 Settings (``plugins: access_log: {...}``):
 
@@ -58,6 +61,8 @@ _KEY_LIKE = (
 _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
 #: Seconds between two writes of the log under load (see the module docstring).
 FLUSH_INTERVAL = 0.1
+#: Lines waiting for a write past which the batch is written at once (bounds what it holds).
+MAX_PENDING = 1024
 #: The record's fields whose text comes from a client, an upstream or a config (everything else is a
 #: number, a flag or one of the proxy's own words): only these can hold a secret, so only these are
 #: redacted when bodies are not logged.
@@ -98,9 +103,26 @@ def _redact_keys(value: Any) -> Any:
     return value
 
 
+class _Pending:
+    """A line whose JSON is made when its batch is written: a request's fields (:meth:`AccessLog.record`)."""
+
+    __slots__ = ("log", "record", "text")
+
+    def __init__(self, log: AccessLog, record: dict[str, Any]) -> None:
+        self.log = log
+        self.record: dict[str, Any] | None = record
+        self.text: str | None = None
+
+    def __str__(self) -> str:
+        if self.text is None:  # made once, for every sink the line goes to
+            self.text, self.record = self.log.line(self.record), None  # type: ignore[arg-type]
+        return self.text
+
+
 class _Batch:
     """Lines written together: when the event loop finishes the iteration that produced them, and
-    no sooner than :data:`FLUSH_INTERVAL` after the previous write. Without a running loop, at once."""
+    no sooner than :data:`FLUSH_INTERVAL` after the previous write (sooner once :data:`MAX_PENDING`
+    wait). Without a running loop, at once. A line is a ``str`` or a :class:`_Pending`, without its newline."""
 
     __slots__ = ("lines", "write", "due", "handle", "loop", "last")
 
@@ -112,12 +134,15 @@ class _Batch:
         self.loop: asyncio.AbstractEventLoop | None = None  # where ``handle`` is scheduled
         self.last = -math.inf  # loop time of the last write
 
-    def add(self, line: str) -> None:
+    def add(self, line: str | _Pending) -> None:
         self.lines.append(line)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
+            return
+        if len(self.lines) >= MAX_PENDING:
+            self.due()
             return
         if self.handle is not None:
             if self.loop is loop:
@@ -132,8 +157,8 @@ class _Batch:
         if handle is not None:
             handle.cancel()
         if self.lines:
-            text = "".join(self.lines)
-            self.lines.clear()
+            lines, self.lines = self.lines, []
+            text = "\n".join([line if line.__class__ is str else str(line) for line in lines]) + "\n"
             try:
                 self.last = asyncio.get_running_loop().time()
             except RuntimeError:
@@ -151,17 +176,17 @@ class _StderrLines(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.batch.add(self.format(record) + self.terminator)
+            self.batch.add(self.format(record))
         except Exception:
             self.handleError(record)
 
-    def add(self, line: str) -> None:
+    def add(self, line: str | _Pending) -> None:
         """What ``emit`` does with a record whose message is ``line``, without the record."""
         with self.lock:  # type: ignore[union-attr]
             try:
-                self.batch.add(line + self.terminator)
+                self.batch.add(line)
             except Exception:
-                self.handleError(logging.makeLogRecord({"name": logger.name, "msg": line, "levelno": logging.INFO,
+                self.handleError(logging.makeLogRecord({"name": logger.name, "msg": str(line), "levelno": logging.INFO,
                                                         "levelname": "INFO"}))
 
     def _write(self, text: str) -> None:
@@ -271,22 +296,22 @@ class AccessLog:
 
     @hookimpl(trylast=True)
     def ccproxy_stream_end(self, ctx: RequestContext) -> None:
-        if self.file is None and not logger.isEnabledFor(logging.INFO):
+        listening = logger.isEnabledFor(logging.INFO)
+        if self.file is None and not listening:
             return
-        line = self.line(ctx)
-        handler = _sole_handler()
-        if handler is not None:
-            handler.add(line)
-        else:
+        record = self.record(ctx)
+        handler = _sole_handler() if listening else None
+        if listening and handler is None:  # a logging handler formats the line at once
+            line: str | _Pending = self.line(record)
             logger.info(line)
+        else:  # with bodies, the line is made now, so that the batch holds text, not parsed bodies
+            line = self.line(record) if self.log_bodies else _Pending(self, record)
+            if handler is not None:
+                handler.add(line)
         if self.file is not None:
-            self.write(line)
+            self.batch.add(line)
 
     # -- the file and the line -----------------------------------------------------------------
-
-    def write(self, line: str) -> None:
-        """Append ``line`` to the file (in the next batch)."""
-        self.batch.add(line + "\n")
 
     def _write(self, text: str) -> None:
         if self.file is not None:
@@ -317,8 +342,8 @@ class AccessLog:
             return value
         return text[: self.max_body_chars] + f"...[truncated {len(text) - self.max_body_chars} chars]"
 
-    def line(self, ctx: RequestContext) -> str:
-        record = self.record(ctx)
+    def line(self, record: dict[str, Any]) -> str:
+        """``record`` (:meth:`record`) as the JSON line, redacted. Changes ``record``."""
         if self.log_bodies:
             # Bodies hold text anywhere: redact the whole line as JSON text.
             return self.redactor.text(_ENCODER.encode(record))

@@ -453,6 +453,48 @@ def test_access_lines_skip_logging_only_when_nothing_else_listens(monkeypatch):
     assert len(stream.getvalue().splitlines()) == 2 and len(records) == 2
 
 
+
+def test_access_lines_are_made_when_their_batch_is_written(monkeypatch, tmp_path):
+    """Inside a running loop a line is kept as fields and made (redacted JSON) when its batch is
+    written: at the end of the loop iteration, or at once when MAX_PENDING lines wait."""
+    import asyncio
+    import io
+
+    from ccproxy_core import RequestContext
+    from ccproxy_core.config import build_config
+    from ccproxy_core.plugins import PluginSettings
+    from ccproxy_plugins import access_log
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(logging.getLogger("ccproxy.access"), "handlers", [])
+    monkeypatch.setattr(access_log, "MAX_PENDING", 5)
+    secret = SECRETS[0]  # the configured provider key
+    path = tmp_path / "access.log"
+    config = build_config(provider_config("http://127.0.0.1:9"), "test-config")
+    log = access_log.ccproxy_configure(config, PluginSettings("access_log", {"path": str(path)}, "test-config"))
+    log.ccproxy_startup()
+
+    async def requests_end(count: int) -> list[str]:
+        for i in range(count):
+            ctx = RequestContext(f"req-{i}", "POST", "/v1/messages", "anthropic", outcome="completed", status=200)
+            ctx.model = f"model {secret}"  # a free-text field holding a secret (no key-like shape)
+            log.ccproxy_stream_end(ctx)
+        return stream.getvalue().splitlines()
+
+    assert asyncio.run(requests_end(3)) == []  # nothing written within the iteration that ended them
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == ["req-0", "req-1", "req-2"]
+    assert secret not in stream.getvalue() and json.loads(lines[0])["model"] == "model [REDACTED]"
+    assert path.read_text().splitlines() == lines  # the file gets the same lines, made once
+
+    stream.truncate(0)
+    stream.seek(0)
+    assert len(asyncio.run(requests_end(6))) == 5  # the fifth waiting line wrote the batch at once
+    log.ccproxy_shutdown()  # the sixth waited for the next write (FLUSH_INTERVAL after the last)
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()][-2:] == ["req-4", "req-5"]
+
 # -- switching off, health -----------------------------------------------------------------------
 
 
