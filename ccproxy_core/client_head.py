@@ -45,7 +45,15 @@ class ClientHead(HTTPResponse):
         headers: dict[str, Any] = self.headers  # type: ignore[assignment]
         if has_message_body(self.status):
             headers.setdefault("content-type", self.content_type)
-        items = [(name, value if value.__class__ is str else f"{value}") for name, value in headers.items()]
-        if _UNSAFE("".join(headers) + "".join([value for _, value in items])):  # one scan for all
-            items = [(name.translate(_STRIP_UNSAFE), value.translate(_STRIP_UNSAFE)) for name, value in items]
-        return [(name.encode("ascii"), value.encode(errors="surrogateescape")) for name, value in items]
+        try:
+            unsafe = _UNSAFE("".join(headers) + "".join(headers.values()))  # one scan for all
+        except TypeError:  # a value that is not a str, e.g. a content-length Sanic set: written as text
+            for name, value in headers.items():
+                if value.__class__ is not str:
+                    headers[name] = f"{value}"
+            unsafe = _UNSAFE("".join(headers) + "".join(headers.values()))
+        if unsafe:
+            strip = _STRIP_UNSAFE
+            return [(n.translate(strip).encode("ascii"), v.translate(strip).encode("utf-8", "surrogateescape"))
+                    for n, v in headers.items()]
+        return [(name.encode("ascii"), value.encode("utf-8", "surrogateescape")) for name, value in headers.items()]
