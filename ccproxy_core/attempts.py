@@ -71,7 +71,8 @@ class Scheduler:
     """The attempts of one request, made one after the other until one answers usably.
 
     ``first`` is prepared already; ``rest`` prepares the others, one per ``anext``, and
-    raises the :class:`ProxyError` of a route that cannot be prepared.
+    raises the :class:`ProxyError` of a route that cannot be prepared. :meth:`run` closes
+    ``rest`` (``aclose``, when it has one) before it returns or raises.
     """
 
     __slots__ = (
@@ -136,6 +137,12 @@ class Scheduler:
                 await asyncio.shield(release(self.kept[0], None))
             raise
         finally:
+            # No route is prepared after this: close the generator that prepares them now, or the
+            # loop's finalizer does it later from another wake-up, with a task of its own.
+            rest, self.rest = self.rest, None
+            aclose = getattr(rest, "aclose", None)
+            if aclose is not None:
+                await aclose()
             # Clients the handler created for attempts that are not the answer.
             if answer is None and self.kept is not None:
                 answer = self.kept[1]

@@ -89,6 +89,8 @@ class Proxy:
         """
         routes = await self._receive(request, ctx)
         ctx.stream = ctx.body.get("stream") is True and not ctx.counting  # type: ignore[union-attr]
+        if len(routes) == 1:  # no fallback: no generator to prepare them
+            return self.handler.respond(ctx, await self._prepare(request, ctx, routes[0]))
         # The first route that can be prepared is the call; the others are its fallbacks, prepared
         # only if needed. Raises the first route's error when none can be prepared.
         attempts = self._attempts(request, ctx, routes)

@@ -283,6 +283,40 @@ def test_alias_fallbacks_in_order_and_every_attempt_visible(make_proxy, upstream
     assert models == ["claude-bad-1", "claude-sonnet-4-5"]  # the body names each route's model
 
 
+
+def test_the_routes_not_taken_are_closed_when_one_answers(make_proxy, upstream, monkeypatch):
+    """The generator preparing the fallbacks is closed as soon as the first route answers, by the
+    scheduler: not later by the loop's async-generator finalizer (one more wake-up and a task)."""
+    from ccproxy_core.proxy import Proxy
+
+    closed: list[bool] = []
+    at_end: list[list[bool]] = []
+    prepare = Proxy._attempts
+
+    async def attempts(self, request, ctx, routes):
+        try:
+            async for attempt in prepare(self, request, ctx, routes):
+                yield attempt
+        finally:
+            closed.append(True)
+
+    class AtEnd:
+        @hookimpl
+        def ccproxy_stream_end(self, ctx):
+            at_end.append(list(closed))
+
+    monkeypatch.setattr(Proxy, "_attempts", attempts)
+    config = _fallback_config(upstream.url)
+    config["models"]["fine"] = {"model": "claude-sonnet-4-5", "provider": "anthropic",
+                                "fallbacks": [{"provider": "openai", "model": "gpt-4o"}]}
+    server = make_proxy(config, plugins=[("at-end", AtEnd())])
+    r = httpx.post(server.url + "/v1/messages", json={**ANTHROPIC_BODY, "model": "fine", "stream": False}, timeout=10)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 5
+    while not at_end and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert at_end == [[True]]  # closed before the request ended, its fallback never prepared
+
 def test_provider_fallbacks_same_model(make_proxy, upstream):
     config = provider_config(upstream.url)
     config["providers"] = {
