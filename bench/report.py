@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from run import Plan, Variant
 
 
+#: How busy the proxy's CPU was with other processes, per phase (``procs.Meter.others``), in the report's order.
+BUSY = ("others_json", "others_stream", "others_ttfb", "others_many", "others_slow")
+
+
 def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "—"
@@ -137,8 +141,8 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
            lambda v, route=route: f"{to_floor(v, f'route_{route}_json_us')} / {to_floor(v, f'route_{route}_event_us')}")
           for route in ROUTES),
         ("errors (non-200, broken connections)", lambda v: cell(v, "errors")),
-        (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams (%)",
-         lambda v: " / ".join(cell(v, k, 0) for k in ("others_json", "others_stream", "others_ttfb", "others_many"))),
+        (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams / "
+         f"{p.slow_delay_ms:g} ms upstream (%)", lambda v: " / ".join(cell(v, k, 0) for k in BUSY)),
     ]
     out = [f"# ccproxy benchmark ({mode} run, {time.strftime('%Y-%m-%d %H:%M %Z')}, {seconds:.0f} s)", ""]
     out += machine()
@@ -174,8 +178,7 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         for g in judged:
             out.append(f"| {g.status} | {g.name} | {g.measured} | {g.target or '—'} | {g.detail} |")
         out.append("")
-        busy = [(k, m[k]) for k in ("others_json", "others_stream", "others_ttfb", "others_many")
-                if isinstance(m.get(k), float) and m[k] == m[k]]
+        busy = [(k, m[k]) for k in BUSY if isinstance(m.get(k), float) and m[k] == m[k]]
         worst = max(busy, key=lambda kv: kv[1]) if busy else None
         if worst is not None and worst[1] > 10:
             out += [

@@ -218,12 +218,14 @@ class Bench:
             if not v.tls and direct and (v.kind != "proxy" or v.transport == self.slow_transport):
                 log(f"{v.name}: JSON, 1 in flight, the upstream answering {p.slow_delay_ms:g} ms late, "
                     f"{p.slow_requests} requests, taking turns with direct")
+                meter = Meter(pid)
                 r, d = await loadgen.in_turns(
                     [(x, [build_request(x, dialect, delay_ms=p.slow_delay_ms) for dialect in DIALECTS])
                      for x in (t, direct)], p.slow_requests * (p.slow_delay_ms + 1) / 1e3, p.slow_blocks)
                 m["slow_p50"], m["slow_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
                 m["slow_direct_p50"], m["slow_direct_p99"] = pct(d.latencies, 50) / 1e6, pct(d.latencies, 99) / 1e6
                 m["slow_n"] = r.requests
+                m["others_slow"] = meter.stop().others
                 m["errors"] += r.errors
 
             log(f"{v.name}: JSON, {p.json_concurrency} clients")
