@@ -22,6 +22,7 @@ import asyncio
 import ssl
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,25 +343,73 @@ async def closed_loop(target: Target, requests: list[Request], concurrency: int,
     return res
 
 
-async def together(target: Target, requests: list[Request], clients: int, rounds: int, pause: float = 0.02) -> Result:
-    """``rounds`` times: ``clients`` requests written in the same loop iteration; then wait for all."""
-    conns = await connect_many(target, clients)
-    res = Result()
+async def together(
+    targets: Sequence[tuple[Target, list[Request]]], clients: int, rounds: int, warmup: int = 1, pause: float = 0.02,
+) -> list[Result]:
+    """``rounds`` times, each target in turn (the order reversed every other round): ``clients`` requests
+    written in the same loop iteration, then wait for all. One result per target.
+
+    Each target keeps its ``clients`` connections for every round; the first ``warmup`` rounds (the
+    connections' first requests) are not counted. Taking turns puts the machine's noise on each alike.
+    """
+    conns = [await connect_many(target, clients) for target, _ in targets]
+    results = [Result() for _ in targets]
     t0 = time.perf_counter()
     try:
-        for _ in range(rounds):
-            pairs = [(c, requests[i % len(requests)]) for i, c in enumerate(conns)]
-            futures = [c.send(req, res) for c, req in pairs]
-            await asyncio.wait_for(asyncio.gather(*futures), 30)
-            t_done = _now()
-            for c, req in pairs:
-                _record(c, req, res, t_done)
-            await asyncio.sleep(pause)
+        for i in range(warmup + rounds):
+            order = range(len(targets)) if i % 2 == 0 else range(len(targets) - 1, -1, -1)
+            for k in order:
+                res = results[k] if i >= warmup else Result()
+                requests = targets[k][1]
+                pairs = [(c, requests[j % len(requests)]) for j, c in enumerate(conns[k])]
+                futures = [c.send(req, res) for c, req in pairs]
+                await asyncio.wait_for(asyncio.gather(*futures), 30)
+                t_done = _now()
+                for c, req in pairs:
+                    _record(c, req, res, t_done)
+                await asyncio.sleep(pause)
     finally:
-        res.wall = time.perf_counter() - t0
+        for res in results:
+            res.wall = time.perf_counter() - t0
+        for c in (c for group in conns for c in group):
+            c.close()
+    return results
+
+
+async def in_turns(targets: Sequence[tuple[Target, list[Request]]], seconds: float, blocks: int) -> list[Result]:
+    """One connection per target, one request in flight, ``seconds`` in all per target, in ``blocks`` slices
+    taking turns (the order reversed every other block); the requests of a target cycle through its list.
+    One result per target.
+
+    Each connection's first request is not counted (a new connection's costs are not the steady state).
+    """
+    loop = asyncio.get_running_loop()
+    conns = [await connect(target) for target, _ in targets]
+    results = [Result() for _ in targets]
+    sent = [0] * len(targets)
+    try:
+        for k, (_, requests) in enumerate(targets):
+            await asyncio.wait_for(conns[k].send(requests[0], Result()), 30)
+        for b in range(blocks):
+            for k in range(len(targets)) if b % 2 == 0 else range(len(targets) - 1, -1, -1):
+                target, requests = targets[k]
+                res, t0 = results[k], time.perf_counter()
+                end = loop.time() + seconds / blocks
+                while loop.time() < end:
+                    req = requests[sent[k] % len(requests)]
+                    sent[k] += 1
+                    try:
+                        await asyncio.wait_for(conns[k].send(req, res), 30)
+                    except ConnectionError:
+                        res.errors += 1
+                        conns[k] = await connect(target)
+                        continue
+                    _record(conns[k], req, res, _now())
+                res.wall += time.perf_counter() - t0
+    finally:
         for c in conns:
             c.close()
-    return res
+    return results
 
 
 async def many_streams(

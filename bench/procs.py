@@ -192,3 +192,22 @@ def tree_cpu_each(pid: int) -> dict[int, float]:
             continue
         tree += [child for child, parent in parents.items() if parent == p]
     return out
+
+
+def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
+    """Established TCP connections to local ``port`` held by each of ``pids`` (IPv4, from /proc/net/tcp)."""
+    inodes = set()
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            f = line.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+                inodes.add(f[9])
+    out = {}
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        out[pid] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+    return out

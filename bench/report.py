@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from run import Plan, Variant
 
 
+#: How busy the proxy's CPU was with other processes, per phase (``procs.Meter.others``), in the report's order.
+BUSY = ("others_json", "others_stream", "others_ttfb", "others_many", "others_slow")
+
+
 def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "—"
@@ -69,10 +73,11 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         return f"{r:.2f}×" if r is not None else "—"
 
     def added(v: Variant, key: str) -> float | None:
+        """Against the direct baseline of the same rounds when there is one (``goals.PAIRED``), else the column."""
         b = base[v.tls]
-        if v.kind == "direct" or b is None or key not in v.metrics or key not in b.metrics:
+        if v.kind == "direct" or (b is None and goals.PAIRED.get(key) not in v.metrics):
             return None
-        return v.metrics[key] - b.metrics[key]
+        return goals.added(v.metrics, b.metrics if b else {}, key)
 
     def cell(v: Variant, key: str, digits: int = 2) -> str:
         return fmt(v.metrics.get(key), digits)
@@ -91,7 +96,11 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         (f"JSON, 1 in flight, upstream {p.slow_delay_ms:g} ms late: p50 / p99 (ms)",
          lambda v: f"{cell(v, 'slow_p50')} / {cell(v, 'slow_p99')} ({v.metrics['slow_n']:,} req.)"
          if "slow_n" in v.metrics else "—"),
-        ("… **added p99 (ms)**", lambda v: fmt(added(v, "slow_p99"))),
+        ("… direct in the same rounds: p50 / p99 (ms)",
+         lambda v: f"{cell(v, 'slow_direct_p50')} / {cell(v, 'slow_direct_p99')}" if "slow_direct_p99" in v.metrics
+         else "—"),
+        ("… added p50 / **added p99 (ms)**", lambda v: f"{fmt(added(v, 'slow_p50'))} / {fmt(added(v, 'slow_p99'))}"
+         if "slow_p99" in v.metrics else "—"),
         (f"JSON, {p.json_concurrency} clients: requests/s", lambda v: cell(v, "json_rps")),
         (f"JSON, {p.json_concurrency} clients: **proxy CPU per request (µs)**", lambda v: cell(v, "json_cpu_us", 0)),
         ("… **÷ floor**", lambda v: to_floor(v, "json_cpu_us")),
@@ -113,6 +122,7 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         ("… reads carrying >1 event (%)", lambda v: cell(v, "st_multi")),
         (f"TTFB, {p.ttfb_clients} streams starting together: p50 / p99 (ms)",
          lambda v: f"{cell(v, 'ttfb_p50')} / {cell(v, 'ttfb_p99')}"),
+        ("… direct in the same rounds: p50 (ms)", lambda v: cell(v, "ttfb_direct_p50")),
         ("… **added TTFB p50 (ms)**", lambda v: fmt(added(v, "ttfb_p50"))),
         (f"{p.many_streams} streams × {p.many_rate:g} ev/s × {p.many_seconds:g} s: events delivered",
          lambda v: events_cell(v, "many_events", "many_expected")),
@@ -131,8 +141,8 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
            lambda v, route=route: f"{to_floor(v, f'route_{route}_json_us')} / {to_floor(v, f'route_{route}_event_us')}")
           for route in ROUTES),
         ("errors (non-200, broken connections)", lambda v: cell(v, "errors")),
-        (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams (%)",
-         lambda v: " / ".join(cell(v, k, 0) for k in ("others_json", "others_stream", "others_ttfb", "others_many"))),
+        (f"CPU {PROXY_CPU} busy with other processes: JSON / streams / TTFB / {p.many_streams} streams / "
+         f"{p.slow_delay_ms:g} ms upstream (%)", lambda v: " / ".join(cell(v, k, 0) for k in BUSY)),
     ]
     out = [f"# ccproxy benchmark ({mode} run, {time.strftime('%Y-%m-%d %H:%M %Z')}, {seconds:.0f} s)", ""]
     out += machine()
@@ -168,8 +178,7 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
         for g in judged:
             out.append(f"| {g.status} | {g.name} | {g.measured} | {g.target or '—'} | {g.detail} |")
         out.append("")
-        busy = [(k, m[k]) for k in ("others_json", "others_stream", "others_ttfb", "others_many")
-                if isinstance(m.get(k), float) and m[k] == m[k]]
+        busy = [(k, m[k]) for k in BUSY if isinstance(m.get(k), float) and m[k] == m[k]]
         worst = max(busy, key=lambda kv: kv[1]) if busy else None
         if worst is not None and worst[1] > 10:
             out += [
@@ -181,8 +190,9 @@ def render(variants: list[Variant], plan: Plan, mode: str, probes: dict[str, Any
             ]
     out += [
         "Notes: CPU is the proxy process's utime+stime (/proc/PID/stat, 10 ms ticks) over the phase divided by "
-        "requests, streams or events; 'added' = this column minus the direct column of the same run (plain or TLS). "
-        "Requests alternate Anthropic (`/v1/messages?beta=true`) and OpenAI (`/v1/chat/completions`). "
+        "requests, streams or events; 'added' = this column minus the direct column of the same run (plain or TLS), "
+        "except in the TTFB and 20 ms phases, which take turns with the direct baseline round by round and subtract "
+        "that. Requests alternate Anthropic (`/v1/messages?beta=true`) and OpenAI (`/v1/chat/completions`). "
         f"'CPU {PROXY_CPU} busy with other processes' is /proc/stat's user+nice+system+steal for that CPU minus the "
         "proxy's own CPU, over the phase. "
         f"The load client and the mock upstream share CPU {CLIENT_CPU}, so the direct column is bounded by them.",

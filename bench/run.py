@@ -92,6 +92,8 @@ class Plan:
     #: One request in flight against an upstream that answers each JSON request ``slow_delay_ms`` late.
     slow_requests: int = 600
     slow_delay_ms: float = 20.0
+    #: The 20 ms phase's requests go in this many slices, taking turns with the direct baseline.
+    slow_blocks: int = 10
     #: The workers and features phases: set-ups started once, interleaved rounds of ``*_seconds`` slices.
     workers_rounds: int = 4
     workers_seconds: float = 1.5
@@ -134,6 +136,8 @@ class Bench:
         self.startups: list[float] = []
         #: The proxy transport whose plain column gets the 20 ms upstream phase (the judged one).
         self.slow_transport: str | None = None
+        #: The direct column's target per TLS mode: the latency phases take turns with it (paired baselines).
+        self.direct: dict[bool, Target] = {}
 
     async def routes_alone(self, t: Target, pid: int, m: dict[str, Any]) -> None:
         """Proxy CPU per JSON request and per stream event of each route alone; the routes take turns
@@ -210,13 +214,18 @@ class Bench:
             m["json1_p50"], m["json1_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
             m["errors"] = r.errors
 
-            if not v.tls and (v.kind != "proxy" or v.transport == self.slow_transport):
+            direct = self.direct.get(v.tls) if v.kind != "direct" else None
+            if not v.tls and direct and (v.kind != "proxy" or v.transport == self.slow_transport):
                 log(f"{v.name}: JSON, 1 in flight, the upstream answering {p.slow_delay_ms:g} ms late, "
-                    f"{p.slow_requests} requests")
-                slow = [build_request(t, d, delay_ms=p.slow_delay_ms) for d in DIALECTS]
-                r = await loadgen.closed_loop(t, slow, 1, p.slow_requests * (p.slow_delay_ms + 1) / 1e3)
+                    f"{p.slow_requests} requests, taking turns with direct")
+                meter = Meter(pid)
+                r, d = await loadgen.in_turns(
+                    [(x, [build_request(x, dialect, delay_ms=p.slow_delay_ms) for dialect in DIALECTS])
+                     for x in (t, direct)], p.slow_requests * (p.slow_delay_ms + 1) / 1e3, p.slow_blocks)
                 m["slow_p50"], m["slow_p99"] = pct(r.latencies, 50) / 1e6, pct(r.latencies, 99) / 1e6
+                m["slow_direct_p50"], m["slow_direct_p99"] = pct(d.latencies, 50) / 1e6, pct(d.latencies, 99) / 1e6
                 m["slow_n"] = r.requests
+                m["others_slow"] = meter.stop().others
                 m["errors"] += r.errors
 
             log(f"{v.name}: JSON, {p.json_concurrency} clients")
@@ -257,13 +266,18 @@ class Bench:
             m["st_ttfb_p50"] = pct(r.ttfb, 50) / 1e6
             m["errors"] += r.errors
 
-            log(f"{v.name}: {p.ttfb_clients} streams starting together, {p.ttfb_rounds} rounds")
+            log(f"{v.name}: {p.ttfb_clients} streams starting together, {p.ttfb_rounds} rounds"
+                + (", taking turns with direct" if direct else ""))
             meter = Meter(pid)
-            r = await loadgen.together(
-                t, self.requests(t, stream=True, events=p.ttfb_events, rate=p.ttfb_rate), p.ttfb_clients, p.ttfb_rounds
+            got = await loadgen.together(
+                [(x, self.requests(x, stream=True, events=p.ttfb_events, rate=p.ttfb_rate)) for x in (t, direct) if x],
+                p.ttfb_clients, p.ttfb_rounds,
             )
             m["others_ttfb"] = meter.stop().others
+            r = got[0]
             m["ttfb_p50"], m["ttfb_p99"] = pct(r.ttfb, 50) / 1e6, pct(r.ttfb, 99) / 1e6
+            if direct:
+                m["ttfb_direct_p50"] = pct(got[1].ttfb, 50) / 1e6
             m["errors"] += r.errors
 
             if v.kind in ("proxy", "floor"):
@@ -441,6 +455,7 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> tupl
 
     bench = Bench(plan, children, tmp)
     bench.slow_transport = transports[0]
+    bench.direct = {v.tls: v.target for v in variants if v.kind == "direct"}
     for v in variants:
         log(f"=== {v.name}")
         try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import loadgen
 from loadgen import DIALECTS, Request, Target, build_request
-from procs import CLIENT_CPU, cpu_seconds, free_port, pct, tree_cpu, tree_cpu_each
+from procs import CLIENT_CPU, connections_by_process, cpu_seconds, free_port, pct, tree_cpu, tree_cpu_each
 
 if TYPE_CHECKING:
     import run
@@ -92,10 +92,30 @@ def stream_requests(t: Target) -> list[Request]:
     return [build_request(t, d, stream=True, events=50, rate=500) for d in DIALECTS]
 
 
+async def spread(unit: Unit, trials: int = 3) -> str:
+    """How ``unit``'s server (two workers) spreads 32 new connections over its workers, ``trials`` times, e.g.
+    ``"32/0, 18/14, 27/5"``: Sanic's workers share one listening socket, and whichever wakes first accepts
+    every connection pending."""
+    out = []
+    for _ in range(trials):
+        conns = await loadgen.connect_many(unit.target, 32)
+        try:
+            res = loadgen.Result()
+            await asyncio.wait_for(asyncio.gather(*(c.send(unit.requests[0], res) for c in conns)), 30)
+            held = connections_by_process(list(tree_cpu_each(unit.pid)), unit.target.port)
+            out.append("/".join(str(n) for n in sorted(held.values(), reverse=True)[:2]))  # the two workers
+        finally:
+            for c in conns:
+                c.close()
+        await asyncio.sleep(0.1)
+    return ", ".join(out)
+
+
 async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rounds: int,
-                  seconds: float) -> dict[str, dict[str, float]]:
+                  seconds: float) -> dict[str, dict[str, Any]]:
     """The proxy and the floor with one worker (pinned to CPU 0) and with ``--workers 2`` (not pinned), JSON at
-    32 clients, closed loop: req/s (median over rounds), p50/p99 (pooled, ms) and CPU per request of each.
+    32 clients, closed loop: req/s (median over rounds), p50/p99 (pooled, ms) and CPU per request of each, and
+    for two workers how new connections spread over them (:func:`spread`).
     ``make(kind, workers)`` builds the set-up (``proxy 1w``, ``proxy 2w``, ``floor 1w``, ``floor 2w``)."""
     variants = [make(kind, n) for kind in ("proxy", "floor") for n in (1, 2)]
     procs = {}
@@ -104,6 +124,7 @@ async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rou
         units = [Unit(v.name, v.target, procs[v.name].pid, json_requests(v.target), 32) for v in variants]
         for u in units:  # warm-up: every worker's pools filled, code paths hot
             await loadgen.closed_loop(u.target, u.requests, u.concurrency, 1.0)
+        spreads = {u.name: await spread(u) for u in units if u.name.endswith("2w")}
         before = {u.name: tree_cpu_each(u.pid) for u in units}
         got = await interleave(units, rounds, seconds, tree_cpu)
         after = {u.name: tree_cpu_each(u.pid) for u in units}
@@ -115,6 +136,8 @@ async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rou
         out[name] = {"rps": statistics.median(s.rps), "p50": pct(s.latencies, 50) / 1e6,
                      "p99": pct(s.latencies, 99) / 1e6, "cpu_us": statistics.median(s.cpu_us),
                      "busiest": max(spent) / max(1e-9, sum(spent)), "errors": s.errors}
+        if name in spreads:
+            out[name]["spread"] = spreads[name]
     return out
 
 
@@ -214,15 +237,17 @@ def tables(side: dict[str, Any]) -> list[str]:
                 "over rounds; latency: all rounds pooled). One worker is pinned to CPU 0; two are not pinned and "
                 "share CPU 1 with the load client and the mock upstream.", "",
                 "| set-up | requests/s | latency p50 / p99 (ms) | CPU per request (µs, all processes) | "
-                "busiest process's share of that CPU | errors |", "|---|---|---|---|---|---|"]
+                "busiest process's share of that CPU | 32 new connections per worker (3 trials) | errors |",
+                "|---|---|---|---|---|---|---|"]
         for name, f in w.items():
             out.append(f"| {name} | {f['rps']:,.0f} | {f['p50']:.2f} / {f['p99']:.2f} | {f['cpu_us']:,.0f} | "
-                       f"{f['busiest'] * 100:.0f} % | {f['errors']} |")
+                       f"{f['busiest'] * 100:.0f} % | {f.get('spread', '—')} | {f['errors']} |")
         for kind in ("proxy", "floor"):
             one, two = w.get(f"{kind} 1w"), w.get(f"{kind} 2w")
             if one and two and one["rps"] > 0:
                 out.append(f"| **{kind} 2w ÷ 1w** | **{two['rps'] / one['rps']:.2f}×** | p99 "
-                           f"{two['p99'] / one['p99']:.2f}× | | | |")
+                           f"{two['p99'] / one['p99']:.2f}× | scaling efficiency 1w ÷ 2w "
+                           f"**{one['cpu_us'] / two['cpu_us']:.2f}** | | | |")
         out.append("")
     f = side.get("features")
     if f:

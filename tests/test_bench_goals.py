@@ -66,3 +66,31 @@ def test_what_was_not_measured_says_so_instead_of_failing() -> None:
     assert missing["proxy CPU per JSON request (32 clients)"].status == goals.MISSING
     assert missing["limits on (memory backend) CPU per request over limits off"].status == goals.MISSING
     assert goals.ratio(1.0, 0.0) is None and goals.ratio(float("nan"), 1.0) is None
+
+
+def test_latency_goals_subtract_the_direct_baseline_of_their_own_rounds() -> None:
+    paired = {**PROXY, "ttfb_p50": 5.0, "ttfb_direct_p50": 3.5, "slow_p50": 21.5, "slow_p99": 22.4,
+              "slow_direct_p50": 21.0, "slow_direct_p99": 22.2}
+    floor = {**FLOOR, "ttfb_p50": 3.0, "ttfb_direct_p50": 3.4, "slow_p99": 21.5, "slow_direct_p99": 21.0}
+    judged = by_name(goals.judge(paired, floor, DIRECT))  # the direct column's own figures are not used
+    ttfb = judged["added TTFB p50, 20 streams starting together"]
+    assert (ttfb.status, ttfb.measured) == ("PASS", "1.50 ms")
+    assert ttfb.detail == "5.00 ms vs direct 3.50 ms; the floor adds -0.40 ms"
+    slow = judged["added p99, 1 request in flight, 20 ms upstream"]
+    assert (slow.status, slow.measured) == ("PASS", "0.20 ms")
+    assert slow.detail == ("p99 22.40 ms vs direct 22.20 ms, 600 requests; added p50 0.50 ms; "
+                           "the floor adds 0.50 ms at p99")
+
+
+def test_workers_scaling_efficiency_says_what_two_free_cores_would_give() -> None:
+    measured = {**WORKERS, "proxy 1w": {**WORKERS["proxy 1w"], "cpu_us": 400.0},
+                "proxy 2w": {**WORKERS["proxy 2w"], "cpu_us": 440.0, "spread": "32/0, 18/14"},
+                "floor 1w": {**WORKERS["floor 1w"], "cpu_us": 100.0}, "floor 2w": {**WORKERS["floor 2w"], "cpu_us": 105.0}}
+    judged = by_name(goals.judge(PROXY, FLOOR, DIRECT, workers=measured))
+    scaling = judged["--workers 2 scaling efficiency (CPU per request, all processes, 1w / 2w)"]
+    assert (scaling.status, scaling.measured) == ("PASS", "0.91 (2 free cores: 1.82x)")
+    assert scaling.detail == "400 us vs 440 us per request; floor 0.95 (1.90x)"
+    ratio = judged["--workers 2 req/s vs 1 worker (JSON, same clients, p99 no worse)"]
+    assert ratio.detail.endswith("; connections per worker 32/0, 18/14")
+    slower = {**measured, "proxy 2w": {**measured["proxy 2w"], "cpu_us": 500.0}}
+    assert by_name(goals.judge(PROXY, FLOOR, DIRECT, workers=slower))[scaling.name].status == "FAIL"  # 0.80

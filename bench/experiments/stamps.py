@@ -1,0 +1,43 @@
+# Measurement (bench/latency_split.py): record (time.monotonic_ns, thread CPU ns) when Sanic's protocol
+# receives request bytes ("client_in"), when an upstream connection is written ("upstream_out"), when it
+# receives bytes ("upstream_in") and when the relay writes to the client ("client_out"); written to
+# $CCPROXY_STAMPS at exit. Changes nothing else.
+import atexit
+import os
+import time
+
+from sanic.server.protocols import http_protocol
+
+from ccproxy_core import relay
+from ccproxy_core.transport import connection
+
+_STAMPS: list = []
+_now, _cpu = time.monotonic_ns, time.thread_time_ns
+
+
+def _stamped(func, kind):
+    if func.__code__.co_flags & 0x80:  # a coroutine function
+
+        async def wrapper(*args, **kwargs):
+            _STAMPS.append((kind, _now(), _cpu()))
+            return await func(*args, **kwargs)
+    else:
+
+        def wrapper(*args, **kwargs):
+            _STAMPS.append((kind, _now(), _cpu()))
+            return func(*args, **kwargs)
+    return wrapper
+
+
+for cls, name, kind in ((http_protocol.HttpProtocol, "data_received", "client_in"),
+                        (connection._Connection, "begin", "upstream_out"),
+                        (connection._Connection, "data_received", "upstream_in"),
+                        (relay.Relay, "_write", "client_out")):
+    assert name in vars(cls), f"{cls.__name__}.{name} is gone: re-check this patch"
+    setattr(cls, name, _stamped(vars(cls)[name], kind))
+
+
+@atexit.register
+def _dump() -> None:
+    with open(os.environ["CCPROXY_STAMPS"], "w") as fh:
+        fh.writelines(f"{kind} {at} {cpu}\n" for kind, at, cpu in _STAMPS)

@@ -1,0 +1,131 @@
+"""Where the added time of one request in flight goes: stamps inside the proxy beside the load client's own.
+
+    python bench/latency_split.py                      # every product plugin, upstream 20 ms late
+    python bench/latency_split.py --delay 0 --plugins providers --gap 2
+    python bench/latency_split.py --proxy-cpu 1        # everything on CPU 1
+
+The proxy runs through ``bench/profiled_proxy.py --patch bench/experiments/stamps.py``, which records the
+time and the thread's CPU time when a request arrives, when the upstream is written, when its answer
+arrives and when the relay writes to the client. The load client sends one request at a time, taking
+turns in blocks with the same requests straight to the mock; each segment's p50 is printed, the
+upstream's part minus the direct request's. Prints the split; see docs/performance.md ("Latency on this
+machine") for what it showed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import loadgen  # noqa: E402
+import run  # noqa: E402
+from loadgen import DIALECTS, Result, Target, build_request  # noqa: E402
+
+SEGMENTS = (
+    ("client's write -> the proxy reads it", None, "client_in"),
+    ("inbound: -> the upstream write", "client_in", "upstream_out"),
+    ("the upstream's part, minus direct", "upstream_out", "upstream_in"),
+    ("return path: -> the client write", "upstream_in", "client_out"),
+    ("the client write -> the client's read", "client_out", None),
+)
+
+
+async def exchange(target: Target, requests: list[loadgen.Request], n: int, gap: float) -> list[tuple[int, int]]:
+    """``n`` requests one at a time on one connection: (sent, answer read) in monotonic ns each."""
+    conn = await loadgen.connect(target)
+    try:
+        await conn.send(requests[0], Result())  # a new connection's first request is not the steady state
+        out = []
+        for i in range(n):
+            await asyncio.wait_for(conn.send(requests[i % len(requests)], Result()), 30)
+            out.append((conn.t_sent, loadgen._now()))
+            if gap:
+                await asyncio.sleep(gap / 1e3)
+        return out
+    finally:
+        conn.close()
+
+
+async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> None:
+    run.pin(args.client_cpu)
+    mock = list(run.MOCK_UPSTREAM)
+    mock[mock.index("--cpu") + 1] = str(args.mock_cpu)
+    up = children.spawn(mock, cpu=args.mock_cpu, log_path=tmp / "upstream.log", stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE)
+    ports = json.loads(up.stdout.readline())
+    cfg, stamps, port = tmp / "proxy.yaml", tmp / "stamps.txt", run.free_port()
+    run.proxy_config(cfg, ports["port"], tls=False, transport="fast",
+                     enabled_plugins=args.plugins.split(",") if args.plugins else None)
+    argv = [sys.executable, str(HERE / "profiled_proxy.py"), "--port", str(port), "--patch",
+            str(HERE / "experiments" / "stamps.py")]
+    v = run.Variant("proxy", Target("proxy", "127.0.0.1", port), "proxy", False, cpu=args.proxy_cpu, argv=argv,
+                    env={"CCPROXY_CONFIG": str(cfg), "CCPROXY_STAMPS": str(stamps)})
+    bench = run.Bench(run.QUICK, children, tmp)
+    proc = await bench.start(v)
+    direct = Target("direct", "127.0.0.1", ports["port"])
+    await loadgen.closed_loop(v.target, bench.requests(v.target), 8, 1.0)  # warm-up
+    times: dict[str, list[tuple[int, int]]] = {"proxy": [], "direct": []}
+    for i in range(2 * args.blocks):
+        t = (v.target, direct)[i % 2]
+        reqs = [build_request(t, d, delay_ms=args.delay) for d in DIALECTS]
+        times["proxy" if t is v.target else "direct"] += await exchange(t, reqs, args.requests // args.blocks,
+                                                                        args.gap)
+    children.stop(proc)  # writes the stamps
+    marks = [(kind, int(at), int(cpu)) for kind, at, cpu in (line.split() for line in stamps.read_text().splitlines())]
+    direct_p50 = statistics.median(done - sent for sent, done in times["direct"])
+    rows: dict[str, list[float]] = {name: [] for name, _, _ in SEGMENTS}
+    rows |= {"added in all": [], "CPU inbound": [], "CPU return path": [], "CPU after the write, before the next": []}
+    j = 0
+    for sent, done in times["proxy"]:
+        while j < len(marks) and marks[j][1] < sent:
+            j += 1
+        mine = {}
+        for kind, at, cpu in marks[j:]:
+            if at > done and kind == "client_in":
+                mine["next"] = (at, cpu)
+                break
+            mine.setdefault(kind, (at, cpu))  # the first of each kind (a body may take more reads/writes)
+        if not all(k in mine for k in ("client_in", "upstream_out", "upstream_in", "client_out")):
+            continue
+        at = {k: a for k, (a, _) in mine.items()} | {None: None}
+        for name, start, end in SEGMENTS:
+            rows[name].append(((at[end] if end else done) - (at[start] if start else sent)) / 1e3)
+        rows["the upstream's part, minus direct"][-1] -= direct_p50 / 1e3
+        rows["added in all"].append((done - sent - direct_p50) / 1e3)
+        rows["CPU inbound"].append((mine["upstream_out"][1] - mine["client_in"][1]) / 1e3)
+        rows["CPU return path"].append((mine["client_out"][1] - mine["upstream_in"][1]) / 1e3)
+        if "next" in mine:
+            rows["CPU after the write, before the next"].append((mine["next"][1] - mine["client_out"][1]) / 1e3)
+    print(f"one request in flight, upstream {args.delay:g} ms late, plugins {args.plugins or 'every product plugin'}, "
+          f"proxy on CPU {args.proxy_cpu}, mock on CPU {args.mock_cpu}, client on CPU {args.client_cpu}, "
+          f"gap {args.gap:g} ms; direct p50 {direct_p50 / 1e6:.3f} ms; p50 / p90 in µs over "
+          f"{len(rows['added in all'])} requests:")
+    for name, xs in rows.items():
+        if xs:
+            xs.sort()
+            print(f"  {name:40} {xs[len(xs) // 2]:8.0f} {xs[int(len(xs) * 0.9)]:8.0f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay", type=float, default=20.0, help="the upstream answers this late (ms)")
+    parser.add_argument("--requests", type=int, default=150, help="proxied requests (and as many direct)")
+    parser.add_argument("--blocks", type=int, default=3, help="blocks taking turns with direct")
+    parser.add_argument("--gap", type=float, default=0.0, help="pause between requests (ms)")
+    parser.add_argument("--plugins", default="", help="a plugin allow-list, e.g. providers (default: every one)")
+    parser.add_argument("--proxy-cpu", type=int, default=run.PROXY_CPU)
+    parser.add_argument("--mock-cpu", type=int, default=run.CLIENT_CPU)
+    parser.add_argument("--client-cpu", type=int, default=run.CLIENT_CPU)
+    return run.drive(amain, parser.parse_args(), "ccproxy-latency-", 600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
