@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from sanic.exceptions import RequestCancelled
+from sanic.http import Http
 from sanic.response import HTTPResponse, ResponseStream
 
 from . import dialects
@@ -48,6 +51,23 @@ def _header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
         return headers.multi_items()
 
 
+def events_ended(tail: bytes, data: bytes) -> int:
+    """The SSE events a write of ``data`` ends (at a blank line); ``tail`` is the previous write's last two bytes.
+
+    Prefixing ``tail``'s last byte(s), too short to hold a whole match, counts an event that straddles
+    two writes exactly once; without a ``\\r`` or a ``\\n`` that may straddle, ``data`` alone counts the
+    same, without a copy. (``bytes.find``, not ``in``: on Python 3.11 ``sub in data`` first tries ``sub``
+    as an int and builds a TypeError it drops, twice the cost of a search.)
+    """
+    if tail[-1:] == b"\n" and data[:1] == b"\n":
+        count = (tail[-1:] + data).count(b"\n\n")
+    else:
+        count = data.count(b"\n\n")
+    if data.find(b"\r") >= 0 or tail.find(b"\r") >= 0:
+        count += (tail + data).count(b"\n\r\n")
+    return count
+
+
 def _body_too_large(limit: int) -> UpstreamProtocolError:
     return UpstreamProtocolError(f"the upstream's response body is larger than {limit} bytes")
 
@@ -69,6 +89,51 @@ def _write_gate(request: Any) -> asyncio.Event | _Open:
     return gate if isinstance(gate, asyncio.Event) else _Open()
 
 
+class _ChunkFrames:
+    """Writes a response's body chunks to the client as Sanic would, in one call instead of three coroutines.
+
+    Sanic sends a chunk through ``response.send``, ``Http.http1_response_chunked`` (the frame) and
+    ``HttpProtocol.send`` (wait for the write gate, ``RequestCancelled`` on a closing transport, the
+    write, the protocol's idle clock); :meth:`write` does the same after the caller checked the gate.
+    Made only for Sanic's HTTP/1.1 chunked body when the protocol's ``send`` dispatches no signal
+    (Sanic drops the dispatch when ``http.lifecycle.send`` has no handler), and used while
+    :meth:`writing` (the body is not ended).
+    """
+
+    __slots__ = ("http", "writer", "protocol")
+
+    def __init__(self, http: Http, writer: Any, protocol: Any) -> None:
+        self.http = http
+        self.writer = writer
+        self.protocol = protocol
+
+    @classmethod
+    def of(cls, response: HTTPResponse) -> _ChunkFrames | None:
+        """For ``response`` once its head is out; None when its body is not Sanic's chunked one."""
+        http = response.stream
+        writer = getattr(http, "response_func", None)
+        if getattr(writer, "__func__", None) is not Http.http1_response_chunked:
+            return None
+        protocol = http.protocol  # type: ignore[union-attr]
+        send = getattr(protocol, "send", None)
+        if getattr(send, "__self__", None) is not protocol or "dispatch" in send.__code__.co_names:
+            return None
+        return cls(http, writer, protocol)  # type: ignore[arg-type]
+
+    def writing(self) -> bool:
+        """Sanic's writer for the body is still the chunked one (the body did not end)."""
+        return self.http.response_func is self.writer
+
+    def write(self, data: bytes) -> None:
+        """Write one non-empty chunk (the write gate is open)."""
+        protocol = self.protocol
+        transport = protocol.transport
+        if transport.is_closing():
+            raise RequestCancelled
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        protocol._time = time.monotonic()
+
+
 class Relay(ResponseStream):
     """The client side of a deferred response: the head the upstream's answer gets, then its body.
 
@@ -77,8 +142,8 @@ class Relay(ResponseStream):
     """
 
     __slots__ = (
-        "handler", "ctx", "on_headers", "_cancellable", "_is_sse", "_tail", "_writable", "_ending", "_done",
-        "_length",
+        "handler", "ctx", "on_headers", "_cancellable", "_is_sse", "_tail", "_writable", "_frames", "_ending",
+        "_done", "_length",
     )
 
     def __init__(self, handler: StreamingHandler, ctx: RequestContext, on_headers: HeadersCallback | None) -> None:
@@ -92,6 +157,8 @@ class Relay(ResponseStream):
         self._is_sse = False
         self._tail = b""  # the last bytes written to the client (counting events across writes)
         self._writable: asyncio.Event | _Open | None = None  # set while the client's buffer has room
+        #: Writes this response's body chunks straight to the client, once the head is out (see ``_write``).
+        self._frames: _ChunkFrames | None = None
         #: Async end-of-body observers running in their own task (see ``_end``).
         self._ending: asyncio.Future[None] | None = None
         self._done = False  # the response's last byte was handed to the transport
@@ -271,19 +338,23 @@ class Relay(ResponseStream):
         ctx = self.ctx
         if self.handler.chunk_hooks:
             await self.handler.plugins.notify("ccproxy_stream_chunk", ctx=ctx, chunk=data)
-        if ctx.t_first_byte is None:
-            ctx.t_first_byte = ctx.elapsed()
-        if self._gate().is_set():  # the client keeps up: the write does not wait
-            await response.send(data)
+        frames = self._frames
+        if frames is not None and data and frames.writing() and self._gate().is_set():
+            frames.write(data)  # the hot path: a body chunk while the client keeps up
         else:
-            await self._waiting(response.send(data))
+            first = ctx.t_first_byte is None
+            if first:
+                ctx.t_first_byte = ctx.elapsed()
+            if self._gate().is_set():  # the client keeps up: the write does not wait
+                await response.send(data)
+            else:
+                await self._waiting(response.send(data))
+            if first:  # the head is out: a chunked body's next chunks can take the hot path
+                self._frames = _ChunkFrames.of(response)
         ctx.bytes_sent += len(data)
         ctx.chunks_sent += 1
         if count_events:
-            # Events end at a blank line. Prefixing the previous write's last byte(s), too
-            # short to hold a whole match, counts one that straddles two writes exactly once.
-            tail = self._tail
-            ctx.events_sent += (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
+            ctx.events_sent += events_ended(self._tail, data)
             self._tail = data[-2:]
 
     def _gate(self) -> asyncio.Event | _Open:
