@@ -94,18 +94,18 @@ class _ChunkFrames:
 
     Sanic sends a chunk through ``response.send``, ``Http.http1_response_chunked`` (the frame) and
     ``HttpProtocol.send`` (wait for the write gate, ``RequestCancelled`` on a closing transport, the
-    write, the protocol's idle clock); :meth:`write` does the same after the caller checked the gate.
-    Made only for Sanic's HTTP/1.1 chunked body when the protocol's ``send`` dispatches no signal
-    (Sanic drops the dispatch when ``http.lifecycle.send`` has no handler), and used while
-    :meth:`writing` (the body is not ended).
+    write, the protocol's idle clock); :meth:`write` does the same while the gate is open and the body
+    not ended. Made only for Sanic's HTTP/1.1 chunked body when the protocol's ``send`` dispatches no
+    signal (Sanic drops the dispatch when ``http.lifecycle.send`` has no handler).
     """
 
-    __slots__ = ("http", "writer", "protocol")
+    __slots__ = ("http", "writer", "protocol", "gate")
 
-    def __init__(self, http: Http, writer: Any, protocol: Any) -> None:
+    def __init__(self, http: Http, writer: Any, protocol: Any, gate: asyncio.Event) -> None:
         self.http = http
         self.writer = writer
         self.protocol = protocol
+        self.gate = gate
 
     @classmethod
     def of(cls, response: HTTPResponse) -> _ChunkFrames | None:
@@ -118,20 +118,22 @@ class _ChunkFrames:
         send = getattr(protocol, "send", None)
         if getattr(send, "__self__", None) is not protocol or "dispatch" in send.__code__.co_names:
             return None
-        return cls(http, writer, protocol)  # type: ignore[arg-type]
+        gate = getattr(protocol, "_can_write", None)  # what Sanic's send waits on
+        if not isinstance(gate, asyncio.Event):
+            return None
+        return cls(http, writer, protocol, gate)  # type: ignore[arg-type]
 
-    def writing(self) -> bool:
-        """Sanic's writer for the body is still the chunked one (the body did not end)."""
-        return self.http.response_func is self.writer
-
-    def write(self, data: bytes) -> None:
-        """Write one non-empty chunk (the write gate is open)."""
+    def write(self, data: bytes) -> bool:
+        """Write one non-empty chunk; False (nothing written) when the client's buffer is full or the body ended."""
+        if self.http.response_func is not self.writer or not self.gate.is_set():
+            return False
         protocol = self.protocol
         transport = protocol.transport
         if transport.is_closing():
             raise RequestCancelled
         transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         protocol._time = time.monotonic()
+        return True
 
 
 class Relay(ResponseStream):
@@ -339,9 +341,8 @@ class Relay(ResponseStream):
         if self.handler.chunk_hooks:
             await self.handler.plugins.notify("ccproxy_stream_chunk", ctx=ctx, chunk=data)
         frames = self._frames
-        if frames is not None and data and frames.writing() and self._gate().is_set():
-            frames.write(data)  # the hot path: a body chunk while the client keeps up
-        else:
+        # The hot path, once the head is out: a body chunk written at once while the client keeps up.
+        if frames is None or not data or not frames.write(data):
             first = ctx.t_first_byte is None
             if first:
                 ctx.t_first_byte = ctx.elapsed()
