@@ -321,10 +321,18 @@ class StreamReader:
 _failed = False
 
 
+#: How OpenAI's own chunks end when usage was asked for: their one ``"usage"``, null, last.
+_NULL_LAST = b',"usage":null}\n\n'
+
+
 def _chat_unread(data: bytes) -> bool:
     """No Chat Completions event in ``data`` matters: no error key (a quoted ``"error"`` in a model's text is
-    escaped, ``\\"error\\"``) and every ``"usage"`` is ``"usage":null`` (a usage object in any spacing is read)."""
-    return data.find(b'"error"') < 0 and data.count(b'"usage"') == data.count(b'"usage":null')
+    escaped, ``\\"error\\"``) and every ``"usage"`` is ``"usage":null`` (a usage object in any spacing is read).
+    Two scans for an OpenAI chunk (:data:`_NULL_LAST`)."""
+    if data.find(b'"error"') >= 0:
+        return False
+    usages = data.count(b'"usage"')
+    return usages == 0 or (usages == 1 and data.endswith(_NULL_LAST)) or usages == data.count(b'"usage":null')
 
 
 #: By upstream dialect, whether no event in some whole events can matter to :func:`read_event`: bytes
@@ -389,7 +397,9 @@ class UsageChunkRemover:
         return self._clean(rest) if rest else b""
 
     def _clean(self, data: bytes) -> bytes:
-        if not self._dropped and data.find(b"[]") >= 0 and (b'"choices":[]' in data or b'"choices": []' in data):
+        if data.endswith(_NULL_LAST) and data.count(b'"usage"') == 1:  # OpenAI's own chunk: one scan
+            return data[: -len(_NULL_LAST)] + b"}\n\n"
+        if not self._dropped and (b'"choices":[]' in data or b'"choices": []' in data):
             data = self._drop_usage_frame(data)
         # The usual field first (OpenAI's own spacing); the other forms only when one is left.
         cleaned = data.replace(_NULL_USAGE[0], b"")

@@ -144,6 +144,8 @@ def test_usage_chunk_remover_cleans_what_every_pattern_in_turn_removes():
     for _ in range(5000):
         data = b"data: " + b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) + b"\n\n"
         assert UsageChunkRemover()._clean(data) == before(data)
+    for data in (b'data: {"choices":[],"usage":null}\n\n', b'data: {"a":1}\n\ndata: {"choices":[],"usage":null}\n\n'):
+        assert UsageChunkRemover()._clean(data) == before(data) == data.replace(b',"usage":null', b"")
     for spacing in (b'"choices":[]', b'"choices": []'):
         frame = b'data: {' + spacing + b',"usage":{"prompt_tokens":1}}\n\n'
         chunk = b'data: {"choices":[{"delta":{}}],"usage":null}\n\n'
