@@ -421,7 +421,7 @@ def test_models_and_health(proxy):
 def test_events_ended_counts_what_the_joined_writes_count():
     """The relay's event count per write (no copy in the usual case) equals counting blank lines in the
     previous write's last bytes joined to this one, for line ends of every kind split anywhere."""
-    from ccproxy_core.relay import events_ended
+    from ccproxy_core.client_writes import events_ended
 
     rng = __import__("random").Random(17)
     for _ in range(20000):
