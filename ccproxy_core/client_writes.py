@@ -29,7 +29,7 @@ def events_ended(tail: bytes, data: bytes) -> int:
         count = (tail[-1:] + data).count(b"\n\n")
     else:
         count = data.count(b"\n\n")
-    if data.find(b"\r") >= 0 or tail.find(b"\r") >= 0:
+    if data.find(b"\r") >= 0 or (tail != b"\n\n" and tail.find(b"\r") >= 0):  # the usual tail: no search
         count += (tail + data).count(b"\n\r\n")
     return count
 
