@@ -21,6 +21,7 @@ from sanic.response import HTTPResponse, ResponseStream
 from . import dialects
 from .adapters import ResponseAdapter
 from .client_head import ClientHead
+from .client_writes import ChunkFrames, Open, events_ended, write_gate
 from .context import CLIENT_DISCONNECTED, UPSTREAM_ERROR, RequestContext
 from .decoding import decoded, decoder_for
 from .errors import ProxyError, SendTimeout, UpstreamProtocolError
@@ -52,23 +53,6 @@ def _body_too_large(limit: int) -> UpstreamProtocolError:
     return UpstreamProtocolError(f"the upstream's response body is larger than {limit} bytes")
 
 
-class _Open:
-    """A write gate that is always open (no Sanic protocol to ask, e.g. under ASGI)."""
-
-    @staticmethod
-    def is_set() -> bool:
-        return True
-
-
-def _write_gate(request: Any) -> asyncio.Event | _Open:
-    """The event Sanic's ``send`` waits on before each write (cleared while the client's buffer is full)."""
-    try:
-        gate = request.protocol._can_write
-    except AttributeError:
-        return _Open()
-    return gate if isinstance(gate, asyncio.Event) else _Open()
-
-
 class Relay(ResponseStream):
     """The client side of a deferred response: the head the upstream's answer gets, then its body.
 
@@ -77,8 +61,8 @@ class Relay(ResponseStream):
     """
 
     __slots__ = (
-        "handler", "ctx", "on_headers", "_cancellable", "_is_sse", "_tail", "_writable", "_ending", "_done",
-        "_length",
+        "handler", "ctx", "on_headers", "_cancellable", "_is_sse", "_tail", "_writable", "_frames", "_ending",
+        "_done", "_length",
     )
 
     def __init__(self, handler: StreamingHandler, ctx: RequestContext, on_headers: HeadersCallback | None) -> None:
@@ -91,7 +75,9 @@ class Relay(ResponseStream):
         self._cancellable = False
         self._is_sse = False
         self._tail = b""  # the last bytes written to the client (counting events across writes)
-        self._writable: asyncio.Event | _Open | None = None  # set while the client's buffer has room
+        self._writable: asyncio.Event | Open | None = None  # set while the client's buffer has room
+        #: Writes this response's body chunks straight to the client, once the head is out (see ``_write``).
+        self._frames: ChunkFrames | None = None
         #: Async end-of-body observers running in their own task (see ``_end``).
         self._ending: asyncio.Future[None] | None = None
         self._done = False  # the response's last byte was handed to the transport
@@ -271,25 +257,28 @@ class Relay(ResponseStream):
         ctx = self.ctx
         if self.handler.chunk_hooks:
             await self.handler.plugins.notify("ccproxy_stream_chunk", ctx=ctx, chunk=data)
-        if ctx.t_first_byte is None:
-            ctx.t_first_byte = ctx.elapsed()
-        if self._gate().is_set():  # the client keeps up: the write does not wait
-            await response.send(data)
-        else:
-            await self._waiting(response.send(data))
+        frames = self._frames
+        # The hot path, once the head is out: a body chunk written at once while the client keeps up.
+        if frames is None or not data or not frames.write(data):
+            first = ctx.t_first_byte is None
+            if first:
+                ctx.t_first_byte = ctx.elapsed()
+            if self._gate().is_set():  # the client keeps up: the write does not wait
+                await response.send(data)
+            else:
+                await self._waiting(response.send(data))
+            if first:  # the head is out: a chunked body's next chunks can take the hot path
+                self._frames = ChunkFrames.of(response)
         ctx.bytes_sent += len(data)
         ctx.chunks_sent += 1
         if count_events:
-            # Events end at a blank line. Prefixing the previous write's last byte(s), too
-            # short to hold a whole match, counts one that straddles two writes exactly once.
-            tail = self._tail
-            ctx.events_sent += (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
+            ctx.events_sent += events_ended(self._tail, data)
             self._tail = data[-2:]
 
-    def _gate(self) -> asyncio.Event | _Open:
+    def _gate(self) -> asyncio.Event | Open:
         gate = self._writable
         if gate is None:
-            gate = self._writable = _write_gate(self.request)
+            gate = self._writable = write_gate(self.request)
         return gate
 
     async def _eof(self, response: HTTPResponse) -> None:

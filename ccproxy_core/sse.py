@@ -76,7 +76,8 @@ class SSEParser:
                 data = data[1:]
                 if not data:
                     return []
-        if b"\n" not in data and b"\r" not in data:  # no line ends: keep it, copy nothing
+        # bytes.find, not `in`: on Python 3.11 `sub in data` first builds (and drops) a TypeError.
+        if data.find(b"\n") < 0 and data.find(b"\r") < 0:  # no line ends: keep it, copy nothing
             self._tail.append(data)
             return []
         if self._tail:
@@ -84,7 +85,7 @@ class SSEParser:
             buf = b"".join(self._tail)
         else:
             buf = data
-        if b"\r" in buf:
+        if buf.find(b"\r") >= 0:
             if buf[-1] == 0x0D:  # b"\r": may be the first half of \r\n
                 self._skip_lf = True
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -185,7 +186,7 @@ class EventSizeLimit:
             return
         if not data:
             return
-        if b"\r" in data:
+        if data.find(b"\r") >= 0:
             i = max(data.rfind(b"\n\r"), data.rfind(b"\r\r"), data.rfind(b"\n\n"))
         else:
             i = data.rfind(b"\n\n")
@@ -201,7 +202,7 @@ class EventSizeLimit:
     def _largest(self, ended: bytes) -> int:
         """The longest event ended in ``ended`` (the first one continues the bytes counted before)."""
         ended = self._last + ended
-        if b"\r" in ended:
+        if ended.find(b"\r") >= 0:
             ended = ended.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         sizes = [len(event) for event in ended.split(b"\n\n")]
         sizes[0] += self._size

@@ -280,32 +280,25 @@ class StreamReader:
     """A response adapter that reads usage from an upstream stream as it passes, unchanged (or through
     ``remover``), as :func:`read_event` would from every event, at a fraction of the cost.
 
-    Only reads that may hold an event carrying usage or an error are parsed (:data:`_MARKERS`, by
+    Only reads that may hold an event carrying usage or an error are parsed (:data:`_UNREAD`, by
     dialect): a read is skipped when the parser holds nothing (the previous read ended with a blank
     line), it ends with a blank line itself and holds no carriage return (so it is whole events and leaves
-    the parser as it found it) and none of its events can matter (no marker in its bytes). Any
+    the parser as it found it) and none of its events can matter (``unread``). Any
     other read goes to the parser. An exception is logged once per process and the stream goes on.
     """
 
-    __slots__ = ("ctx", "parser", "markers", "clean", "remover")
+    __slots__ = ("ctx", "parser", "unread", "clean", "remover")
 
     def __init__(self, ctx: RequestContext, remover: UsageChunkRemover | None = None) -> None:
         self.ctx = ctx
         self.parser = SSEParser()
-        self.markers = _MARKERS.get(ctx.upstream_dialect, _MARKERS[OPENAI])
+        #: True for whole events none of which can matter (see :data:`_UNREAD`).
+        self.unread = _UNREAD.get(ctx.upstream_dialect, _UNREAD[OPENAI])
         self.clean = False  # the parser holds nothing (the first read always goes to it: a BOM)
         self.remover = remover
 
     def feed(self, data: bytes) -> bytes:
-        skip = self.clean and data.endswith(b"\n\n") and b"\r" not in data
-        if skip:
-            for marker in self.markers:
-                if marker in data:
-                    skip = False
-                    break
-            else:  # a usage object in any spacing is read; Chat Completions chunks may carry "usage":null
-                skip = data.count(b'"usage"') == data.count(b'"usage":null')
-        if not skip:
+        if not (self.clean and data.endswith(b"\n\n") and data.find(b"\r") < 0 and self.unread(data)):
             self._read(self.parser.feed(data))
             self.clean = data.endswith(b"\n\n")  # a blank line last: no event or line left half read
         return self.remover.feed(data) if self.remover is not None else data
@@ -326,15 +319,32 @@ class StreamReader:
 
 
 _failed = False
-#: Bytes without one of which no event matters to :func:`read_event`, by upstream dialect: the names of
-#: Anthropic's and the Responses API's events that do, Chat Completions' error key (a quoted ``"error"``
-#: in a model's text is escaped, ``\"error\"``); a Chat Completions read whose every ``"usage"`` is not
-#: ``"usage":null`` (any spacing) is parsed too. Substring checks, cheaper than a regular expression:
-#: a name found elsewhere only costs a parse, a usage or error is never skipped.
-_MARKERS = {
-    ANTHROPIC: (b"message_start", b"message_delta", b"error"),
-    RESPONSES: (b"response.completed", b"response.incomplete", b"response.failed", b"error"),
-    OPENAI: (b'"error"',),
+
+
+#: How OpenAI's own chunks end when usage was asked for: their one ``"usage"``, null, last.
+_NULL_LAST = b',"usage":null}\n\n'
+
+
+def _chat_unread(data: bytes) -> bool:
+    """No Chat Completions event in ``data`` matters: no error key (a quoted ``"error"`` in a model's text is
+    escaped, ``\\"error\\"``) and every ``"usage"`` is ``"usage":null`` (a usage object in any spacing is read).
+    Two scans for an OpenAI chunk (:data:`_NULL_LAST`)."""
+    if data.find(b'"error"') >= 0:
+        return False
+    usages = data.count(b'"usage"')
+    return usages == 0 or (usages == 1 and data.endswith(_NULL_LAST)) or usages == data.count(b'"usage":null')
+
+
+#: By upstream dialect, whether no event in some whole events can matter to :func:`read_event`: bytes
+#: without which none does are absent (the names of Anthropic's and the Responses API's events that do, all
+#: of Anthropic's starting ``message_``). Substring checks, cheaper than a regular expression: a name found
+#: elsewhere only costs a parse, a usage or error is never skipped. ``bytes.find``, not ``in``, per read:
+#: on Python 3.11 ``sub in data`` first tries ``sub`` as an int and builds a TypeError it drops.
+_UNREAD = {
+    ANTHROPIC: lambda data: data.find(b"message_") < 0 and data.find(b"error") < 0,
+    RESPONSES: lambda data: data.find(b"response.completed") < 0 and data.find(b"response.incomplete") < 0
+    and data.find(b"response.failed") < 0 and data.find(b"error") < 0,
+    OPENAI: _chat_unread,
 }
 
 
@@ -387,12 +397,16 @@ class UsageChunkRemover:
         return self._clean(rest) if rest else b""
 
     def _clean(self, data: bytes) -> bytes:
+        if data.endswith(_NULL_LAST) and data.count(b'"usage"') == 1:  # OpenAI's own chunk: one scan
+            return data[: -len(_NULL_LAST)] + b"}\n\n"
         if not self._dropped and (b'"choices":[]' in data or b'"choices": []' in data):
             data = self._drop_usage_frame(data)
-        if b'"usage":null' in data or b'"usage": null' in data:
-            for pattern in _NULL_USAGE:
-                data = data.replace(pattern, b"")
-        return data
+        # The usual field first (OpenAI's own spacing); the other forms only when one is left.
+        cleaned = data.replace(_NULL_USAGE[0], b"")
+        if cleaned.find(b'"usage":null') >= 0 or cleaned.find(b'"usage": null') >= 0:  # (find: see _UNREAD)
+            for pattern in _NULL_USAGE[1:]:
+                cleaned = cleaned.replace(pattern, b"")
+        return cleaned
 
     def _drop_usage_frame(self, data: bytes) -> bytes:
         out: list[bytes] = []

@@ -416,3 +416,15 @@ def test_models_and_health(proxy):
     assert httpx.get(proxy.url + "/health").json()["status"] == "ok"
     models = httpx.get(proxy.url + "/v1/models").json()
     assert models["object"] == "list" and isinstance(models["data"], list)
+
+
+def test_events_ended_counts_what_the_joined_writes_count():
+    """The relay's event count per write (no copy in the usual case) equals counting blank lines in the
+    previous write's last bytes joined to this one, for line ends of every kind split anywhere."""
+    from ccproxy_core.client_writes import events_ended
+
+    rng = __import__("random").Random(17)
+    for _ in range(20000):
+        tail = bytes(rng.choice(b"\n\ra") for _ in range(rng.randint(0, 2)))
+        data = bytes(rng.choice(b"\n\r\n\ra") for _ in range(rng.randint(0, 8)))
+        assert events_ended(tail, data) == (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")

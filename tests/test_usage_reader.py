@@ -126,3 +126,27 @@ def test_a_stream_in_a_coding_the_proxy_cannot_decode_passes_through_unread():
         path, body = claude_request("anthropic", stream=True)
         status, headers, content, _ = fetch(proxy.url, path, body)
     assert (status, headers["content-encoding"], content) == (200, "br", opaque)
+
+
+def test_usage_chunk_remover_cleans_what_every_pattern_in_turn_removes():
+    """Removing OpenAI's own ``,"usage":null`` first and the other forms only when one is left gives what
+    removing each form in turn gives; the usage frame is dropped whatever the spacing."""
+    from ccproxy_plugins.usage import _NULL_USAGE, UsageChunkRemover
+
+    def before(data: bytes) -> bytes:
+        if b'"usage":null' in data or b'"usage": null' in data:
+            for pattern in _NULL_USAGE:
+                data = data.replace(pattern, b"")
+        return data
+
+    pieces = [*_NULL_USAGE, b'"usage":null', b'"usage": null', b"{", b"}", b",", b"[]", b'"a":1', b" "]
+    rng = random.Random(17)
+    for _ in range(5000):
+        data = b"data: " + b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) + b"\n\n"
+        assert UsageChunkRemover()._clean(data) == before(data)
+    for data in (b'data: {"choices":[],"usage":null}\n\n', b'data: {"a":1}\n\ndata: {"choices":[],"usage":null}\n\n'):
+        assert UsageChunkRemover()._clean(data) == before(data) == data.replace(b',"usage":null', b"")
+    for spacing in (b'"choices":[]', b'"choices": []'):
+        frame = b'data: {' + spacing + b',"usage":{"prompt_tokens":1}}\n\n'
+        chunk = b'data: {"choices":[{"delta":{}}],"usage":null}\n\n'
+        assert UsageChunkRemover().feed(chunk + frame + b"data: [DONE]\n\n") == chunk.replace(b',"usage":null', b"") + b"data: [DONE]\n\n"

@@ -194,10 +194,11 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         if self.error is not None:
             raise self.error
 
-    async def wait(self, timeout: float | None) -> bool:
-        """Wait for the next parser event (head, chunk, end, error); ``False`` on timeout.
+    def wait(self, timeout: float | None) -> asyncio.Future[bool]:
+        """A future for the next parser event (head, chunk, end, error): ``True``, or ``False`` on timeout.
 
-        The timeout runs from this call. A connection has one timer for all its waits: it
+        The timeout runs from this call. A plain function returning the future (no coroutine per
+        read). A connection has one timer for all its waits: it
         stays armed when a wait ends, and when it fires before the current wait's deadline
         (later reads moved it) it is re-armed for that deadline. A read therefore costs no
         timer of its own (``call_later`` plus ``cancel`` is ~1.8 µs on uvloop).
@@ -207,14 +208,14 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         self._waiter = fut
         if timeout is None:
             self._deadline = None
-            return await fut
+            return fut
         deadline = self._deadline = loop.time() + timeout
         if self._timer is None or self._timer_at > deadline:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
             self._timer = loop.call_at(deadline, self._on_timer)
-        return await fut
+        return fut
 
     def _on_timer(self) -> None:
         """The read timer fired: time the current wait out, or re-arm for its deadline."""
