@@ -522,11 +522,12 @@ def test_client_that_stops_reading_is_cut_after_send_timeout(dialect, caplog):
         sock.settimeout(10)
         sock.connect(("127.0.0.1", proxy.port))
         payload = json.dumps(body).encode()
+        # ~48 MB of events, more than autotuned socket buffers hold (see test_faults.test_client_that_never_reads).
         # Timed from the request: the proxy's timer starts when a write first waits, which (on a
         # loaded machine) can be before this thread returns from its one read below.
         sent = time.monotonic()
         sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     f"content-length: {len(payload)}\r\nx-mock-events: 100000\r\n\r\n".encode() + payload)
+                     f"content-length: {len(payload)}\r\nx-mock-events: 400000\r\n\r\n".encode() + payload)
         assert sock.recv(100).startswith(b"HTTP/1.1 200")  # from here on the client reads nothing
         assert mock.wait_for(lambda m: m.active_streams == 0, timeout=8), "the upstream was not closed"
         took = time.monotonic() - sent

@@ -311,8 +311,10 @@ def test_client_that_never_reads(dialect):
         proxy.baseline_tasks = _idle_tasks(proxy)
         path, body = DIALECTS[dialect]
         sock = connect(proxy.port, rcvbuf=2048)
-        # ~12 MB of events: more than the kernel's socket buffers on both legs hold.
-        sock.sendall(request_bytes(path, body, {"x-mock-events": "100000"}))
+        # ~48 MB of events: more than the kernel's socket buffers on both legs can hold once TCP
+        # autotuning grew them (net.ipv4.tcp_rmem's maximum is 32 MB on these machines; with 12 MB the
+        # mock could finish into the proxy's receive buffer on a loaded machine).
+        sock.sendall(request_bytes(path, body, {"x-mock-events": "400000"}))
         assert mock.wait_for(lambda m: m.active_streams == 1)
         time.sleep(1.5)
         assert mock.active_streams == 1  # held open by back-pressure, not buffered to the end
