@@ -70,18 +70,16 @@ class ChunkFrames:
         self.gate = gate
 
     @classmethod
-    def of(cls, response: HTTPResponse) -> ChunkFrames | None:
-        """For ``response`` once its head is out; None when its body is not Sanic's chunked one."""
+    def of(cls, response: HTTPResponse, gate: asyncio.Event | Open) -> ChunkFrames | None:
+        """For ``response`` once its head is out, ``gate`` its :func:`write_gate`; None when its body is
+        not Sanic's chunked one or there is no Sanic protocol's gate."""
         http = response.stream
         writer = getattr(http, "response_func", None)
-        if getattr(writer, "__func__", None) is not Http.http1_response_chunked:
+        if getattr(writer, "__func__", None) is not Http.http1_response_chunked or not isinstance(gate, asyncio.Event):
             return None
         protocol = http.protocol  # type: ignore[union-attr]
         send = getattr(protocol, "send", None)
         if getattr(send, "__self__", None) is not protocol or "dispatch" in send.__code__.co_names:
-            return None
-        gate = getattr(protocol, "_can_write", None)  # what Sanic's send waits on
-        if not isinstance(gate, asyncio.Event):
             return None
         return cls(http, writer, protocol, gate)  # type: ignore[arg-type]
 

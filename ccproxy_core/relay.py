@@ -268,7 +268,7 @@ class Relay(ResponseStream):
             else:
                 await self._waiting(response.send(data))
             if first:  # the head is out: a chunked body's next chunks can take the hot path
-                self._frames = ChunkFrames.of(response)
+                self._frames = ChunkFrames.of(response, self._gate())
         ctx.bytes_sent += len(data)
         ctx.chunks_sent += 1
         if count_events:

@@ -26,13 +26,13 @@ from sanic.response import HTTPResponse
 from . import dialects
 from .adapters import AdapterChain, ResponseAdapter, plugin_adapters
 from .attempts import RETRYABLE_STATUS, Scheduler, retry_after_seconds
+from .client_head import ClientHead
 from .config import Limits, Retries, Timeouts
 from .context import CLIENT_DISCONNECTED, COMPLETED, REJECTED, UPSTREAM_ERROR, RequestContext
 from .errors import ProxyError, UpstreamError
 from .headers import REQUEST_ID_HEADER
 from .limiter import Limiter
 from .plugins import Plugins
-from .client_head import ClientHead
 from .relay import END_WRITE_TIMEOUT, Relay
 from .upstream import HandlerConfig, UpstreamRequest, cancel_safe, release
 
