@@ -428,3 +428,84 @@ def test_events_ended_counts_what_the_joined_writes_count():
         tail = bytes(rng.choice(b"\n\ra") for _ in range(rng.randint(0, 2)))
         data = bytes(rng.choice(b"\n\r\n\ra") for _ in range(rng.randint(0, 8)))
         assert events_ended(tail, data) == (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
+
+
+def test_body_chunks_skip_sanics_send_chain(make_proxy, upstream, monkeypatch):
+    """Once the head is out, a streamed body's chunks go to the client's transport in one call: Sanic's
+    chunked writer runs only for the end. The client gets the upstream's bytes."""
+    from sanic.http import Http
+
+    writes: list[int] = []
+    chunked = Http.http1_response_chunked
+
+    async def counted(self, data, end_stream):
+        writes.append(len(data))
+        return await chunked(self, data, end_stream)
+
+    monkeypatch.setattr(Http, "http1_response_chunked", counted)
+    headers = {**FIXED, "x-mock-events": "30", "x-mock-delay": "3"}  # events spaced: one read, one write each
+    direct = httpx.post(upstream.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers, timeout=10).content
+    assert direct.count(b"event: content_block_delta") == 30
+    recorder = Recorder()
+    server = make_proxy(provider_config(upstream.url), plugins=[("recorder", recorder)])
+    assert post(server.url, ANTHROPIC_BODY, headers).content == direct
+    recorder.wait_end()
+    assert recorder.ends[0].chunks_sent > 10
+    assert writes == [0]  # the end only: every chunk after the head's took the direct path
+
+
+_SEND_SIGNAL_SCRIPT = """
+import json, time, httpx
+from sanic.http import Http
+from ccproxy_core import hookimpl
+from tests.mock_upstream import MockUpstreamThread
+from tests.servers import ANTHROPIC_BODY, FIXED, ProxyThread, provider_config
+
+writes, signalled = [], []
+chunked = Http.http1_response_chunked
+async def counted(self, data, end_stream):
+    writes.append(len(data))
+    return await chunked(self, data, end_stream)
+Http.http1_response_chunked = counted
+
+chunks = []
+class SendSignal:
+    @hookimpl
+    def ccproxy_register_routes(self, app):
+        @app.signal("http.lifecycle.send")
+        async def sent(data):
+            signalled.append(data)
+
+    @hookimpl
+    def ccproxy_stream_end(self, ctx):
+        chunks.append(ctx.chunks_sent)
+
+headers = {**FIXED, "x-mock-events": "30", "x-mock-delay": "3"}
+with MockUpstreamThread() as mock, ProxyThread(provider_config(mock.url), plugins=[("send-signal", SendSignal())]) as proxy:
+    direct = httpx.post(mock.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers, timeout=10).content
+    proxied = httpx.post(proxy.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers, timeout=10).content
+    for _ in range(500):  # ccproxy_stream_end runs after the client has the last byte
+        if chunks:
+            break
+        time.sleep(0.01)
+print(json.dumps({"same": proxied == direct, "writes": len(writes), "chunks": chunks,
+                  "signalled": b"".join(signalled).count(b"event: content_block_delta")}))
+"""
+
+
+def test_a_send_signal_handler_sees_every_body_chunk():
+    """With an ``http.lifecycle.send`` handler, every write goes through Sanic's send, so the handler sees
+    each chunk. In a process of its own: Sanic strips the dispatch from its send class-wide when the
+    first app of a process starts without a handler, as the other tests' apps do."""
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    done = subprocess.run([sys.executable, "-c", _SEND_SIGNAL_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # Each chunk after the one riding with the head went through Sanic's writer, and the end did.
+    assert result["same"] and result["chunks"][0] > 10 and result["writes"] == result["chunks"][0], result
+    assert result["signalled"] == 30, result  # the handler saw every event
