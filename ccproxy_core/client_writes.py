@@ -83,6 +83,10 @@ class ChunkFrames:
             return None
         return cls(http, writer, protocol, gate)  # type: ignore[arg-type]
 
+    def open(self) -> bool:
+        """True while :meth:`write` writes at once: the client keeps up, the body goes on, the connection is open."""
+        return self.http.response_func is self.writer and self.gate.is_set() and not self.protocol.transport.is_closing()
+
     def write(self, data: bytes) -> bool:
         """Write one non-empty chunk; False (nothing written) when the client's buffer is full or the body ended."""
         if self.http.response_func is not self.writer or not self.gate.is_set():

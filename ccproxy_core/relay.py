@@ -53,6 +53,36 @@ def _body_too_large(limit: int) -> UpstreamProtocolError:
     return UpstreamProtocolError(f"the upstream's response body is larger than {limit} bytes")
 
 
+class _Through:
+    """What one upstream read goes through before the client gets it: the bound on what the proxy
+    holds (one event of a stream, or the whole body), the end-of-body observers' copy, the adapter."""
+
+    __slots__ = ("events", "max_held", "held", "parts", "adapter")
+
+    def __init__(self, events: EventSizeLimit | None, max_held: int, parts: list[bytes] | None,
+                 adapter: ResponseAdapter | None) -> None:
+        self.events = events
+        self.max_held = max_held
+        self.held = 0
+        self.parts = parts
+        self.adapter = adapter
+
+    def check(self, chunk: bytes) -> None:
+        """Raises ProxyError past a bound."""
+        if self.events is not None:
+            self.events.feed(chunk)
+        elif self.max_held > 0:
+            self.held += len(chunk)
+            if self.held > self.max_held:
+                raise _body_too_large(self.max_held)
+
+    def adapt(self, chunk: bytes) -> bytes:
+        """What the client gets of ``chunk`` (the adapter's code may raise)."""
+        if self.parts is not None:
+            self.parts.append(chunk)
+        return self.adapter.feed(chunk) if self.adapter is not None else chunk
+
+
 class Relay(ResponseStream):
     """The client side of a deferred response: the head the upstream's answer gets, then its body.
 
@@ -62,7 +92,7 @@ class Relay(ResponseStream):
 
     __slots__ = (
         "handler", "ctx", "on_headers", "_cancellable", "_is_sse", "_tail", "_writable", "_frames", "_ending",
-        "_done", "_length",
+        "_done", "_length", "_through", "_sink_error",
     )
 
     def __init__(self, handler: StreamingHandler, ctx: RequestContext, on_headers: HeadersCallback | None) -> None:
@@ -82,6 +112,8 @@ class Relay(ResponseStream):
         self._ending: asyncio.Future[None] | None = None
         self._done = False  # the response's last byte was handed to the transport
         self._length: int | None = None  # the body's content-length, when the client is told one
+        self._through: _Through | None = None  # set while the body is relayed
+        self._sink_error: Exception | None = None  # what stopped the sink (see ``_sink``), raised by the task
 
     @staticmethod
     async def _unused(_: Any) -> None:  # pragma: no cover - stream() is overridden
@@ -158,23 +190,23 @@ class Relay(ResponseStream):
         announced = upstream_length if max_held > 0 and not encoded else ""
         if announced.isdigit() and int(announced) > max_held:  # announced too large: refused before any byte
             refusal = _body_too_large(max_held)
-        held = 0
+        through = self._through = _Through(events, max_held, body_parts, adapter)
+        # The stream's reads may be written from the read callback itself while this task waits for them
+        # (no wake-up per read): not when each read goes through an async hook.
+        sink = getattr(chunks, "sink", None) if parser is None and not self.handler.chunk_hooks else None
         try:
             if refusal is not None:
                 raise refusal
+            if sink is not None:
+                sink(self._sink)
             async for chunk in chunks:
-                if events is not None:
-                    events.feed(chunk)
-                elif max_held > 0:
-                    held += len(chunk)
-                    if held > max_held:
-                        raise _body_too_large(max_held)
+                if self._sink_error is not None:
+                    raise self._sink_error
+                through.check(chunk)
                 if parser is not None:
                     for event in parser.feed(chunk):
                         await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
-                if body_parts is not None:
-                    body_parts.append(chunk)
-                out = adapter.feed(chunk) if adapter is not None else chunk
+                out = through.adapt(chunk)
                 if out:
                     await self._write(response, out, is_sse)
         except (httpx.HTTPError, ProxyError) as exc:
@@ -194,6 +226,9 @@ class Relay(ResponseStream):
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+        finally:
+            if sink is not None:
+                sink(None)
         self._cancellable = False
         await self._end(response, parser, body_parts, adapter, is_sse)
 
@@ -269,11 +304,34 @@ class Relay(ResponseStream):
                 await self._waiting(response.send(data))
             if first:  # the head is out: a chunked body's next chunks can take the hot path
                 self._frames = ChunkFrames.of(response, self._gate())
+        self._sent(data, count_events)
+
+    def _sent(self, data: bytes, count_events: bool) -> None:
+        ctx = self.ctx
         ctx.bytes_sent += len(data)
         ctx.chunks_sent += 1
         if count_events:
             ctx.events_sent += events_ended(self._tail, data)
             self._tail = data[-2:]
+
+    def _sink(self, chunk: bytes) -> bool:
+        """An upstream read, written from the read callback while the relay's task waits for it: True when
+        taken. Left to the task (False) unless a body chunk can be written at once without waiting (see
+        ``ChunkFrames.open``); an error is kept for the task to raise (the read is queued, not passed on again).
+        """
+        frames, through = self._frames, self._through
+        if frames is None or through is None or self._sink_error is not None or not frames.open():
+            return False
+        try:
+            through.check(chunk)
+            out = through.adapt(chunk)
+            if out:
+                frames.write(out)
+                self._sent(out, self._is_sse)
+        except Exception as exc:
+            self._sink_error = exc
+            return False
+        return True
 
     def _gate(self) -> asyncio.Event | Open:
         gate = self._writable

@@ -454,6 +454,53 @@ def test_body_chunks_skip_sanics_send_chain(make_proxy, upstream, monkeypatch):
     assert writes == [0]  # the end only: every chunk after the head's took the direct path
 
 
+class Ends:
+    """A plugin that keeps each request's context at its end (no per-chunk hook)."""
+
+    def __init__(self) -> None:
+        self.ends: list[Any] = []
+        self.ended = threading.Event()
+
+    @hookimpl
+    def ccproxy_stream_end(self, ctx):
+        self.ends.append(ctx)
+        self.ended.set()
+
+
+def test_stream_reads_are_written_from_the_read_callback(make_proxy, upstream, monkeypatch):
+    """While the relay waits for the next read, the connection's read callback writes it to the client:
+    the relay's task wakes for the head's read and the end, not once per event. Bytes and counts as before."""
+    from ccproxy_core.transport.response import _ResponseStream
+
+    wakes: list[int] = []
+    anext = _ResponseStream.__anext__
+
+    async def counted(self):
+        wakes.append(1)
+        return await anext(self)
+
+    monkeypatch.setattr(_ResponseStream, "__anext__", counted)
+    headers = {**FIXED, "x-mock-events": "30", "x-mock-delay": "3"}  # events spaced: one read each
+    direct = httpx.post(upstream.url + "/v1/messages", json=ANTHROPIC_BODY, headers=headers, timeout=10).content
+    ends = Ends()
+    server = make_proxy(provider_config(upstream.url), plugins=[("ends", ends)])
+    assert post(server.url, ANTHROPIC_BODY, headers).content == direct
+    assert ends.ended.wait(5)
+    ctx = ends.ends[0]
+    assert ctx.chunks_sent > 20 and ctx.events_sent == direct.count(b"\n\n")
+    assert len(wakes) < 8, len(wakes)  # the first read (with the head), a few racing the write, the end
+
+
+def test_reads_taken_in_the_read_callback_restart_the_idle_clock(make_proxy, upstream):
+    """``timeouts.idle`` is the longest gap between reads, however a read is taken: 12 events 100 ms apart
+    pass an idle timeout of 0.3 s although the relay's own wait lasts 1.2 s."""
+    server = make_proxy(timeouts={"connect": 2, "headers": 3, "idle": 0.3, "total": 30})
+    headers = {**FIXED, "x-mock-events": "12", "x-mock-delay": "100"}
+    r = post(server.url, ANTHROPIC_BODY, headers)
+    assert r.status_code == 200
+    assert r.content.count(b"event: content_block_delta") == 12 and b"event: error" not in r.content
+
+
 _SEND_SIGNAL_SCRIPT = """
 import json, time, httpx
 from sanic.http import Http

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import select
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Callable, Final
 
 import httptools
 import httpx
@@ -70,6 +70,7 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         "got_bytes",
         "chunks",
         "buffered",
+        "sink",
         "_pool",
         "_loop",
         "_parser",
@@ -81,6 +82,7 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         "_wake",
         "_waiter",
         "_deadline",
+        "_wait_timeout",
         "_timer",
         "_timer_at",
         "_read_paused",
@@ -108,6 +110,8 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         self.got_bytes = False
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
+        #: Takes body chunks as they are read, while nothing is queued (see ``_ResponseStream.sink``).
+        self.sink: Callable[[bytes], bool] | None = None
         self._pool = pool
         self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
@@ -118,8 +122,9 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         self._parts: list[bytes] = []
         self._wake = False
         self._waiter: asyncio.Future[bool] | None = None
-        #: Loop time by which the current wait times out (None: no timeout).
+        #: Loop time by which the current wait times out (None: no timeout), and that wait's timeout.
         self._deadline: float | None = None
+        self._wait_timeout = 0.0
         #: The connection's one read timer, re-armed lazily (see :meth:`wait`), and when it fires.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -149,6 +154,7 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         if self.chunks:
             self.chunks.clear()
         self.buffered = 0
+        self.sink = None
         if self._read_paused:
             self._read_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
@@ -209,6 +215,7 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         if timeout is None:
             self._deadline = None
             return fut
+        self._wait_timeout = timeout
         deadline = self._deadline = loop.time() + timeout
         if self._timer is None or self._timer_at > deadline:
             if self._timer is not None:
@@ -291,12 +298,20 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         if parts:
             chunk = parts[0] if len(parts) == 1 else b"".join(parts)
             parts.clear()
-            self.chunks.append(chunk)
-            self.buffered += len(chunk)
-            self._wake = True
-            if self.buffered > _HIGH_WATER and not self._read_paused and self.state == _BUSY:
-                self._read_paused = True
-                self.transport.pause_reading()  # type: ignore[union-attr]
+            sink = self.sink
+            waiter = self._waiter
+            # Only while the reader waits for this very chunk (nothing queued, nothing of its own in progress).
+            if sink is not None and waiter is not None and not waiter.done() and not self.chunks and sink(chunk):
+                # Taken as it was read: the reader's wait goes on, its idle deadline moved.
+                if self._deadline is not None:
+                    self._deadline = self._loop.time() + self._wait_timeout
+            else:
+                self.chunks.append(chunk)
+                self.buffered += len(chunk)
+                self._wake = True
+                if self.buffered > _HIGH_WATER and not self._read_paused and self.state == _BUSY:
+                    self._read_paused = True
+                    self.transport.pause_reading()  # type: ignore[union-attr]
         if self._wake:
             self._wake = False
             waiter = self._waiter

@@ -25,7 +25,7 @@ import asyncio
 import ssl
 import urllib.request
 from collections.abc import Mapping
-from typing import AsyncIterable, Final, Iterable
+from typing import AsyncIterable, Final
 
 import httpx
 
@@ -131,8 +131,10 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
             body: bytes | None = request.content
         except httpx.RequestNotRead:
             body = None
+        raw = request.headers.raw
         return await self._exchange(
-            request.method, request.url, request.headers.raw, body,
+            request.method, request.url, b"\r\n".join(map(b": ".join, raw)),
+            b"\n%b\n" % b"\n".join([name for name, _ in raw]).lower(), body,
             request.extensions.get("timeout") or _NO_TIMEOUTS, request,
         )
 
@@ -154,22 +156,32 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
         ordinary ``httpx.Response`` except that it has no ``request`` (nor have the
         exceptions raised). Cancelling the call or a body read leaks no connection.
         """
+        text = "\r\n".join(map(": ".join, headers.items()))  # the lines, built and encoded at C speed
+        names = "\n".join(headers)
         try:
-            raw = [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+            lines = text.encode("ascii")
         except UnicodeEncodeError:
-            raw = [(k.encode("ascii"), v.encode("utf-8", "surrogateescape")) for k, v in headers.items()]
-        return await self._exchange(method.upper(), url, raw, body, timeouts, None)
+            names.encode("ascii")  # a name must be ASCII (raises)
+            lines = text.encode("utf-8", "surrogateescape")
+        return await self._exchange(
+            method.upper(), url, lines, f"\n{names}\n".lower().encode("ascii"), body, timeouts, None
+        )
 
     async def _exchange(
         self,
         method: str,
         url: httpx.URL,
-        headers: Iterable[tuple[bytes, bytes]],
+        lines: bytes,
+        names: bytes,
         body: bytes | None,
         timeouts: dict[str, float | None],
         request: httpx.Request | None,
     ) -> httpx.Response:
-        """Frame and write one request (``body`` None: ``request.stream`` follows), await its head."""
+        """Frame and write one request (``body`` None: ``request.stream`` follows), await its head.
+
+        ``lines`` are the header lines as they go out, CRLF between them (b"" for none);
+        ``names`` their names, lower-case, each between two LFs (what the framing checks read).
+        """
         if self._closed:
             raise RuntimeError("FastTransport is closed.")
         if self._loop is None:
@@ -181,22 +193,16 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
         # Request head (+ body when it is bytes), in one join, framed as httpx frames a request.
         bmethod = _METHODS.get(method) or method.encode("ascii")
         target = url.raw_path if route.target_prefix is None else route.target_prefix + url.raw_path
+        framed = b"\ncontent-length\n" in names or b"\ntransfer-encoding\n" in names
         parts = [bmethod, b" ", target, b" HTTP/1.1\r\n"]
-        framed = has_host = False
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-            lower = name.lower()
-            if lower == b"content-length" or lower == b"transfer-encoding":
-                framed = True
-            elif lower == b"host":
-                has_host = True
-        if body:
-            if not framed:
-                parts += (b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n")
-        elif body is not None and not framed and bmethod in _BODY_METHODS:
-            parts.insert(4, b"Content-Length: 0\r\n")
-        if not has_host and url.host:
-            parts.insert(4, b"Host: " + url.netloc + b"\r\n")
+        if url.host and b"\nhost\n" not in names:
+            parts.append(b"Host: " + url.netloc + b"\r\n")
+        if not body and body is not None and not framed and bmethod in _BODY_METHODS:
+            parts.append(b"Content-Length: 0\r\n")
+        if lines:
+            parts += (lines, b"\r\n")
+        if body and not framed:
+            parts += (b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n")
         if route.extra_head:
             parts.append(route.extra_head)
         parts.append(b"\r\n")

@@ -1,15 +1,16 @@
 """The body of one response: one chunk per network read, and the connection's return to the pool.
 
 A response stream hands out the chunks its connection queued (resuming reading below the
-low-water mark), and gives the connection back (:meth:`~.pool.ConnectionPool._release`)
-as soon as the last chunk of a complete message was read. Closing it earlier aborts the
+low-water mark), or lets a sink take them as they are read (:meth:`_ResponseStream.sink`), and
+gives the connection back (:meth:`~.pool.ConnectionPool._release`) as soon as the last chunk of
+a complete message was read. Closing it earlier aborts the
 connection, so the upstream stops generating; ``aclose()`` never awaits, so it is
 idempotent and a cancellation cannot interrupt it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import httpx
 
@@ -80,6 +81,20 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._conn = None
             self._pool._release(conn)
         return chunk
+
+    def sink(self, take: Callable[[bytes], bool] | None) -> bool:
+        """Let ``take`` have the body's chunks as they are read (None: stop); False when the body has no connection.
+
+        ``take`` is called from the connection's read callback with one chunk, only while this stream's
+        reader waits in ``__anext__`` and nothing is queued: it returns True when it took the chunk (the
+        reader goes on waiting: the chunk is not queued), False to leave it to the reader. It must not raise.
+        The connection forgets it when its next request begins.
+        """
+        conn = self._conn
+        if conn is None:
+            return False
+        conn.sink = take
+        return True
 
     async def aclose(self) -> None:
         """Release the connection if its message fully arrived, else abort it."""
