@@ -15,9 +15,12 @@ produced it, and at most every :data:`FLUSH_INTERVAL` (0.1 s) under load (or onc
 lines wait), so a busy worker makes about ten writes a second instead of one per request. Pending
 lines are written at shutdown (and at interpreter exit). Outside a running event loop each line is
 written at once. When this plugin's own stderr handler is the only listener (:func:`_sole_handler`),
-a line reaches it without a ``logging`` record, and its fields are kept as they are when the request
-ends and turned into JSON (redacted) when the batch is written: off the request's path, and all
-the batch's lines in one go, which costs less CPU than one at a time between requests.
+a line reaches it without a ``logging`` record.
+
+A line is made by :meth:`AccessLog.line` as text, field by field, exactly as ``json.dumps`` would
+write its fields (:func:`_json`); the names a request carries (route, dialects, key, provider,
+models) repeat from request to request, so their part of the line is made once and kept
+(:meth:`AccessLog.names`).
 
 Settings (``plugins: access_log: {...}``):
 
@@ -41,9 +44,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, TextIO
 
-from ccproxy_core import Config, ConfigError, PluginSettings, RequestContext, hookimpl
+from ccproxy_core import Attempt, Config, ConfigError, PluginSettings, RequestContext, Usage, hookimpl
 
 NAME = "access_log"
 logger = logging.getLogger("ccproxy.access")
@@ -63,13 +67,59 @@ _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
 FLUSH_INTERVAL = 0.1
 #: Lines waiting for a write past which the batch is written at once (bounds what it holds).
 MAX_PENDING = 1024
-#: The record's fields whose text comes from a client, an upstream or a config (everything else is a
-#: number, a flag or one of the proxy's own words): only these can hold a secret, so only these are
-#: redacted when bodies are not logged.
-_FREE_TEXT = ("request_id", "upstream_request_id", "route", "provider", "model_requested", "model", "error",
-              "error_kind")
-_ATTEMPT_FREE_TEXT = ("provider", "model", "error")
+#: The fields of the part of a line that :meth:`AccessLog.names` keeps, and of an attempt's; of these
+#: ``_REDACTED_NAMES`` come from a client, an upstream or a config and are redacted. The other fields
+#: that can hold a secret (redacted in :meth:`AccessLog.free`) are ``request_id``,
+#: ``upstream_request_id``, ``error`` and ``error_kind``, and an attempt's ``error``; everything else is a
+#: number, a flag or one of the proxy's own words (with bodies the whole line is redacted instead).
+_NAMES = ("method", "route", "client_dialect", "key", "provider", "upstream_dialect", "model_requested", "model")
+_ATTEMPT_NAMES = ("provider", "model")
+_REDACTED_NAMES = frozenset({"route", "provider", "model_requested", "model"})
+#: Name parts :meth:`AccessLog.names` keeps (model names come from clients: a bound); past it they start over.
+MAX_NAME_PARTS = 4096
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _encoder() -> Callable[[Any], str]:
+    """``_ENCODER.encode``, with the C encoder made once instead of per call and no check for cycles
+    (a line's values are trees)."""
+    if c_make_encoder is None:  # pragma: no cover (CPython has it)
+        return _ENCODER.encode
+    chunks = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_encode = _encoder()
+
+
+_isfinite = math.isfinite
+_USAGE = '{"input_tokens":%d,"output_tokens":%d,"cache_read_input_tokens":%d,"cache_creation_input_tokens":%d}'
+
+
+def _usage(usage: Usage | None) -> str:
+    """``usage.as_dict()`` as ``_ENCODER`` writes it."""
+    if usage is None:
+        return "null"
+    counts = (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens)
+    if int is counts[0].__class__ is counts[1].__class__ is counts[2].__class__ is counts[3].__class__:
+        return _USAGE % counts
+    return _encode(usage.as_dict())
+
+
+def _json(value: Any) -> str:
+    """``value`` as ``_ENCODER`` writes it inside a line (the usual types without the encoder's set-up)."""
+    cls = value.__class__
+    if cls is str:
+        return encode_basestring(value)
+    if value is None:
+        return "null"
+    if cls is int:
+        return int.__repr__(value)
+    if cls is bool:
+        return "true" if value else "false"
+    if cls is float and _isfinite(value):
+        return float.__repr__(value)
+    return _encode(value)  # NaN, infinities, containers, anything else
 
 
 class Redactor:
@@ -103,26 +153,10 @@ def _redact_keys(value: Any) -> Any:
     return value
 
 
-class _Pending:
-    """A line whose JSON is made when its batch is written: a request's fields (:meth:`AccessLog.record`)."""
-
-    __slots__ = ("log", "record", "text")
-
-    def __init__(self, log: AccessLog, record: dict[str, Any]) -> None:
-        self.log = log
-        self.record: dict[str, Any] | None = record
-        self.text: str | None = None
-
-    def __str__(self) -> str:
-        if self.text is None:  # made once, for every sink the line goes to
-            self.text, self.record = self.log.line(self.record), None  # type: ignore[arg-type]
-        return self.text
-
-
 class _Batch:
     """Lines written together: when the event loop finishes the iteration that produced them, and
     no sooner than :data:`FLUSH_INTERVAL` after the previous write (sooner once :data:`MAX_PENDING`
-    wait). Without a running loop, at once. A line is a ``str`` or a :class:`_Pending`, without its newline."""
+    wait). Without a running loop, at once. A line is a ``str`` without its newline."""
 
     __slots__ = ("lines", "write", "due", "handle", "loop", "last")
 
@@ -134,7 +168,7 @@ class _Batch:
         self.loop: asyncio.AbstractEventLoop | None = None  # where ``handle`` is scheduled
         self.last = -math.inf  # loop time of the last write
 
-    def add(self, line: str | _Pending) -> None:
+    def add(self, line: str) -> None:
         self.lines.append(line)
         try:
             loop = asyncio.get_running_loop()
@@ -158,7 +192,7 @@ class _Batch:
             handle.cancel()
         if self.lines:
             lines, self.lines = self.lines, []
-            text = "\n".join([line if line.__class__ is str else str(line) for line in lines]) + "\n"
+            text = "\n".join(lines) + "\n"
             try:
                 self.last = asyncio.get_running_loop().time()
             except RuntimeError:
@@ -180,13 +214,13 @@ class _StderrLines(logging.StreamHandler):
         except Exception:
             self.handleError(record)
 
-    def add(self, line: str | _Pending) -> None:
+    def add(self, line: str) -> None:
         """What ``emit`` does with a record whose message is ``line``, without the record."""
         with self.lock:  # type: ignore[union-attr]
             try:
                 self.batch.add(line)
             except Exception:
-                self.handleError(logging.makeLogRecord({"name": logger.name, "msg": str(line), "levelno": logging.INFO,
+                self.handleError(logging.makeLogRecord({"name": logger.name, "msg": line, "levelno": logging.INFO,
                                                         "levelname": "INFO"}))
 
     def _write(self, text: str) -> None:
@@ -253,6 +287,7 @@ class AccessLog:
         self.file: TextIO | None = None
         self.batch = _Batch(self._write)
         self.pid = os.getpid()
+        self.name_parts: dict[tuple[Any, ...], str] = {}  # see names
 
     # -- hooks (this object is the plugin's per-app part) ---------------------------------------
 
@@ -299,15 +334,12 @@ class AccessLog:
         listening = logger.isEnabledFor(logging.INFO)
         if self.file is None and not listening:
             return
-        record = self.record(ctx)
+        line = self.line(ctx)
         handler = _sole_handler() if listening else None
-        if listening and handler is None:  # a logging handler formats the line at once
-            line: str | _Pending = self.line(record)
+        if handler is not None:
+            handler.add(line)
+        elif listening:
             logger.info(line)
-        else:  # with bodies, the line is made now, so that the batch holds text, not parsed bodies
-            line = self.line(record) if self.log_bodies else _Pending(self, record)
-            if handler is not None:
-                handler.add(line)
         if self.file is not None:
             self.batch.add(line)
 
@@ -342,29 +374,9 @@ class AccessLog:
             return value
         return text[: self.max_body_chars] + f"...[truncated {len(text) - self.max_body_chars} chars]"
 
-    def line(self, record: dict[str, Any]) -> str:
-        """``record`` (:meth:`record`) as the JSON line, redacted. Changes ``record``."""
-        if self.log_bodies:
-            # Bodies hold text anywhere: redact the whole line as JSON text.
-            return self.redactor.text(_ENCODER.encode(record))
-        # Otherwise only the free-text fields can hold a secret; they are short, and usually clean.
-        search = self.redactor.raw.search
-        redact = self.redactor.value
-        for key in _FREE_TEXT:
-            value = record[key]
-            if value.__class__ is str and search(value):
-                record[key] = redact(value)
-        for attempt in record["attempts"]:
-            for key in _ATTEMPT_FREE_TEXT:
-                value = attempt[key]
-                if value.__class__ is str and search(value):
-                    attempt[key] = redact(value)
-        return _ENCODER.encode(record)
-
-    def record(self, ctx: RequestContext) -> dict[str, Any]:
-        state = ctx.state
-        mine = state.get(NAME) or {}
-        headers = ctx.response_headers
+    def line(self, ctx: RequestContext) -> str:
+        """The request's line: its fields (docs/observability.md) as ``json.dumps`` writes them, redacted."""
+        mine = ctx.state.get(NAME) or {}
         error = ctx.error
         if error is not None:
             message, kind = error.message, error.kind
@@ -374,51 +386,66 @@ class AccessLog:
             message, kind = ctx.inband_error, "in_band"
         else:
             message = kind = None
-        usage = ctx.usage
-        record: dict[str, Any] = {
-            "time": _iso(ctx.started_at),
-            "pid": self.pid,
-            "request_id": ctx.request_id,
-            "upstream_request_id": headers.get("request-id") or headers.get("x-request-id"),
-            "method": ctx.method,
-            "route": ctx.route,
-            "client_dialect": ctx.client_dialect,
-            "key": ctx.client_key,
-            "provider": ctx.provider,
-            "upstream_dialect": ctx.upstream_dialect,
-            "model_requested": ctx.model_requested,
-            "model": ctx.model,
-            "stream": ctx.stream,
-            "status": ctx.status,
-            "upstream_status": ctx.upstream_status,
-            "outcome": ctx.outcome,
-            "t_upstream_headers_ms": _ms(ctx.t_upstream_headers),
-            "t_first_byte_ms": _ms(ctx.t_first_byte),
-            "duration_ms": _ms(ctx.duration),
-            "bytes_sent": ctx.bytes_sent,
-            "events_sent": ctx.events_sent,
-            "usage": usage.as_dict() if usage is not None else None,
-            "usage_partial": ctx.usage_partial,
-            "cost_usd": ctx.cost,
-            "attempts": [
-                {
-                    "provider": a.provider,
-                    "model": a.model,
-                    "status": a.status,
-                    "error": a.error,
-                    "error_kind": a.error_kind,
-                    "elapsed_ms": _ms(a.elapsed),
-                }
-                for a in ctx.attempts
-            ],
-            "fallback": len(ctx.attempts) > 1,
-            "error": message,
-            "error_kind": kind,
-        }
-        if self.log_bodies:
-            record["request_body"] = self.body(ctx.body)
-            record["response_body"] = self.body(mine.get("response_body"))
-        return record
+        headers = ctx.response_headers
+        attempts = ctx.attempts
+        free = self.free
+        line = (
+            f'{{"time":"{_iso(ctx.started_at)}","pid":{self.pid},"request_id":{free(ctx.request_id)},'
+            f'"upstream_request_id":{free(headers.get("request-id") or headers.get("x-request-id"))},'
+            f'{self.names(ctx)},"stream":{_json(ctx.stream)},"status":{_json(ctx.status)},'
+            f'"upstream_status":{_json(ctx.upstream_status)},"outcome":{_json(ctx.outcome)},'
+            f'"t_upstream_headers_ms":{_json(_ms(ctx.t_upstream_headers))},'
+            f'"t_first_byte_ms":{_json(_ms(ctx.t_first_byte))},"duration_ms":{_json(_ms(ctx.duration))},'
+            f'"bytes_sent":{_json(ctx.bytes_sent)},"events_sent":{_json(ctx.events_sent)},'
+            f'"usage":{_usage(ctx.usage)},'
+            f'"usage_partial":{_json(ctx.usage_partial)},"cost_usd":{_json(ctx.cost)},'
+            f'"attempts":[{",".join([self.attempt(a) for a in attempts])}],'
+            f'"fallback":{"true" if len(attempts) > 1 else "false"},"error":{free(message)},"error_kind":{free(kind)}}}'
+        )
+        if not self.log_bodies:
+            return line
+        # Bodies hold text anywhere: the whole line is redacted as JSON text.
+        request_body, response_body = self.body(ctx.body), self.body(mine.get("response_body"))
+        return self.redactor.text(f'{line[:-1]},"request_body":{_json(request_body)},"response_body":{_json(response_body)}}}')
+
+    def free(self, value: Any) -> str:
+        """A field that can hold a secret, redacted (with bodies, the whole line is), as JSON."""
+        if value.__class__ is str and not self.log_bodies and self.redactor.raw.search(value):
+            value = self.redactor.value(value)
+        return _json(value)
+
+    def names(self, ctx: RequestContext) -> str:
+        """The fields ``method`` to ``model`` (:data:`_NAMES`) of the line: made once per set of values
+        (:data:`MAX_NAME_PARTS` sets), as they repeat."""
+        values = (ctx.method, ctx.route, ctx.client_dialect, ctx.client_key, ctx.provider, ctx.upstream_dialect,
+                  ctx.model_requested, ctx.model)
+        try:
+            return self.name_parts[values]
+        except (KeyError, TypeError):  # new, or a value that is no text and cannot be kept
+            return self.name_part(_NAMES, values)
+
+    def attempt(self, attempt: Attempt) -> str:
+        """One attempt of the line's ``attempts``."""
+        values = (attempt.provider, attempt.model)
+        try:
+            names = self.name_parts[values]
+        except (KeyError, TypeError):
+            names = self.name_part(_ATTEMPT_NAMES, values)
+        return (f'{{{names},"status":{_json(attempt.status)},"error":{self.free(attempt.error)},'
+                f'"error_kind":{_json(attempt.error_kind)},"elapsed_ms":{_json(_ms(attempt.elapsed))}}}')
+
+    def name_part(self, keys: tuple[str, ...], values: tuple[Any, ...]) -> str:
+        """``"key":value,...`` of ``keys`` and ``values``, redacted; kept when the values are text or None
+        (a value equal to a kept one is then the same text: no number or flag passes for another)."""
+        part = ",".join(
+            f'"{key}":{self.free(value) if key in _REDACTED_NAMES else _json(value)}'
+            for key, value in zip(keys, values)
+        )
+        if all(value is None or value.__class__ is str for value in values):
+            if len(self.name_parts) >= MAX_NAME_PARTS:
+                self.name_parts.clear()
+            self.name_parts[values] = part
+        return part
 
 
 def _ms(seconds: float | None) -> float | None:
