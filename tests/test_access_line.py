@@ -14,7 +14,7 @@ import pytest
 from ccproxy_core import Attempt, ProxyError, RequestContext, Usage
 from ccproxy_core.config import build_config
 from ccproxy_core.plugins import PluginSettings
-from ccproxy_plugins import access_log
+from ccproxy_plugins import access_line, access_log
 from tests.servers import provider_config
 
 SECRET = "sk-ant-upstream-SECRET"  # the configured provider key
@@ -26,7 +26,7 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def expected(log: access_log.AccessLog, ctx: RequestContext) -> str:
+def expected(log: access_line.Lines, ctx: RequestContext) -> str:
     """The line as it was made: a dict of the fields, redacted field by field (or, with bodies, as text), encoded."""
     mine = ctx.state.get("access_log") or {}
     headers = ctx.response_headers
@@ -39,7 +39,7 @@ def expected(log: access_log.AccessLog, ctx: RequestContext) -> str:
     else:
         message = kind = None
     record: dict[str, Any] = {
-        "time": access_log._iso(ctx.started_at), "pid": log.pid, "request_id": ctx.request_id,
+        "time": access_line._iso(ctx.started_at), "pid": log.pid, "request_id": ctx.request_id,
         "upstream_request_id": headers.get("request-id") or headers.get("x-request-id"), "method": ctx.method,
         "route": ctx.route, "client_dialect": ctx.client_dialect, "key": ctx.client_key, "provider": ctx.provider,
         "upstream_dialect": ctx.upstream_dialect, "model_requested": ctx.model_requested, "model": ctx.model,
@@ -107,21 +107,21 @@ def random_ctx(rng: random.Random) -> RequestContext:
 @pytest.mark.parametrize("bodies", [False, True])
 def test_every_line_is_the_json_of_its_fields(bodies):
     config = build_config(provider_config("http://127.0.0.1:9"), "test-config")
-    log = access_log.ccproxy_configure(config, PluginSettings("access_log", {"log_bodies": bodies}, "test-config"))
+    log = access_log.ccproxy_configure(config, PluginSettings("access_log", {"log_bodies": bodies}, "test-config")).lines
     rng = random.Random(17)
     for _ in range(3000):
         ctx = random_ctx(rng)
-        assert log.line(ctx) == expected(log, ctx)
-    assert access_log.MAX_NAME_PARTS > len(log.name_parts) > 100  # the name parts were kept and reused
+        assert log.line(log.fields(ctx, ctx.state.get("access_log") or {})) == expected(log, ctx)
+    assert access_line.MAX_NAME_PARTS > len(log.name_parts) > 100  # the name parts were kept and reused
 
 
 def test_kept_name_parts_are_bounded(monkeypatch):
-    monkeypatch.setattr(access_log, "MAX_NAME_PARTS", 10)
+    monkeypatch.setattr(access_line, "MAX_NAME_PARTS", 10)
     config = build_config(provider_config("http://127.0.0.1:9"), "test-config")
-    log = access_log.ccproxy_configure(config, PluginSettings("access_log", {}, "test-config"))
+    log = access_log.ccproxy_configure(config, PluginSettings("access_log", {}, "test-config")).lines
     for i in range(50):
         ctx = RequestContext("r", "POST", "/v1/messages", "anthropic", model=f"model-{i}", model_requested=[i])
-        assert log.line(ctx) == expected(log, ctx)  # a list is no text: its part is made, not kept
+        assert log.line(log.fields(ctx, ctx.state.get("access_log") or {})) == expected(log, ctx)  # a list is no text: its part is made, not kept
         ctx.model_requested = f"m-{i}"
-        assert log.line(ctx) == expected(log, ctx)
+        assert log.line(log.fields(ctx, ctx.state.get("access_log") or {})) == expected(log, ctx)
         assert len(log.name_parts) <= 10

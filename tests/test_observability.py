@@ -454,9 +454,9 @@ def test_access_lines_skip_logging_only_when_nothing_else_listens(monkeypatch):
 
 
 
-def test_access_lines_are_written_with_their_batch(monkeypatch, tmp_path):
-    """Inside a running loop a line (redacted JSON) is written with its batch: at the end of the loop
-    iteration, or at once when MAX_PENDING lines wait."""
+def test_access_lines_are_made_when_their_batch_is_written(monkeypatch, tmp_path):
+    """Inside a running loop a line is kept as fields and made (redacted JSON) when its batch is
+    written: at the end of the loop iteration, or at once when MAX_PENDING lines wait."""
     import asyncio
     import io
 
