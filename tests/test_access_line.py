@@ -30,14 +30,13 @@ def expected(log: access_line.Lines, ctx: RequestContext) -> str:
     """The line as it was made: a dict of the fields, redacted field by field (or, with bodies, as text), encoded."""
     mine = ctx.state.get("access_log") or {}
     headers = ctx.response_headers
-    if ctx.error is not None:
-        message, kind = ctx.error.message, ctx.error.kind
-    elif mine.get("upstream_error") is not None:
-        message, kind = mine["upstream_error"]
-    elif ctx.inband_error is not None:
-        message, kind = ctx.inband_error, "in_band"
-    else:
-        message = kind = None
+    # The error: the proxy's own, else the upstream's error answer, else an error event in the stream.
+    candidates = [
+        (ctx.error.message, ctx.error.kind) if ctx.error else None,
+        mine.get("upstream_error"),
+        (ctx.inband_error, "in_band") if ctx.inband_error is not None else None,
+    ]
+    message, kind = next((c for c in candidates if c is not None), (None, None))
     record: dict[str, Any] = {
         "time": access_line._iso(ctx.started_at), "pid": log.pid, "request_id": ctx.request_id,
         "upstream_request_id": headers.get("request-id") or headers.get("x-request-id"), "method": ctx.method,
