@@ -181,8 +181,8 @@ class Lines:
             f'{{"time":"{_iso(started_at)}","pid":{self.pid},"request_id":{free(request_id)},'
             f'"upstream_request_id":{free(upstream_request_id)},{self.names(names)},"stream":{_json(stream)},'
             f'"status":{_json(status)},"upstream_status":{_json(upstream_status)},"outcome":{_json(outcome)},'
-            f'"t_upstream_headers_ms":{_json(_ms(t_upstream_headers))},"t_first_byte_ms":{_json(_ms(t_first_byte))},'
-            f'"duration_ms":{_json(_ms(duration))},"bytes_sent":{_json(bytes_sent)},"events_sent":{_json(events_sent)},'
+            f'"t_upstream_headers_ms":{_ms(t_upstream_headers)},"t_first_byte_ms":{_ms(t_first_byte)},'
+            f'"duration_ms":{_ms(duration)},"bytes_sent":{_json(bytes_sent)},"events_sent":{_json(events_sent)},'
             f'"usage":{_usage(usage)},"usage_partial":{_json(usage_partial)},"cost_usd":{_json(cost)},'
             f'"attempts":[{",".join([self.attempt(a) for a in attempts])}],'
             f'"fallback":{"true" if len(attempts) > 1 else "false"},"error":{free(message)},"error_kind":{free(kind)}'
@@ -193,9 +193,11 @@ class Lines:
 
     def free(self, value: Any) -> str:
         """A field that can hold a secret, redacted (with bodies, the whole line is), as JSON."""
-        if value.__class__ is str and not self.log_bodies and self.redactor.raw.search(value):
+        if value.__class__ is not str:
+            return _json(value)
+        if not self.log_bodies and self.redactor.raw.search(value):
             value = self.redactor.value(value)
-        return _json(value)
+        return encode_basestring(value)
 
     def names(self, values: tuple[Any, ...]) -> str:
         """The fields ``method`` to ``model`` (:data:`_NAMES`) of the line: made once per set of values
@@ -213,7 +215,7 @@ class Lines:
         except (KeyError, TypeError):
             names = self.name_part(_ATTEMPT_NAMES, values)
         return (f'{{{names},"status":{_json(attempt.status)},"error":{self.free(attempt.error)},'
-                f'"error_kind":{_json(attempt.error_kind)},"elapsed_ms":{_json(_ms(attempt.elapsed))}}}')
+                f'"error_kind":{_json(attempt.error_kind)},"elapsed_ms":{_ms(attempt.elapsed)}}}')
 
     def name_part(self, keys: tuple[str, ...], values: tuple[Any, ...]) -> str:
         """``"key":value,...`` of ``keys`` and ``values``, redacted; kept when the values are text or None
@@ -229,8 +231,12 @@ class Lines:
         return part
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
+def _ms(seconds: float | None) -> str:
+    """Seconds as the line's milliseconds, ``round(seconds * 1000, 1)``, in JSON."""
+    if seconds is None:
+        return "null"
+    ms = round(seconds * 1000, 1)
+    return float.__repr__(ms) if ms.__class__ is float and _isfinite(ms) else _json(ms)
 
 
 _second: list[Any] = [None, ""]  # the last whole second formatted, and its text
