@@ -15,9 +15,10 @@ produced it, and at most every :data:`FLUSH_INTERVAL` (0.1 s) under load (or onc
 lines wait), so a busy worker makes about ten writes a second instead of one per request. Pending
 lines are written at shutdown (and at interpreter exit). Outside a running event loop each line is
 written at once. When this plugin's own stderr handler is the only listener (:func:`_sole_handler`),
-a line reaches it without a ``logging`` record, and its fields are kept as they are when the request
-ends and turned into JSON (redacted) when the batch is written: off the request's path, and all
-the batch's lines in one go, which costs less CPU than one at a time between requests.
+a line reaches it without a ``logging`` record, and the request's fields (:meth:`Lines.fields`)
+are kept until the batch is written, then made into the line (:mod:`.access_line`): off the
+request's path, and all the batch's lines in one go, which costs less CPU than one at a time
+between requests.
 
 Settings (``plugins: access_log: {...}``):
 
@@ -40,82 +41,33 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from ccproxy_core import Config, ConfigError, PluginSettings, RequestContext, hookimpl
 
+from .access_line import Lines, Redactor
+
 NAME = "access_log"
 logger = logging.getLogger("ccproxy.access")
 
-REDACTED = "[REDACTED]"
-#: Body keys whose values are always redacted (compared lower-case, ``-`` as ``_``).
-SENSITIVE_KEYS = frozenset(
-    {"api_key", "apikey", "x_api_key", "authorization", "proxy_authorization", "password", "secret",
-     "client_secret", "access_token", "refresh_token", "id_token", "token", "cookie", "set_cookie"}
-)
-_KEY_LIKE = (
-    r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{6,}",  # Anthropic, OpenAI and most OpenAI-compatible keys
-    r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
-)
 _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
 #: Seconds between two writes of the log under load (see the module docstring).
 FLUSH_INTERVAL = 0.1
 #: Lines waiting for a write past which the batch is written at once (bounds what it holds).
 MAX_PENDING = 1024
-#: The record's fields whose text comes from a client, an upstream or a config (everything else is a
-#: number, a flag or one of the proxy's own words): only these can hold a secret, so only these are
-#: redacted when bodies are not logged.
-_FREE_TEXT = ("request_id", "upstream_request_id", "route", "provider", "model_requested", "model", "error",
-              "error_kind")
-_ATTEMPT_FREE_TEXT = ("provider", "model", "error")
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-class Redactor:
-    """Replaces key-like strings and configured secrets in JSON text (the result stays valid JSON),
-    or in a plain string (:meth:`value`)."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        literal = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
-        # Secrets are matched as they appear inside a JSON string (escaped).
-        parts = [re.escape(json.dumps(s, ensure_ascii=False)[1:-1]) for s in literal] + list(_KEY_LIKE)
-        self.pattern = re.compile("|".join(parts))
-        # ... and as they are, in a string not yet encoded.
-        self.raw = re.compile("|".join([re.escape(s) for s in literal] + list(_KEY_LIKE)))
-
-    def text(self, value: str) -> str:
-        return self.pattern.sub(REDACTED, value)
-
-    def value(self, value: str) -> str:
-        return self.raw.sub(REDACTED, value)
-
-
-def _redact_keys(value: Any) -> Any:
-    """A copy of a JSON value with the values of sensitive keys replaced."""
-    if isinstance(value, dict):
-        return {
-            k: (REDACTED if str(k).lower().replace("-", "_") in SENSITIVE_KEYS else _redact_keys(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_redact_keys(v) for v in value]
-    return value
-
-
 class _Pending:
-    """A line whose JSON is made when its batch is written: a request's fields (:meth:`AccessLog.record`)."""
+    """A line made when its batch is written, from :meth:`Lines.fields` (small values, never a body)."""
 
-    __slots__ = ("log", "record", "text")
+    __slots__ = ("lines", "fields", "text")
 
-    def __init__(self, log: AccessLog, record: dict[str, Any]) -> None:
-        self.log = log
-        self.record: dict[str, Any] | None = record
+    def __init__(self, lines: Lines, fields: tuple[Any, ...]) -> None:
+        self.lines = lines
+        self.fields: tuple[Any, ...] | None = fields
         self.text: str | None = None
 
     def __str__(self) -> str:
         if self.text is None:  # made once, for every sink the line goes to
-            self.text, self.record = self.log.line(self.record), None  # type: ignore[arg-type]
+            self.text, self.fields = self.lines.line(self.fields), None  # type: ignore[arg-type]
         return self.text
 
 
@@ -235,13 +187,12 @@ class AccessLogSettings:
 
 
 class AccessLog:
-    """The access log of one app: settings, redaction and the optional file; its hooks."""
+    """The access log of one app: how its lines are made (:class:`Lines`), where they go (the optional
+file); its hooks."""
 
     def __init__(self, config: Config, settings: AccessLogSettings) -> None:
         self.path = settings.path or None
-        self.log_bodies = settings.log_bodies
         self.stderr = settings.stderr
-        self.max_body_chars = settings.max_body_chars
         secrets = [p.api_key for p in config.providers.values() if p.api_key]
         secrets += [
             v for p in config.providers.values() for k, v in p.headers.items() if _SECRET_HEADER.search(k)
@@ -249,16 +200,15 @@ class AccessLog:
         proxy_keys = config.plugin_settings("auth").get("keys")  # the first-party auth plugin's client keys
         if isinstance(proxy_keys, list):
             secrets += [k for k in proxy_keys if isinstance(k, str)]
-        self.redactor = Redactor(secrets + settings.redact)
+        self.lines = Lines(Redactor(secrets + settings.redact), settings.log_bodies, settings.max_body_chars)
         self.file: TextIO | None = None
         self.batch = _Batch(self._write)
-        self.pid = os.getpid()
 
     # -- hooks (this object is the plugin's per-app part) ---------------------------------------
 
     @hookimpl
     def ccproxy_startup(self) -> None:
-        self.pid = os.getpid()  # the worker's own
+        self.lines.pid = os.getpid()  # the worker's own
         if self.path:
             try:
                 self.file = open(self.path, "a", encoding="utf-8")
@@ -291,7 +241,7 @@ class AccessLog:
             else:
                 found = (f"upstream answered {status}", "upstream")
             ctx.state.setdefault(NAME, {})["upstream_error"] = found
-        if self.log_bodies:
+        if self.lines.log_bodies:
             ctx.state.setdefault(NAME, {})["response_body"] = body
 
     @hookimpl(trylast=True)
@@ -299,13 +249,13 @@ class AccessLog:
         listening = logger.isEnabledFor(logging.INFO)
         if self.file is None and not listening:
             return
-        record = self.record(ctx)
+        fields = self.lines.fields(ctx, ctx.state.get(NAME) or {})
         handler = _sole_handler() if listening else None
         if listening and handler is None:  # a logging handler formats the line at once
-            line: str | _Pending = self.line(record)
+            line: str | _Pending = self.lines.line(fields)
             logger.info(line)
-        else:  # with bodies, the line is made now, so that the batch holds text, not parsed bodies
-            line = self.line(record) if self.log_bodies else _Pending(self, record)
+        else:  # the line is made when its batch is written, off the request's path and all together
+            line = _Pending(self.lines, fields)
             if handler is not None:
                 handler.add(line)
         if self.file is not None:
@@ -323,129 +273,6 @@ class AccessLog:
         if self.file is not None:
             self.file.close()
             self.file = None
-
-    def body(self, value: Any) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, (bytes, bytearray)):
-            text = bytes(value).decode("utf-8", "replace")
-            try:
-                value = json.loads(text)
-            except ValueError:
-                return text[: self.max_body_chars]
-        try:
-            value = _redact_keys(value)
-            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        except RecursionError:  # parsed, but nested too deeply to walk again here
-            return "[body nested too deeply to log]"
-        if len(text) <= self.max_body_chars:
-            return value
-        return text[: self.max_body_chars] + f"...[truncated {len(text) - self.max_body_chars} chars]"
-
-    def line(self, record: dict[str, Any]) -> str:
-        """``record`` (:meth:`record`) as the JSON line, redacted. Changes ``record``."""
-        if self.log_bodies:
-            # Bodies hold text anywhere: redact the whole line as JSON text.
-            return self.redactor.text(_ENCODER.encode(record))
-        # Otherwise only the free-text fields can hold a secret; they are short, and usually clean.
-        search = self.redactor.raw.search
-        redact = self.redactor.value
-        for key in _FREE_TEXT:
-            value = record[key]
-            if value.__class__ is str and search(value):
-                record[key] = redact(value)
-        for attempt in record["attempts"]:
-            for key in _ATTEMPT_FREE_TEXT:
-                value = attempt[key]
-                if value.__class__ is str and search(value):
-                    attempt[key] = redact(value)
-        return _ENCODER.encode(record)
-
-    def record(self, ctx: RequestContext) -> dict[str, Any]:
-        state = ctx.state
-        mine = state.get(NAME) or {}
-        headers = ctx.response_headers
-        error = ctx.error
-        if error is not None:
-            message, kind = error.message, error.kind
-        elif mine.get("upstream_error") is not None:
-            message, kind = mine["upstream_error"]
-        elif ctx.inband_error is not None:
-            message, kind = ctx.inband_error, "in_band"
-        else:
-            message = kind = None
-        usage = ctx.usage
-        record: dict[str, Any] = {
-            "time": _iso(ctx.started_at),
-            "pid": self.pid,
-            "request_id": ctx.request_id,
-            "upstream_request_id": headers.get("request-id") or headers.get("x-request-id"),
-            "method": ctx.method,
-            "route": ctx.route,
-            "client_dialect": ctx.client_dialect,
-            "key": ctx.client_key,
-            "provider": ctx.provider,
-            "upstream_dialect": ctx.upstream_dialect,
-            "model_requested": ctx.model_requested,
-            "model": ctx.model,
-            "stream": ctx.stream,
-            "status": ctx.status,
-            "upstream_status": ctx.upstream_status,
-            "outcome": ctx.outcome,
-            "t_upstream_headers_ms": _ms(ctx.t_upstream_headers),
-            "t_first_byte_ms": _ms(ctx.t_first_byte),
-            "duration_ms": _ms(ctx.duration),
-            "bytes_sent": ctx.bytes_sent,
-            "events_sent": ctx.events_sent,
-            "usage": usage.as_dict() if usage is not None else None,
-            "usage_partial": ctx.usage_partial,
-            "cost_usd": ctx.cost,
-            "attempts": [
-                {
-                    "provider": a.provider,
-                    "model": a.model,
-                    "status": a.status,
-                    "error": a.error,
-                    "error_kind": a.error_kind,
-                    "elapsed_ms": _ms(a.elapsed),
-                }
-                for a in ctx.attempts
-            ],
-            "fallback": len(ctx.attempts) > 1,
-            "error": message,
-            "error_kind": kind,
-        }
-        if self.log_bodies:
-            record["request_body"] = self.body(ctx.body)
-            record["response_body"] = self.body(mine.get("response_body"))
-        return record
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
-
-
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
-
-
-def _iso(timestamp: float) -> str:
-    """``datetime.fromtimestamp(timestamp, timezone.utc)`` in ISO 8601 with milliseconds and ``Z``.
-
-    The date and time of day are formatted once per second; the microseconds are rounded
-    half-even as ``datetime`` does, then cut to milliseconds as ``isoformat`` does.
-    """
-    frac, whole = math.modf(timestamp)
-    seconds = int(whole)
-    micros = round(frac * 1e6)
-    if micros >= 1_000_000:
-        seconds += 1
-        micros -= 1_000_000
-    if micros < 0:  # before 1970
-        return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if _second[0] != seconds:
-        _second[1] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[0] = seconds
-    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 @hookimpl

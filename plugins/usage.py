@@ -16,7 +16,8 @@ Where the numbers come from (always ``ctx.upstream_dialect``, so translated requ
 * Responses stream: the ``response`` of ``response.completed`` / ``response.incomplete`` /
   ``response.failed`` carries ``usage`` (``input_tokens`` with ``input_tokens_details.cached_tokens``,
   ``output_tokens``); ``error`` and ``response.failed`` are in-band errors.
-* Non-streamed responses: the body's ``usage``.
+* Non-streamed responses: the body's ``usage``, read from the body's end when it can
+  (:func:`last_member_usage`), else from the whole body parsed.
 
 Streams are read by :class:`StreamReader`, a response adapter that passes the bytes on and parses
 only the reads that may hold one of these events, so the core neither parses a stream into events
@@ -52,6 +53,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -560,18 +562,62 @@ def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
     status = ctx.upstream_status or 0
     if not 200 <= status < 300 or b'"usage"' not in body:
         return
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return
-    if not isinstance(payload, dict):
-        return
+    usage = last_member_usage(body)
+    if usage is _UNKNOWN:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(payload, dict):
+            return
+        usage = payload.get("usage")
     flags = _flags(ctx)
     if ctx.upstream_dialect == ANTHROPIC:
-        _set_anthropic(ctx, payload.get("usage"), replace=False)
+        _set_anthropic(ctx, usage, replace=False)
     elif ctx.upstream_dialect == RESPONSES:
-        _set_openai(ctx, payload.get("usage"), _RESPONSES_KEYS)
+        _set_openai(ctx, usage, _RESPONSES_KEYS)
     else:
-        _set_openai(ctx, payload.get("usage"))
+        _set_openai(ctx, usage)
     if ctx.usage is not None:
         flags["source"], flags["final"] = "body", True
+
+
+
+_UNKNOWN = object()
+_SCAN = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end), StopIteration if none
+_WS = r"[ \t\n\r]*"  # JSON's whitespace (json.decoder.WHITESPACE)
+_USAGE_KEY = re.compile(rf'"usage"{_WS}:{_WS}')
+#: What may follow the usage member to the body's end: up to 8 members with a plain name and a
+#: literal, a number, a plain string or an empty object or array (OpenAI puts a few there), then the
+#: final ``}``. Anything else costs the full parse.
+_SIMPLE = r'"[^"\\\x00-\x1f]*"'
+_LITERAL = rf"null|true|false|{_SIMPLE}|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|\{{{_WS}\}}|\[{_WS}\]"
+_TAIL = re.compile(rf"(?:{_WS},{_WS}{_SIMPLE}{_WS}:{_WS}(?:{_LITERAL})){{0,8}}{_WS}\}}{_WS}")
+
+
+def last_member_usage(body: bytes) -> Any:
+    """``json.loads(body)["usage"]`` read from the end of a JSON object, or :data:`_UNKNOWN`.
+
+    A whole body costs a full parse (every dict and string of the answer) for four numbers, while
+    the usual answer ends with ``usage`` or a few short members after it. The last ``"usage"`` key
+    is decoded with its value, and what follows must be :data:`_TAIL`: in JSON text that proves it a
+    member of the outermost object and the last of that name (the names after it are plain, none
+    is ``usage``). Anything else (a body not starting ``{`` in UTF-8, a ``"usage"`` that is a value
+    or nested deeper, any other tail, text that does not decode) is :data:`_UNKNOWN`: the caller
+    parses the whole body. Only the text before the member is not read: a body malformed there,
+    which the full parse refuses, still gives its usage.
+    """
+    if body[:1] != b"{" or body[1:2] == b"\x00":  # json.loads would guess UTF-16 or UTF-32
+        return _UNKNOWN
+    try:
+        text = body.decode()
+        start = text.rfind('"usage"')
+        if start < 1 or text[start - 1] == "\\":  # an escaped quote: inside a longer string
+            return _UNKNOWN
+        key = _USAGE_KEY.match(text, start)
+        if key is None:  # a value, not a key
+            return _UNKNOWN
+        usage, end = _SCAN(text, key.end())
+    except (ValueError, StopIteration):  # not UTF-8 (json.loads may still read it), or no JSON value there
+        return _UNKNOWN
+    return usage if _TAIL.fullmatch(text, end) is not None else _UNKNOWN
