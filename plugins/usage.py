@@ -582,7 +582,6 @@ def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
         flags["source"], flags["final"] = "body", True
 
 
-
 _UNKNOWN = object()
 _SCAN = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end), StopIteration if none
 _WS = r"[ \t\n\r]*"  # JSON's whitespace (json.decoder.WHITESPACE)
