@@ -197,9 +197,11 @@ file); its hooks."""
         secrets += [
             v for p in config.providers.values() for k, v in p.headers.items() if _SECRET_HEADER.search(k)
         ]
-        proxy_keys = config.plugin_settings("auth").get("keys")  # the first-party auth plugin's client keys
-        if isinstance(proxy_keys, list):
-            secrets += [k for k in proxy_keys if isinstance(k, str)]
+        auth = config.plugin_settings("auth")  # the first-party auth plugin's client and admin keys
+        for item in [*(auth.get("keys") or []), *(auth.get("admin_keys") or [])]:
+            key = item.get("key") if isinstance(item, dict) else item  # a key with limits is a mapping
+            if isinstance(key, str):
+                secrets.append(key)
         self.lines = Lines(Redactor(secrets + settings.redact), settings.log_bodies, settings.max_body_chars)
         self.file: TextIO | None = None
         self.batch = _Batch(self._write)

@@ -454,6 +454,21 @@ def test_access_lines_skip_logging_only_when_nothing_else_listens(monkeypatch):
 
 
 
+def test_access_log_redacts_every_configured_proxy_key():
+    """The auth plugin's keys are secrets of the log whatever their form: plain, a mapping with limits, admin."""
+    from ccproxy_core.config import build_config
+    from ccproxy_core.plugins import PluginSettings
+    from ccproxy_plugins import access_log
+
+    raw = provider_config("http://127.0.0.1:9")
+    raw["plugins"] = {"auth": {"keys": ["plain-proxy-key-1", {"name": "team", "key": "mapped-proxy-key-2", "rpm": 5}],
+                               "admin_keys": ["admin-proxy-key-3"]}}
+    config = build_config(raw, "test-config")
+    log = access_log.ccproxy_configure(config, PluginSettings("access_log", {}, "test-config"))
+    text = "plain-proxy-key-1 / mapped-proxy-key-2 / admin-proxy-key-3"
+    assert log.lines.redactor.value(text) == "[REDACTED] / [REDACTED] / [REDACTED]"
+
+
 def test_access_lines_are_made_when_their_batch_is_written(monkeypatch, tmp_path):
     """Inside a running loop a line is kept as fields and made (redacted JSON) when its batch is
     written: at the end of the loop iteration, or at once when MAX_PENDING lines wait."""
