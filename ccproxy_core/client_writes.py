@@ -84,17 +84,20 @@ class ChunkFrames:
         return cls(http, writer, protocol, gate)  # type: ignore[arg-type]
 
     def open(self) -> bool:
-        """True while :meth:`write` writes at once: the client keeps up, the body goes on, the connection is open."""
+        """True while :meth:`put` may write: the client keeps up, the body goes on, the connection is open."""
         return self.http.response_func is self.writer and self.gate.is_set() and not self.protocol.transport.is_closing()
 
     def write(self, data: bytes) -> bool:
         """Write one non-empty chunk; False (nothing written) when the client's buffer is full or the body ended."""
         if self.http.response_func is not self.writer or not self.gate.is_set():
             return False
-        protocol = self.protocol
-        transport = protocol.transport
-        if transport.is_closing():
+        if self.protocol.transport.is_closing():
             raise RequestCancelled
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        protocol._time = time.monotonic()
+        self.put(data)
         return True
+
+    def put(self, data: bytes) -> None:
+        """Write one non-empty chunk, unchecked: only after :meth:`open` said True, with no wait since."""
+        protocol = self.protocol
+        protocol.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        protocol._time = time.monotonic()

@@ -326,7 +326,7 @@ class Relay(ResponseStream):
             through.check(chunk)
             out = through.adapt(chunk)
             if out:
-                frames.write(out)
+                frames.put(out)  # open() held: nothing has waited since
                 self._sent(out, self._is_sse)
         except Exception as exc:
             self._sink_error = exc
