@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from ipaddress import ip_address
 from typing import Any
 
 from sanic import Sanic
@@ -54,10 +55,13 @@ def _reserve(app: Sanic, _loop: Any = None) -> None:
         if settings.get("sock") is not None or settings.get("unix") or settings.get("version") == 3:
             continue
         host, port = settings["host"], settings["port"]
-        family, *_, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        try:  # the family as Sanic's bind_socket picks it: an IP address's own, else IPv4
+            family = socket.AF_INET6 if ip_address(host).version == 6 else socket.AF_INET
+        except ValueError:
+            family = socket.AF_INET
         sock = _group_socket(family)
         try:
-            sock.bind(address)
+            sock.bind((host, port))
         except OSError:
             sock.close()
             raise
