@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from ccproxy_core.listen import use_per_worker_sockets  # noqa: E402
 from tests.mock_upstream.content import STAMP  # noqa: E402
 from tests.mock_upstream.request import RecordedRequest  # noqa: E402
 from tests.mock_upstream.routes import dialect_of, route  # noqa: E402
@@ -53,6 +54,7 @@ app.config.REQUEST_MAX_SIZE = 32 * 1024 * 1024
 app.config.RESPONSE_TIMEOUT = 365 * 24 * 3600
 app.config.KEEP_ALIVE_TIMEOUT = 75
 app.config.NOISY_EXCEPTIONS = False
+use_per_worker_sockets(app)  # the proxy's default under --workers N
 #: (path, x-mock-* headers, body) -> the answer to a request with ``x-mock-fixed-ids`` (bounded).
 _answers: dict[tuple[object, ...], _Answer] = {}
 

@@ -202,6 +202,8 @@ class Config:
     state: StateSettings = field(default_factory=StateSettings)
     #: Seconds in-flight responses may run on after SIGTERM before they are ended with an error.
     shutdown_grace: float = 30.0
+    #: Under ``--workers N`` on Linux, each worker listens on a socket of its own (``SO_REUSEPORT``).
+    per_worker_sockets: bool = True
     #: Seconds an upstream's model list (``GET /v1/models``) is kept before it is fetched again.
     model_list_ttl: float = 600.0
     #: ``disabled``/``enabled`` lists and per-plugin settings, by plugin name.

@@ -20,6 +20,7 @@ from .config import Config, Limits, ProviderConfig, load_config
 from .context import ANTHROPIC, OPENAI, REJECTED, RESPONSES
 from .errors import ConfigError, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge, ProxyError
 from .intake import DeadlineProtocol, Intake
+from .listen import use_per_worker_sockets
 from .headers import REQUEST_ID_HEADER, request_id
 from .plugins import Plugins
 from .models import ModelCatalog, list_payload
@@ -255,6 +256,8 @@ def create_app(
     app.ctx.plugins = loaded
     app.ctx.started_at = time.time()
     intake = app.ctx.intake = Intake(config, loaded)
+    if config.per_worker_sockets:
+        use_per_worker_sockets(app)
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:
