@@ -5,6 +5,7 @@
     python bench/ab.py --variant base= --variant try=@/tmp/experiment.py --phase stream
     python bench/ab.py --variant off=%off --variant memory=%memory --variant redis=%redis://127.0.0.1:6379
     python bench/ab.py --routes --phase stream           # each route alone: CPU per event, per route
+    python bench/ab.py --variant floor=!floor --variant fwd=!forwarder --variant core=providers --variant all=
 
 On a shared, noisy machine two runs minutes apart differ by more than most effects
 worth measuring, so every set-up runs at once (each its own ``sanic app.app`` process on
@@ -18,7 +19,8 @@ installed plugin), optionally followed by ``@FILE`` — a Python file executed i
 proxy before the app is imported (``bench/profiled_proxy.py --patch``), to measure a
 hot-path change without editing the project, and/or ``%GATEWAY``: the load client's keys as
 client keys, plain (``off``) or with limits counted in a state backend (``memory``,
-``sqlite:PATH``, ``redis://...``; see ``run.proxy_config``).
+``sqlite:PATH``, ``redis://...``; see ``run.proxy_config``). ``NAME=!floor`` and ``NAME=!forwarder`` run
+``bench/floor.py`` and ``bench/forwarder.py`` (a bare forwarder to the mock, JSON only) in the proxy's place.
 
 ``--routes`` measures each route of ``run.ROUTES`` alone for every variant (a unit per variant and route,
 visited in the same interleaved rounds) and prints each route's ratio to the mean of the others, round by
@@ -58,13 +60,17 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
                          enabled_plugins=[p for p in plugins.split(",") if p] or None if plugins else None,
                          gateway=gateway or None)
         port = run.free_port()
-        if patch:
+        env = {"CCPROXY_CONFIG": str(cfg)}
+        sanic = str(Path(sys.executable).with_name("sanic"))
+        if rest.startswith("!"):  # a measuring stick instead of the proxy
+            app = {"!floor": "bench.floor:app", "!forwarder": "bench.forwarder:app"}[rest]
+            argv = [sanic, app, "--single-process", "--host", "127.0.0.1", "--port", str(port)]
+            env = {"FORWARDER_UPSTREAM": f"127.0.0.1:{ports['port']}"}
+        elif patch:
             argv = [sys.executable, str(HERE / "profiled_proxy.py"), "--port", str(port), "--patch", patch]
         else:
-            sanic = Path(sys.executable).with_name("sanic")
-            argv = [str(sanic), "app.app", "--single-process", "--host", "127.0.0.1", "--port", str(port)]
-        v = run.Variant(name, Target(name, "127.0.0.1", port), "proxy", False, argv=argv,
-                        env={"CCPROXY_CONFIG": str(cfg)})
+            argv = [sanic, "app.app", "--single-process", "--host", "127.0.0.1", "--port", str(port)]
+        v = run.Variant(name, Target(name, "127.0.0.1", port), "proxy", False, argv=argv, env=env)
         variants.append(v)
     bench = run.Bench(run.QUICK, children, tmp)
     procs = {}

@@ -94,8 +94,9 @@ def stream_requests(t: Target) -> list[Request]:
 
 async def spread(unit: Unit, trials: int = 3) -> str:
     """How ``unit``'s server (two workers) spreads 32 new connections over its workers, ``trials`` times, e.g.
-    ``"32/0, 18/14, 27/5"``: Sanic's workers share one listening socket, and whichever wakes first accepts
-    every connection pending."""
+    ``"18/14, 16/16, 19/13"``: each worker listens on a socket of its own and the kernel hashes each new
+    connection to one (``per_worker_sockets``); with Sanic's one shared socket, whichever worker wakes first
+    accepts every connection pending (``"32/0"``)."""
     out = []
     for _ in range(trials):
         conns = await loadgen.connect_many(unit.target, 32)
