@@ -23,7 +23,7 @@ Cost: the request path only keeps plain values (:class:`Span`, a slots object pe
 attributes); the SDK's span objects, with their attribute checks and locks, are never made there. The SDK
 still decides what it does well: the sampler (``OTEL_TRACES_SAMPLER(_ARG)``, asked once per trace: a client
 span follows its server span, as every standard sampler decides), the resource, the ids, the batch
-processor (``OTEL_BSP_*``: its queue is bounded, a span beyond it is dropped and counted) and the OTLP
+processor (``OTEL_BSP_*``: its queue is bounded, beyond it the oldest span is dropped and logged) and the OTLP
 exporter (``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``, ``_HEADERS``, ``_TIMEOUT``, ``_COMPRESSION``). Each
 ended span goes to the batch processor as it is; its thread turns a batch into the SDK's ``ReadableSpan``
 objects (:class:`Export`) and encodes and posts them. ``OTEL_SERVICE_NAME`` (default ``ccproxy``) and

@@ -255,3 +255,15 @@ def test_batches_wait_for_the_schedule_and_shutdown_flushes(mock: Any, receiver:
         post(proxy, {**ANTHROPIC_BODY, "stream": False})
     assert len(receiver.spans) == 8 and len(receiver.paths) == 2
     assert len({s.trace_id for s in receiver.spans}) == 4
+
+
+def test_sdk_disabled(mock: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_SDK_DISABLED=true``: no span, no context of the proxy's upstream (a client's passes through)."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    with ProxyThread(otel_config(mock)) as proxy:
+        post(proxy)
+        assert mock.requests[-1].header("traceparent") is None
+        post(proxy, traceparent=traceparent)
+        assert mock.requests[-1].header("traceparent") == traceparent
+    assert receiver.spans == []
