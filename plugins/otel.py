@@ -251,7 +251,7 @@ class OtelPlugin:
         self._end(trace, span, _ns(ctx.started_at + attempt.elapsed) if attempt.elapsed is not None else None)
 
     @hookimpl(tryfirst=True)
-    def ccproxy_response_adapter(self, ctx: RequestContext) -> Reader | None:
+    def ccproxy_response_adapter(self, ctx: RequestContext) -> AnthropicReader | None:
         """An upstream stream (Anthropic's or Chat Completions'): a reader of its model and finish reasons,
         first in the chain so it sees the upstream's bytes. Undecodable bodies are passed unread."""
         trace = ctx.state.get(NAME)
