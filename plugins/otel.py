@@ -58,7 +58,7 @@ NAME = "otel"
 OPERATION = "chat"
 #: OTLP's span kinds, as the SDK's ``SpanKind`` values (the SDK is imported only when enabled).
 SERVER, CLIENT = 1, 2
-SAMPLED = 0x01  # W3C trace flags: sampled (0x02: the trace id is random)
+SAMPLED, RANDOM = 0x01, 0x02  # W3C trace flags: sampled, the trace id is random
 
 
 @dataclass
@@ -162,7 +162,7 @@ class OtelPlugin:
         self.provider = provider
         self.sampler = provider.sampler
         self.ids = provider.id_generator
-        self.random = SAMPLED * 2 if self.ids.is_trace_id_random() else 0
+        self.random = RANDOM if self.ids.is_trace_id_random() else 0
         self.propagator = TraceContextTextMapPropagator()
         self.root = Context()
         self.server_kind = SpanKind.SERVER
@@ -188,7 +188,7 @@ class OtelPlugin:
         if parent is None:
             trace_id, random = self.ids.generate_trace_id(), self.random
         else:
-            trace_id, random = parent.trace_id, parent.trace_flags & (SAMPLED * 2)
+            trace_id, random = parent.trace_id, parent.trace_flags & RANDOM
         decision = self.sampler.should_sample(context, trace_id, OPERATION, self.server_kind)
         sampled = decision.decision.is_sampled()
         trace = ctx.state[NAME] = Trace((trace_id, random | (SAMPLED if sampled else 0), decision.trace_state))
