@@ -3,11 +3,15 @@
 A streamed, a translated, a failed (retried) and a fallback request go through a proxy whose exporter
 points (by the standard ``OTEL_*`` variables) at :class:`Receiver`; the spans it decoded are checked for
 their kind, GenAI attributes, parent links, the incoming ``traceparent`` continued and forwarded upstream.
+Then the standard variables the plugin leaves to the SDK: the sampler, the batch processor's bounded queue
+and schedule (shutdown exports what is left).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags  # noqa: E402
 
 from tests.servers import ANTHROPIC_BODY, OPENAI_BODY, ProxyThread, closed_port, provider_config  # noqa: E402
 
@@ -34,11 +39,17 @@ class Receiver:
         self.spans: list[Any] = []
         self.resources: list[Any] = []
         self.paths: list[str] = []
+        #: Set on each export's arrival; an export is answered once ``gate`` is set (it is, unless cleared).
+        self.posted = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.posted.set()
+                receiver.gate.wait(10)
                 export = ExportTraceServiceRequest.FromString(body)
                 receiver.paths.append(self.path)
                 for resource_spans in export.resource_spans:
@@ -153,3 +164,106 @@ def test_off_unless_configured(mock: Any) -> None:
         impls = {hook: {name for name, _, _ in proxy.app.ctx.plugins.impls(hook)}
                  for hook in ("ccproxy_request_head", "ccproxy_request_headers", "ccproxy_stream_end")}
     assert all("otel" not in names for names in impls.values())
+
+
+def post(proxy: ProxyThread, body: dict[str, Any] = ANTHROPIC_BODY, **headers: str) -> httpx.Response:
+    response = httpx.post(proxy.url + "/v1/messages", json=body, headers=headers, timeout=10)
+    assert response.status_code == 200
+    return response
+
+
+def otel_config(mock: Any) -> dict[str, Any]:
+    return {**provider_config(mock.url), "plugins": {"otel": {"enabled": True}}}
+
+
+def test_stream_of_an_openai_upstream(mock: Any, receiver: Receiver) -> None:
+    """The answer's model and finish reason, read from a Chat Completions stream as it passes."""
+    with ProxyThread(otel_config(mock)) as proxy:
+        response = httpx.post(proxy.url + "/v1/chat/completions", json=OPENAI_BODY, timeout=10)
+        assert response.status_code == 200 and b"[DONE]" in response.content
+    (server,) = [s for s in receiver.spans if s.kind == s.SPAN_KIND_SERVER]
+    a = attrs(server)
+    assert a["gen_ai.provider.name"] == "openai" and a["gen_ai.response.model"].startswith("gpt-4o")
+    assert a["gen_ai.response.finish_reasons"] == ["stop"]
+    (client,) = [s for s in receiver.spans if s.kind == s.SPAN_KIND_CLIENT]
+    assert attrs(client)["gen_ai.response.finish_reasons"] == ["stop"]
+
+
+def test_sampler_from_the_environment(mock: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``parentbased_always_off``: a new trace is not recorded, yet its context goes upstream unsampled; a
+    sampled incoming parent is followed, an unsampled one too; a malformed ``traceparent`` starts a new trace."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+    state = "vendor=a1b2,other=x"
+    with ProxyThread(otel_config(mock)) as proxy:
+        post(proxy)
+        root = mock.requests[-1].header("traceparent")
+        post(proxy, traceparent="00-not-a-valid-traceparent-01")
+        malformed = mock.requests[-1].header("traceparent")
+        post(proxy, traceparent=f"00-{TRACE_ID}-{PARENT_ID}-00")
+        unsampled = mock.requests[-1].header("traceparent")
+        post(proxy, traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01", tracestate=state)
+        sampled, sampled_state = mock.requests[-1].header("traceparent"), mock.requests[-1].header("tracestate")
+    for header in (root, malformed):
+        version, trace_id, span_id, flags = header.split("-")
+        assert trace_id != TRACE_ID and len(trace_id) == 32 and int(flags, 16) & 1 == 0
+    assert unsampled.startswith(f"00-{TRACE_ID}-") and unsampled.endswith("-00")
+    assert sampled.startswith(f"00-{TRACE_ID}-") and sampled.endswith("-01") and sampled_state == state
+    assert {s.trace_id.hex() for s in receiver.spans} == {TRACE_ID} and len(receiver.spans) == 2
+    (server,) = [s for s in receiver.spans if s.kind == s.SPAN_KIND_SERVER]
+    assert server.parent_span_id.hex() == PARENT_ID and server.trace_state == state
+    assert server.flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK  # its parent came from another process
+    (client,) = [s for s in receiver.spans if s.kind == s.SPAN_KIND_CLIENT]
+    assert sampled == f"00-{TRACE_ID}-{client.span_id.hex()}-01" and client.parent_span_id == server.span_id
+
+
+def test_queue_is_bounded(mock: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+                          caplog: pytest.LogCaptureFixture) -> None:
+    """``OTEL_BSP_MAX_QUEUE_SIZE``: while an export is stuck, ended spans wait in a queue of that size; the
+    oldest are dropped (the SDK logs it), and the newest are exported once the receiver answers."""
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "2")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
+    receiver.gate.clear()
+    caplog.set_level(logging.WARNING, logger="opentelemetry.sdk._shared_internal")
+    with ProxyThread(otel_config(mock)) as proxy:
+        post(proxy)
+        assert receiver.posted.wait(10)  # the first span's export, held by the receiver
+        ids = [post(proxy).headers["x-ccproxy-request-id"] for _ in range(4)]  # 8 more spans: 6 dropped
+        receiver.gate.set()
+    assert "Queue full, dropping Span." in caplog.text
+    assert len(receiver.paths) == 3 and len(receiver.spans) == 3
+    kept = receiver.spans[1:]  # the last request's client span, then its server span
+    assert [s.kind for s in kept] == [kept[0].SPAN_KIND_CLIENT, kept[0].SPAN_KIND_SERVER]
+    assert attrs(kept[1])["ccproxy.request_id"] == ids[-1] and kept[0].parent_span_id == kept[1].span_id
+
+
+def test_batches_wait_for_the_schedule_and_shutdown_flushes(mock: Any, receiver: Receiver,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_BSP_SCHEDULE_DELAY`` and ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``: spans wait for a batch; stopping
+    the proxy exports them all."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "6")
+    with ProxyThread(otel_config(mock)) as proxy:
+        post(proxy)
+        post(proxy)
+        time.sleep(0.3)
+        assert receiver.spans == []  # 4 spans: fewer than a batch, the delay not over
+        post(proxy)  # 6: a batch
+        deadline = time.monotonic() + 10
+        while len(receiver.spans) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(receiver.spans) == 6 and len(receiver.paths) == 1
+        post(proxy, {**ANTHROPIC_BODY, "stream": False})
+    assert len(receiver.spans) == 8 and len(receiver.paths) == 2
+    assert len({s.trace_id for s in receiver.spans}) == 4
+
+
+def test_sdk_disabled(mock: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_SDK_DISABLED=true``: no span, no context of the proxy's upstream (a client's passes through)."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    with ProxyThread(otel_config(mock)) as proxy:
+        post(proxy)
+        assert mock.requests[-1].header("traceparent") is None
+        post(proxy, traceparent=traceparent)
+        assert mock.requests[-1].header("traceparent") == traceparent
+    assert receiver.spans == []
