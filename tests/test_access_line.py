@@ -124,3 +124,14 @@ def test_kept_name_parts_are_bounded(monkeypatch):
         ctx.model_requested = f"m-{i}"
         assert log.line(log.fields(ctx, ctx.state.get("access_log") or {})) == expected(log, ctx)
         assert len(log.name_parts) <= 10
+
+
+def test_milliseconds_are_the_rounded_float_repr():
+    """``_ms`` writes ``round(seconds * 1000, 1)`` as the encoder does, for every magnitude, ties included."""
+    rng = random.Random(13)
+    values = [0.0, -0.0, -1e-9, 0.00025, 0.00015, 0.00005, 9.99999999e9, 1e10, -1e10, 1.0, 7, True, None, math.nan]
+    values += [rng.choice([1, -1]) * 10 ** rng.uniform(-10, 11) for _ in range(20000)]
+    values += [round(rng.uniform(-1e3, 1e3), 3) + 0.00005 for _ in range(2000)]
+    for seconds in values:
+        expected_ms = None if seconds is None else round(seconds * 1000, 1)
+        assert access_line._ms(seconds) == ENCODER.encode(expected_ms), seconds
