@@ -188,8 +188,13 @@ class Lines:
             f'"duration_ms":{_ms(duration)},"bytes_sent":{_json(bytes_sent)},"events_sent":{_json(events_sent)},'
             f'"usage":{_usage(usage)},"usage_partial":{_json(usage_partial)},"cost_usd":{_json(cost)},'
             f'"attempts":[{attempt(attempts[0]) if len(attempts) == 1 else ",".join([attempt(a) for a in attempts])}],'
-            f'"fallback":{"true" if len(attempts) > 1 else "false"},"error":{free(message)},"error_kind":{free(kind)}'
+            f'"fallback":{"true" if len(attempts) > 1 else "false"},'
         )
+        if message is None and kind is None:  # the usual line
+            line += '"error":null,"error_kind":null'
+        else:
+            line += f'"error":{free(message)},"error_kind":{free(kind)}'
+
         if bodies is None:
             return line + "}"
         return self.redactor.text(f"{line}{bodies}}}")  # bodies hold text anywhere: the whole line, as JSON text
@@ -275,9 +280,8 @@ def _iso(timestamp: float) -> str:
     The date and time of day are formatted once per second; the microseconds are rounded
     half-even as ``datetime`` does, then cut to milliseconds as ``isoformat`` does.
     """
-    frac, whole = math.modf(timestamp)
-    seconds = int(whole)
-    micros = round(frac * 1e6)
+    seconds = int(timestamp)  # toward zero, as math.modf: the difference is exact
+    micros = round((timestamp - seconds) * 1e6)
     if micros >= 1_000_000:
         seconds += 1
         micros -= 1_000_000
@@ -286,4 +290,4 @@ def _iso(timestamp: float) -> str:
     if _second[0] != seconds:
         _second[1] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _second[0] = seconds
-    return f"{_second[1]}.{micros // 1000:03d}Z"
+    return "%s.%03dZ" % (_second[1], micros // 1000)

@@ -135,3 +135,16 @@ def test_milliseconds_are_the_rounded_float_repr():
     for seconds in values:
         expected_ms = None if seconds is None else round(seconds * 1000, 1)
         assert access_line._ms(seconds) == ENCODER.encode(expected_ms), seconds
+
+
+def test_time_is_the_datetime_iso_format():
+    """``_iso`` writes what ``datetime`` writes, microseconds rounded half-even, then cut to milliseconds."""
+    from datetime import datetime, timezone
+
+    rng = random.Random(5)
+    values = [0.0, -1.5, -0.0000001, 1_700_000_000.9999996, 1_700_000_000.0005, 1_700_000_000.0000005, 7]
+    values += [rng.uniform(0, 4e9) for _ in range(5000)] + [rng.randrange(10**9, 2 * 10**9) + rng.randrange(10**6) / 1e6
+                                                          for _ in range(5000)]
+    for timestamp in values:
+        text = datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert access_line._iso(timestamp) == text, timestamp
