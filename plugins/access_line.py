@@ -26,9 +26,13 @@ SENSITIVE_KEYS = frozenset(
     {"api_key", "apikey", "x_api_key", "authorization", "proxy_authorization", "password", "secret",
      "client_secret", "access_token", "refresh_token", "id_token", "token", "cookie", "set_cookie"}
 )
+#: Each alternative of the redaction patterns starts with a literal character (hence "bearer" in any case
+#: as "b" or "B", then the rest in any case), so the regex engine looks for a match only where one of those
+#: characters is, instead of trying every alternative at every position of the text.
 _KEY_LIKE = (
     r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{6,}",  # Anthropic, OpenAI and most OpenAI-compatible keys
-    r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
+    r"b(?i:earer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
+    r"B(?i:earer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
 )
 #: The fields of the part of a line that :meth:`Lines.names` keeps, and of an attempt's; of these
 #: ``_REDACTED_NAMES`` come from a client, an upstream or a config and are redacted. The other fields

@@ -148,3 +148,20 @@ def test_time_is_the_datetime_iso_format():
     for timestamp in values:
         text = datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         assert access_line._iso(timestamp) == text, timestamp
+
+
+def test_redaction_finds_what_one_case_insensitive_bearer_found():
+    """The redaction patterns spell "bearer" as "b" or "B" and the rest in any case (so each alternative
+    starts with a literal): the same matches as ``(?i:bearer)``, with the letters that fold oddly around."""
+    import re
+
+    spec = re.compile("|".join([re.escape(SECRET), r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{6,}",
+                                r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*"]))
+    redactor = access_line.Redactor([SECRET])
+    rng = random.Random(3)
+    alphabet = "bBeEaArRsSkK-\u017f\u212a\u0131\u0130 \t\n_x0123456789abcdefABCDEF.~+/="
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(30)))
+        at = rng.randrange(len(text) + 1)
+        text = text[:at] + rng.choice(["", "bearer ", "BeArEr\t", "bEARER\n", "sk-", SECRET, "Bearer "]) + text[at:]
+        assert redactor.value(text) == spec.sub(access_line.REDACTED, text), text
