@@ -1,8 +1,9 @@
 """The access log's line: a request's fields as one JSON line, redacted (the ``access_log`` plugin writes it).
 
 A line is made by :meth:`Lines.line` as text, field by field, exactly as ``json.dumps`` writes its
-fields (:func:`_json`); the names a request carries (route, dialects, key, provider, models) repeat from
-request to request, so their part of the line is made once and kept (:meth:`Lines.names`). Only the
+fields (:func:`_json`); the names a request carries (route, dialects, key, provider, models) and its
+stream flag, statuses and outcome repeat from request to request, so their part of the line is made
+once and kept (:meth:`Lines.names`), and so is an attempt's part without its time. Only the
 fields that come from a client, an upstream or a config are redacted; with bodies, the whole line is.
 """
 
@@ -25,18 +26,25 @@ SENSITIVE_KEYS = frozenset(
     {"api_key", "apikey", "x_api_key", "authorization", "proxy_authorization", "password", "secret",
      "client_secret", "access_token", "refresh_token", "id_token", "token", "cookie", "set_cookie"}
 )
+#: Each alternative of the redaction patterns starts with a literal character (hence "bearer" in any case
+#: as "b" or "B", then the rest in any case), so the regex engine looks for a match only where one of those
+#: characters is, instead of trying every alternative at every position of the text.
 _KEY_LIKE = (
     r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{6,}",  # Anthropic, OpenAI and most OpenAI-compatible keys
-    r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
+    r"b(?i:earer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
+    r"B(?i:earer)\s+[A-Za-z0-9._~+/\-]{8,}=*",
 )
 #: The fields of the part of a line that :meth:`Lines.names` keeps, and of an attempt's; of these
 #: ``_REDACTED_NAMES`` come from a client, an upstream or a config and are redacted. The other fields
 #: that can hold a secret (redacted in :meth:`Lines.free`) are ``request_id``,
 #: ``upstream_request_id``, ``error`` and ``error_kind``, and an attempt's ``error``; everything else is a
 #: number, a flag or one of the proxy's own words (with bodies the whole line is redacted instead).
-_NAMES = ("method", "route", "client_dialect", "key", "provider", "upstream_dialect", "model_requested", "model")
-_ATTEMPT_NAMES = ("provider", "model")
-_REDACTED_NAMES = frozenset({"route", "provider", "model_requested", "model"})
+_NAMES = ("method", "route", "client_dialect", "key", "provider", "upstream_dialect", "model_requested", "model",
+          "stream", "status", "upstream_status", "outcome")
+_ATTEMPT_NAMES = ("provider", "model", "status", "error", "error_kind")
+_REDACTED_NAMES = frozenset({"route", "provider", "model_requested", "model", "error"})
+#: Classes of a kept part's number fields (statuses): never a flag or a float, which equal an int as a key.
+_STATUS = (int, type(None))
 #: Name parts :meth:`Lines.names` keeps (model names come from clients: a bound); past it they start over.
 MAX_NAME_PARTS = 4096
 
@@ -165,28 +173,32 @@ class Lines:
         return (
             ctx.started_at, ctx.request_id, headers.get("request-id") or headers.get("x-request-id"),
             (ctx.method, ctx.route, ctx.client_dialect, ctx.client_key, ctx.provider, ctx.upstream_dialect,
-             ctx.model_requested, ctx.model),
-            ctx.stream, ctx.status, ctx.upstream_status, ctx.outcome, ctx.t_upstream_headers, ctx.t_first_byte,
+             ctx.model_requested, ctx.model, ctx.stream, ctx.status, ctx.upstream_status, ctx.outcome),
+            ctx.t_upstream_headers, ctx.t_first_byte,
             ctx.duration, ctx.bytes_sent, ctx.events_sent, ctx.usage, ctx.usage_partial, ctx.cost, ctx.attempts,
             message, kind, bodies,
         )
 
     def line(self, fields: tuple[Any, ...]) -> str:
         """The request's line from its :meth:`fields`: as ``json.dumps`` writes them, redacted."""
-        (started_at, request_id, upstream_request_id, names, stream, status, upstream_status, outcome,
-         t_upstream_headers, t_first_byte, duration, bytes_sent, events_sent, usage, usage_partial, cost, attempts,
-         message, kind, bodies) = fields
+        (started_at, request_id, upstream_request_id, names, t_upstream_headers, t_first_byte, duration, bytes_sent,
+         events_sent, usage, usage_partial, cost, attempts, message, kind, bodies) = fields
         free = self.free
+        attempt = self.attempt
         line = (
             f'{{"time":"{_iso(started_at)}","pid":{self.pid},"request_id":{free(request_id)},'
-            f'"upstream_request_id":{free(upstream_request_id)},{self.names(names)},"stream":{_json(stream)},'
-            f'"status":{_json(status)},"upstream_status":{_json(upstream_status)},"outcome":{_json(outcome)},'
+            f'"upstream_request_id":{free(upstream_request_id)},{self.names(names)},'
             f'"t_upstream_headers_ms":{_ms(t_upstream_headers)},"t_first_byte_ms":{_ms(t_first_byte)},'
             f'"duration_ms":{_ms(duration)},"bytes_sent":{_json(bytes_sent)},"events_sent":{_json(events_sent)},'
             f'"usage":{_usage(usage)},"usage_partial":{_json(usage_partial)},"cost_usd":{_json(cost)},'
-            f'"attempts":[{",".join([self.attempt(a) for a in attempts])}],'
-            f'"fallback":{"true" if len(attempts) > 1 else "false"},"error":{free(message)},"error_kind":{free(kind)}'
+            f'"attempts":[{attempt(attempts[0]) if len(attempts) == 1 else ",".join([attempt(a) for a in attempts])}],'
+            f'"fallback":{"true" if len(attempts) > 1 else "false"},'
         )
+        if message is None and kind is None:  # the usual line
+            line += '"error":null,"error_kind":null'
+        else:
+            line += f'"error":{free(message)},"error_kind":{free(kind)}'
+
         if bodies is None:
             return line + "}"
         return self.redactor.text(f"{line}{bodies}}}")  # bodies hold text anywhere: the whole line, as JSON text
@@ -200,39 +212,63 @@ class Lines:
         return encode_basestring(value)
 
     def names(self, values: tuple[Any, ...]) -> str:
-        """The fields ``method`` to ``model`` (:data:`_NAMES`) of the line: made once per set of values
+        """The fields ``method`` to ``outcome`` (:data:`_NAMES`) of the line: made once per set of values
         (:data:`MAX_NAME_PARTS` sets), as they repeat."""
-        try:
-            return self.name_parts[values]
-        except (KeyError, TypeError):  # new, or a value that is no text and cannot be kept
-            return self.name_part(_NAMES, values)
+        if values[8].__class__ is bool and values[9].__class__ in _STATUS and values[10].__class__ in _STATUS:
+            try:
+                return self.name_parts[values]
+            except KeyError:
+                return self.name_part(_NAMES, values, _texts(values[:8]) and _texts(values[11:]))
+            except TypeError:  # a value that cannot be a key
+                pass
+        return self.name_part(_NAMES, values, False)
 
     def attempt(self, attempt: Attempt) -> str:
-        """One attempt of the line's ``attempts``."""
-        values = (attempt.provider, attempt.model)
-        try:
-            names = self.name_parts[values]
-        except (KeyError, TypeError):
-            names = self.name_part(_ATTEMPT_NAMES, values)
-        return (f'{{{names},"status":{_json(attempt.status)},"error":{self.free(attempt.error)},'
-                f'"error_kind":{_json(attempt.error_kind)},"elapsed_ms":{_ms(attempt.elapsed)}}}')
+        """One attempt of the line's ``attempts``; its part without the time kept as :meth:`names` does
+        (not with an error: that is free text)."""
+        values = (attempt.provider, attempt.model, attempt.status, attempt.error, attempt.error_kind)
+        if values[3] is None and values[2].__class__ in _STATUS:
+            try:
+                part = self.name_parts[values]
+            except KeyError:
+                part = self.name_part(_ATTEMPT_NAMES, values, _texts(values[:2]) and _texts(values[4:]))
+            except TypeError:
+                part = self.name_part(_ATTEMPT_NAMES, values, False)
+        else:
+            part = self.name_part(_ATTEMPT_NAMES, values, False)
+        return f'{{{part},"elapsed_ms":{_ms(attempt.elapsed)}}}'
 
-    def name_part(self, keys: tuple[str, ...], values: tuple[Any, ...]) -> str:
-        """``"key":value,...`` of ``keys`` and ``values``, redacted; kept when the values are text or None
-        (a value equal to a kept one is then the same text: no number or flag passes for another)."""
+    def name_part(self, keys: tuple[str, ...], values: tuple[Any, ...], keep: bool) -> str:
+        """``"key":value,...`` of ``keys`` and ``values``, redacted; kept when ``keep``: the caller checked that
+        each value is text or None, or at a number's place a flag or a status (:data:`_STATUS`), always the
+        same class there (a value equal to a kept one is then the same text: no number or flag passes for
+        another)."""
         part = ",".join(
             f'"{key}":{self.free(value) if key in _REDACTED_NAMES else _json(value)}'
             for key, value in zip(keys, values)
         )
-        if all(value is None or value.__class__ is str for value in values):
+        if keep:
             if len(self.name_parts) >= MAX_NAME_PARTS:
                 self.name_parts.clear()
             self.name_parts[values] = part
         return part
 
 
+def _texts(values: tuple[Any, ...]) -> bool:
+    """Every value is text (a ``str``, no subclass) or None."""
+    return all(value is None or value.__class__ is str for value in values)
+
+
 def _ms(seconds: float | None) -> str:
-    """Seconds as the line's milliseconds, ``round(seconds * 1000, 1)``, in JSON."""
+    """Seconds as the line's milliseconds, ``round(seconds * 1000, 1)``, in JSON.
+
+    Below 10**13 ms, ``"%.1f"`` writes what ``repr`` writes of that rounded float (both round the
+    exact binary value half to even, and 15 significant digits survive a float), in one step.
+    """
+    if seconds.__class__ is float:
+        ms = seconds * 1000
+        if -1e13 < ms < 1e13:  # (and not NaN)
+            return "%.1f" % ms
     if seconds is None:
         return "null"
     ms = round(seconds * 1000, 1)
@@ -248,9 +284,8 @@ def _iso(timestamp: float) -> str:
     The date and time of day are formatted once per second; the microseconds are rounded
     half-even as ``datetime`` does, then cut to milliseconds as ``isoformat`` does.
     """
-    frac, whole = math.modf(timestamp)
-    seconds = int(whole)
-    micros = round(frac * 1e6)
+    seconds = int(timestamp)  # toward zero, as math.modf: the difference is exact
+    micros = round((timestamp - seconds) * 1e6)
     if micros >= 1_000_000:
         seconds += 1
         micros -= 1_000_000
@@ -259,4 +294,4 @@ def _iso(timestamp: float) -> str:
     if _second[0] != seconds:
         _second[1] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _second[0] = seconds
-    return f"{_second[1]}.{micros // 1000:03d}Z"
+    return "%s.%03dZ" % (_second[1], micros // 1000)

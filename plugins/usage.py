@@ -451,15 +451,19 @@ def _is_usage_frame(frame: bytes) -> bool:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A positive count of a parsed JSON value (an ``int``, never a subclass: ``bool`` is none), else 0."""
+    return value if value.__class__ is int and value > 0 else 0
 
 
 def _set_anthropic(ctx: RequestContext, usage: Any, *, replace: bool) -> None:
     if not isinstance(usage, dict):
         return
     target = ctx.usage
-    if target is None:
-        target = ctx.usage = Usage()
+    if target is None:  # replace or not, each count is the one given, else 0: made at once
+        get = usage.get
+        ctx.usage = Usage(_int(get("input_tokens")), _int(get("output_tokens")), _int(get("cache_read_input_tokens")),
+                          _int(get("cache_creation_input_tokens")))
+        return
     for key in USAGE_KEYS:
         value = usage.get(key)
         if value is not None or not replace:
@@ -560,7 +564,7 @@ def read_event(ctx: RequestContext, event: Any) -> None:
 def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
     """A whole JSON response: its ``usage``."""
     status = ctx.upstream_status or 0
-    if not 200 <= status < 300 or b'"usage"' not in body:
+    if not 200 <= status < 300 or body.rfind(b'"usage"') < 0:  # rfind: it is near the end (and see _UNREAD)
         return
     usage = last_member_usage(body)
     if usage is _UNKNOWN:

@@ -124,3 +124,44 @@ def test_kept_name_parts_are_bounded(monkeypatch):
         ctx.model_requested = f"m-{i}"
         assert log.line(log.fields(ctx, ctx.state.get("access_log") or {})) == expected(log, ctx)
         assert len(log.name_parts) <= 10
+
+
+def test_milliseconds_are_the_rounded_float_repr():
+    """``_ms`` writes ``round(seconds * 1000, 1)`` as the encoder does, for every magnitude, ties included."""
+    rng = random.Random(13)
+    values = [0.0, -0.0, -1e-9, 0.00025, 0.00015, 0.00005, 9.99999999e9, 1e10, -1e10, 1.0, 7, True, None, math.nan]
+    values += [rng.choice([1, -1]) * 10 ** rng.uniform(-10, 11) for _ in range(20000)]
+    values += [round(rng.uniform(-1e3, 1e3), 3) + 0.00005 for _ in range(2000)]
+    for seconds in values:
+        expected_ms = None if seconds is None else round(seconds * 1000, 1)
+        assert access_line._ms(seconds) == ENCODER.encode(expected_ms), seconds
+
+
+def test_time_is_the_datetime_iso_format():
+    """``_iso`` writes what ``datetime`` writes, microseconds rounded half-even, then cut to milliseconds."""
+    from datetime import datetime, timezone
+
+    rng = random.Random(5)
+    values = [0.0, -1.5, -0.0000001, 1_700_000_000.9999996, 1_700_000_000.0005, 1_700_000_000.0000005, 7]
+    values += [rng.uniform(0, 4e9) for _ in range(5000)] + [rng.randrange(10**9, 2 * 10**9) + rng.randrange(10**6) / 1e6
+                                                          for _ in range(5000)]
+    for timestamp in values:
+        text = datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert access_line._iso(timestamp) == text, timestamp
+
+
+def test_redaction_finds_what_one_case_insensitive_bearer_found():
+    """The redaction patterns spell "bearer" as "b" or "B" and the rest in any case (so each alternative
+    starts with a literal): the same matches as ``(?i:bearer)``, with the letters that fold oddly around."""
+    import re
+
+    spec = re.compile("|".join([re.escape(SECRET), r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{6,}",
+                                r"(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*"]))
+    redactor = access_line.Redactor([SECRET])
+    rng = random.Random(3)
+    alphabet = "bBeEaArRsSkK-\u017f\u212a\u0131\u0130 \t\n_x0123456789abcdefABCDEF.~+/="
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(30)))
+        at = rng.randrange(len(text) + 1)
+        text = text[:at] + rng.choice(["", "bearer ", "BeArEr\t", "bEARER\n", "sk-", SECRET, "Bearer "]) + text[at:]
+        assert redactor.value(text) == spec.sub(access_line.REDACTED, text), text
