@@ -151,6 +151,7 @@ class ConnectionPool:
 
     def _release(self, conn: _Connection) -> None:
         """Take back a connection whose response was received completely."""
+        conn.sink = None  # an idle connection keeps nothing of the request it carried
         self._active -= 1
         self._busy.discard(conn)
         if conn.keep_alive and conn.state == _BUSY and not self._closed and self._max_keepalive:

@@ -88,7 +88,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         ``take`` is called from the connection's read callback with one chunk, only while this stream's
         reader waits in ``__anext__`` and nothing is queued: it returns True when it took the chunk (the
         reader goes on waiting: the chunk is not queued), False to leave it to the reader. It must not raise.
-        The connection forgets it when its next request begins.
+        The connection forgets it when it is given back or closed.
         """
         conn = self._conn
         if conn is None:
