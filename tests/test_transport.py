@@ -405,8 +405,9 @@ def test_a_closed_connection_is_freed_without_the_cycle_collector(run: Any) -> N
         def __del__(self) -> None:
             Taker.freed = True
 
-    def connections() -> list[Any]:
-        return [o for o in gc.get_objects() if type(o).__name__ == "_Connection"]
+    def connections(transport: FastTransport) -> list[Any]:
+        """``transport``'s connections still in memory (other tests' may be too)."""
+        return [o for o in gc.get_objects() if type(o).__name__ == "_Connection" and o._pool is transport]
 
     async def main() -> None:
         async with Server(OK_HELLO) as srv:
@@ -417,7 +418,7 @@ def test_a_closed_connection_is_freed_without_the_cycle_collector(run: Any) -> N
             await r.aclose()
             del r
             await asyncio.wait_for(srv.closed.wait(), 2)
-            await until(lambda: not connections())
+            await until(lambda: not connections(t))
             assert Taker.freed
             # A connection kept in the pool forgets its reader's sink when the stream closes.
             Taker.freed = False
