@@ -230,16 +230,9 @@ class Relay(ResponseStream):
             if sink is not None:
                 sink(None)
         self._cancellable = False
-        await self._end(response, parser, body_parts, adapter, is_sse)
+        await self._end(response, parser, through, is_sse)
 
-    async def _end(
-        self,
-        response: HTTPResponse,
-        parser: SSEParser | None,
-        body_parts: list[bytes] | None,
-        adapter: ResponseAdapter | None,
-        is_sse: bool,
-    ) -> None:
+    async def _end(self, response: HTTPResponse, parser: SSEParser | None, through: _Through, is_sse: bool) -> None:
         """The upstream body ended: the end-of-body observers, the adapter's tail (after its ``settle``), the
         last chunk.
 
@@ -248,6 +241,7 @@ class Relay(ResponseStream):
         waits for it). Then the tail and the last chunk; ``_done`` once it was handed over.
         """
         events = parser.flush() if parser is not None else ()
+        body_parts, adapter = through.parts, through.adapter
         if events or body_parts is not None:
             observing = self._observe_end(events, body_parts)
             if self.handler.end_hooks_suspend:

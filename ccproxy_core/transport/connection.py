@@ -154,7 +154,6 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         if self.chunks:
             self.chunks.clear()
         self.buffered = 0
-        self.sink = None
         if self._read_paused:
             self._read_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
