@@ -153,6 +153,15 @@ def _latency_goals(proxy: Mapping[str, Any], floor: Mapping[str, Any], direct: M
     ]
 
 
+def ceiling(one: Mapping[str, Any], two: Mapping[str, Any]) -> float | None:
+    """The most two workers' req/s can be over one worker's on 2 cores shared with the load client and the
+    mock, for a server whose CPU per request ``p`` does not grow with a second worker: one worker on a core
+    of its own serves 1 s ÷ ``p``; two cores serve 2 s ÷ (``p`` + the client's and mock's CPU per request
+    ``m``, measured at two workers). So 2p ÷ (p + m): the cheaper the server, the lower its ceiling."""
+    p, m = _num(one.get("cpu_us")), _num(two.get("rest_us"))
+    return None if not p or m is None else 2 * p / (p + m)
+
+
 def _workers_goals(workers: Mapping[str, Mapping[str, Any]]) -> list[Goal]:
     """Req/s of ``--workers 2`` over one worker as measured here, and the scaling efficiency (CPU per
     request, every process, of one worker ÷ of two): on 2 cores the load client and the mock take CPU
@@ -166,6 +175,10 @@ def _workers_goals(workers: Mapping[str, Mapping[str, Any]]) -> list[Goal]:
     detail = (f"{two.get('rps', 0):,.0f} vs {one.get('rps', 0):,.0f} req/s, p99 {_ms(two.get('p99'))} vs "
               f"{_ms(one.get('p99'))}" + (f"; floor 2w/1w {floor:.2f}x" if floor else "")
               + (f"; connections per worker {spread}" if spread else "") if r else "")
+    top, floor_top = ceiling(one, two), ceiling(f1, f2)
+    if r and top:
+        detail += (f"; this machine's ceiling {top:.2f}x" + (f" (floor's {floor_top:.2f}x)" if floor_top else "")
+                   + f": the load client and the mock take {_us(two.get('rest_us'))} per request of the two cores")
     e = ratio(one.get("cpu_us"), two.get("cpu_us"))
     fe = ratio(f1.get("cpu_us"), f2.get("cpu_us"))
     return [

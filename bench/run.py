@@ -324,8 +324,10 @@ class Bench:
 # -- main ----------------------------------------------------------------------------------------
 
 
-async def side_by_side(bench: Bench, p: Plan, upstream_port: int, transport: str | None, tmp: Path) -> dict[str, Any]:
-    """The workers and features phases (``bench/sidebyside.py``): set-ups started once, interleaved rounds."""
+async def side_by_side(bench: Bench, p: Plan, upstream_port: int, transport: str | None, tmp: Path,
+                       mock_pid: int | None = None) -> dict[str, Any]:
+    """The workers and features phases (``bench/sidebyside.py``): set-ups started once, interleaved rounds.
+    ``mock_pid``: the mock upstream's process, whose CPU the workers phase counts beside the servers'."""
     def floor(name: str, cpu: int | None = PROXY_CPU, workers: int = 1) -> Variant:
         port = free_port()
         return Variant(name, Target(name, "127.0.0.1", port), "floor", False, cpu=cpu,
@@ -343,7 +345,7 @@ async def side_by_side(bench: Bench, p: Plan, upstream_port: int, transport: str
 
     out: dict[str, Any] = {}
     for phase, run_phase in (
-        ("workers", lambda: sidebyside.workers(bench, scaled, p.workers_rounds, p.workers_seconds)),
+        ("workers", lambda: sidebyside.workers(bench, scaled, p.workers_rounds, p.workers_seconds, mock_pid)),
         ("features", lambda: sidebyside.features(bench, lambda name, kw: proxy(name, **kw), floor("floor"),
                                                   floor("otlp sink", CLIENT_CPU), tmp, p.features_rounds,
                                                   p.features_seconds)),
@@ -465,7 +467,7 @@ async def amain(args: argparse.Namespace, children: Children, tmp: Path) -> tupl
             log(f"{v.name} failed: {v.error}")
     side: dict[str, Any] = {}
     if not args.columns_only:
-        side = await side_by_side(bench, plan, ports["port"], transports[0], tmp)
+        side = await side_by_side(bench, plan, ports["port"], transports[0], tmp, up.pid)
     children.stop(up)
     report, judged = render(variants, plan, "quick" if args.quick else "full", probes, bench.startups,
                             time.perf_counter() - t_start, side)

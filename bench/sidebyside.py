@@ -10,6 +10,7 @@ a cost is the median of the per-round differences between two set-ups (paired ro
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import loadgen
 from loadgen import DIALECTS, Request, Target, build_request
+from goals import ceiling
 from procs import CLIENT_CPU, connections_by_process, cpu_seconds, free_port, pct, tree_cpu, tree_cpu_each
 
 if TYPE_CHECKING:
@@ -45,18 +47,24 @@ class Samples:
     body_bytes: list[float] = field(default_factory=list)
     latencies: list[int] = field(default_factory=list)
     errors: int = 0
+    #: CPU per request of everything else measured (the load client and the mock upstream), µs per round.
+    rest_us: list[float] = field(default_factory=list)
 
 
-async def interleave(units: list[Unit], rounds: int, seconds: float, cpu: Callable[[int], float]) -> dict[str, Samples]:
-    """``rounds`` rounds, each unit loaded ``seconds`` in turn (reversed every other round)."""
+async def interleave(units: list[Unit], rounds: int, seconds: float, cpu: Callable[[int], float],
+                     rest: Callable[[], float] | None = None) -> dict[str, Samples]:
+    """``rounds`` rounds, each unit loaded ``seconds`` in turn (reversed every other round). ``rest``, when
+    given, is the CPU seconds of everything else that serves the load (the load client, the mock upstream)."""
     out = {u.name: Samples() for u in units}
     for i in range(rounds):
         for u in units if i % 2 == 0 else units[::-1]:
-            c0 = cpu(u.pid)
+            c0, r0 = cpu(u.pid), rest() if rest else 0.0
             r = await loadgen.closed_loop(u.target, u.requests, u.concurrency, seconds)
             done = {"stream": r.streams, "event": r.events}.get(u.per, r.requests)
             s = out[u.name]
             s.cpu_us.append((cpu(u.pid) - c0) / max(1, done) * 1e6)
+            if rest:
+                s.rest_us.append((rest() - r0) / max(1, done) * 1e6)
             s.rps.append(r.requests / r.wall)
             s.body_bytes.append(r.body_bytes / max(1, done))
             s.latencies += r.latencies
@@ -113,11 +121,15 @@ async def spread(unit: Unit, trials: int = 3) -> str:
 
 
 async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rounds: int,
-                  seconds: float) -> dict[str, dict[str, Any]]:
+                  seconds: float, mock_pid: int | None = None) -> dict[str, dict[str, Any]]:
     """The proxy and the floor with one worker (pinned to CPU 0) and with ``--workers 2`` (not pinned), JSON at
     32 clients, closed loop: req/s (median over rounds), p50/p99 (pooled, ms) and CPU per request of each, and
     for two workers how new connections spread over them (:func:`spread`).
-    ``make(kind, workers)`` builds the set-up (``proxy 1w``, ``proxy 2w``, ``floor 1w``, ``floor 2w``)."""
+    ``make(kind, workers)`` builds the set-up (``proxy 1w``, ``proxy 2w``, ``floor 1w``, ``floor 2w``).
+
+    ``rest_us`` is the CPU per request of the load client (this process) and of the mock upstream
+    (``mock_pid``), which share the two cores with ``--workers 2``: with both cores busy, 2 s of CPU per
+    second ÷ (the server's CPU per request + ``rest_us``) is the most requests/s this machine can serve."""
     variants = [make(kind, n) for kind in ("proxy", "floor") for n in (1, 2)]
     procs = {}
     try:
@@ -127,7 +139,9 @@ async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rou
             await loadgen.closed_loop(u.target, u.requests, u.concurrency, 1.0)
         spreads = {u.name: await spread(u) for u in units if u.name.endswith("2w")}
         before = {u.name: tree_cpu_each(u.pid) for u in units}
-        got = await interleave(units, rounds, seconds, tree_cpu)
+        own = os.getpid()
+        got = await interleave(units, rounds, seconds, tree_cpu,
+                               lambda: cpu_seconds(own) + (tree_cpu(mock_pid) if mock_pid else 0.0))
         after = {u.name: tree_cpu_each(u.pid) for u in units}
     finally:
         stop_all(bench, procs)
@@ -136,7 +150,8 @@ async def workers(bench: run.Bench, make: Callable[[str, int], run.Variant], rou
         spent = [after[name][p] - before[name].get(p, 0.0) for p in after[name]]
         out[name] = {"rps": statistics.median(s.rps), "p50": pct(s.latencies, 50) / 1e6,
                      "p99": pct(s.latencies, 99) / 1e6, "cpu_us": statistics.median(s.cpu_us),
-                     "busiest": max(spent) / max(1e-9, sum(spent)), "errors": s.errors}
+                     "busiest": max(spent) / max(1e-9, sum(spent)), "errors": s.errors,
+                     "rest_us": statistics.median(s.rest_us)}
         if name in spreads:
             out[name]["spread"] = spreads[name]
     return out
@@ -236,19 +251,27 @@ def tables(side: dict[str, Any]) -> list[str]:
     if w:
         out += ["`--workers 2` beside one worker: JSON, 32 clients, closed loop, interleaved rounds (req/s: median "
                 "over rounds; latency: all rounds pooled). One worker is pinned to CPU 0; two are not pinned and "
-                "share CPU 1 with the load client and the mock upstream.", "",
+                "share CPU 1 with the load client and the mock upstream. **Ceiling**: the most 2w ÷ 1w can be on "
+                "these 2 cores for a server whose CPU per request p stays one worker's: one worker on a core of "
+                "its own serves 1 s ÷ p, two cores 2 s ÷ (p + m), m the load client's and the mock's CPU per "
+                "request at two workers; so 2p ÷ (p + m).", "",
                 "| set-up | requests/s | latency p50 / p99 (ms) | CPU per request (µs, all processes) | "
-                "busiest process's share of that CPU | 32 new connections per worker (3 trials) | errors |",
-                "|---|---|---|---|---|---|---|"]
+                "busiest process's share of that CPU | 32 new connections per worker (3 trials) | "
+                "load client + mock CPU per request (µs) | errors |",
+                "|---|---|---|---|---|---|---|---|"]
         for name, f in w.items():
+            rest = f.get("rest_us")
             out.append(f"| {name} | {f['rps']:,.0f} | {f['p50']:.2f} / {f['p99']:.2f} | {f['cpu_us']:,.0f} | "
-                       f"{f['busiest'] * 100:.0f} % | {f.get('spread', '—')} | {f['errors']} |")
+                       f"{f['busiest'] * 100:.0f} % | {f.get('spread', '—')} | "
+                       f"{'—' if rest is None else f'{rest:,.0f}'} | {f['errors']} |")
         for kind in ("proxy", "floor"):
             one, two = w.get(f"{kind} 1w"), w.get(f"{kind} 2w")
             if one and two and one["rps"] > 0:
+                top = ceiling(one, two)
                 out.append(f"| **{kind} 2w ÷ 1w** | **{two['rps'] / one['rps']:.2f}×** | p99 "
                            f"{two['p99'] / one['p99']:.2f}× | scaling efficiency 1w ÷ 2w "
-                           f"**{one['cpu_us'] / two['cpu_us']:.2f}** | | | |")
+                           f"**{one['cpu_us'] / two['cpu_us']:.2f}** | | | "
+                           f"{'' if top is None else f'ceiling **{top:.2f}×**'} | |")
         out.append("")
     f = side.get("features")
     if f:

@@ -94,3 +94,20 @@ def test_workers_scaling_efficiency_says_what_two_free_cores_would_give() -> Non
     assert ratio.detail.endswith("; connections per worker 32/0, 18/14")
     slower = {**measured, "proxy 2w": {**measured["proxy 2w"], "cpu_us": 500.0}}
     assert by_name(goals.judge(PROXY, FLOOR, DIRECT, workers=slower))[scaling.name].status == "FAIL"  # 0.80
+
+
+def test_workers_ceiling_is_what_two_shared_cores_allow() -> None:
+    """One worker serves 1 s ÷ 257 µs; two cores shared with a load client and a mock that take 80 µs per
+    request serve at most 2 s ÷ (257 + 80) µs: 2 × 257 ÷ 337 = 1.53× (the floor's: 2 × 92 ÷ 116 = 1.59×)."""
+    measured = {"proxy 1w": {"rps": 3902.0, "p99": 12.6, "cpu_us": 257.0},
+                "proxy 2w": {"rps": 5458.0, "p99": 13.7, "cpu_us": 286.0, "rest_us": 80.0},
+                "floor 1w": {"rps": 10884.0, "p99": 5.7, "cpu_us": 92.0},
+                "floor 2w": {"rps": 17422.0, "p99": 4.3, "cpu_us": 91.0, "rest_us": 24.0}}
+    assert round(goals.ceiling(measured["proxy 1w"], measured["proxy 2w"]), 2) == 1.53
+    assert goals.ceiling(measured["proxy 1w"], {"rps": 5458.0}) is None  # not measured: no ceiling
+    assert goals.ceiling({"cpu_us": 128.5}, {"rest_us": 80.0}) < 1.25  # a server twice as cheap: a lower ceiling
+    ratio = by_name(goals.judge(PROXY, FLOOR, DIRECT, workers=measured))[
+        "--workers 2 req/s vs 1 worker (JSON, same clients, p99 no worse)"]
+    assert ratio.status == "FAIL"
+    assert ratio.detail.endswith("; this machine's ceiling 1.53x (floor's 1.59x): the load client and the mock "
+                                 "take 80.0 us per request of the two cores")
