@@ -42,16 +42,6 @@ _METHODS: Final = {
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
-def _headers(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
-    """``httpx.Headers(raw)`` without its per-header normalising, which bytes from the parser do not need.
-
-    Builds httpx's own layout (``_list`` of (name, lower-case name, value); httpx is pinned below 0.29).
-    """
-    headers = httpx.Headers()
-    headers._list = [(name, name.lower(), value) for name, value in raw]
-    return headers
-
-
 class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
     """HTTP/1.1 transport on asyncio protocols and httptools, for ``httpx.AsyncClient``.
 
@@ -261,13 +251,16 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
         if conn.complete and not conn.chunks and conn.error is None:
             stream._conn = None  # HEAD / 204 / 304 / empty body: done already
             self._release(conn)
-        return httpx.Response(
+        response = httpx.Response(
             conn.status,
-            headers=_headers(conn.headers),
             stream=stream,
             extensions={"http_version": conn.http_version, "reason_phrase": conn.reason},
             request=request,
         )
+        # The parser's list is httpx's own layout already (name, lower-case name, value; httpx is pinned
+        # below 0.29): taken as it is, without httpx's per-header normalising. The next head gets a new list.
+        response.headers._list = conn.headers
+        return response
 
     # -- request helpers -------------------------------------------------------------
 
