@@ -41,10 +41,12 @@ END_WRITE_TIMEOUT = 2.0
 def _header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
     """``headers.multi_items()``, cheaper: lower-case names, from httpx's own layout (pinned below 0.29).
 
-    ASCII headers (nearly all) are decoded here; otherwise httpx's own guess of the encoding is used.
+    Headers that are UTF-8 (ASCII: nearly all) are decoded here, as httpx's guess of the encoding would
+    (ASCII, else UTF-8; ``decode()`` without an encoding name takes CPython's fastest path); otherwise
+    httpx's guess decides (ISO-8859-1).
     """
     try:
-        return [(k.decode("ascii"), v.decode("ascii")) for _, k, v in headers._list]
+        return [(k.decode(), v.decode()) for _, k, v in headers._list]
     except UnicodeDecodeError:
         return headers.multi_items()
 
