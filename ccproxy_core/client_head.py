@@ -43,7 +43,7 @@ class ClientHead(HTTPResponse):
         self.stream = None
         self.status = status
         names = "".join(headers)
-        if names.lower() == names:  # (str.islower() is 10x slower) the relay's dict: lower-case already, copied at C speed
+        if names.lower() == names:  # the relay's dict: lower-case already, copied at C speed (islower(): 10x slower)
             self.headers = dict(headers)  # type: ignore[assignment]
         else:
             self.headers = {name.lower(): value for name, value in headers.items()}  # type: ignore[assignment]
