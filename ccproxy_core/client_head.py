@@ -58,23 +58,21 @@ class ClientHead(HTTPResponse):
         if length.__class__ is int:  # Sanic sets it for a body written with the head
             headers["content-length"] = str(length)
         try:
-            lines = "\r\n".join(map(": ".join, headers.items()))  # one join at C speed
+            unsafe = _unsafe("".join(headers) + "".join(headers.values()))  # one scan for all
         except TypeError:  # a value that is not a str (a plugin's): written as text
             for name, value in headers.items():
                 if value.__class__ is not str:
                     headers[name] = f"{value}"
-            lines = "\r\n".join(map(": ".join, headers.items()))
-        breaks = len(headers) - 1
-        if (
-            lines.isascii() and lines.count("\n") == breaks and lines.count("\r") == breaks and "\x00" not in lines
-            and self.stream.__class__ is Http
-        ):
-            # Sanic's HTTP/1 writer makes each pair ``name: value\r\n``: one pair holding every line after the
-            # first name's ": " gives the same bytes in one encode instead of one format per header.
-            first, _, rest = lines.partition(": ")
-            return [(first.encode(), rest.encode())]  # ASCII: the UTF-8 codec is the fastest path
-        if _unsafe("".join(headers) + "".join(headers.values())):
+            unsafe = _unsafe("".join(headers) + "".join(headers.values()))
+        if unsafe:
             strip = _STRIP_UNSAFE
             return [(n.translate(strip).encode("ascii"), v.translate(strip).encode("utf-8", "surrogateescape"))
                     for n, v in headers.items()]
+        if headers and self.stream.__class__ is Http:
+            # Sanic's HTTP/1 writer makes each pair ``name: value\r\n``: one pair holding every line after the
+            # first name's ": " gives the same bytes in one join and one encode instead of a format per header.
+            lines = "\r\n".join(map(": ".join, headers.items()))
+            if lines.isascii():
+                first, _, rest = lines.partition(": ")
+                return [(first.encode(), rest.encode())]  # ASCII: the UTF-8 codec is the fastest path
         return [(name.encode("ascii"), value.encode("utf-8", "surrogateescape")) for name, value in headers.items()]
