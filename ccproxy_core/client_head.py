@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sanic.helpers import has_message_body
+from sanic.http import Http
 from sanic.response import HTTPResponse
 
 __all__ = ["ClientHead"]
@@ -29,7 +30,8 @@ class ClientHead(HTTPResponse):
 
     The headers are copied into a plain dict with lower-case names (the caller's dict is not
     touched). On the wire, names and values lose CR, LF and NUL as Sanic's sanitising removes
-    them, but the work is done only when one scan of them all finds such a character.
+    them, but the work is done only when one scan of them all finds such a character. Under Sanic's
+    HTTP/1 writer the lines go as one pair (see :attr:`processed_headers`): one encode in all.
     """
 
     __slots__ = ()
@@ -41,7 +43,7 @@ class ClientHead(HTTPResponse):
         self.stream = None
         self.status = status
         names = "".join(headers)
-        if names.lower() == names:  # the relay's dict: lower-case already, copied at C speed
+        if names.lower() == names:  # the relay's dict: lower-case already, copied at C speed (islower(): 10x slower)
             self.headers = dict(headers)  # type: ignore[assignment]
         else:
             self.headers = {name.lower(): value for name, value in headers.items()}  # type: ignore[assignment]
@@ -52,9 +54,12 @@ class ClientHead(HTTPResponse):
         headers: dict[str, Any] = self.headers  # type: ignore[assignment]
         if has_message_body(self.status):
             headers.setdefault("content-type", self.content_type)
+        length = headers.get("content-length")
+        if length.__class__ is int:  # Sanic sets it for a body written with the head
+            headers["content-length"] = str(length)
         try:
             unsafe = _unsafe("".join(headers) + "".join(headers.values()))  # one scan for all
-        except TypeError:  # a value that is not a str, e.g. a content-length Sanic set: written as text
+        except TypeError:  # a value that is not a str (a plugin's): written as text
             for name, value in headers.items():
                 if value.__class__ is not str:
                     headers[name] = f"{value}"
@@ -63,4 +68,11 @@ class ClientHead(HTTPResponse):
             strip = _STRIP_UNSAFE
             return [(n.translate(strip).encode("ascii"), v.translate(strip).encode("utf-8", "surrogateescape"))
                     for n, v in headers.items()]
+        if headers and self.stream.__class__ is Http:
+            # Sanic's HTTP/1 writer makes each pair ``name: value\r\n``: one pair holding every line after the
+            # first name's ": " gives the same bytes in one join and one encode instead of a format per header.
+            lines = "\r\n".join(map(": ".join, headers.items()))
+            if lines.isascii():
+                first, _, rest = lines.partition(": ")
+                return [(first.encode(), rest.encode())]  # ASCII: the UTF-8 codec is the fastest path
         return [(name.encode("ascii"), value.encode("utf-8", "surrogateescape")) for name, value in headers.items()]

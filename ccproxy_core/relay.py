@@ -41,10 +41,12 @@ END_WRITE_TIMEOUT = 2.0
 def _header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
     """``headers.multi_items()``, cheaper: lower-case names, from httpx's own layout (pinned below 0.29).
 
-    ASCII headers (nearly all) are decoded here; otherwise httpx's own guess of the encoding is used.
+    Headers that are UTF-8 (ASCII: nearly all) are decoded here, as httpx's guess of the encoding would
+    (ASCII, else UTF-8; ``decode()`` without an encoding name takes CPython's fastest path); otherwise
+    httpx's guess decides (ISO-8859-1).
     """
     try:
-        return [(k.decode("ascii"), v.decode("ascii")) for _, k, v in headers._list]
+        return [(k.decode(), v.decode()) for _, k, v in headers._list]
     except UnicodeDecodeError:
         return headers.multi_items()
 
@@ -208,7 +210,9 @@ class Relay(ResponseStream):
                         await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
                 out = through.adapt(chunk)
                 if out:
-                    await self._write(response, out, is_sse)
+                    # The read that completes a content-length body ends the response in the same write.
+                    length = self._length
+                    await self._write(response, out, is_sse, length is not None and ctx.bytes_sent + len(out) >= length)
         except (httpx.HTTPError, ProxyError) as exc:
             error = exc if isinstance(exc, ProxyError) else map_httpx_error(exc, attempt.timeouts, head=False)
             self._cancellable = False
@@ -266,8 +270,9 @@ class Relay(ResponseStream):
                 return
         if tail:
             await self._write(response, tail, is_sse)
-        await self._eof(response)
-        self._done = True
+        if not self._done:  # else the body's last write ended the response
+            await self._eof(response)
+            self._done = True
 
     async def _observe_end(self, events: Any, body_parts: list[bytes] | None) -> None:
         """The last events and the whole body, to their observer hooks."""
@@ -282,7 +287,9 @@ class Relay(ResponseStream):
         """True once the response's last byte was handed to the transport (nothing is left to send)."""
         return self._done or (self._length is not None and self.ctx.bytes_sent >= self._length)
 
-    async def _write(self, response: HTTPResponse, data: bytes, count_events: bool = False) -> None:
+    async def _write(self, response: HTTPResponse, data: bytes, count_events: bool = False, end: bool = False) -> None:
+        """Write ``data`` to the client; ``end``: it is the body's last byte, the response ends with it
+        (one write for a body that fits its head's write, no empty last write)."""
         ctx = self.ctx
         if self.handler.chunk_hooks:
             await self.handler.plugins.notify("ccproxy_stream_chunk", ctx=ctx, chunk=data)
@@ -293,12 +300,14 @@ class Relay(ResponseStream):
             if first:
                 ctx.t_first_byte = ctx.elapsed()
             if self._gate().is_set():  # the client keeps up: the write does not wait
-                await response.send(data)
+                await response.send(data, end)
             else:
-                await self._waiting(response.send(data))
-            if first:  # the head is out: a chunked body's next chunks can take the hot path
+                await self._waiting(response.send(data, end))
+            if first and not end:  # the head is out: a chunked body's next chunks can take the hot path
                 self._frames = ChunkFrames.of(response, self._gate())
         self._sent(data, count_events)
+        if end:
+            self._done = True
 
     def _sent(self, data: bytes, count_events: bool) -> None:
         ctx = self.ctx

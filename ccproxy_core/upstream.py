@@ -286,7 +286,12 @@ async def release(upstream: httpx.Response | None, attempt: UpstreamRequest | No
     """Close the upstream response (and a client the handler created)."""
     if upstream is not None:
         try:
-            await upstream.aclose()
+            if upstream.__class__ is httpx.Response:  # httpx's aclose without its exception context (dropped here)
+                if not upstream.is_closed:
+                    upstream.is_closed = True
+                    await upstream.stream.aclose()  # type: ignore[union-attr]
+            else:
+                await upstream.aclose()
         except Exception:  # the connection is gone either way
             log.debug("closing upstream response failed", exc_info=True)
     if attempt is not None and attempt.close_client_on_finish:

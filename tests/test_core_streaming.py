@@ -430,6 +430,27 @@ def test_events_ended_counts_what_the_joined_writes_count():
         assert events_ended(tail, data) == (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
 
 
+@pytest.mark.parametrize("extra", [
+    {}, {"content-length": 12}, {"x-u": "caf\u00e9"}, {"x-bad": "a\r\nb"}, {"X-Mixed": "v"},
+])
+def test_client_head_lines_are_the_bytes_of_its_pairs(extra):
+    """Sanic's HTTP/1 writer gets the client head's lines as one pair: the head it writes is byte for byte
+    the one its per-header pairs make (the form other writers get)."""
+    from sanic.headers import format_http1_response
+    from sanic.http import Http
+
+    from ccproxy_core.client_head import ClientHead
+
+    def head(stream: Any) -> bytes:
+        response = ClientHead(200, {"date": "Sat, 05 Dec 2026", "request-id": "req_1", **extra}, "application/json")
+        response.stream = stream
+        return format_http1_response(200, response.processed_headers)
+
+    one = head(Http.__new__(Http))
+    assert one == head(None)
+    assert one.startswith(b"HTTP/1.1 200 OK\r\ndate: Sat, 05 Dec 2026\r\n") and one.endswith(b"\r\n\r\n")
+
+
 def test_body_chunks_skip_sanics_send_chain(make_proxy, upstream, monkeypatch):
     """Once the head is out, a streamed body's chunks go to the client's transport in one call: Sanic's
     chunked writer runs only for the end. The client gets the upstream's bytes."""

@@ -101,7 +101,7 @@ class _Connection(_ResponseHead, asyncio.Protocol):
         self.idle_since = 0.0
         self.status = 0
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes, bytes]] = []  # (name, lower-case name, value)
         self.http_version = _HTTP11
         self.head_done = False
         self.complete = False

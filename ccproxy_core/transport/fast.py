@@ -42,16 +42,6 @@ _METHODS: Final = {
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
-def _headers(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
-    """``httpx.Headers(raw)`` without its per-header normalising, which bytes from the parser do not need.
-
-    Builds httpx's own layout (``_list`` of (name, lower-case name, value); httpx is pinned below 0.29).
-    """
-    headers = httpx.Headers()
-    headers._list = [(name, name.lower(), value) for name, value in raw]
-    return headers
-
-
 class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
     """HTTP/1.1 transport on asyncio protocols and httptools, for ``httpx.AsyncClient``.
 
@@ -105,6 +95,7 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
         if proxy is None and trust_env:
             self._proxies = urllib.request.getproxies_environment()
         self._routes: dict[tuple[bytes, bytes, int | None], _Route] = {}
+        self._aims: dict[int, tuple[httpx.URL, _Route, bytes, bytes]] = {}  # see _aim
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -186,17 +177,17 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
             raise RuntimeError("FastTransport is closed.")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        route = self._routes.get((url.raw_scheme, url.raw_host, url.port))
-        if route is None:
-            route = self._route(url, request)
+        aim = self._aims.get(id(url))
+        if aim is None or aim[0] is not url:
+            aim = self._aim(url, request)
+        _, route, target, host = aim
 
         # Request head (+ body when it is bytes), in one join, framed as httpx frames a request.
         bmethod = _METHODS.get(method) or method.encode("ascii")
-        target = url.raw_path if route.target_prefix is None else route.target_prefix + url.raw_path
         framed = b"\ncontent-length\n" in names or b"\ntransfer-encoding\n" in names
         parts = [bmethod, b" ", target, b" HTTP/1.1\r\n"]
-        if url.host and b"\nhost\n" not in names:
-            parts.append(b"Host: " + url.netloc + b"\r\n")
+        if host and b"\nhost\n" not in names:
+            parts.append(host)
         if not body and body is not None and not framed and bmethod in _BODY_METHODS:
             parts.append(b"Content-Length: 0\r\n")
         if lines:
@@ -261,13 +252,16 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
         if conn.complete and not conn.chunks and conn.error is None:
             stream._conn = None  # HEAD / 204 / 304 / empty body: done already
             self._release(conn)
-        return httpx.Response(
+        response = httpx.Response(
             conn.status,
-            headers=_headers(conn.headers),
             stream=stream,
             extensions={"http_version": conn.http_version, "reason_phrase": conn.reason},
             request=request,
         )
+        # The parser's list is httpx's own layout already (name, lower-case name, value; httpx is pinned
+        # below 0.29): taken as it is, without httpx's per-header normalising. The next head gets a new list.
+        response.headers._list = conn.headers
+        return response
 
     # -- request helpers -------------------------------------------------------------
 
@@ -295,13 +289,25 @@ class FastTransport(ConnectionPool, httpx.AsyncBaseTransport):
         if conn._write_paused:
             await conn.drain(timeout)
 
-    def _route(self, url: httpx.URL, request: httpx.Request | None) -> _Route:
-        """The route to ``url``'s origin, made on first use and cached."""
-        route = make_route(url, self._tls_context, self._proxy_for(url.scheme, url.host), request)
-        if len(self._routes) >= _ROUTE_CACHE_MAX:
-            self._routes.clear()
-        self._routes[(url.raw_scheme, url.raw_host, url.port)] = route
-        return route
+    def _aim(self, url: httpx.URL, request: httpx.Request | None) -> tuple[httpx.URL, _Route, bytes, bytes]:
+        """``url``, its origin's route (made on first use and cached), its request target and its ``Host``
+        line (b"" without a host). Kept per URL object when there is no ``httpx.Request``: the fast path's
+        caller passes the same object for the same URL (``upstream.parsed_url``), and httpx's URL
+        properties cost a microsecond per request."""
+        key = (url.raw_scheme, url.raw_host, url.port)
+        route = self._routes.get(key)
+        if route is None:
+            route = make_route(url, self._tls_context, self._proxy_for(url.scheme, url.host), request)
+            if len(self._routes) >= _ROUTE_CACHE_MAX:
+                self._routes.clear()
+            self._routes[key] = route
+        target = url.raw_path if route.target_prefix is None else route.target_prefix + url.raw_path
+        aim = (url, route, target, b"Host: " + url.netloc + b"\r\n" if url.host else b"")
+        if request is None:
+            if len(self._aims) >= _ROUTE_CACHE_MAX:
+                self._aims.clear()
+            self._aims[id(url)] = aim  # the URL is held here: its id is not reused while the entry lives
+        return aim
 
     def _proxy_for(self, scheme: str, host: str) -> str | None:
         if self._explicit_proxy is not None:

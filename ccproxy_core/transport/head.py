@@ -45,7 +45,7 @@ class _ResponseHead:
     _pool: Any
     status: int
     reason: bytes
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes, bytes]]
     http_version: bytes
     head_done: bool
     complete: bool
@@ -98,7 +98,7 @@ class _ResponseHead:
             raise ResponseHeadTooLarge(
                 f"the upstream's response has more than limits.max_response_headers ({self._max_headers}) header lines"
             )
-        headers.append((name, value))
+        headers.append((name, name.lower(), value))  # httpx.Headers' own layout: the response takes the list
 
     def on_headers_complete(self) -> None:  # noqa: D102
         parser = self._parser
@@ -121,8 +121,7 @@ class _ResponseHead:
             self.complete = True
             self._stale_parser = True
         elif not keep_alive and status != 204 and status != 304:
-            for name, value in self.headers:
-                lower = name.lower()
+            for _, lower, _ in self.headers:
                 if lower == b"content-length" or lower == b"transfer-encoding":
                     break
             else:
