@@ -5,10 +5,11 @@ firstresult)``: what ``pm.hook.NAME(**kwargs)`` runs after checking the caller's
 each hook's implementations looked up once (:meth:`HookCalls._prepare`) rather than copied per
 call. pluggy's ordering, argument selection, wrappers, tracing and call monitoring all apply.
 One shortcut, for cost (docs/architecture.md has the figures): when a hook has no wrapper and
-nothing traces or monitors the plugin manager, the adapters are called directly, in pluggy's
-order with pluggy's arguments, which is what ``_multicall`` would do at twice the cost (per
-chunk and per event this matters). Each implementation sits behind an adapter, installed as its
-``HookImpl.function``, that adds:
+nothing traces or monitors the plugin manager, the implementations are called directly, in
+pluggy's order with pluggy's arguments, each with what its adapter would add done in line, which is
+what ``_multicall`` calling the adapters would do at several times the cost (per chunk, per event
+and for the dozen calls of every request this matters). Each implementation sits behind an
+adapter, installed as its ``HookImpl.function``, that adds:
 
 * observer isolation: in an observer hook (:data:`OBSERVER_HOOKS`) an exception is logged once,
   counted by (plugin, hook) and the next implementation runs; in the other hooks a
@@ -73,7 +74,8 @@ class HookCalls:
         self._originals: dict[pluggy.HookImpl, Callable[..., Any]] = {}
         #: Per hook: None (no implementation), or (its implementations in pluggy's registration
         #: order, whether one of them is async, and for the shortcut, when it applies, each
-        #: implementation's adapter and argument names in call order).
+        #: implementation as :meth:`_call` calls it, in call order: (its function, the argument
+        #: names it takes or None when it takes every argument, what an exception it raises becomes)).
         self._callers: dict[str, tuple[tuple[pluggy.HookImpl, ...], bool, tuple | None] | None] = {}
 
     def _prepare(self) -> None:
@@ -95,38 +97,30 @@ class HookCalls:
                     "implements it with async def; pluggy runs wrappers synchronously, so they can wrap only "
                     "hooks whose implementations are plain functions"
                 )
+            failures = {impl: self._failure_handler(self._owners.get(impl.plugin_name, impl.plugin_name), name)
+                        for impl in plain}
             for impl in plain:
-                impl.function = self._adapter(name, impl, is_async)  # type: ignore[misc]
+                impl.function = self._adapter(name, impl, is_async, failures[impl])  # type: ignore[misc]
             plain_only = len(plain) == len(impls) and not any(i.kwargnames for i in impls)
             spec_args = set(caller.spec.argnames) if caller.spec else set()
-            # (adapter, argument names, or None when it takes every argument: called with **kwargs)
             direct = tuple(
-                (i.function, None if set(i.argnames) == spec_args else i.argnames) for i in reversed(impls)
-            ) if plain_only else None
+                (self._originals[i], None if set(i.argnames) == spec_args else i.argnames, failures[i])
+                for i in reversed(impls)
+            ) if plain_only and name not in BUILD_TIME_HOOKS else None
             self._callers[name] = (tuple(impls), is_async, direct) if impls else None
 
-    def _exec(self, hook_name: str, entry: tuple, kwargs: dict[str, Any], firstresult: bool) -> Any:
-        """Run ``hook_name``'s implementations as pluggy's hook execution would (see the module docstring)."""
-        impls, _, direct = entry
-        if direct is None or self.pm._inner_hookexec is not _multicall:  # a wrapper, tracing or monitoring
-            return self.pm._hookexec(hook_name, impls, kwargs, firstresult)
-        results = []
-        for function, argnames in direct:
-            result = function(**kwargs) if argnames is None else function(*[kwargs[a] for a in argnames])
-            if result is not None:
-                if firstresult:
-                    return result
-                results.append(result)
-        return None if firstresult else results
+    def _shortcut(self, entry: tuple) -> tuple | None:
+        """``entry``'s implementations as :meth:`_call` calls them, or None when pluggy must call them:
+        a wrapper, tracing or monitoring."""
+        return entry[2] if self.pm._inner_hookexec is _multicall else None
 
-    def _adapter(self, hook: str, impl: pluggy.HookImpl, is_async: bool) -> Callable[..., Any]:
+    def _adapter(self, hook: str, impl: pluggy.HookImpl, is_async: bool,
+                 failed: Callable[[Exception], Any]) -> Callable[..., Any]:
         """``impl``'s function as pluggy calls it: its failures handled as ``hook`` requires, a
         coroutine when the hook has async implementations, its own settings for ``ccproxy_configure``."""
         func = self._originals[impl]
-        owner = self._owners.get(impl.plugin_name, impl.plugin_name)
-        failed = self._failure_handler(owner, hook)
         if hook == "ccproxy_configure":
-            return self._configure_adapter(owner, impl, func)
+            return self._configure_adapter(self._owners.get(impl.plugin_name, impl.plugin_name), impl, func)
         if is_async:
 
             async def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -196,16 +190,18 @@ class HookCalls:
         entry = self._callers[hook_name]
         if entry is None:
             return
-        try:
-            direct = entry[2]
-            if direct is not None and self.pm._inner_hookexec is _multicall:  # _exec's shortcut, inline: per chunk
-                is_async = entry[1]
-                for function, argnames in direct:
+        direct = entry[2]
+        if direct is not None and self.pm._inner_hookexec is _multicall:  # _call, in line: per chunk
+            for function, argnames, failed in direct:
+                try:
                     result = function(**kwargs) if argnames is None else function(*[kwargs[a] for a in argnames])
-                    if result is not None and (is_async or inspect.isawaitable(result)):
+                    if result is not None and inspect.isawaitable(result):
                         await result
-                return
-            results = self._exec(hook_name, entry, kwargs, False)
+                except Exception as exc:
+                    failed(exc)
+            return
+        try:
+            results = self.pm._hookexec(hook_name, entry[0], kwargs, False)
             if results:
                 await _await_each(results, entry[1])
         except Exception as exc:  # a wrapper, or an awaitable a plain function returned
@@ -228,7 +224,10 @@ class HookCalls:
         if entry is None:
             return []
         try:
-            results = self._exec(hook_name, entry, kwargs, False)
+            direct = self._shortcut(entry)
+            if direct is not None:
+                return await self._call(direct, kwargs)
+            results = self.pm._hookexec(hook_name, entry[0], kwargs, False)
             return await _await_each(results, entry[1]) if results else []
         except (ProxyError, ConfigError):
             raise
@@ -241,16 +240,40 @@ class HookCalls:
         if entry is None:
             return None
         try:
+            direct = self._shortcut(entry)
+            if direct is not None:
+                return await self._call(direct, kwargs, first=True, is_async=entry[1])
             if not entry[1]:
-                result = self._exec(hook_name, entry, kwargs, True)
+                result = self.pm._hookexec(hook_name, entry[0], kwargs, True)
                 return await result if result is not None and inspect.isawaitable(result) else result
             # Not as firstresult: pluggy would stop at the first coroutine, a non-None value even
             # when it will return None.
-            return await _await_each(self._exec(hook_name, entry, kwargs, False), True, first=True)
+            return await _await_each(self.pm._hookexec(hook_name, entry[0], kwargs, False), True, first=True)
         except (ProxyError, ConfigError):
             raise
         except Exception as exc:
             raise self._plugin_error(exc, hook_name) from exc
+
+    @staticmethod
+    async def _call(direct: tuple, kwargs: dict[str, Any], first: bool = False, is_async: bool = False) -> Any:
+        """The shortcut: call the implementations in ``direct`` (see ``_callers``) as pluggy would call their
+        adapters, and await what each returns before calling the next. The non-None values in order;
+        with ``first``, the first of them, as pluggy's ``firstresult`` (a plain hook stops at the first
+        implementation that returned something, whatever that awaits to)."""
+        results = []
+        for function, argnames, failed in direct:
+            try:
+                result = function(**kwargs) if argnames is None else function(*[kwargs[a] for a in argnames])
+                returned = result is not None
+                if returned and inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                result = returned = failed(exc)  # raises, unless the hook is an observer
+            if first and (result is not None or (returned and not is_async)):
+                return result
+            if result is not None:
+                results.append(result)
+        return None if first else results
 
     def call_sync(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a build-time hook (outside an event loop): non-None results in order.
