@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import operator
 from collections import Counter
 from typing import Any, Callable
 
@@ -74,8 +75,8 @@ class HookCalls:
         self._originals: dict[pluggy.HookImpl, Callable[..., Any]] = {}
         #: Per hook: None (no implementation), or (its implementations in pluggy's registration
         #: order, whether one of them is async, and for the shortcut, when it applies, each
-        #: implementation as :meth:`_call` calls it, in call order: (its function, the argument
-        #: names it takes or None when it takes every argument, what an exception it raises becomes)).
+        #: implementation as :meth:`_call` calls it, in call order: (its function, its arguments'
+        #: :func:`_picker`, what an exception it raises becomes)).
         self._callers: dict[str, tuple[tuple[pluggy.HookImpl, ...], bool, tuple | None] | None] = {}
 
     def _prepare(self) -> None:
@@ -102,10 +103,8 @@ class HookCalls:
             for impl in plain:
                 impl.function = self._adapter(name, impl, is_async, failures[impl])  # type: ignore[misc]
             plain_only = len(plain) == len(impls) and not any(i.kwargnames for i in impls)
-            spec_args = set(caller.spec.argnames) if caller.spec else set()
             direct = tuple(
-                (self._originals[i], None if set(i.argnames) == spec_args else i.argnames, failures[i])
-                for i in reversed(impls)
+                (self._originals[i], _picker(i.argnames), failures[i]) for i in reversed(impls)
             ) if plain_only and name not in BUILD_TIME_HOOKS else None
             self._callers[name] = (tuple(impls), is_async, direct) if impls else None
 
@@ -192,9 +191,9 @@ class HookCalls:
             return
         direct = entry[2]
         if direct is not None and self.pm._inner_hookexec is _multicall:  # _call, in line: per chunk
-            for function, argnames, failed in direct:
+            for function, pick, failed in direct:
                 try:
-                    result = function(**kwargs) if argnames is None else function(*[kwargs[a] for a in argnames])
+                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
                     if result is not None and inspect.isawaitable(result):
                         await result
                 except Exception as exc:
@@ -261,9 +260,9 @@ class HookCalls:
         with ``first``, the first of them, as pluggy's ``firstresult`` (a plain hook stops at the first
         implementation that returned something, whatever that awaits to)."""
         results = []
-        for function, argnames, failed in direct:
+        for function, pick, failed in direct:
             try:
-                result = function(**kwargs) if argnames is None else function(*[kwargs[a] for a in argnames])
+                result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
                 returned = result is not None
                 if returned and inspect.isawaitable(result):
                     result = await result
@@ -294,6 +293,19 @@ class HookCalls:
         plugin = self.blame(exc)
         log.error("plugin %r failed in %s", plugin, hook_name, exc_info=exc)
         return PluginError(f"plugin {plugin!r} failed in {hook_name}")
+
+
+def _picker(argnames: tuple[str, ...]) -> str | Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """What takes an implementation's arguments from a call's keyword arguments, to pass them by
+    position as pluggy does: the one name, or a function of the keyword arguments that returns them
+    in order (a call by keyword costs several times more)."""
+    if len(argnames) == 1:
+        return argnames[0]
+    return operator.itemgetter(*argnames) if argnames else _no_arguments
+
+
+def _no_arguments(kwargs: dict[str, Any]) -> tuple[()]:
+    return ()
 
 
 async def _await_each(results: list[Any], is_async: bool, first: bool = False) -> Any:
