@@ -75,7 +75,7 @@ class HookCalls:
         self._originals: dict[pluggy.HookImpl, Callable[..., Any]] = {}
         #: Per hook: None (no implementation), or (its implementations in pluggy's registration
         #: order, whether one of them is async, and for the shortcut, when it applies, each
-        #: implementation as :meth:`_call` calls it, in call order: (its function, its arguments'
+        #: implementation as the shortcut calls it, in call order: (its function, its arguments'
         #: :func:`_picker`, what an exception it raises becomes)).
         self._callers: dict[str, tuple[tuple[pluggy.HookImpl, ...], bool, tuple | None] | None] = {}
 
@@ -107,11 +107,6 @@ class HookCalls:
                 (self._originals[i], _picker(i.argnames), failures[i]) for i in reversed(impls)
             ) if plain_only and name not in BUILD_TIME_HOOKS else None
             self._callers[name] = (tuple(impls), is_async, direct) if impls else None
-
-    def _shortcut(self, entry: tuple) -> tuple | None:
-        """``entry``'s implementations as :meth:`_call` calls them, or None when pluggy must call them:
-        a wrapper, tracing or monitoring."""
-        return entry[2] if self.pm._inner_hookexec is _multicall else None
 
     def _adapter(self, hook: str, impl: pluggy.HookImpl, is_async: bool,
                  failed: Callable[[Exception], Any]) -> Callable[..., Any]:
@@ -190,7 +185,7 @@ class HookCalls:
         if entry is None:
             return
         direct = entry[2]
-        if direct is not None and self.pm._inner_hookexec is _multicall:  # _call, in line: per chunk
+        if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
             for function, pick, failed in direct:
                 try:
                     result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
@@ -222,10 +217,20 @@ class HookCalls:
         entry = self._callers[hook_name]
         if entry is None:
             return []
+        direct = entry[2]
+        if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
+            results = []
+            for function, pick, failed in direct:
+                try:
+                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
+                    if result is not None and inspect.isawaitable(result):
+                        result = await result
+                except Exception as exc:
+                    result = failed(exc)  # raises, unless the hook is an observer
+                if result is not None:
+                    results.append(result)
+            return results
         try:
-            direct = self._shortcut(entry)
-            if direct is not None:
-                return await self._call(direct, kwargs)
             results = self.pm._hookexec(hook_name, entry[0], kwargs, False)
             return await _await_each(results, entry[1]) if results else []
         except (ProxyError, ConfigError):
@@ -238,10 +243,22 @@ class HookCalls:
         entry = self._callers[hook_name]
         if entry is None:
             return None
+        direct = entry[2]
+        if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
+            for function, pick, failed in direct:
+                try:
+                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
+                    returned = result is not None
+                    if returned and inspect.isawaitable(result):
+                        result = await result
+                except Exception as exc:
+                    result = returned = failed(exc)  # raises
+                # As pluggy's firstresult, a plain hook stops at the first implementation that returned
+                # something, whatever that awaits to.
+                if result is not None or (returned and not entry[1]):
+                    return result
+            return None
         try:
-            direct = self._shortcut(entry)
-            if direct is not None:
-                return await self._call(direct, kwargs, first=True, is_async=entry[1])
             if not entry[1]:
                 result = self.pm._hookexec(hook_name, entry[0], kwargs, True)
                 return await result if result is not None and inspect.isawaitable(result) else result
@@ -252,27 +269,6 @@ class HookCalls:
             raise
         except Exception as exc:
             raise self._plugin_error(exc, hook_name) from exc
-
-    @staticmethod
-    async def _call(direct: tuple, kwargs: dict[str, Any], first: bool = False, is_async: bool = False) -> Any:
-        """The shortcut: call the implementations in ``direct`` (see ``_callers``) as pluggy would call their
-        adapters, and await what each returns before calling the next. The non-None values in order;
-        with ``first``, the first of them, as pluggy's ``firstresult`` (a plain hook stops at the first
-        implementation that returned something, whatever that awaits to)."""
-        results = []
-        for function, pick, failed in direct:
-            try:
-                result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
-                returned = result is not None
-                if returned and inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:
-                result = returned = failed(exc)  # raises, unless the hook is an observer
-            if first and (result is not None or (returned and not is_async)):
-                return result
-            if result is not None:
-                results.append(result)
-        return None if first else results
 
     def call_sync(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a build-time hook (outside an event loop): non-None results in order.
