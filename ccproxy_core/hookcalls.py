@@ -5,10 +5,11 @@ firstresult)``: what ``pm.hook.NAME(**kwargs)`` runs after checking the caller's
 each hook's implementations looked up once (:meth:`HookCalls._prepare`) rather than copied per
 call. pluggy's ordering, argument selection, wrappers, tracing and call monitoring all apply.
 One shortcut, for cost (docs/architecture.md has the figures): when a hook has no wrapper and
-nothing traces or monitors the plugin manager, the adapters are called directly, in pluggy's
-order with pluggy's arguments, which is what ``_multicall`` would do at twice the cost (per
-chunk and per event this matters). Each implementation sits behind an adapter, installed as its
-``HookImpl.function``, that adds:
+nothing traces or monitors the plugin manager, the implementations are called directly, in
+pluggy's order with pluggy's arguments, each with what its adapter would add done in line, which is
+what ``_multicall`` calling the adapters would do at several times the cost (per chunk, per event
+and for the dozen calls of every request this matters). Each implementation sits behind an
+adapter, installed as its ``HookImpl.function``, that adds:
 
 * observer isolation: in an observer hook (:data:`OBSERVER_HOOKS`) an exception is logged once,
   counted by (plugin, hook) and the next implementation runs; in the other hooks a
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import operator
 from collections import Counter
 from typing import Any, Callable
 
@@ -73,7 +75,8 @@ class HookCalls:
         self._originals: dict[pluggy.HookImpl, Callable[..., Any]] = {}
         #: Per hook: None (no implementation), or (its implementations in pluggy's registration
         #: order, whether one of them is async, and for the shortcut, when it applies, each
-        #: implementation's adapter and argument names in call order).
+        #: implementation as the shortcut calls it, in call order: (its function, its arguments'
+        #: :func:`_picker`, what an exception it raises becomes)).
         self._callers: dict[str, tuple[tuple[pluggy.HookImpl, ...], bool, tuple | None] | None] = {}
 
     def _prepare(self) -> None:
@@ -95,38 +98,23 @@ class HookCalls:
                     "implements it with async def; pluggy runs wrappers synchronously, so they can wrap only "
                     "hooks whose implementations are plain functions"
                 )
+            failures = {impl: self._failure_handler(self._owners.get(impl.plugin_name, impl.plugin_name), name)
+                        for impl in plain}
             for impl in plain:
-                impl.function = self._adapter(name, impl, is_async)  # type: ignore[misc]
+                impl.function = self._adapter(name, impl, is_async, failures[impl])  # type: ignore[misc]
             plain_only = len(plain) == len(impls) and not any(i.kwargnames for i in impls)
-            spec_args = set(caller.spec.argnames) if caller.spec else set()
-            # (adapter, argument names, or None when it takes every argument: called with **kwargs)
             direct = tuple(
-                (i.function, None if set(i.argnames) == spec_args else i.argnames) for i in reversed(impls)
-            ) if plain_only else None
+                (self._originals[i], _picker(i.argnames), failures[i]) for i in reversed(impls)
+            ) if plain_only and name not in BUILD_TIME_HOOKS else None
             self._callers[name] = (tuple(impls), is_async, direct) if impls else None
 
-    def _exec(self, hook_name: str, entry: tuple, kwargs: dict[str, Any], firstresult: bool) -> Any:
-        """Run ``hook_name``'s implementations as pluggy's hook execution would (see the module docstring)."""
-        impls, _, direct = entry
-        if direct is None or self.pm._inner_hookexec is not _multicall:  # a wrapper, tracing or monitoring
-            return self.pm._hookexec(hook_name, impls, kwargs, firstresult)
-        results = []
-        for function, argnames in direct:
-            result = function(**kwargs) if argnames is None else function(*[kwargs[a] for a in argnames])
-            if result is not None:
-                if firstresult:
-                    return result
-                results.append(result)
-        return None if firstresult else results
-
-    def _adapter(self, hook: str, impl: pluggy.HookImpl, is_async: bool) -> Callable[..., Any]:
+    def _adapter(self, hook: str, impl: pluggy.HookImpl, is_async: bool,
+                 failed: Callable[[Exception], Any]) -> Callable[..., Any]:
         """``impl``'s function as pluggy calls it: its failures handled as ``hook`` requires, a
         coroutine when the hook has async implementations, its own settings for ``ccproxy_configure``."""
         func = self._originals[impl]
-        owner = self._owners.get(impl.plugin_name, impl.plugin_name)
-        failed = self._failure_handler(owner, hook)
         if hook == "ccproxy_configure":
-            return self._configure_adapter(owner, impl, func)
+            return self._configure_adapter(self._owners.get(impl.plugin_name, impl.plugin_name), impl, func)
         if is_async:
 
             async def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -196,16 +184,18 @@ class HookCalls:
         entry = self._callers[hook_name]
         if entry is None:
             return
-        try:
-            direct = entry[2]
-            if direct is not None and self.pm._inner_hookexec is _multicall:  # _exec's shortcut, inline: per chunk
-                is_async = entry[1]
-                for function, argnames in direct:
-                    result = function(**kwargs) if argnames is None else function(*[kwargs[a] for a in argnames])
-                    if result is not None and (is_async or inspect.isawaitable(result)):
+        direct = entry[2]
+        if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
+            for function, pick, failed in direct:
+                try:
+                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
+                    if result is not None and inspect.isawaitable(result):
                         await result
-                return
-            results = self._exec(hook_name, entry, kwargs, False)
+                except Exception as exc:
+                    failed(exc)
+            return
+        try:
+            results = self.pm._hookexec(hook_name, entry[0], kwargs, False)
             if results:
                 await _await_each(results, entry[1])
         except Exception as exc:  # a wrapper, or an awaitable a plain function returned
@@ -227,8 +217,21 @@ class HookCalls:
         entry = self._callers[hook_name]
         if entry is None:
             return []
+        direct = entry[2]
+        if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
+            results = []
+            for function, pick, failed in direct:
+                try:
+                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
+                    if result is not None and inspect.isawaitable(result):
+                        result = await result
+                except Exception as exc:
+                    result = failed(exc)  # raises, unless the hook is an observer
+                if result is not None:
+                    results.append(result)
+            return results
         try:
-            results = self._exec(hook_name, entry, kwargs, False)
+            results = self.pm._hookexec(hook_name, entry[0], kwargs, False)
             return await _await_each(results, entry[1]) if results else []
         except (ProxyError, ConfigError):
             raise
@@ -240,13 +243,28 @@ class HookCalls:
         entry = self._callers[hook_name]
         if entry is None:
             return None
+        direct = entry[2]
+        if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
+            for function, pick, failed in direct:
+                try:
+                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
+                    returned = result is not None
+                    if returned and inspect.isawaitable(result):
+                        result = await result
+                except Exception as exc:
+                    result = returned = failed(exc)  # raises
+                # As pluggy's firstresult, a plain hook stops at the first implementation that returned
+                # something, whatever that awaits to.
+                if result is not None or (returned and not entry[1]):
+                    return result
+            return None
         try:
             if not entry[1]:
-                result = self._exec(hook_name, entry, kwargs, True)
+                result = self.pm._hookexec(hook_name, entry[0], kwargs, True)
                 return await result if result is not None and inspect.isawaitable(result) else result
             # Not as firstresult: pluggy would stop at the first coroutine, a non-None value even
             # when it will return None.
-            return await _await_each(self._exec(hook_name, entry, kwargs, False), True, first=True)
+            return await _await_each(self.pm._hookexec(hook_name, entry[0], kwargs, False), True, first=True)
         except (ProxyError, ConfigError):
             raise
         except Exception as exc:
@@ -271,6 +289,19 @@ class HookCalls:
         plugin = self.blame(exc)
         log.error("plugin %r failed in %s", plugin, hook_name, exc_info=exc)
         return PluginError(f"plugin {plugin!r} failed in {hook_name}")
+
+
+def _picker(argnames: tuple[str, ...]) -> str | Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """What takes an implementation's arguments from a call's keyword arguments, to pass them by
+    position as pluggy does: the one name, or a function of the keyword arguments that returns them
+    in order (a call by keyword costs several times more)."""
+    if len(argnames) == 1:
+        return argnames[0]
+    return operator.itemgetter(*argnames) if argnames else _no_arguments
+
+
+def _no_arguments(kwargs: dict[str, Any]) -> tuple[()]:
+    return ()
 
 
 async def _await_each(results: list[Any], is_async: bool, first: bool = False) -> Any:

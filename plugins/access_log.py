@@ -156,10 +156,10 @@ class _StderrLines(logging.StreamHandler):
 
 
 def _sole_handler() -> _StderrLines | None:
-    """This plugin's stderr handler when ``logger.info`` would reach it and nothing else (no filter,
-    no other handler up the logger tree): then a line needs no ``LogRecord``. Checked per line, as
-    logging can be configured at any time."""
-    if logger.filters or logger.disabled or not logger.isEnabledFor(logging.INFO):
+    """This plugin's stderr handler when ``logger.info``, which the caller found enabled, would reach it
+    and nothing else (no filter, no other handler up the logger tree): then a line needs no
+    ``LogRecord``. Checked per line, as logging can be configured at any time."""
+    if logger.filters or logger.disabled:
         return None
     handlers = logger.handlers
     if len(handlers) != 1:

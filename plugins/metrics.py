@@ -342,11 +342,14 @@ class Metrics:
                       + usage.cache_creation_input_tokens + usage.output_tokens)
             if cost:
                 count("ccproxy_key_cost_usd", (key,), cost)
-        if ctx.attempts:
+        attempts = ctx.attempts
+        # Only a failed attempt counts: the usual request (one attempt, no error) skips the look.
+        if attempts and (len(attempts) > 1 or attempts[0].error_kind is not None or ctx.outcome == UPSTREAM_ERROR):
             self._count_upstream_errors(ctx)
         if ctx.inband_error is not None:
             count("ccproxy_upstream_errors", (provider, "in_band"))
-        self.sync_plugin_errors()
+        if getattr(self.plugins, "errors", None):  # (sync_plugin_errors returns at once without any)
+            self.sync_plugin_errors()
 
     def _count_upstream_errors(self, ctx: RequestContext) -> None:
         """One count per failed attempt, by its typed ``error_kind`` (the label values are a fixed set)."""

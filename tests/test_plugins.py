@@ -1013,6 +1013,40 @@ def test_ccproxy_configure_returns_a_per_app_object_whose_methods_are_hooks():
     assert (first.ends, second.ends) == (1, 0) and one.errors == Counter({("mine", "ccproxy_stream_end"): 1})
 
 
+def test_hook_calls_pass_the_named_arguments_and_await_each_result_before_the_next():
+    """Without a wrapper, tracing or monitoring the core calls the implementations itself, as pluggy
+    would: each gets the arguments it names, in pluggy's order; what one returns is awaited before the
+    next runs, and an observer whose awaitable fails is isolated as if it had raised."""
+    seen: list[Any] = []
+
+    class Early:
+        @hookimpl(tryfirst=True)
+        def ccproxy_upstream_headers(self, headers, ctx):  # a subset, in another order
+            seen.append(("early", headers, ctx))
+
+            async def fails() -> None:
+                seen.append("awaited")
+                raise RuntimeError("observer bug")
+
+            return fails()
+
+    class Late:
+        @hookimpl
+        def ccproxy_upstream_headers(self, status):
+            seen.append(("late", status))
+
+        @hookimpl
+        def ccproxy_request_body(self):  # no argument at all
+            seen.append("body")
+            return True
+
+    loaded = build({"early": Early(), "late": Late()})
+    asyncio.run(loaded.notify("ccproxy_upstream_headers", ctx="ctx", status=200, headers={"a": "b"}))
+    assert seen == [("early", {"a": "b"}, "ctx"), "awaited", ("late", 200)]
+    assert loaded.errors == Counter({("early", "ccproxy_upstream_headers"): 1})
+    assert asyncio.run(loaded.call("ccproxy_request_body", ctx="ctx", body={})) == [True]
+
+
 def test_two_apps_in_one_process_keep_their_own_plugin_state(make_proxy, mock, upstream, tmp_path):
     """metrics, health, access_log and usage keep per-app state (what ``ccproxy_configure`` returned)."""
     expensive = {"claude-*": {"input": 1000.0, "output": 1000.0}}

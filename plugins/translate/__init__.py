@@ -153,6 +153,8 @@ def response_adapter(ctx: Any, store: ResponseStore | None = None) -> ResponseAd
     """The adapter for a stream made from a JSON answer (``supports_streaming: false``), for a
     translated response or for an aliased model; else None. A translated Responses answer is kept in
     ``store`` when its request was (:class:`.resp_store.Keeping` wraps its adapter)."""
+    if _passes_through(ctx):
+        return None
     settings = Settings.of(ctx)
     kept = keeping(ctx, store)
     keep = kept.keep if kept is not None else None
@@ -161,6 +163,17 @@ def response_adapter(ctx: Any, store: ResponseStore | None = None) -> ResponseAd
         return adapter
     kept.adapter = adapter
     return kept
+
+
+def _passes_through(ctx: Any) -> bool:
+    """True when :func:`response_adapter` has nothing to do, found without building anything: one
+    dialect, no model name to give back (or an error status) and no stream to make of a JSON answer."""
+    requested = ctx.model_requested
+    return (
+        (ctx.upstream_dialect is None or ctx.upstream_dialect == ctx.client_dialect)
+        and (not requested or not ctx.model or requested == ctx.model or (ctx.upstream_status or 200) >= 400)
+        and (not ctx.stream or ctx.upstream_stream)
+    )
 
 
 @hookimpl
