@@ -23,8 +23,9 @@ from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_inp
 from .dialects import COUNT_FIELDS, COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import REQUEST_ID_HEADER, request_headers, request_id
-from .intake import check_headers, parse_body
+from .intake import parse_body
 from .plugins import Plugins
+from .request_head import check_headers, header_fields
 from .streaming import DeferredResponse, StreamingHandler
 from .upstream import HandlerConfig, UpstreamRequest, aim
 
@@ -118,7 +119,7 @@ class Proxy:
 
     async def _receive(self, request: Request, ctx: RequestContext) -> tuple[Route, ...]:
         """Parse the body, let plugins refuse it, and route its model."""
-        check_headers(request.headers)
+        check_headers(request)
         body = parse_body(request.body, self.config.limits.max_model_length)
         ctx.body = body
         ctx.model_requested = body["model"]
@@ -248,7 +249,7 @@ class Proxy:
         url = provider.base_url + UPSTREAM_PATHS[provider.format]
         if request.query_string and not ctx.translated:
             url += "?" + request.query_string
-        headers = request_headers(request.headers.items())
+        headers = request_headers(header_fields(request))
         if self._reads_bodies and "accept-encoding" in headers:
             headers["accept-encoding"] = decodable_accept_encoding(headers["accept-encoding"])
         headers.update(provider.headers)
@@ -322,7 +323,7 @@ class Proxy:
             body = json.dumps({k: v for k, v in translated.items() if k in fields}, ensure_ascii=False).encode()
         elif ctx.model != ctx.model_requested:
             body = json.dumps({**(ctx.body or {}), "model": ctx.model}, ensure_ascii=False).encode()
-        headers = request_headers(request.headers.items())
+        headers = request_headers(header_fields(request))
         headers.update(provider.headers)
         headers.setdefault("content-type", "application/json")
         await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)
