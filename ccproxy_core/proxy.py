@@ -75,6 +75,12 @@ class Proxy:
         self._reads_bodies = bool(
             self.handler.plugin_adapters or self.handler.event_hooks or self.handler.body_hooks
         )
+        #: Each provider's ``HandlerConfig`` (frozen: one per provider serves every attempt), and a count's.
+        self._handler_configs = {
+            name: HandlerConfig(self.handler.plugin_adapters, provider.supports_streaming)
+            for name, provider in config.providers.items()
+        }
+        self._count_config = HandlerConfig(self.handler.plugin_adapters, supports_streaming=False)
 
     def context(self, request: Request, dialect: str) -> RequestContext:
         """A new context for ``request``; its id is seeded by the client's ``x-request-id`` when sane."""
@@ -239,10 +245,7 @@ class Proxy:
         aim(ctx, provider.name, route.model, provider.format)  # what the request hooks below see
         if ctx.counting:
             return await self._prepare_count(request, ctx, route)
-        handler_config = HandlerConfig(
-            response_adapter=self.handler.plugin_adapters,
-            supports_streaming=provider.supports_streaming,
-        )
+        handler_config = self._handler_configs[provider.name]
         # Per attempt (fallbacks may differ), before the request adapter and body hooks see it.
         ctx.upstream_stream = ctx.stream and self.handler.should_stream(ctx.body or {}, handler_config)
         body = await self._upstream_body(request, ctx)
@@ -339,7 +342,7 @@ class Proxy:
             url=url,
             headers=headers,
             body=body,
-            handler_config=HandlerConfig(response_adapter=self.handler.plugin_adapters, supports_streaming=False),
+            handler_config=self._count_config,
             client=self.clients[provider.name],
             transport=transport,
             timeouts=self.config.timeouts_for(provider),
