@@ -133,24 +133,36 @@ class DeadlineProtocol(HttpProtocol):
     well before its deadlines.
     """
 
-    __slots__ = ("head_timeout", "body_timeout", "check_every", "idle_every")
+    __slots__ = ("head_timeout", "body_timeout", "check_every", "idle_every", "buffer_size")
     HTTP_CLASS = ClientHttp
 
     def _setup(self) -> None:
         super()._setup()
         config = getattr(self.app.ctx, "config", None)
         limits = config.limits if config is not None else Limits()
+        self.buffer_size = self.app.config.REQUEST_BUFFER_SIZE
         self.head_timeout = limits.head_timeout
         self.body_timeout = limits.body_timeout
         self.check_every = max(0.1, min(1.0, self.head_timeout / 4, self.body_timeout / 4, self.keep_alive_timeout / 4))
         self.idle_every = max(self.check_every, min(self.head_timeout, self.body_timeout, self.keep_alive_timeout) / 4)
 
     def data_received(self, data: bytes) -> None:
-        http = self.http
-        started = self._time
-        super().data_received(data)
-        if http is not None and http.stage is Stage.REQUEST:
-            self._time = started  # the head's clock runs from its first byte, not its last
+        """``HttpProtocol.data_received`` with ``REQUEST_BUFFER_SIZE`` read once per connection (each
+        read of a Sanic config attribute raises and catches an AttributeError), and the head's clock
+        running from its first byte, not its last."""
+        try:
+            http = getattr(self, "_http", None)
+            if http is None or http.stage is not Stage.REQUEST:
+                self._time = monotonic()
+            if not data:
+                return self.close()
+            self.recv_buffer += data
+            if len(self.recv_buffer) >= self.buffer_size and self.transport:
+                self.transport.pause_reading()
+            if self._data_received:
+                self._data_received.set()
+        except Exception:
+            log.exception("DeadlineProtocol.data_received failed")
 
     def check_timeouts(self) -> None:
         try:
