@@ -23,8 +23,9 @@ from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_inp
 from .dialects import COUNT_FIELDS, COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import REQUEST_ID_HEADER, request_headers, request_id
-from .intake import check_headers, parse_body
+from .intake import parse_body
 from .plugins import Plugins
+from .request_head import check_headers, header_fields
 from .streaming import DeferredResponse, StreamingHandler
 from .upstream import HandlerConfig, UpstreamRequest, aim
 
@@ -74,6 +75,12 @@ class Proxy:
         self._reads_bodies = bool(
             self.handler.plugin_adapters or self.handler.event_hooks or self.handler.body_hooks
         )
+        #: Each provider's ``HandlerConfig`` (frozen: one per provider serves every attempt), and a count's.
+        self._handler_configs = {
+            name: HandlerConfig(self.handler.plugin_adapters, provider.supports_streaming)
+            for name, provider in config.providers.items()
+        }
+        self._count_config = HandlerConfig(self.handler.plugin_adapters, supports_streaming=False)
 
     def context(self, request: Request, dialect: str) -> RequestContext:
         """A new context for ``request``; its id is seeded by the client's ``x-request-id`` when sane."""
@@ -118,7 +125,7 @@ class Proxy:
 
     async def _receive(self, request: Request, ctx: RequestContext) -> tuple[Route, ...]:
         """Parse the body, let plugins refuse it, and route its model."""
-        check_headers(request.headers)
+        check_headers(request)
         body = parse_body(request.body, self.config.limits.max_model_length)
         ctx.body = body
         ctx.model_requested = body["model"]
@@ -238,17 +245,14 @@ class Proxy:
         aim(ctx, provider.name, route.model, provider.format)  # what the request hooks below see
         if ctx.counting:
             return await self._prepare_count(request, ctx, route)
-        handler_config = HandlerConfig(
-            response_adapter=self.handler.plugin_adapters,
-            supports_streaming=provider.supports_streaming,
-        )
+        handler_config = self._handler_configs[provider.name]
         # Per attempt (fallbacks may differ), before the request adapter and body hooks see it.
         ctx.upstream_stream = ctx.stream and self.handler.should_stream(ctx.body or {}, handler_config)
         body = await self._upstream_body(request, ctx)
         url = provider.base_url + UPSTREAM_PATHS[provider.format]
         if request.query_string and not ctx.translated:
             url += "?" + request.query_string
-        headers = request_headers(request.headers.items())
+        headers = request_headers(header_fields(request))
         if self._reads_bodies and "accept-encoding" in headers:
             headers["accept-encoding"] = decodable_accept_encoding(headers["accept-encoding"])
         headers.update(provider.headers)
@@ -322,7 +326,7 @@ class Proxy:
             body = json.dumps({k: v for k, v in translated.items() if k in fields}, ensure_ascii=False).encode()
         elif ctx.model != ctx.model_requested:
             body = json.dumps({**(ctx.body or {}), "model": ctx.model}, ensure_ascii=False).encode()
-        headers = request_headers(request.headers.items())
+        headers = request_headers(header_fields(request))
         headers.update(provider.headers)
         headers.setdefault("content-type", "application/json")
         await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)
@@ -338,7 +342,7 @@ class Proxy:
             url=url,
             headers=headers,
             body=body,
-            handler_config=HandlerConfig(response_adapter=self.handler.plugin_adapters, supports_streaming=False),
+            handler_config=self._count_config,
             client=self.clients[provider.name],
             transport=transport,
             timeouts=self.config.timeouts_for(provider),

@@ -298,13 +298,12 @@ def create_app(
         for client in getattr(app.ctx, "clients", {}).values():
             await client.aclose()
 
-    def proxy_route(method: str) -> Any:
-        """The handler of a proxy route whose request ``Proxy.<method>`` serves."""
+    def proxy_route(method: str, dialect: str) -> Any:
+        """The handler of a proxy route in ``dialect`` whose request ``Proxy.<method>`` serves."""
 
         async def proxy_route(request: Request) -> Any:
             proxy: Proxy = request.app.ctx.proxy
-            # Sanic also routes "/v1/messages/" here.
-            ctx = proxy.context(request, PROXY_ROUTES.get(request.path.rstrip("/")) or dialect_for_path(request.path))
+            ctx = proxy.context(request, dialect)  # the route's own (Sanic also routes "/v1/messages/" here)
             request.ctx.ccproxy = ctx
             try:
                 await intake.receive(request, ctx)
@@ -317,9 +316,9 @@ def create_app(
 
         return proxy_route
 
-    for path in PROXY_ROUTES:
+    for path, dialect in PROXY_ROUTES.items():
         # stream=True: Sanic reads no body before the handler; the intake reads it after the head hooks.
-        handler = proxy_route("input_tokens" if path == INPUT_TOKENS_ROUTE else "handle")
+        handler = proxy_route("input_tokens" if path == INPUT_TOKENS_ROUTE else "handle", dialect)
         app.add_route(handler, path, methods=["POST"], name=path.strip("/").replace("/", "_"), stream=True)
 
     def _model_error(request: Request, error: ProxyError) -> response.HTTPResponse:
