@@ -1,0 +1,198 @@
+"""The redis state backend's pipe against a real server: many takes in flight, the URL forms it
+connects with, a Redis restarted or stalled mid-run, NOSCRIPT, a cancelled take, replies in pieces."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+import redis.asyncio
+
+from ccproxy_core import Check, Window
+from ccproxy_core.config import StateSettings
+from ccproxy_core.state import StateUnavailable, open_state
+from ccproxy_core.state.redis import pack, parse
+from tests.gateway_helpers import RedisServer
+from tests.servers import reserved_port
+
+
+def window(name: str, period: float = 60) -> Window:
+    return Window(f"t:{name}:{time.monotonic_ns()}", period)
+
+
+def test_many_takes_in_flight_get_exactly_the_limit_in_order(redis_server):
+    """500 takes at once on one pipe, a limit of 300: the first 300 in order pass, the rest are refused."""
+    async def main():
+        state = open_state(StateSettings(backend="redis", url=redis_server.url))
+        requests = window("flight")
+        try:
+            verdicts = await asyncio.gather(*(state.take([Check(requests, 300, 1)]) for _ in range(500)))
+            assert [v.refused for v in verdicts] == [None] * 300 + [0] * 200
+            assert all(55 < v.retry_after <= 60 for v in verdicts[300:])
+            assert (await state.read([requests]))[0][0] == 300
+        finally:
+            await state.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_take_leaves_the_next_replies_in_order(redis_server):
+    async def main():
+        state = open_state(StateSettings(backend="redis", url=redis_server.url))
+        a, b = window("a"), window("b")
+        try:
+            await state.take([Check(a, None, 1)])  # connected
+            cancelled = asyncio.ensure_future(state.take([Check(a, 1, 1)]))
+            await asyncio.sleep(0)  # queued on the pipe
+            cancelled.cancel()
+            assert (await state.take([Check(b, 1, 1)])).refused is None  # b's own reply, not a's
+            assert (await state.take([Check(b, 1, 1)])).refused == 0
+        finally:
+            await state.close()
+
+    asyncio.run(main())
+
+
+def test_noscript_after_a_script_flush_runs_the_script_whole(redis_server):
+    async def main():
+        state = open_state(StateSettings(backend="redis", url=redis_server.url))
+        requests = window("noscript")
+        other = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            assert (await state.take([Check(requests, 2, 1)])).refused is None
+            await other.script_flush()
+            assert (await state.take([Check(requests, 2, 1)])).refused is None  # counted once
+            assert (await state.take([Check(requests, 2, 1)])).refused == 0
+        finally:
+            await other.aclose()
+            await state.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("options, url", [
+    (("--requirepass", "s3cret"), "redis://:s3cret@127.0.0.1:{port}/3"),
+    (("--user", "alice", "on", ">pw", "~*", "+@all", "--user", "default", "off"), "redis://alice:pw@127.0.0.1:{port}/2"),
+    (("--unixsocket", "{tmp}/redis.sock"), "unix://{tmp}/redis.sock?db=1"),
+])
+def test_urls_with_password_acl_user_db_and_unix_socket(tmp_path, options, url):
+    with reserved_port() as port:
+        server = RedisServer(port, *(o.format(tmp=tmp_path) for o in options)).start()
+        url = url.format(port=port, tmp=tmp_path)
+
+        async def main():
+            state = open_state(StateSettings(backend="redis", url=url))
+            requests = window("url")
+            other = redis.asyncio.Redis.from_url(url)
+            try:
+                assert (await state.take([Check(requests, 5, 1)])).refused is None
+                assert await other.get("ccproxy:" + requests.name) == b"1"  # in the URL's db
+            finally:
+                await other.aclose()
+                await state.close()
+
+        try:
+            asyncio.run(main())
+        finally:
+            server.stop()
+
+
+def test_a_wrong_password_is_unavailable_without_the_secret(tmp_path):
+    with reserved_port() as port:
+        server = RedisServer(port, "--requirepass", "right").start()
+
+        async def main():
+            state = open_state(StateSettings(backend="redis", url=f"redis://:wrong-s3cret@127.0.0.1:{port}/0"))
+            try:
+                with pytest.raises(StateUnavailable) as caught:
+                    await state.take([Check(window("auth"), None, 1)])
+                assert "s3cret" not in str(caught.value)
+            finally:
+                await state.close()
+
+        try:
+            asyncio.run(main())
+        finally:
+            server.stop()
+
+
+def test_redis_restarted_mid_run_recovers_and_sends_what_was_pending():
+    with reserved_port() as port:
+        server = RedisServer(port).start()
+
+        async def main():
+            state = open_state(StateSettings(backend="redis", url=server.url, timeout=0.5))
+            requests, tokens = window("restart"), window("tokens")
+            try:
+                takes = [asyncio.ensure_future(state.take([Check(requests, None, 1)])) for _ in range(50)]
+                await asyncio.sleep(0)
+                server.stop()  # with takes in flight (or not yet answered)
+                results = await asyncio.gather(*takes, return_exceptions=True)
+                assert all(r is None or isinstance(r, StateUnavailable) or r.refused is None
+                           for r in results), results
+                await state.add([(tokens, 7)])
+                with pytest.raises(StateUnavailable):
+                    await state.take([Check(requests, None, 1)])
+                assert state._pending  # the tokens kept
+                server.start()  # empty: no script cached, so NOSCRIPT then the whole script
+                verdicts = await asyncio.gather(*(state.take([Check(requests, 10, 1)]) for _ in range(12)))
+                assert [v.refused for v in verdicts] == [None] * 10 + [0, 0]
+                assert not state._pending
+                assert (await state.read([tokens]))[0][0] == 7
+            finally:
+                await state.close()
+
+        try:
+            asyncio.run(main())
+        finally:
+            server.stop()
+
+
+def test_a_stalled_redis_fails_within_the_timeout_then_recovers():
+    with reserved_port() as port:
+        server = RedisServer(port).start()
+
+        async def main():
+            state = open_state(StateSettings(backend="redis", url=server.url, timeout=0.3))
+            requests = window("stall")
+            try:
+                assert (await state.take([Check(requests, None, 1)])).refused is None
+                server.proc.send_signal(signal.SIGSTOP)
+                try:
+                    started = time.monotonic()
+                    results = await asyncio.gather(*(state.take([Check(requests, None, 1)]) for _ in range(20)),
+                                                   return_exceptions=True)
+                    assert all(isinstance(r, StateUnavailable) for r in results), results
+                    assert "Timeout" in str(results[0])
+                    assert 0.25 < time.monotonic() - started < 2
+                finally:
+                    server.proc.send_signal(signal.SIGCONT)
+                assert (await state.take([Check(requests, None, 1)])).refused is None  # a new connection
+            finally:
+                await state.close()
+
+        try:
+            asyncio.run(main())
+        finally:
+            server.stop()
+
+
+def test_pack_and_parse():
+    assert pack("EVALSHA", b"ab", 2, 0.5) == b"*4\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n2\r\n$3\r\n0.5\r\n"
+    replies = b"*2\r\n:1\r\n:-5\r\n:0\r\n-NOSCRIPT No matching script\r\n$3\r\nabc\r\n$-1\r\n+OK\r\n_\r\n"
+    found, pos = [], 0
+    while (reply := parse(replies, pos)) is not None:
+        found.append(reply[0])
+        pos = reply[1]
+    assert pos == len(replies)
+    assert found[:3] == [[1, -5], 0, found[2]] and str(found[2]).startswith("NOSCRIPT")
+    assert found[3:] == [b"abc", None, b"OK", None]
+    for cut in range(len(replies) - 1):  # a reply cut anywhere is incomplete, never wrong
+        part, pos, got = replies[:cut], 0, []
+        while (reply := parse(part, pos)) is not None:
+            got.append(reply[0])
+            pos = reply[1]
+        assert [str(g) if isinstance(g, Exception) else g for g in got] == \
+            [str(f) if isinstance(f, Exception) else f for f in found[:len(got)]]
