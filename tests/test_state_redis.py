@@ -4,7 +4,10 @@ connects with, a Redis restarted or stalled mid-run, NOSCRIPT, a cancelled take,
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import ssl
+import subprocess
 import time
 
 import pytest
@@ -97,6 +100,46 @@ def test_urls_with_password_acl_user_db_and_unix_socket(tmp_path, options, url):
             asyncio.run(main())
         finally:
             server.stop()
+
+
+def test_a_tls_url(redis_server, tmp_path):
+    """``rediss://`` through a TLS front (the test server has no TLS of its own) to the plain server."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl CLI is not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=ccproxy-test",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def front(client_reader, client_writer):
+        reader, writer = await asyncio.open_connection("127.0.0.1", redis_server.port)
+
+        async def copy(source, sink):
+            while data := await source.read(65536):
+                sink.write(data)
+            sink.close()
+
+        await asyncio.gather(copy(client_reader, writer), copy(reader, client_writer), return_exceptions=True)
+
+    async def main():
+        server = await asyncio.start_server(front, "127.0.0.1", 0, ssl=tls)
+        url = f"rediss://127.0.0.1:{server.sockets[0].getsockname()[1]}/4?ssl_ca_certs={cert}"
+        state = open_state(StateSettings(backend="redis", url=url))
+        requests = window("tls")
+        other = redis.asyncio.Redis.from_url(redis_server.url.replace("/0", "/4"))
+        try:
+            verdicts = await asyncio.gather(*(state.take([Check(requests, 20, 1)]) for _ in range(30)))
+            assert [v.refused for v in verdicts] == [None] * 20 + [0] * 10
+            assert await other.get("ccproxy:" + requests.name) == b"20"
+        finally:
+            await other.aclose()
+            await state.close()
+            server.close()
+
+    asyncio.run(main())
 
 
 def test_a_wrong_password_is_unavailable_without_the_secret(tmp_path):
