@@ -4,6 +4,7 @@ connects with, a Redis restarted or stalled mid-run, NOSCRIPT, a cancelled take,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import ssl
@@ -25,54 +26,65 @@ def window(name: str, period: float = 60) -> Window:
     return Window(f"t:{name}:{time.monotonic_ns()}", period)
 
 
-def test_many_takes_in_flight_get_exactly_the_limit_in_order(redis_server):
-    """500 takes at once on one pipe, a limit of 300: the first 300 in order pass, the rest are refused."""
+@pytest.fixture
+def own_redis():
+    """``own_redis(*options)``: a server of the test's own (to stop, stall or start with ``options``)."""
+    with contextlib.ExitStack() as stack:
+        def start(*options: str) -> RedisServer:
+            server = RedisServer(stack.enter_context(reserved_port()), *options).start()
+            stack.callback(server.stop)
+            return server
+
+        yield start
+
+
+def run(url: str, test, **settings) -> None:
+    """``await test(state)`` with a redis backend on ``url`` (and ``settings``), closed after."""
     async def main():
-        state = open_state(StateSettings(backend="redis", url=redis_server.url))
-        requests = window("flight")
+        state = open_state(StateSettings(backend="redis", url=url, **settings))
         try:
-            verdicts = await asyncio.gather(*(state.take([Check(requests, 300, 1)]) for _ in range(500)))
-            assert [v.refused for v in verdicts] == [None] * 300 + [0] * 200
-            assert all(55 < v.retry_after <= 60 for v in verdicts[300:])
-            assert (await state.read([requests]))[0][0] == 300
+            await test(state)
         finally:
             await state.close()
 
     asyncio.run(main())
+
+
+def test_many_takes_in_flight_get_exactly_the_limit_in_order(redis_server):
+    """500 takes at once on one pipe, a limit of 300: the first 300 in order pass, the rest are refused."""
+    async def test(state):
+        requests = window("flight")
+        verdicts = await asyncio.gather(*(state.take([Check(requests, 300, 1)]) for _ in range(500)))
+        assert [v.refused for v in verdicts] == [None] * 300 + [0] * 200
+        assert all(55 < v.retry_after <= 60 for v in verdicts[300:])
+        assert (await state.read([requests]))[0][0] == 300
+
+    run(redis_server.url, test)
 
 
 def test_a_cancelled_take_leaves_the_next_replies_in_order(redis_server):
-    async def main():
-        state = open_state(StateSettings(backend="redis", url=redis_server.url))
+    async def test(state):
         a, b = window("a"), window("b")
-        try:
-            await state.take([Check(a, None, 1)])  # connected
-            cancelled = asyncio.ensure_future(state.take([Check(a, 1, 1)]))
-            await asyncio.sleep(0)  # queued on the pipe
-            cancelled.cancel()
-            assert (await state.take([Check(b, 1, 1)])).refused is None  # b's own reply, not a's
-            assert (await state.take([Check(b, 1, 1)])).refused == 0
-        finally:
-            await state.close()
+        await state.take([Check(a, None, 1)])  # connected
+        cancelled = asyncio.ensure_future(state.take([Check(a, 1, 1)]))
+        await asyncio.sleep(0)  # queued on the pipe
+        cancelled.cancel()
+        assert (await state.take([Check(b, 1, 1)])).refused is None  # b's own reply, not a's
+        assert (await state.take([Check(b, 1, 1)])).refused == 0
 
-    asyncio.run(main())
+    run(redis_server.url, test)
 
 
 def test_noscript_after_a_script_flush_runs_the_script_whole(redis_server):
-    async def main():
-        state = open_state(StateSettings(backend="redis", url=redis_server.url))
+    async def test(state):
         requests = window("noscript")
-        other = redis.asyncio.Redis.from_url(redis_server.url)
-        try:
-            assert (await state.take([Check(requests, 2, 1)])).refused is None
+        assert (await state.take([Check(requests, 2, 1)])).refused is None
+        async with redis.asyncio.Redis.from_url(redis_server.url) as other:
             await other.script_flush()
-            assert (await state.take([Check(requests, 2, 1)])).refused is None  # counted once
-            assert (await state.take([Check(requests, 2, 1)])).refused == 0
-        finally:
-            await other.aclose()
-            await state.close()
+        assert (await state.take([Check(requests, 2, 1)])).refused is None  # counted once
+        assert (await state.take([Check(requests, 2, 1)])).refused == 0
 
-    asyncio.run(main())
+    run(redis_server.url, test)
 
 
 @pytest.mark.parametrize("options, url", [
@@ -80,26 +92,17 @@ def test_noscript_after_a_script_flush_runs_the_script_whole(redis_server):
     (("--user", "alice", "on", ">pw", "~*", "+@all", "--user", "default", "off"), "redis://alice:pw@127.0.0.1:{port}/2"),
     (("--unixsocket", "{tmp}/redis.sock"), "unix://{tmp}/redis.sock?db=1"),
 ])
-def test_urls_with_password_acl_user_db_and_unix_socket(tmp_path, options, url):
-    with reserved_port() as port:
-        server = RedisServer(port, *(o.format(tmp=tmp_path) for o in options)).start()
-        url = url.format(port=port, tmp=tmp_path)
+def test_urls_with_password_acl_user_db_and_unix_socket(tmp_path, own_redis, options, url):
+    server = own_redis(*(o.format(tmp=tmp_path) for o in options))
+    url = url.format(port=server.port, tmp=tmp_path)
 
-        async def main():
-            state = open_state(StateSettings(backend="redis", url=url))
-            requests = window("url")
-            other = redis.asyncio.Redis.from_url(url)
-            try:
-                assert (await state.take([Check(requests, 5, 1)])).refused is None
-                assert await other.get("ccproxy:" + requests.name) == b"1"  # in the URL's db
-            finally:
-                await other.aclose()
-                await state.close()
+    async def test(state):
+        requests = window("url")
+        assert (await state.take([Check(requests, 5, 1)])).refused is None
+        async with redis.asyncio.Redis.from_url(url) as other:
+            assert await other.get("ccproxy:" + requests.name) == b"1"  # in the URL's db
 
-        try:
-            asyncio.run(main())
-        finally:
-            server.stop()
+    run(url, test)
 
 
 def test_a_tls_url(redis_server, tmp_path):
@@ -126,100 +129,75 @@ def test_a_tls_url(redis_server, tmp_path):
 
     async def main():
         server = await asyncio.start_server(front, "127.0.0.1", 0, ssl=tls)
-        url = f"rediss://127.0.0.1:{server.sockets[0].getsockname()[1]}/4?ssl_ca_certs={cert}"
-        state = open_state(StateSettings(backend="redis", url=url))
+        state = open_state(StateSettings(
+            backend="redis", url=f"rediss://127.0.0.1:{server.sockets[0].getsockname()[1]}/4?ssl_ca_certs={cert}"))
         requests = window("tls")
-        other = redis.asyncio.Redis.from_url(redis_server.url.replace("/0", "/4"))
         try:
             verdicts = await asyncio.gather(*(state.take([Check(requests, 20, 1)]) for _ in range(30)))
             assert [v.refused for v in verdicts] == [None] * 20 + [0] * 10
-            assert await other.get("ccproxy:" + requests.name) == b"20"
+            async with redis.asyncio.Redis.from_url(redis_server.url.replace("/0", "/4")) as other:
+                assert await other.get("ccproxy:" + requests.name) == b"20"
         finally:
-            await other.aclose()
             await state.close()
             server.close()
 
     asyncio.run(main())
 
 
-def test_a_wrong_password_is_unavailable_without_the_secret(tmp_path):
-    with reserved_port() as port:
-        server = RedisServer(port, "--requirepass", "right").start()
+def test_a_wrong_password_is_unavailable_without_the_secret(own_redis):
+    server = own_redis("--requirepass", "right")
 
-        async def main():
-            state = open_state(StateSettings(backend="redis", url=f"redis://:wrong-s3cret@127.0.0.1:{port}/0"))
-            try:
-                with pytest.raises(StateUnavailable) as caught:
-                    await state.take([Check(window("auth"), None, 1)])
-                assert "s3cret" not in str(caught.value)
-            finally:
-                await state.close()
+    async def test(state):
+        with pytest.raises(StateUnavailable) as caught:
+            await state.take([Check(window("auth"), None, 1)])
+        assert "s3cret" not in str(caught.value)
 
+    run(f"redis://:wrong-s3cret@127.0.0.1:{server.port}/0", test)
+
+
+def test_redis_restarted_mid_run_recovers_and_sends_what_was_pending(own_redis):
+    server = own_redis()
+
+    async def test(state):
+        requests, tokens = window("restart"), window("tokens")
+        assert (await state.take([Check(requests, None, 1)])).refused is None  # connected
+        takes = [asyncio.ensure_future(state.take([Check(requests, None, 1)])) for _ in range(50)]
+        await asyncio.sleep(0)
+        server.stop()  # with takes in flight (or not yet answered)
+        results = await asyncio.gather(*takes, return_exceptions=True)
+        assert all(isinstance(r, StateUnavailable) or r.refused is None for r in results), results
+        await state.add([(tokens, 7)])
+        with pytest.raises(StateUnavailable):
+            await state.take([Check(requests, None, 1)])
+        assert state._pending  # the tokens kept
+        server.start()  # empty: no script cached, so NOSCRIPT then the whole script
+        verdicts = await asyncio.gather(*(state.take([Check(requests, 10, 1)]) for _ in range(12)))
+        assert [v.refused for v in verdicts] == [None] * 10 + [0, 0]
+        assert not state._pending
+        assert (await state.read([tokens]))[0][0] == 7
+
+    run(server.url, test, timeout=0.5)
+
+
+def test_a_stalled_redis_fails_within_the_timeout_then_recovers(own_redis):
+    server = own_redis()
+
+    async def test(state):
+        requests = window("stall")
+        assert (await state.take([Check(requests, None, 1)])).refused is None
+        server.proc.send_signal(signal.SIGSTOP)
         try:
-            asyncio.run(main())
+            started = time.monotonic()
+            results = await asyncio.gather(*(state.take([Check(requests, None, 1)]) for _ in range(20)),
+                                           return_exceptions=True)
+            assert all(isinstance(r, StateUnavailable) for r in results), results
+            assert "Timeout" in str(results[0])
+            assert 0.25 < time.monotonic() - started < 5
         finally:
-            server.stop()
+            server.proc.send_signal(signal.SIGCONT)
+        assert (await state.take([Check(requests, None, 1)])).refused is None  # a new connection
 
-
-def test_redis_restarted_mid_run_recovers_and_sends_what_was_pending():
-    with reserved_port() as port:
-        server = RedisServer(port).start()
-
-        async def main():
-            state = open_state(StateSettings(backend="redis", url=server.url, timeout=0.5))
-            requests, tokens = window("restart"), window("tokens")
-            try:
-                takes = [asyncio.ensure_future(state.take([Check(requests, None, 1)])) for _ in range(50)]
-                await asyncio.sleep(0)
-                server.stop()  # with takes in flight (or not yet answered)
-                results = await asyncio.gather(*takes, return_exceptions=True)
-                assert all(r is None or isinstance(r, StateUnavailable) or r.refused is None
-                           for r in results), results
-                await state.add([(tokens, 7)])
-                with pytest.raises(StateUnavailable):
-                    await state.take([Check(requests, None, 1)])
-                assert state._pending  # the tokens kept
-                server.start()  # empty: no script cached, so NOSCRIPT then the whole script
-                verdicts = await asyncio.gather(*(state.take([Check(requests, 10, 1)]) for _ in range(12)))
-                assert [v.refused for v in verdicts] == [None] * 10 + [0, 0]
-                assert not state._pending
-                assert (await state.read([tokens]))[0][0] == 7
-            finally:
-                await state.close()
-
-        try:
-            asyncio.run(main())
-        finally:
-            server.stop()
-
-
-def test_a_stalled_redis_fails_within_the_timeout_then_recovers():
-    with reserved_port() as port:
-        server = RedisServer(port).start()
-
-        async def main():
-            state = open_state(StateSettings(backend="redis", url=server.url, timeout=0.3))
-            requests = window("stall")
-            try:
-                assert (await state.take([Check(requests, None, 1)])).refused is None
-                server.proc.send_signal(signal.SIGSTOP)
-                try:
-                    started = time.monotonic()
-                    results = await asyncio.gather(*(state.take([Check(requests, None, 1)]) for _ in range(20)),
-                                                   return_exceptions=True)
-                    assert all(isinstance(r, StateUnavailable) for r in results), results
-                    assert "Timeout" in str(results[0])
-                    assert 0.25 < time.monotonic() - started < 2
-                finally:
-                    server.proc.send_signal(signal.SIGCONT)
-                assert (await state.take([Check(requests, None, 1)])).refused is None  # a new connection
-            finally:
-                await state.close()
-
-        try:
-            asyncio.run(main())
-        finally:
-            server.stop()
+    run(server.url, test, timeout=0.3)
 
 
 def test_pack_and_parse():
