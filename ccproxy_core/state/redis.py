@@ -9,14 +9,25 @@ later. So tokens and spend reach the other instances within that delay; amounts 
 sent stay pending until Redis answers again. ``read`` sends what is pending first. Window ends
 are Redis's own key expiries, so the instances' clocks do not matter.
 
-No retry inside an operation and ``state.timeout`` on connecting and on every read: a Redis that
-is down or stalled fails the operation at once (:class:`StateUnavailable`); the pool reconnects
-on a later operation, so the gateway recovers by itself when Redis returns.
+The scripts (``take`` and the adds sent alone) go through :class:`Pipe`: one connection per
+worker that redis-py opens (URL, TLS, ACL user and password, db, unix socket), then a few lines
+of our own write each command pre-packed and pipelined (one write per loop turn, the replies in
+order). redis-py's own call cost ~100 µs of CPU per ``EVALSHA`` (its pool, its packing, a task
+and two timeouts per call); see docs/instances.md, *Cost*. ``read``, ``get`` and ``put`` stay
+redis-py calls.
+
+No retry inside an operation and ``state.timeout`` on connecting and on every read (a command's
+reply not in within it fails the connection and every command on it): a Redis that is down or
+stalled fails the operation at once (:class:`StateUnavailable`); a later operation connects
+again, so the gateway recovers by itself when Redis returns. A Redis restarted empty answers
+``NOSCRIPT``: the script is then sent whole (``EVAL``), which nothing ran before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections import deque
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
@@ -53,6 +64,142 @@ return {0, 0}
 """
 # The adds alone (the first part of _TAKE, same arguments).
 _ADD = _TAKE[: _TAKE.index("local base")] + "return 0\n"
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_TAKE, _ADD)}
+
+
+def pack(*args: str | bytes | int | float) -> bytes:
+    """One command in the Redis protocol (numbers written as redis-py writes them: ``repr``)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg if isinstance(arg, bytes) else repr(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def parse(buffer: bytes, pos: int) -> tuple[Any, int] | None:
+    """The reply at ``pos`` and where the next starts; None while it is incomplete. An error reply is
+    a ``ResponseError`` returned, not raised; a kind of reply the scripts never get is ``InvalidResponse``."""
+    from redis.exceptions import InvalidResponse, ResponseError
+
+    end = buffer.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    kind, line, pos = buffer[pos:pos + 1], buffer[pos + 1:end], end + 2
+    if kind == b":":
+        return int(line), pos
+    if kind == b"*" or kind == b">":
+        items = []
+        for _ in range(int(line)):
+            found = parse(buffer, pos)
+            if found is None:
+                return None
+            item, pos = found
+            items.append(item)
+        return (items if kind == b"*" else Pipe.PUSH), pos
+    if kind == b"-":
+        return ResponseError(line.decode(errors="replace")), pos
+    if kind == b"+":
+        return line, pos
+    if kind == b"$":
+        size = int(line)
+        if size < 0:
+            return None, pos
+        return (buffer[pos:pos + size], pos + size + 2) if len(buffer) >= pos + size + 2 else None
+    if kind == b"_":
+        return None, pos
+    raise InvalidResponse(f"unexpected reply from redis: {kind!r}")
+
+
+class Pipe(asyncio.Protocol):
+    """One connection that takes over a connected redis-py connection's streams' transport and carries
+    commands pipelined: :meth:`send` queues one, all queued in a loop turn go in one write, and
+    each reply resolves its command's future, in order. A reply not in within ``timeout`` seconds
+    of its command, a connection lost or a reply that cannot be parsed fails the pipe (its
+    ``error``) and every command waiting on it; a failed pipe is not used again."""
+
+    PUSH = object()  # a RESP3 push message (no command waits for it)
+
+    def __init__(self, streams: tuple[asyncio.StreamReader, asyncio.StreamWriter], timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.streams = streams  # kept: a stream writer collected closes its transport
+        self.transport = transport = streams[1].transport
+        self.timeout = timeout
+        self.error: Exception | None = None
+        self.waiting: deque[tuple[float, asyncio.Future[Any]]] = deque()  # (deadline, reply)
+        self.out: list[bytes] = []
+        self.buffer = b""
+        self.watchdog: asyncio.TimerHandle | None = None
+        transport.set_protocol(self)
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """The future of ``command``'s reply (an error reply is its result, not its exception)."""
+        future = self.loop.create_future()
+        if self.error is not None:
+            future.set_exception(type(self.error)(*self.error.args))
+            return future
+        self.waiting.append((self.loop.time() + self.timeout, future))
+        if not self.out:
+            self.loop.call_soon(self._write)
+        self.out.append(command)
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_at(self.waiting[0][0], self._check)
+        return future
+
+    def _write(self) -> None:
+        out, self.out = self.out, []
+        if out and self.error is None:
+            self.transport.write(b"".join(out))
+
+    def _check(self) -> None:
+        from redis.exceptions import TimeoutError
+
+        self.watchdog = None
+        if self.waiting and self.waiting[0][0] <= self.loop.time():
+            self.fail(TimeoutError("Timeout reading from redis"))
+        elif self.waiting:
+            self.watchdog = self.loop.call_at(self.waiting[0][0], self._check)
+
+    def data_received(self, data: bytes) -> None:
+        buffer, pos = self.buffer + data, 0
+        try:
+            while (found := parse(buffer, pos)) is not None:
+                reply, pos = found
+                if reply is self.PUSH:
+                    continue
+                if not self.waiting:
+                    raise ValueError("a reply to no command")
+                future = self.waiting.popleft()[1]
+                if not future.done():  # else its caller was cancelled
+                    future.set_result(reply)
+        except Exception as exc:  # noqa: BLE001 - any reply we cannot read ends the connection
+            from redis.exceptions import InvalidResponse
+
+            self.fail(exc if isinstance(exc, InvalidResponse) else InvalidResponse(f"bad reply from redis ({exc})"))
+        self.buffer = buffer[pos:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        from redis.exceptions import ConnectionError
+
+        self.fail(ConnectionError("Connection closed by server."))
+
+    def fail(self, error: Exception) -> None:
+        """End the pipe: close its connection now and fail what waits on it with ``error``."""
+        if self.error is not None:
+            return
+        self.error = error
+        self.transport.abort()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        while self.waiting:
+            future = self.waiting.popleft()[1]
+            if not future.done():
+                future.set_exception(type(error)(*error.args))
+
+    def close(self) -> None:
+        """Close after what is written has gone."""
+        if self.error is None:
+            self._write()
+            self.transport.close()
 
 
 def describe(url: str) -> str:
@@ -83,8 +230,8 @@ class RedisState:
             retry=Retry(NoBackoff(), 0),
             retry_on_error=[],
         )
-        self._take = self.client.register_script(_TAKE)
-        self._add = self.client.register_script(_ADD)
+        self._pipe: Pipe | None = None
+        self._connecting: asyncio.Future[Pipe] | None = None
         self._pending: dict[str, list[Any]] = {}  # key -> [period (ms), amount]
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
@@ -103,6 +250,38 @@ class RedisState:
             entry = self._pending.setdefault(key, [period, 0])
             entry[1] += amount
 
+    async def _connect(self) -> Pipe:
+        """A pipe on a new connection; callers that come while it connects wait for the same one."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> Pipe:
+        connection = self.client.connection_pool.make_connection()
+        await connection.connect()  # redis-py: the URL's TLS, unix socket, AUTH or HELLO, SELECT
+        streams = connection._reader, connection._writer
+        connection._reader = connection._writer = None  # the transport is the pipe's now
+        self._pipe = Pipe(streams, self.timeout)
+        return self._pipe
+
+    async def _script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA`` of ``script`` on the pipe (``EVAL`` when Redis does not know it: nothing ran)."""
+        pipe = self._pipe
+        if pipe is None or pipe.error is not None:
+            pipe = await self._connect()
+        reply = await pipe.send(pack("EVALSHA", _SHA[script], len(keys), *keys, *args))
+        if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
+            reply = await pipe.send(pack("EVAL", script, len(keys), *keys, *args))
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
     async def _run(self, call: Any) -> Any:
         try:
             result = await call
@@ -117,7 +296,7 @@ class RedisState:
             keys.append(PREFIX + check.window.name)
             args += [int(check.window.period * 1000), -1 if check.limit is None else check.limit, check.amount]
         try:
-            refused, ttl = await self._run(self._take(keys=keys, args=args))
+            refused, ttl = await self._run(self._script(_TAKE, keys, args))
         except BaseException:
             self._restore(pending)
             raise
@@ -149,7 +328,7 @@ class RedisState:
             return
         keys, args, pending = self._adds()
         try:
-            await self._run(self._add(keys=keys, args=args))
+            await self._run(self._script(_ADD, keys, args))
         except BaseException:
             self._restore(pending)
             if self._flush is None:  # try again later (the outage is logged once)
@@ -179,6 +358,8 @@ class RedisState:
             self._flush.cancel()
             self._flush = None
         await self._send_quietly()
+        if self._pipe is not None:
+            self._pipe.close()
         try:
             await self.client.aclose()
         except self._errors:
