@@ -17,7 +17,7 @@ import redis.asyncio
 from ccproxy_core import Check, Window
 from ccproxy_core.config import StateSettings
 from ccproxy_core.state import StateUnavailable, open_state
-from ccproxy_core.state.redis import pack, parse
+from ccproxy_core.state.redis import MAX_BUFFERED, Pipe, pack, parse
 from tests.gateway_helpers import RedisServer
 from tests.servers import reserved_port
 
@@ -217,3 +217,29 @@ def test_pack_and_parse():
             pos = reply[1]
         assert [str(g) if isinstance(g, Exception) else g for g in got] == \
             [str(f) if isinstance(f, Exception) else f for f in found[:len(got)]]
+
+
+def test_a_reply_over_the_bound_fails_the_pipe_without_holding_it():
+    """A server that answers with more than MAX_BUFFERED bytes of one unfinished reply: the command fails
+    and the pipe lets go of what it read (a real socket; the server is ours, not Redis)."""
+    from redis.exceptions import InvalidResponse
+
+    async def main():
+        async def flood(reader, writer):
+            await reader.read(100)
+            writer.write(b"$%d\r\n" % (4 * MAX_BUFFERED) + b"x" * (MAX_BUFFERED + 65536))
+            await writer.drain()
+            await reader.read(100)  # until the pipe closes
+
+        server = await asyncio.start_server(flood, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pipe = Pipe(await asyncio.open_connection("127.0.0.1", port), timeout=10)
+        with pytest.raises(InvalidResponse, match="over"):
+            await pipe.send(pack("PING"))
+        assert pipe.buffer == b"" and pipe.transport.is_closing()
+        with pytest.raises(InvalidResponse):  # a failed pipe is not used again
+            await pipe.send(pack("PING"))
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())

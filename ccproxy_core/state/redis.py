@@ -65,6 +65,8 @@ return {0, 0}
 # The adds alone (the first part of _TAKE, same arguments).
 _ADD = _TAKE[: _TAKE.index("local base")] + "return 0\n"
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_TAKE, _ADD)}
+#: Bytes of an unfinished reply a pipe holds (the scripts' replies are a few dozen bytes): more fails it.
+MAX_BUFFERED = 1 << 20
 
 
 def pack(*args: str | bytes | int | float) -> bytes:
@@ -176,6 +178,11 @@ class Pipe(asyncio.Protocol):
 
             self.fail(exc if isinstance(exc, InvalidResponse) else InvalidResponse(f"bad reply from redis ({exc})"))
         self.buffer = buffer[pos:]
+        if len(self.buffer) > MAX_BUFFERED:
+            from redis.exceptions import InvalidResponse
+
+            self.fail(InvalidResponse(f"a reply from redis over {MAX_BUFFERED} bytes"))
+            self.buffer = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         from redis.exceptions import ConnectionError
