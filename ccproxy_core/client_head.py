@@ -68,9 +68,10 @@ class ClientHead(HTTPResponse):
             strip = _STRIP_UNSAFE
             return [(n.translate(strip).encode("ascii"), v.translate(strip).encode("utf-8", "surrogateescape"))
                     for n, v in headers.items()]
-        if headers and self.stream.__class__ is Http:
-            # Sanic's HTTP/1 writer makes each pair ``name: value\r\n``: one pair holding every line after the
-            # first name's ": " gives the same bytes in one join and one encode instead of a format per header.
+        if headers and getattr(type(self.stream), "http1_response_header", None) is Http.http1_response_header:
+            # Sanic's HTTP/1 writer (Http's, or a subclass's that keeps it: the proxy's ClientHttp) makes each pair
+            # ``name: value\r\n``: one pair holding every line after the first name's ": " gives the same bytes
+            # in one join and one encode instead of a format per header.
             lines = "\r\n".join(map(": ".join, headers.items()))
             if lines.isascii():
                 first, _, rest = lines.partition(": ")

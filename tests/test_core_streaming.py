@@ -440,6 +440,7 @@ def test_client_head_lines_are_the_bytes_of_its_pairs(extra):
     from sanic.http import Http
 
     from ccproxy_core.client_head import ClientHead
+    from ccproxy_core.request_head import ClientHttp
 
     def head(stream: Any) -> bytes:
         response = ClientHead(200, {"date": "Sat, 05 Dec 2026", "request-id": "req_1", **extra}, "application/json")
@@ -447,7 +448,12 @@ def test_client_head_lines_are_the_bytes_of_its_pairs(extra):
         return format_http1_response(200, response.processed_headers)
 
     one = head(Http.__new__(Http))
-    assert one == head(None)
+    assert one == head(None) == head(ClientHttp.__new__(ClientHttp))
+    if not {"x-u", "x-bad"} & set(extra):  # ASCII and clean: one pair under Http and the proxy's ClientHttp
+        for stream in (Http.__new__(Http), ClientHttp.__new__(ClientHttp)):
+            response = ClientHead(200, {"date": "Sat, 05 Dec 2026", **extra}, "application/json")
+            response.stream = stream
+            assert len(response.processed_headers) == 1
     assert one.startswith(b"HTTP/1.1 200 OK\r\ndate: Sat, 05 Dec 2026\r\n") and one.endswith(b"\r\n\r\n")
 
 
