@@ -31,6 +31,13 @@ from collections import deque
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from . import ADMITTED, PREFIX, Check, Outages, StateUnavailable, Verdict, Window
 
 #: Seconds an ``add`` may wait for a ``take`` to carry it before it is sent on its own.
@@ -81,8 +88,6 @@ def pack(*args: str | bytes | int | float) -> bytes:
 def parse(buffer: bytes, pos: int) -> tuple[Any, int] | None:
     """The reply at ``pos`` and where the next starts; None while it is incomplete. An error reply is
     a ``ResponseError`` returned, not raised; a kind of reply the scripts never get is ``InvalidResponse``."""
-    from redis.exceptions import InvalidResponse, ResponseError
-
     end = buffer.find(b"\r\n", pos)
     if end < 0:
         return None
@@ -153,11 +158,9 @@ class Pipe(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def _check(self) -> None:
-        from redis.exceptions import TimeoutError
-
         self.watchdog = None
         if self.waiting and self.waiting[0][0] <= self.loop.time():
-            self.fail(TimeoutError("Timeout reading from redis"))
+            self.fail(RedisTimeoutError("Timeout reading from redis"))
         elif self.waiting:
             self.watchdog = self.loop.call_at(self.waiting[0][0], self._check)
 
@@ -174,20 +177,14 @@ class Pipe(asyncio.Protocol):
                 if not future.done():  # else its caller was cancelled
                     future.set_result(reply)
         except Exception as exc:  # noqa: BLE001 - any reply we cannot read ends the connection
-            from redis.exceptions import InvalidResponse
-
             self.fail(exc if isinstance(exc, InvalidResponse) else InvalidResponse(f"bad reply from redis ({exc})"))
         self.buffer = buffer[pos:]
         if len(self.buffer) > MAX_BUFFERED:
-            from redis.exceptions import InvalidResponse
-
             self.fail(InvalidResponse(f"a reply from redis over {MAX_BUFFERED} bytes"))
             self.buffer = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
-        from redis.exceptions import ConnectionError
-
-        self.fail(ConnectionError("Connection closed by server."))
+        self.fail(RedisConnectionError("Connection closed by server."))
 
     def fail(self, error: Exception) -> None:
         """End the pipe: close its connection now and fail what waits on it with ``error``."""
@@ -222,11 +219,6 @@ class RedisState:
     kind = "redis"
 
     def __init__(self, url: str, timeout: float, outages: Outages) -> None:
-        import redis.asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import RedisError
-
         self.outages = outages
         self.timeout = timeout
         self._errors = (RedisError, OSError, asyncio.TimeoutError)
