@@ -9,10 +9,11 @@ credentials stop here. Names are lower-case; repeated headers are joined with
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import re
 import secrets
-from typing import Iterable
+from typing import Callable, Iterable
 
 HOP_BY_HOP = frozenset(
     {
@@ -101,6 +102,65 @@ def request_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 def response_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """The upstream's end-to-end headers that may go to the client."""
     return _filter(pairs, _RESPONSE_DROP)
+
+
+#: Upstream response heads by their lower-case names in order (providers send the same names each
+#: time, their values change): what :func:`raw_response_headers` needs to know of the names.
+_LAYOUTS: dict[bytes, tuple[tuple[str, ...], Callable[[list[str]], tuple[str, ...]], int] | None] = {}
+_LAYOUTS_MAX = 256
+_LOWER = operator.itemgetter(1)
+_VALUE = operator.itemgetter(2)
+_LAYOUT_KEY_MAX = 2048  # bytes of names: longer heads take the general path (the cache stays under 512 KiB)
+
+
+def raw_response_headers(raw: list[tuple[bytes, bytes, bytes]]) -> dict[str, str] | None:
+    """:func:`response_headers` of a head in httpx's own layout, ``(name, lower-case name, value)``
+    as bytes, whose values are UTF-8: the same dict, or None when the general path must decide (a
+    repeated name, a value that is not UTF-8 or that holds a line feed).
+
+    What a head's names decide (which go on, which is ``connection``) is worked out once per
+    sequence of names and kept (at most 256 sequences of at most 2 KiB); per head, its values are decoded in one
+    piece and paired with the kept names, whose hashes are computed already.
+    """
+    # map() and itemgetter: no Python-level step per header (each costs more than a C call here).
+    key = b"\n".join(map(_LOWER, raw))
+    layout = _LAYOUTS.get(key, False)
+    if layout is False:
+        if len(key) > _LAYOUT_KEY_MAX:
+            return None
+        layout = _layout(key)
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    if layout is None:
+        return None
+    names, pick, connection = layout
+    try:
+        values = b"\n".join(map(_VALUE, raw)).decode().split("\n")
+    except UnicodeDecodeError:
+        return None
+    if len(values) != len(raw):
+        return None
+    out = dict(zip(names, pick(values)))
+    if connection >= 0 and values[connection]:
+        for token in values[connection].split(","):
+            out.pop(token.strip().lower(), None)
+    return out
+
+
+def _layout(key: bytes) -> tuple[tuple[str, ...], Callable[[list[str]], tuple[str, ...]], int] | None:
+    """For :func:`raw_response_headers`: the names that go on, what picks their values, and where
+    ``connection`` is (-1: nowhere); None for a head the general path takes (repeats, fewer than two
+    names that go on, not UTF-8)."""
+    try:
+        names = key.decode().split("\n")
+    except UnicodeDecodeError:
+        return None
+    keep = [i for i, name in enumerate(names) if name not in _RESPONSE_DROP and not name.startswith("proxy-")]
+    if len(set(names)) != len(names) or len(keep) < 2:  # (itemgetter of one index gives no tuple)
+        return None
+    connection = names.index("connection") if "connection" in names else -1
+    return tuple(names[i] for i in keep), operator.itemgetter(*keep), connection
 
 
 def valid_request_id(value: str | None) -> bool:

@@ -25,7 +25,7 @@ from .client_writes import ChunkFrames, Open, events_ended, write_gate
 from .context import CLIENT_DISCONNECTED, UPSTREAM_ERROR, RequestContext
 from .decoding import decoded, decoder_for
 from .errors import ProxyError, SendTimeout, UpstreamProtocolError
-from .headers import BODY_FRAMING, REQUEST_ID_HEADER, STREAM_HEADERS, response_headers
+from .headers import BODY_FRAMING, REQUEST_ID_HEADER, STREAM_HEADERS, raw_response_headers, response_headers
 from .sse import EventSizeLimit, SSEParser
 from .upstream import UpstreamRequest, map_httpx_error, raw_chunks
 
@@ -130,7 +130,9 @@ class Relay(ResponseStream):
         plugins = self.handler.plugins
         ctx.upstream_status = ctx.status = upstream.status_code
         ctx.t_upstream_headers = ctx.elapsed()
-        headers = response_headers(_header_items(upstream.headers))
+        headers = raw_response_headers(upstream.headers._list)  # httpx's own layout (pinned below 0.29)
+        if headers is None:
+            headers = response_headers(_header_items(upstream.headers))
         ctx.response_headers = headers
         upstream_length = headers.get("content-length", "")  # before an adapter drops it
         # Observers read the upstream's body; the client gets what the adapter makes of it
