@@ -96,7 +96,10 @@ def _joined(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 def request_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """The client's end-to-end headers that may go upstream."""
-    return _filter(list(pairs), _REQUEST_DROP)
+    pairs = pairs if pairs.__class__ is list else list(pairs)
+    layout = _REQUEST_LAYOUTS.get("\n".join(map(_FIRST, pairs)))
+    out = _by_layout(layout, list(map(_SECOND, pairs))) if layout is not None else None
+    return out if out is not None else _filter(pairs, _REQUEST_DROP)
 
 
 def response_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
@@ -104,42 +107,75 @@ def response_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return _filter(pairs, _RESPONSE_DROP)
 
 
-#: Upstream response heads by their lower-case names in order (providers send the same names each
-#: time, their values change): what :func:`raw_response_headers` needs to know of the names.
-_LAYOUTS: dict[bytes, tuple[tuple[str, ...], Callable[[list[str]], tuple[str, ...]], int] | None] = {}
-_LAYOUTS_MAX = 256
-_LOWER = operator.itemgetter(1)
-_VALUE = operator.itemgetter(2)
-_LAYOUT_KEY_MAX = 2048  # bytes of names: longer heads take the general path (the cache stays under 512 KiB)
-
-
 def raw_response_headers(raw: list[tuple[bytes, bytes, bytes]]) -> dict[str, str] | None:
     """:func:`response_headers` of a head in httpx's own layout, ``(name, lower-case name, value)``
-    as bytes, whose values are UTF-8: the same dict, or None when the general path must decide (a
-    repeated name, a value that is not UTF-8 or that holds a line feed).
-
-    What a head's names decide (which go on, which is ``connection``) is worked out once per
-    sequence of names and kept (at most 256 sequences of at most 2 KiB); per head, its values are decoded in one
-    piece and paired with the kept names, whose hashes are computed already.
-    """
-    # map() and itemgetter: no Python-level step per header (each costs more than a C call here).
-    key = b"\n".join(map(_LOWER, raw))
-    layout = _LAYOUTS.get(key, False)
-    if layout is False:
-        if len(key) > _LAYOUT_KEY_MAX:
-            return None
-        layout = _layout(key)
-        if len(_LAYOUTS) >= _LAYOUTS_MAX:
-            _LAYOUTS.clear()
-        _LAYOUTS[key] = layout
+    as bytes: the same dict, or None when the general path must decide (a value that is not UTF-8 or
+    holds a line feed, or a head :class:`_Layouts` leaves to it). The values are decoded in one piece."""
+    layout = _RESPONSE_LAYOUTS.get(b"\n".join(map(_SECOND, raw)))
     if layout is None:
         return None
-    names, pick, connection = layout
     try:
-        values = b"\n".join(map(_VALUE, raw)).decode().split("\n")
+        values = b"\n".join(map(_THIRD, raw)).decode().split("\n")
     except UnicodeDecodeError:
         return None
-    if len(values) != len(raw):
+    return _by_layout(layout, values) if len(values) == len(raw) else None  # a value held a line feed
+
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+_THIRD = operator.itemgetter(2)
+#: A head's layout: how many names it has, the names that go on (their hashes computed), what picks
+#: their values from the head's values, and where ``connection`` is (-1: nowhere).
+_Layout = tuple[int, tuple[str, ...], Callable[[list[str]], tuple[str, ...]], int]
+
+
+class _Layouts:
+    """What a head's names decide, worked out once per sequence of names: clients and providers send
+    the same names in the same order on every request or answer, only their values change.
+
+    Keyed by the lower-case names joined with LF (str, or bytes for the upstream's raw head); at most
+    256 sequences of at most 2 KiB are kept. ``get`` gives None for a head :func:`_filter` takes:
+    repeats (joined there), names not lower-case or not UTF-8, fewer than two names that go on.
+    Per head, :func:`_by_layout` pairs the names kept with their values: no Python-level step per
+    header, no name hashed or lower-cased again (each step costs more than the C calls that replace it).
+    """
+
+    MAX = 256
+    KEY_MAX = 2048
+
+    def __init__(self, drop: frozenset[str]) -> None:
+        self.drop = drop
+        self.known: dict[str | bytes, _Layout | None] = {}
+
+    def get(self, key: str | bytes) -> _Layout | None:
+        layout = self.known.get(key, False)
+        if layout is False:
+            if len(key) > self.KEY_MAX:
+                return None
+            layout = self._make(key)
+            if len(self.known) >= self.MAX:
+                self.known.clear()
+            self.known[key] = layout
+        return layout  # type: ignore[return-value]
+
+    def _make(self, key: str | bytes) -> _Layout | None:
+        try:
+            text = key.decode() if isinstance(key, bytes) else key
+        except UnicodeDecodeError:
+            return None
+        names = text.split("\n")
+        keep = [i for i, name in enumerate(names) if name not in self.drop and not name.startswith("proxy-")]
+        if text.lower() != text or len(set(names)) != len(names) or len(keep) < 2:  # (one index: no tuple)
+            return None
+        connection = names.index("connection") if "connection" in names else -1
+        return len(names), tuple(names[i] for i in keep), operator.itemgetter(*keep), connection
+
+
+def _by_layout(layout: _Layout, values: list[str]) -> dict[str, str] | None:
+    """What :func:`_filter` gives for a head of ``layout``'s names and these values; None when their
+    numbers differ (a name or a value held a line feed: the general path decides)."""
+    count, names, pick, connection = layout
+    if len(values) != count:
         return None
     out = dict(zip(names, pick(values)))
     if connection >= 0 and values[connection]:
@@ -148,19 +184,8 @@ def raw_response_headers(raw: list[tuple[bytes, bytes, bytes]]) -> dict[str, str
     return out
 
 
-def _layout(key: bytes) -> tuple[tuple[str, ...], Callable[[list[str]], tuple[str, ...]], int] | None:
-    """For :func:`raw_response_headers`: the names that go on, what picks their values, and where
-    ``connection`` is (-1: nowhere); None for a head the general path takes (repeats, fewer than two
-    names that go on, not UTF-8)."""
-    try:
-        names = key.decode().split("\n")
-    except UnicodeDecodeError:
-        return None
-    keep = [i for i, name in enumerate(names) if name not in _RESPONSE_DROP and not name.startswith("proxy-")]
-    if len(set(names)) != len(names) or len(keep) < 2:  # (itemgetter of one index gives no tuple)
-        return None
-    connection = names.index("connection") if "connection" in names else -1
-    return tuple(names[i] for i in keep), operator.itemgetter(*keep), connection
+_REQUEST_LAYOUTS = _Layouts(_REQUEST_DROP)
+_RESPONSE_LAYOUTS = _Layouts(_RESPONSE_DROP)
 
 
 def valid_request_id(value: str | None) -> bool:

@@ -467,7 +467,7 @@ def test_raw_response_headers_are_the_general_paths():
     from ccproxy_core.relay import _header_items
 
     names = [b"content-type", b"Connection", b"x-a", b"proxy-x", b"set-cookie", b"keep-alive", b"request-id",
-             b"content-length", b"x-b", b"transfer-encoding"]
+             b"content-length", b"x-b", b"transfer-encoding", b"a\nb"]
     values = [b"v", b"", b" a , b", b"x-a, request-id", b"close", b"caf\xc3\xa9", b"\xff", b"a\nb", b"x-b"]
     rng = __import__("random").Random(17)
     taken = 0
@@ -483,6 +483,25 @@ def test_raw_response_headers_are_the_general_paths():
             taken += 1
             assert fast == general and list(fast) == list(general)
     assert taken > 200
+
+
+def test_request_headers_by_layout_are_the_general_paths():
+    """A client's headers filtered through their names' cached layout give what :func:`_filter` gives:
+    credentials, hop-by-hop and connection-named headers dropped, repeats joined, names lower-cased."""
+    from ccproxy_core import headers as h
+
+    names = ["content-type", "Connection", "connection", "x-a", "proxy-x", "authorization", "keep-alive", "host",
+             "user-agent", "content-length", "x-b", "te", "a\nb"]
+    values = ["v", "", " x-a , b", "x-b, user-agent", "close", "caf\u00e9", "k", "a\nb"]
+    rng = __import__("random").Random(17)
+    for _ in range(3000):
+        pairs = [(n, rng.choice(values)) for n in rng.sample(names, rng.randint(0, 7))]
+        if rng.random() < 0.2 and pairs:
+            pairs.append(rng.choice(pairs))  # a repeated name
+        for _ in range(2):  # the second time, the layout is known
+            got = h.request_headers(iter(pairs) if rng.random() < 0.5 else pairs)
+            want = h._filter(list(pairs), h._REQUEST_DROP)
+            assert got == want and list(got) == list(want)
 
 
 def test_body_chunks_skip_sanics_send_chain(make_proxy, upstream, monkeypatch):
