@@ -168,7 +168,8 @@ class Relay(ResponseStream):
         headers[REQUEST_ID_HEADER] = ctx.request_id  # the provider's own ids pass through untouched
         if self.on_headers is not None:
             self.on_headers(ctx, upstream.status_code, headers)
-        await plugins.notify("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
+        if self.handler.headers_hooks:
+            await plugins.notify("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
 
         self._is_sse = is_sse
         length = headers.get("content-length")
@@ -177,7 +178,8 @@ class Relay(ResponseStream):
             ctx.status or upstream.status_code, headers, headers.get("content-type", "application/octet-stream")
         ))
         self.response = response
-        await plugins.notify("ccproxy_stream_start", ctx=ctx)
+        if self.handler.start_hooks:
+            await plugins.notify("ccproxy_stream_start", ctx=ctx)
 
         parser = SSEParser() if wants_events else None
         body_parts: list[bytes] | None = [] if wants_body else None
