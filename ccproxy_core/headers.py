@@ -9,10 +9,11 @@ credentials stop here. Names are lower-case; repeated headers are joined with
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import re
 import secrets
-from typing import Iterable
+from typing import Callable, Iterable
 
 HOP_BY_HOP = frozenset(
     {
@@ -95,12 +96,96 @@ def _joined(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 def request_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """The client's end-to-end headers that may go upstream."""
-    return _filter(list(pairs), _REQUEST_DROP)
+    pairs = pairs if pairs.__class__ is list else list(pairs)
+    layout = _REQUEST_LAYOUTS.get("\n".join(map(_FIRST, pairs)))
+    out = _by_layout(layout, list(map(_SECOND, pairs))) if layout is not None else None
+    return out if out is not None else _filter(pairs, _REQUEST_DROP)
 
 
 def response_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """The upstream's end-to-end headers that may go to the client."""
     return _filter(pairs, _RESPONSE_DROP)
+
+
+def raw_response_headers(raw: list[tuple[bytes, bytes, bytes]]) -> dict[str, str] | None:
+    """:func:`response_headers` of a head in httpx's own layout, ``(name, lower-case name, value)``
+    as bytes: the same dict, or None when the general path must decide (a value that is not UTF-8 or
+    holds a line feed, or a head :class:`_Layouts` leaves to it). The values are decoded in one piece."""
+    layout = _RESPONSE_LAYOUTS.get(b"\n".join(map(_SECOND, raw)))
+    if layout is None:
+        return None
+    try:
+        values = b"\n".join(map(_THIRD, raw)).decode().split("\n")
+    except UnicodeDecodeError:
+        return None
+    return _by_layout(layout, values) if len(values) == len(raw) else None  # a value held a line feed
+
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+_THIRD = operator.itemgetter(2)
+#: A head's layout: how many names it has, the names that go on (their hashes computed), what picks
+#: their values from the head's values, and where ``connection`` is (-1: nowhere).
+_Layout = tuple[int, tuple[str, ...], Callable[[list[str]], tuple[str, ...]], int]
+
+
+class _Layouts:
+    """What a head's names decide, worked out once per sequence of names: clients and providers send
+    the same names in the same order on every request or answer, only their values change.
+
+    Keyed by the lower-case names joined with LF (str, or bytes for the upstream's raw head); at most
+    256 sequences of at most 2 KiB are kept. ``get`` gives None for a head :func:`_filter` takes:
+    repeats (joined there), names not lower-case or not UTF-8, fewer than two names that go on.
+    Per head, :func:`_by_layout` pairs the names kept with their values: no Python-level step per
+    header, no name hashed or lower-cased again (each step costs more than the C calls that replace it).
+    """
+
+    MAX = 256
+    KEY_MAX = 2048
+
+    def __init__(self, drop: frozenset[str]) -> None:
+        self.drop = drop
+        self.known: dict[str | bytes, _Layout | None] = {}
+
+    def get(self, key: str | bytes) -> _Layout | None:
+        layout = self.known.get(key, False)
+        if layout is False:
+            if len(key) > self.KEY_MAX:
+                return None
+            layout = self._make(key)
+            if len(self.known) >= self.MAX:
+                self.known.clear()
+            self.known[key] = layout
+        return layout  # type: ignore[return-value]
+
+    def _make(self, key: str | bytes) -> _Layout | None:
+        try:
+            text = key.decode() if isinstance(key, bytes) else key
+        except UnicodeDecodeError:
+            return None
+        names = text.split("\n")
+        keep = [i for i, name in enumerate(names) if name not in self.drop and not name.startswith("proxy-")]
+        if text.lower() != text or len(set(names)) != len(names) or len(keep) < 2:  # (one index: no tuple)
+            return None
+        connection = names.index("connection") if "connection" in names else -1
+        return len(names), tuple(names[i] for i in keep), operator.itemgetter(*keep), connection
+
+
+def _by_layout(layout: _Layout, values: list[str]) -> dict[str, str] | None:
+    """What :func:`_filter` gives for a head of ``layout``'s names and these values; None when their
+    numbers differ (a name or a value held a line feed: the general path decides)."""
+    count, names, pick, connection = layout
+    if len(values) != count:
+        return None
+    out = dict(zip(names, pick(values)))
+    if connection >= 0 and values[connection]:
+        for token in values[connection].split(","):
+            out.pop(token.strip().lower(), None)
+    return out
+
+
+_REQUEST_LAYOUTS = _Layouts(_REQUEST_DROP)
+_RESPONSE_LAYOUTS = _Layouts(_RESPONSE_DROP)
 
 
 def valid_request_id(value: str | None) -> bool:

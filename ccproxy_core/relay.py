@@ -25,7 +25,7 @@ from .client_writes import ChunkFrames, Open, events_ended, write_gate
 from .context import CLIENT_DISCONNECTED, UPSTREAM_ERROR, RequestContext
 from .decoding import decoded, decoder_for
 from .errors import ProxyError, SendTimeout, UpstreamProtocolError
-from .headers import BODY_FRAMING, REQUEST_ID_HEADER, STREAM_HEADERS, response_headers
+from .headers import BODY_FRAMING, REQUEST_ID_HEADER, STREAM_HEADERS, raw_response_headers, response_headers
 from .sse import EventSizeLimit, SSEParser
 from .upstream import UpstreamRequest, map_httpx_error, raw_chunks
 
@@ -130,7 +130,9 @@ class Relay(ResponseStream):
         plugins = self.handler.plugins
         ctx.upstream_status = ctx.status = upstream.status_code
         ctx.t_upstream_headers = ctx.elapsed()
-        headers = response_headers(_header_items(upstream.headers))
+        headers = raw_response_headers(upstream.headers._list)  # httpx's own layout (pinned below 0.29)
+        if headers is None:
+            headers = response_headers(_header_items(upstream.headers))
         ctx.response_headers = headers
         upstream_length = headers.get("content-length", "")  # before an adapter drops it
         # Observers read the upstream's body; the client gets what the adapter makes of it
@@ -166,7 +168,8 @@ class Relay(ResponseStream):
         headers[REQUEST_ID_HEADER] = ctx.request_id  # the provider's own ids pass through untouched
         if self.on_headers is not None:
             self.on_headers(ctx, upstream.status_code, headers)
-        await plugins.notify("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
+        if self.handler.headers_hooks:
+            await plugins.notify("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
 
         self._is_sse = is_sse
         length = headers.get("content-length")
@@ -175,7 +178,8 @@ class Relay(ResponseStream):
             ctx.status or upstream.status_code, headers, headers.get("content-type", "application/octet-stream")
         ))
         self.response = response
-        await plugins.notify("ccproxy_stream_start", ctx=ctx)
+        if self.handler.start_hooks:
+            await plugins.notify("ccproxy_stream_start", ctx=ctx)
 
         parser = SSEParser() if wants_events else None
         body_parts: list[bytes] | None = [] if wants_body else None

@@ -64,6 +64,10 @@ class StreamingHandler:
         self.event_hooks = plugins.implemented("ccproxy_stream_event")
         self.body_hooks = plugins.implemented("ccproxy_response_body")
         self.attempt_hooks = plugins.implemented("ccproxy_upstream_attempt")
+        # A notify of a hook nobody implements still costs its keyword dict and coroutine (~2k instructions).
+        self.headers_hooks = plugins.implemented("ccproxy_upstream_headers")
+        self.start_hooks = plugins.implemented("ccproxy_stream_start")
+        self.end_hooks = plugins.implemented("ccproxy_stream_end")
         #: The plugins' ``ccproxy_response_adapter`` as a ``HandlerConfig.response_adapter``; None when
         #: no plugin implements it.
         self.plugin_adapters = plugin_adapters(plugins)
@@ -294,4 +298,5 @@ class DeferredResponse(Relay):
         if ctx.outcome is None:
             # One rule: the response is complete when its last byte was handed to the transport.
             ctx.outcome = COMPLETED if self._delivered() else CLIENT_DISCONNECTED
-        await self.handler.plugins.notify("ccproxy_stream_end", ctx=ctx)
+        if self.handler.end_hooks:
+            await self.handler.plugins.notify("ccproxy_stream_end", ctx=ctx)

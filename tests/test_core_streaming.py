@@ -457,6 +457,53 @@ def test_client_head_lines_are_the_bytes_of_its_pairs(extra):
     assert one.startswith(b"HTTP/1.1 200 OK\r\ndate: Sat, 05 Dec 2026\r\n") and one.endswith(b"\r\n\r\n")
 
 
+def test_raw_response_headers_are_the_general_paths():
+    """The relay's path for an upstream head in httpx's layout gives the dict the general path gives
+    (decode, then filter), or leaves the head to it: repeats, connection tokens, proxy-*, values that
+    are not UTF-8 or hold a line feed, heads whose layout is cached already."""
+    import httpx as _httpx
+
+    from ccproxy_core import headers as h
+    from ccproxy_core.relay import _header_items
+
+    names = [b"content-type", b"Connection", b"x-a", b"proxy-x", b"set-cookie", b"keep-alive", b"request-id",
+             b"content-length", b"x-b", b"transfer-encoding", b"a\nb"]
+    values = [b"v", b"", b" a , b", b"x-a, request-id", b"close", b"caf\xc3\xa9", b"\xff", b"a\nb", b"x-b"]
+    rng = __import__("random").Random(17)
+    taken = 0
+    for _ in range(3000):
+        raw = [(n, n.lower(), rng.choice(values)) for n in rng.sample(names, rng.randint(0, 6))]
+        if rng.random() < 0.2 and raw:
+            raw.append(rng.choice(raw))  # a repeated name
+        headers = _httpx.Headers()
+        headers._list = raw
+        general = h.response_headers(_header_items(headers))
+        fast = h.raw_response_headers(raw)
+        if fast is not None:
+            taken += 1
+            assert fast == general and list(fast) == list(general)
+    assert taken > 200
+
+
+def test_request_headers_by_layout_are_the_general_paths():
+    """A client's headers filtered through their names' cached layout give what :func:`_filter` gives:
+    credentials, hop-by-hop and connection-named headers dropped, repeats joined, names lower-cased."""
+    from ccproxy_core import headers as h
+
+    names = ["content-type", "Connection", "connection", "x-a", "proxy-x", "authorization", "keep-alive", "host",
+             "user-agent", "content-length", "x-b", "te", "a\nb"]
+    values = ["v", "", " x-a , b", "x-b, user-agent", "close", "caf\u00e9", "k", "a\nb"]
+    rng = __import__("random").Random(17)
+    for _ in range(3000):
+        pairs = [(n, rng.choice(values)) for n in rng.sample(names, rng.randint(0, 7))]
+        if rng.random() < 0.2 and pairs:
+            pairs.append(rng.choice(pairs))  # a repeated name
+        for _ in range(2):  # the second time, the layout is known
+            got = h.request_headers(iter(pairs) if rng.random() < 0.5 else pairs)
+            want = h._filter(list(pairs), h._REQUEST_DROP)
+            assert got == want and list(got) == list(want)
+
+
 def test_body_chunks_skip_sanics_send_chain(make_proxy, upstream, monkeypatch):
     """Once the head is out, a streamed body's chunks go to the client's transport in one call: Sanic's
     chunked writer runs only for the end. The client gets the upstream's bytes."""
