@@ -234,6 +234,9 @@ class UsagePlugin:
         flags["requested"] = True
         return True
 
+    #: Only a streamed attempt is changed: the core skips the hook (and its copy of the body) for the others.
+    ccproxy_request_body.streamed_only = True  # type: ignore[attr-defined]
+
     @hookimpl(tryfirst=True)
     def ccproxy_stream_end(self, ctx: RequestContext) -> None:
         """Settle partial usage and the cost before the access log and metrics read them."""
@@ -270,7 +273,8 @@ def ccproxy_response_adapter(ctx: RequestContext) -> StreamReader | UsageChunkRe
         return None
     flags = ctx.state.get(NAME)
     remover = None
-    if flags and flags.get("requested") and not ctx.translated and ctx.upstream_dialect == OPENAI:
+    # upstream_stream: "requested" is of the last streamed attempt (the hook skips the others).
+    if flags and flags.get("requested") and ctx.upstream_stream and not ctx.translated and ctx.upstream_dialect == OPENAI:
         remover = UsageChunkRemover()
     encoding = headers.get("content-encoding")
     if encoding is not None and encoding.strip().lower() not in DECODABLE_CODINGS:
