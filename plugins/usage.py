@@ -29,9 +29,9 @@ and ``cache_read_input_tokens`` is ``cached_tokens``.
 
 This plugin's own ``ctx.state["usage"]`` holds ``source`` (``"stream"``, ``"body"`` or None), ``final``
 (the upstream's closing numbers were seen: ``message_delta``, the OpenAI usage chunk or a JSON body)
-and ``requested`` (this plugin added ``include_usage`` to the last attempt streamed from the upstream). ``ctx.usage_partial`` is True when the
-closing numbers never came although the request was cut short (client gone, upstream failed) or
-some numbers were counted (e.g. an error event ended the stream after ``message_start``): what was
+and ``requested`` (this plugin added ``include_usage`` to the last attempt streamed from the upstream).
+``ctx.usage_partial`` is True when the closing numbers never came although the request was cut short
+(client gone, upstream failed) or some numbers were counted (e.g. an error event ended the stream after ``message_start``): what was
 counted so far is kept, not dropped. An error event inside a stream (Anthropic ``event: error``,
 OpenAI ``data: {"error": ...}``) is kept in ``ctx.inband_error`` (its message).
 
