@@ -132,6 +132,11 @@ def ccproxy_request_body(ctx: RequestContext, body: dict[str, Any]) -> bool | No
     Only when some implementation returns True (or the body was translated or an
     alias renamed the model) is the body re-serialised; otherwise the client's
     bytes are sent unchanged.
+
+    An implementation that changes only attempts streamed from the upstream
+    (``ctx.upstream_stream``) may say so with ``streamed_only = True`` on its
+    function: when every implementation does, the other attempts skip the hook
+    (and the copy of the body).
     """
 
 

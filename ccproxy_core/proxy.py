@@ -69,6 +69,10 @@ class Proxy:
         self.transports = transports or {}
         self.handler = StreamingHandler(plugins, retries=config.retries, limits=config.limits)
         self._body_hooks = plugins.implemented("ccproxy_request_body")
+        #: Every ``ccproxy_request_body`` is marked ``streamed_only``: an unstreamed attempt skips the hook.
+        self._body_hooks_streamed_only = self._body_hooks and all(
+            getattr(func, "streamed_only", False) is True for _, func, _ in plugins.impls("ccproxy_request_body")
+        )
         #: ``routes(model)`` by model name (the configuration does not change while the app runs).
         self._routes: dict[str, tuple[Route, ...]] = {}
         #: Something may read (and so decode) response bodies: offer upstreams only codings we decode.
@@ -279,7 +283,8 @@ class Proxy:
         # turns the answer into the client's stream).
         unstreamed = ctx.stream and not ctx.upstream_stream
         changed = ctx.translated or ctx.model != ctx.model_requested or unstreamed
-        if not changed and not self._body_hooks:
+        hooks = self._body_hooks and (ctx.upstream_stream or not self._body_hooks_streamed_only)
+        if not changed and not hooks:
             return request.body
         if ctx.translated:
             body = await self._translate(ctx)
@@ -288,9 +293,10 @@ class Proxy:
             if unstreamed:
                 body["stream"] = False
                 body.pop("stream_options", None)
-        if self._body_hooks:
+        if hooks:
             results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
-            changed = changed or any(r is True for r in results)
+            if results and not changed:
+                changed = any(r is True for r in results)
         return json.dumps(body, ensure_ascii=False).encode() if changed else request.body
 
     async def _translate(self, ctx: RequestContext) -> dict:

@@ -29,9 +29,9 @@ and ``cache_read_input_tokens`` is ``cached_tokens``.
 
 This plugin's own ``ctx.state["usage"]`` holds ``source`` (``"stream"``, ``"body"`` or None), ``final``
 (the upstream's closing numbers were seen: ``message_delta``, the OpenAI usage chunk or a JSON body)
-and ``requested`` (this plugin added ``include_usage``). ``ctx.usage_partial`` is True when the
-closing numbers never came although the request was cut short (client gone, upstream failed) or
-some numbers were counted (e.g. an error event ended the stream after ``message_start``): what was
+and ``requested`` (this plugin added ``include_usage`` to the last attempt streamed from the upstream).
+``ctx.usage_partial`` is True when the closing numbers never came although the request was cut short
+(client gone, upstream failed) or some numbers were counted (e.g. an error event ended the stream after ``message_start``): what was
 counted so far is kept, not dropped. An error event inside a stream (Anthropic ``event: error``,
 OpenAI ``data: {"error": ...}``) is kept in ``ctx.inband_error`` (its message).
 
@@ -234,6 +234,9 @@ class UsagePlugin:
         flags["requested"] = True
         return True
 
+    #: Only a streamed attempt is changed: the core skips the hook (and its copy of the body) for the others.
+    ccproxy_request_body.streamed_only = True  # type: ignore[attr-defined]
+
     @hookimpl(tryfirst=True)
     def ccproxy_stream_end(self, ctx: RequestContext) -> None:
         """Settle partial usage and the cost before the access log and metrics read them."""
@@ -270,7 +273,8 @@ def ccproxy_response_adapter(ctx: RequestContext) -> StreamReader | UsageChunkRe
         return None
     flags = ctx.state.get(NAME)
     remover = None
-    if flags and flags.get("requested") and not ctx.translated and ctx.upstream_dialect == OPENAI:
+    # upstream_stream: "requested" is of the last streamed attempt (the hook skips the others).
+    if flags and flags.get("requested") and ctx.upstream_stream and not ctx.translated and ctx.upstream_dialect == OPENAI:
         remover = UsageChunkRemover()
     encoding = headers.get("content-encoding")
     if encoding is not None and encoding.strip().lower() not in DECODABLE_CODINGS:
@@ -481,11 +485,8 @@ def _set_openai(ctx: RequestContext, usage: Any, keys: tuple[str, str, str] = _C
     input_key, details_key, output_key = keys
     details = usage.get(details_key)
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    ctx.usage = Usage(
-        input_tokens=max(_int(usage.get(input_key)) - cached, 0),
-        output_tokens=_int(usage.get(output_key)),
-        cache_read_input_tokens=cached,
-    )
+    full = _int(usage.get(input_key)) - cached  # billed at the full input price
+    ctx.usage = Usage(full if full > 0 else 0, _int(usage.get(output_key)), cached)
 
 
 #: Responses events whose ``response`` is final (and carries ``usage``).
@@ -617,10 +618,14 @@ def last_member_usage(body: bytes) -> Any:
         start = text.rfind('"usage"')
         if start < 1 or text[start - 1] == "\\":  # an escaped quote: inside a longer string
             return _UNKNOWN
-        key = _USAGE_KEY.match(text, start)
-        if key is None:  # a value, not a key
-            return _UNKNOWN
-        usage, end = _SCAN(text, key.end())
+        if text.startswith('"usage":{', start):  # compact JSON: no regular expression
+            at = start + 8
+        else:
+            key = _USAGE_KEY.match(text, start)
+            if key is None:  # a value, not a key
+                return _UNKNOWN
+            at = key.end()
+        usage, end = _SCAN(text, at)
     except (ValueError, StopIteration):  # not UTF-8 (json.loads may still read it), or no JSON value there
         return _UNKNOWN
-    return usage if _TAIL.fullmatch(text, end) is not None else _UNKNOWN
+    return usage if text[end:] == "}" or _TAIL.fullmatch(text, end) is not None else _UNKNOWN

@@ -124,3 +124,41 @@ def test_adapter_made_stream_gets_stream_headers_and_observers_the_json(make_pro
     assert content.startswith(b"event: whole\ndata: {")
     (observed,) = seen.usage_bodies  # the body hooks read the upstream's JSON, not the synthesised stream
     assert json.loads(observed)["type"] == "message"
+
+
+class StreamedOnly:
+    """A ``ccproxy_request_body`` marked ``streamed_only``."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[bool, bool, Any]] = []
+
+    @hookimpl
+    def ccproxy_request_body(self, ctx, body):
+        self.bodies.append((ctx.stream, ctx.upstream_stream, body.get("stream")))
+
+    ccproxy_request_body.streamed_only = True
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_streamed_only_body_hooks_skip_unstreamed_attempts(make_proxy, upstream, beside):
+    """When every ``ccproxy_request_body`` is marked ``streamed_only``, an attempt that does not stream from the
+    upstream skips the hook; an unmarked implementation beside it gets every attempt, and so does the marked one."""
+    marked = StreamedOnly()
+    plugins = [("marked", marked)] + ([("seen", Seen())] if beside else [])
+    config = provider_config(upstream.url, retries={"max_attempts": 1})
+    config["providers"]["anthropic"].update(supports_streaming=False, fallbacks=["backup"],
+                                            headers={"x-mock-status": "503"})
+    config["providers"]["backup"] = {**config["providers"]["anthropic"], "models": ["none-*"], "fallbacks": [],
+                                     "supports_streaming": True, "headers": {}}
+    server = make_proxy(config, plugins=plugins)
+    r = httpx.post(server.url + "/v1/messages", json=ANTHROPIC_BODY, timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    streamed = [(True, True, True)]
+    assert marked.bodies == ([(True, False, False)] + streamed if beside else streamed)
+    # A JSON request: no attempt streams, the client's bytes go upstream as they came.
+    raw = json.dumps({**ANTHROPIC_BODY, "stream": False}, separators=(",", ":")).encode()
+    config["providers"]["anthropic"].update(headers={})
+    server = make_proxy(config, plugins=[("marked", marked)])
+    r = httpx.post(server.url + "/v1/messages", content=raw, headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == 200 and upstream.upstream.requests[-1].body == raw
+    assert marked.bodies == ([(True, False, False)] + streamed if beside else streamed)

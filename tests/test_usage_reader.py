@@ -150,3 +150,18 @@ def test_usage_chunk_remover_cleans_what_every_pattern_in_turn_removes():
         frame = b'data: {' + spacing + b',"usage":{"prompt_tokens":1}}\n\n'
         chunk = b'data: {"choices":[{"delta":{}}],"usage":null}\n\n'
         assert UsageChunkRemover().feed(chunk + frame + b"data: [DONE]\n\n") == chunk.replace(b',"usage":null', b"") + b"data: [DONE]\n\n"
+
+
+def test_the_usage_frame_is_removed_only_from_the_streamed_attempt_that_asked_for_it():
+    """``requested`` is of the last attempt streamed from the upstream (the marked ``ccproxy_request_body``
+    skips the others): an unstreamed fallback answering a stream anyway gets no remover."""
+    from ccproxy_plugins.usage import UsagePlugin, PriceTable, ccproxy_response_adapter
+
+    ctx = RequestContext(request_id="x", method="POST", route="/v1/chat/completions", client_dialect=OPENAI)
+    ctx.upstream_dialect, ctx.upstream_stream = OPENAI, True
+    assert UsagePlugin.ccproxy_request_body.streamed_only is True
+    assert UsagePlugin(PriceTable()).ccproxy_request_body(ctx, {"stream": True}) is True
+    ctx.response_headers["content-type"] = "text/event-stream"
+    assert ccproxy_response_adapter(ctx).remover is not None
+    ctx.upstream_stream = False  # a fallback that cannot stream, prepared without the hook
+    assert ccproxy_response_adapter(ctx).remover is None
