@@ -15,10 +15,11 @@ produced it, and at most every :data:`FLUSH_INTERVAL` (0.1 s) under load (or onc
 lines wait), so a busy worker makes about ten writes a second instead of one per request. Pending
 lines are written at shutdown (and at interpreter exit). Outside a running event loop each line is
 written at once. When this plugin's own stderr handler is the only listener (:func:`_sole_handler`),
-a line reaches it without a ``logging`` record, and the request's fields (:meth:`Lines.fields`)
-are kept until the batch is written, then made into the line (:mod:`.access_line`): off the
-request's path, and all the batch's lines in one go, which costs less CPU than one at a time
-between requests.
+a line reaches it without a ``logging`` record. A line bound for one batch only (that handler's or
+the file's) waits as the request's fields (:meth:`Lines.fields`) until the batch is written, then is
+made (:mod:`.access_line`): off the request's path, and all the batch's lines in one go, which costs
+less CPU than one at a time between requests. A line bound for a logging handler, or for both
+batches, is made at once (once).
 
 Settings (``plugins: access_log: {...}``):
 
