@@ -15,10 +15,11 @@ produced it, and at most every :data:`FLUSH_INTERVAL` (0.1 s) under load (or onc
 lines wait), so a busy worker makes about ten writes a second instead of one per request. Pending
 lines are written at shutdown (and at interpreter exit). Outside a running event loop each line is
 written at once. When this plugin's own stderr handler is the only listener (:func:`_sole_handler`),
-a line reaches it without a ``logging`` record, and the request's fields (:meth:`Lines.fields`)
-are kept until the batch is written, then made into the line (:mod:`.access_line`): off the
-request's path, and all the batch's lines in one go, which costs less CPU than one at a time
-between requests.
+a line reaches it without a ``logging`` record. A line bound for one batch only (that handler's or
+the file's) waits as the request's fields (:meth:`Lines.fields`) until the batch is written, then is
+made (:mod:`.access_line`): off the request's path, and all the batch's lines in one go, which costs
+less CPU than one at a time between requests. A line bound for a logging handler, or for both
+batches, is made at once (once).
 
 Settings (``plugins: access_log: {...}``):
 
@@ -55,38 +56,23 @@ _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
 FLUSH_INTERVAL = 0.1
 #: Lines waiting for a write past which the batch is written at once (bounds what it holds).
 MAX_PENDING = 1024
-class _Pending:
-    """A line made when its batch is written, from :meth:`Lines.fields` (small values, never a body)."""
-
-    __slots__ = ("lines", "fields", "text")
-
-    def __init__(self, lines: Lines, fields: tuple[Any, ...]) -> None:
-        self.lines = lines
-        self.fields: tuple[Any, ...] | None = fields
-        self.text: str | None = None
-
-    def __str__(self) -> str:
-        if self.text is None:  # made once, for every sink the line goes to
-            self.text, self.fields = self.lines.line(self.fields), None  # type: ignore[arg-type]
-        return self.text
-
-
 class _Batch:
     """Lines written together: when the event loop finishes the iteration that produced them, and
     no sooner than :data:`FLUSH_INTERVAL` after the previous write (sooner once :data:`MAX_PENDING`
-    wait). Without a running loop, at once. A line is a ``str`` or a :class:`_Pending`, without its newline."""
+    wait). Without a running loop, at once. A line is a ``str`` without its newline, or a request's
+    :meth:`Lines.fields`, made into its line when the batch is written."""
 
     __slots__ = ("lines", "write", "due", "handle", "loop", "last")
 
     def __init__(self, write: Callable[[str], None], due: Callable[[], None] | None = None) -> None:
-        self.lines: list[str] = []
+        self.lines: list[str | tuple[Any, ...]] = []
         self.write = write  # takes the joined lines, each ending in a newline
         self.due = due or self.flush  # what the timer calls (a handler takes its lock first)
         self.handle: asyncio.Handle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # where ``handle`` is scheduled
         self.last = -math.inf  # loop time of the last write
 
-    def add(self, line: str | _Pending) -> None:
+    def add(self, line: str | tuple[Any, ...]) -> None:
         self.lines.append(line)
         try:
             loop = asyncio.get_running_loop()
@@ -110,7 +96,7 @@ class _Batch:
             handle.cancel()
         if self.lines:
             lines, self.lines = self.lines, []
-            text = "\n".join([line if line.__class__ is str else str(line) for line in lines]) + "\n"
+            text = "\n".join([line if line.__class__ is str else line[0].line(line) for line in lines]) + "\n"
             try:
                 self.last = asyncio.get_running_loop().time()
             except RuntimeError:
@@ -132,13 +118,14 @@ class _StderrLines(logging.StreamHandler):
         except Exception:
             self.handleError(record)
 
-    def add(self, line: str | _Pending) -> None:
+    def add(self, line: str | tuple[Any, ...]) -> None:
         """What ``emit`` does with a record whose message is ``line``, without the record."""
         with self.lock:  # type: ignore[union-attr]
             try:
                 self.batch.add(line)
             except Exception:
-                self.handleError(logging.makeLogRecord({"name": logger.name, "msg": str(line), "levelno": logging.INFO,
+                text = line if line.__class__ is str else line[0].line(line)  # type: ignore[union-attr]
+                self.handleError(logging.makeLogRecord({"name": logger.name, "msg": text, "levelno": logging.INFO,
                                                         "levelname": "INFO"}))
 
     def _write(self, text: str) -> None:
@@ -251,15 +238,16 @@ file); its hooks."""
         listening = logger.isEnabledFor(logging.INFO)
         if self.file is None and not listening:
             return
-        fields = self.lines.fields(ctx, ctx.state.get(NAME) or {})
+        # The line is made when its batch is written (off the request's path, all together), but at once for a
+        # logging handler, or to be made once for both the file and the plugin's stderr handler.
+        line: str | tuple[Any, ...] = self.lines.fields(ctx, ctx.state.get(NAME) or {})
         handler = _sole_handler() if listening else None
-        if listening and handler is None:  # a logging handler formats the line at once
-            line: str | _Pending = self.lines.line(fields)
+        if listening and (handler is None or self.file is not None):
+            line = self.lines.line(line)  # type: ignore[arg-type]
+        if handler is not None:
+            handler.add(line)
+        elif listening:
             logger.info(line)
-        else:  # the line is made when its batch is written, off the request's path and all together
-            line = _Pending(self.lines, fields)
-            if handler is not None:
-                handler.add(line)
         if self.file is not None:
             self.batch.add(line)
 

@@ -165,3 +165,42 @@ def test_redaction_finds_what_one_case_insensitive_bearer_found():
         at = rng.randrange(len(text) + 1)
         text = text[:at] + rng.choice(["", "bearer ", "BeArEr\t", "bEARER\n", "sk-", SECRET, "Bearer "]) + text[at:]
         assert redactor.value(text) == spec.sub(access_line.REDACTED, text), text
+
+
+@pytest.mark.parametrize("secret", [SECRET, "plainsecret42", "plain_secret"])
+def test_usual_lines_are_the_json_of_their_fields(monkeypatch, secret):
+    """Lines of the usual shape (made in fewer steps) and the near misses that are made field by field; with
+    a secret that is letters and digits or an identifier, plain-looking ids are searched too."""
+    raw = provider_config("http://127.0.0.1:9")
+    raw["providers"]["anthropic"]["api_key"] = secret
+    config = build_config(raw, "test-config")
+    log = access_log.ccproxy_configure(config, PluginSettings("access_log", {}, "test-config")).lines
+    assert log.redactor.plain is (secret == SECRET)
+    made_field_by_field = []
+    attempt = log.attempt
+    monkeypatch.setattr(log, "attempt", lambda a: made_field_by_field.append(a) or attempt(a))
+    rng = random.Random(29)
+
+    def pick(values: list[Any]) -> Any:  # mostly the first value
+        return values[0] if rng.random() < 0.8 else rng.choice(values)
+
+    ids = ["0123456789abcdef0123456789abcdef", "req_011CUpstream", "\u00e9t\u00e9_1", "gone-1", f"id{secret}x",
+           "Bearer abcdefghijk", None, 17, "a\"b"]
+    seconds = [0.0012345, 0.25, 12.0, 1e9, 1e10, 1e11, math.nan, math.inf, 0.00025, 0.00015]
+    for n in range(6000):
+        started = 1_700_000_000 + n // 1000 + pick([0.0005, 0.123456, 0.9999996, 0.9994999])
+        ctx = RequestContext(pick(ids[:6]), "POST", "/v1/messages", "anthropic", started_at=started,
+                             model="claude-x", model_requested="claude-x", provider="anthropic",
+                             upstream_dialect="anthropic", status=200, upstream_status=200, outcome="completed")
+        ctx.response_headers = {"request-id": pick(ids)} if rng.random() < 0.9 else {}
+        ctx.t_upstream_headers, ctx.t_first_byte, ctx.duration = (rng.uniform(0, 2) if rng.random() < 0.9
+                                                                  else pick(seconds) for _ in range(3))
+        ctx.bytes_sent, ctx.events_sent = pick([512, 0, True, 2.5]), pick([0, 3, False])
+        ctx.usage = rng.choice([None, Usage(12, 30, 0, 0)])
+        ctx.usage_partial, ctx.cost = pick([False, True, 1]), rng.choice([None, 0.00123, pick([7e-05, math.nan])])
+        ctx.attempts.append(Attempt(pick(["anthropic", f"p{n % 50}"]), "claude-x", "http://u", pick([200, 529, True]),
+                                    pick([None, "boom"]), None, pick(seconds)))
+        if rng.random() < 0.03:
+            ctx.attempts.append(Attempt("openai", "gpt-x", "http://u", 200, None, None, 0.5))
+        assert log.line(log.fields(ctx, {})) == expected(log, ctx)
+    assert 1000 < len(made_field_by_field) < 4500  # many lines were made the usual way, not all
