@@ -134,10 +134,10 @@ class Aggregate:
         self.version += 1
         kind = error_kind(ctx)
         failed = kind is not None
-        second = int(self.clock())
-        if not self.seconds or self.seconds[-1][0] != second:
-            self.seconds.append([second, 0, 0])
-        row = self.seconds[-1]
+        second, seconds = int(self.clock()), self.seconds
+        if not seconds or seconds[-1][0] != second:
+            seconds.append([second, 0, 0])
+        row = seconds[-1]
         row[1] += 1
         row[2] += failed
         if kind is not None:
