@@ -210,7 +210,7 @@ def check(keys: tuple[str, ...], headers: Any) -> int | None:
 
 
 @hookimpl
-def ccproxy_configure(settings: PluginSettings) -> AuthPlugin:
+def ccproxy_configure(settings: PluginSettings) -> AppAuth:
     loaded: AuthSettings = settings.load(AuthSettings)
     for i, path in enumerate(loaded.public_paths):
         if not path.startswith("/"):
@@ -223,11 +223,13 @@ def ccproxy_configure(settings: PluginSettings) -> AuthPlugin:
         from .gateway import GatewayPlugin
 
         return GatewayPlugin(found, loaded, admin)
-    return AuthPlugin(found, loaded, admin)
+    return AuthPlugin(found, loaded, admin) if found else AppAuth(found, loaded, admin)
 
 
-class AuthPlugin:
-    """The hooks of one app, holding its keys."""
+class AppAuth:
+    """The hooks of one app, holding its keys: the middleware, the start-up check. Without client keys
+    proxy requests are not checked, and no ``ccproxy_request_head`` is called for them
+    (:class:`AuthPlugin` has it)."""
 
     def __init__(self, keys: list[ClientKey], settings: AuthSettings, admin_keys: tuple[str, ...] = ()) -> None:
         self.client_keys = keys
@@ -265,12 +267,6 @@ class AuthPlugin:
         app.register_middleware(require_key, "request")
 
     @hookimpl
-    def ccproxy_request_head(self, ctx: RequestContext, request: Request) -> None:
-        found = check(self.keys, request.headers)
-        if found is not None:
-            ctx.client_key = self.names[found]
-
-    @hookimpl
     def ccproxy_startup(self, app: Sanic) -> None:
         if self.keys:
             log.info("auth: %d proxy key(s) configured; every proxy request must present one", len(self.keys))
@@ -306,6 +302,16 @@ class AuthPlugin:
             )
 
 
+class AuthPlugin(AppAuth):
+    """:class:`AppAuth` with client keys: every proxy request presents one, checked on its head."""
+
+    @hookimpl
+    def ccproxy_request_head(self, ctx: RequestContext, request: Request) -> None:
+        found = check(self.keys, request.headers)
+        if found is not None:
+            ctx.client_key = self.names[found]
+
+
 # -- addresses ---------------------------------------------------------------------------
 
 
@@ -338,3 +344,4 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address.strip("[]")).is_loopback
     except ValueError:
         return False
+

@@ -44,19 +44,9 @@ class Health:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.plugins: Any = None
-        #: Each provider's last attempt: (status, error, seconds since the epoch, elapsed, model, request id);
-        #: :meth:`payload` shows it.
+        #: Each provider's last attempt: (status, error, seconds since the epoch, elapsed, model, request id),
+        #: kept by the plugin's ``ccproxy_stream_end``; :meth:`payload` shows it.
         self.last: dict[str, tuple[Any, ...]] = {}
-
-    def record(self, ctx: RequestContext) -> None:
-        last_index = len(ctx.attempts) - 1
-        for i, attempt in enumerate(ctx.attempts):
-            error = attempt.error
-            if i == last_index and error is None and ctx.outcome == UPSTREAM_ERROR and ctx.error is not None:
-                error = ctx.error.message  # failed after its head was relayed
-            elapsed = attempt.elapsed
-            at = ctx.started_at + (elapsed if elapsed is not None else ctx.elapsed())
-            self.last[attempt.provider] = (attempt.status, error, at, elapsed, attempt.model, ctx.request_id)
 
     def result(self, provider: str) -> dict[str, Any] | None:
         """``provider``'s last result as ``/health/ready`` shows it, or None."""
@@ -154,5 +144,15 @@ class HealthPlugin:
 
     @hookimpl
     def ccproxy_stream_end(self, ctx: RequestContext) -> None:
-        if ctx.attempts:
-            self.health.record(ctx)
+        """Each attempt's result becomes its provider's last one."""
+        attempts = ctx.attempts
+        if not attempts:
+            return
+        last, final = self.health.last, attempts[-1]
+        for attempt in attempts:
+            error = attempt.error
+            if attempt is final and error is None and ctx.outcome == UPSTREAM_ERROR and ctx.error is not None:
+                error = ctx.error.message  # failed after its head was relayed
+            elapsed = attempt.elapsed
+            at = ctx.started_at + (elapsed if elapsed is not None else ctx.elapsed())
+            last[attempt.provider] = (attempt.status, error, at, elapsed, attempt.model, ctx.request_id)

@@ -1,8 +1,9 @@
 """Prometheus metrics at ``GET /metrics``, from the public hooks only.
 
 Per request the work is one ``ccproxy_stream_end`` call (plus ``ccproxy_stream_start`` for the
-active-streams gauge): a few dict updates of plain numbers per label set (:class:`Totals`), which
-prometheus-client reads only when ``/metrics`` is scraped. Nothing runs per chunk.
+active-streams gauge): one look-up of the request's label set, which finds the series it adds plain
+numbers to (:meth:`Totals.record`), read by prometheus-client only when ``/metrics`` is scraped.
+Nothing runs per chunk.
 
 Several workers (``sanic app.app --workers N``): every worker counts into prometheus-client's
 multiprocess files and ``/metrics`` adds up all of them, so whichever worker answers the scrape
@@ -39,7 +40,7 @@ import tempfile
 import time
 from collections import Counter as CountOf
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ccproxy_core import UPSTREAM_ERROR, Config, PluginSettings, RequestContext, hookimpl
 
@@ -112,23 +113,27 @@ def configured_models(config: Config) -> frozenset[str]:
     return frozenset(names)
 
 
-class ModelLabels:
-    """The ``model`` label value of a model name: a configured name as it is, the first
-    :data:`MAX_MODEL_LABELS` other names this worker sees as they are, then :data:`OTHER`.
-    Without a config (``None``) no name is known in advance: a bound on any label's values."""
+class ModelLabels(dict[str, str]):
+    """The ``model`` label value of a model name, by subscript (``labels[name]``) or call: a configured
+    name as it is, the first :data:`MAX_MODEL_LABELS` other names this worker sees as they are, then
+    :data:`OTHER`. Without a config (``None``) no name is known in advance: a bound on any label's values.
+
+    A name that has its own label is a key of this dict (a C-level look-up per request); the others
+    are never stored, so it holds at most the configured names and ``limit`` more."""
 
     def __init__(self, config: Config | None, limit: int = MAX_MODEL_LABELS) -> None:
-        self.known = configured_models(config) if config is not None else frozenset()
-        self.seen: set[str] = set()
-        self.limit = limit
+        known = configured_models(config) if config is not None else ()
+        super().__init__((name, name) for name in known)
+        self.room = limit
 
-    def __call__(self, model: str) -> str:
-        if model in self.known or model in self.seen:
-            return model
-        if len(self.seen) < self.limit:
-            self.seen.add(model)
+    def __missing__(self, model: str) -> str:
+        if self.room > 0:
+            self.room -= 1
+            self[model] = model
             return model
         return OTHER
+
+    __call__ = dict.__getitem__
 
 
 #: Every metric: (name, help, type, label names); histograms take their buckets from the settings.
@@ -158,6 +163,17 @@ FAMILIES = (
 )
 
 
+#: The series of a :attr:`Totals.rows` entry after ``ccproxy_requests``: (metric, its labels from
+#: ``(route, provider, model)``, the model label's index).
+_ROW_SERIES: tuple[tuple[str, Callable[[str, str, str], tuple[str, ...]], int], ...] = (
+    ("ccproxy_request_duration_seconds", lambda route, provider, model: (route, provider, model), 2),
+    ("ccproxy_time_to_first_byte_seconds", lambda route, provider, model: (route, provider, model), 2),
+    ("ccproxy_cost_usd", lambda route, provider, model: (provider, model), 1),
+    *(("ccproxy_tokens", lambda route, provider, model, d=direction: (d, provider, model), 2)  # type: ignore[misc]
+      for direction, _ in DIRECTIONS),
+)
+
+
 def _folded(table: dict[tuple[str, ...], Any], labels: tuple[str, ...], model_index: int | None) -> tuple[str, ...]:
     """``labels`` for a new series of ``table``: past :data:`MAX_SERIES`, the model label becomes :data:`OTHER`."""
     if model_index is not None and len(table) >= MAX_SERIES:
@@ -180,28 +196,85 @@ class Totals:
             "ccproxy_request_duration_seconds": tuple(b for b in settings.duration_buckets if b != math.inf),
             "ccproxy_time_to_first_byte_seconds": tuple(b for b in settings.ttfb_buckets if b != math.inf),
         }
+        self.duration_bounds = self.bounds["ccproxy_request_duration_seconds"]
+        self.ttfb_bounds = self.bounds["ccproxy_time_to_first_byte_seconds"]
         self.tables: dict[str, dict[tuple[str, ...], list[float]]] = {name: {} for name, *_ in FAMILIES}
+        #: (route, provider, model label, status, outcome) -> the series a request with them adds to
+        #: (:meth:`_rows`); at most :data:`MAX_SERIES` entries.
+        self.rows: dict[tuple[Any, ...], list[Any]] = {}
         self.active = 0
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
-    def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0, model_index: int | None = None) -> None:
+    def series(self, name: str, labels: tuple[str, ...], model_index: int | None = None) -> list[float]:
+        """``name``'s series for ``labels`` (made at its first use), folded past :data:`MAX_SERIES`."""
         table = self.tables[name]
         series = table.get(labels)
         if series is None:
             labels = _folded(table, labels, model_index)
-            series = table.get(labels) or table.setdefault(labels, [0.0, time.time()])
-        series[0] += amount
+            series = table.get(labels)
+            if series is None:
+                bounds = self.bounds.get(name)
+                series = table[labels] = [0.0] * (len(bounds) + 2 if bounds is not None else 1) + [time.time()]
+        return series
+
+    def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0, model_index: int | None = None) -> None:
+        self.series(name, labels, model_index)[0] += amount
 
     def observe(self, name: str, labels: tuple[str, ...], value: float, model_index: int | None = None) -> None:
-        table = self.tables[name]
-        series = table.get(labels)
-        bounds = self.bounds[name]
-        if series is None:
-            labels = _folded(table, labels, model_index)
-            series = table.get(labels) or table.setdefault(labels, [0.0] * (len(bounds) + 2) + [time.time()])
-        series[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value, as prometheus-client
+        series = self.series(name, labels, model_index)
+        series[bisect.bisect_left(self.bounds[name], value)] += 1  # the first bound >= value, as prometheus-client
         series[-2] += value
+
+    def record(self, ctx: RequestContext, provider: str, model: str) -> None:
+        """What every request adds (:func:`record_request`'s numbers), through the series its labels
+        found before: one look-up per request instead of one per metric."""
+        key = (ctx.route, provider, model, ctx.status, ctx.outcome)
+        rows = self.rows.get(key) or self._rows(key)
+        rows[0][0] += 1
+        value = ctx.duration
+        if value is not None:
+            series = rows[1] or self._bind(rows, 1)
+            series[bisect.bisect_left(self.duration_bounds, value)] += 1
+            series[-2] += value
+        value = ctx.t_first_byte
+        if value is not None:
+            series = rows[2] or self._bind(rows, 2)
+            series[bisect.bisect_left(self.ttfb_bounds, value)] += 1
+            series[-2] += value
+        cost = ctx.cost
+        if cost:
+            (rows[3] or self._bind(rows, 3))[0] += cost
+        usage = ctx.usage
+        if usage is not None:
+            tokens = usage.input_tokens  # the directions of DIRECTIONS, in order
+            if tokens:
+                (rows[4] or self._bind(rows, 4))[0] += tokens
+            tokens = usage.output_tokens
+            if tokens:
+                (rows[5] or self._bind(rows, 5))[0] += tokens
+            tokens = usage.cache_read_input_tokens
+            if tokens:
+                (rows[6] or self._bind(rows, 6))[0] += tokens
+            tokens = usage.cache_creation_input_tokens
+            if tokens:
+                (rows[7] or self._bind(rows, 7))[0] += tokens
+
+    def _rows(self, key: tuple[Any, ...]) -> list[Any]:
+        """A :attr:`rows` entry: the ``ccproxy_requests`` series of ``key``, None for each series of
+        :data:`_ROW_SERIES` until the first request adds to it, and ``key``."""
+        if len(self.rows) >= MAX_SERIES:  # a cache: its series stay in the tables
+            self.rows.clear()
+        route, provider, model, status, outcome = key
+        requests = self.series("ccproxy_requests", (route, provider, model, str(status or ""), outcome or ""), 2)
+        rows = self.rows[key] = [requests, *[None] * len(_ROW_SERIES), key]
+        return rows
+
+    def _bind(self, rows: list[Any], i: int) -> list[float]:
+        route, provider, model = rows[-1][:3]
+        name, labels, model_index = _ROW_SERIES[i - 1]
+        rows[i] = series = self.series(name, labels(route, provider, model), model_index)
+        return series
 
     def add_active(self, delta: int) -> None:
         self.active += delta
@@ -283,6 +356,29 @@ class Children:
     def add_active(self, delta: int) -> None:
         self.metrics["ccproxy_active_streams"].inc(delta)
 
+    def record(self, ctx: RequestContext, provider: str, model: str) -> None:
+        record_request(self, ctx, provider, model)
+
+
+def record_request(store: Totals | Children, ctx: RequestContext, provider: str, model: str) -> None:
+    """What every request adds: its count, duration, time to first byte, tokens and cost."""
+    count, observe = store.count, store.observe
+    route = ctx.route
+    count("ccproxy_requests", (route, provider, model, str(ctx.status or ""), ctx.outcome or ""), 1, 2)
+    series = (route, provider, model)
+    if ctx.duration is not None:
+        observe("ccproxy_request_duration_seconds", series, ctx.duration, 2)
+    if ctx.t_first_byte is not None:
+        observe("ccproxy_time_to_first_byte_seconds", series, ctx.t_first_byte, 2)
+    if ctx.cost:
+        count("ccproxy_cost_usd", (provider, model), ctx.cost, 1)
+    usage = ctx.usage
+    if usage is not None:
+        for direction, key in DIRECTIONS:
+            tokens = getattr(usage, key)
+            if tokens:
+                count("ccproxy_tokens", (direction, provider, model), tokens, 2)
+
 
 class Metrics:
     """One worker's metrics: what a request adds (:meth:`record`) and the scrape's text (:meth:`exposition`).
@@ -294,14 +390,15 @@ class Metrics:
     def __init__(self, settings: Settings, plugins: Any, multiprocess_dir: str | None, config: Config) -> None:
         self.multiprocess_dir = multiprocess_dir
         self.store: Totals | Children = Children(settings) if multiprocess_dir is not None else Totals(settings)
-        self.plugins = plugins
+        #: The core's count of observer failures by (plugin, hook) (``plugins.errors``), if any.
+        self.plugin_errors: CountOf[tuple[str, str]] | None = getattr(plugins, "errors", None)
         self.model_label = ModelLabels(config)
         self._plugin_errors_seen: CountOf[tuple[str, str]] = CountOf()
         self._plugin_errors_total = 0
 
     def sync_plugin_errors(self) -> None:
         """Copy new counts from the core's ``plugins.errors`` Counter into the metric."""
-        errors = getattr(self.plugins, "errors", None)
+        errors = self.plugin_errors
         if not errors:
             return
         total = errors.total()
@@ -315,27 +412,12 @@ class Metrics:
         self._plugin_errors_total = total
 
     def record(self, ctx: RequestContext) -> None:
-        count, observe = self.store.count, self.store.observe
         provider = ctx.provider or ""
-        model = self.model_label(ctx.model) if ctx.model else ""
-        route = ctx.route
-        count("ccproxy_requests", (route, provider, model, str(ctx.status or ""), ctx.outcome or ""), 1, 2)
-        series = (route, provider, model)
-        if ctx.duration is not None:
-            observe("ccproxy_request_duration_seconds", series, ctx.duration, 2)
-        if ctx.t_first_byte is not None:
-            observe("ccproxy_time_to_first_byte_seconds", series, ctx.t_first_byte, 2)
-        usage = ctx.usage
-        if usage is not None:
-            for direction, key in DIRECTIONS:
-                tokens = getattr(usage, key)
-                if tokens:
-                    count("ccproxy_tokens", (direction, provider, model), tokens, 2)
-        cost = ctx.cost
-        if cost:
-            count("ccproxy_cost_usd", (provider, model), cost, 1)
+        self.store.record(ctx, provider, self.model_label[ctx.model] if ctx.model else "")
+        count = self.store.count
         key = ctx.client_key
         if key is not None:  # names come from the config: a bounded set
+            usage, cost = ctx.usage, ctx.cost
             count("ccproxy_key_requests", (key, str(ctx.status or "")))
             if usage is not None:
                 count("ccproxy_key_tokens", (key,), usage.input_tokens + usage.cache_read_input_tokens
@@ -348,7 +430,7 @@ class Metrics:
             self._count_upstream_errors(ctx)
         if ctx.inband_error is not None:
             count("ccproxy_upstream_errors", (provider, "in_band"))
-        if getattr(self.plugins, "errors", None):  # (sync_plugin_errors returns at once without any)
+        if self.plugin_errors:  # (sync_plugin_errors returns at once without any)
             self.sync_plugin_errors()
 
     def _count_upstream_errors(self, ctx: RequestContext) -> None:

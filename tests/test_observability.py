@@ -382,6 +382,29 @@ def test_metrics_counts_histograms_tokens_cost_and_plugin_errors(make_proxy, moc
     assert metric(samples, "ccproxy_plugin_errors_total", plugin="metrics") == 0
 
 
+def test_metrics_cached_series_count_what_the_plain_path_counts():
+    """``Totals.record`` (series found once per label set) adds what ``record_request`` adds through
+    ``count``/``observe`` (the path of the several-workers store), folding past MAX_SERIES included."""
+    from ccproxy_core import COMPLETED, UPSTREAM_ERROR, PluginSettings, RequestContext, Usage
+    from ccproxy_plugins.metrics import MAX_SERIES, OTHER, Settings, Totals, record_request
+
+    settings = Settings(PluginSettings("metrics", {}))
+    cached, plain = Totals(settings), Totals(settings)
+    for i in range(MAX_SERIES + 300):
+        usage = Usage(i % 7, i % 5, i % 3, i % 2) if i % 4 else None
+        ctx = RequestContext(f"r{i}", "POST", "/v1/messages", "anthropic", status=(200, 429, None)[i % 3],
+                             outcome=(COMPLETED, UPSTREAM_ERROR)[i % 2], duration=0.01 * i if i % 5 else None,
+                             t_first_byte=0.001 * i if i % 6 else None, usage=usage, cost=0.5 if i % 3 else None)
+        model = f"m{i % (MAX_SERIES + 100)}" if i > 100 else "m"
+        cached.record(ctx, "p", model)
+        record_request(plain, ctx, "p", model)
+
+    def counts(totals: Totals) -> dict[str, dict[tuple[str, ...], list[float]]]:
+        return {name: {labels: series[:-1] for labels, series in table.items()} for name, table in totals.tables.items()}
+    assert counts(cached) == counts(plain)
+    assert ("/v1/messages", "p", OTHER, "200", "completed") in cached.tables["ccproxy_requests"]  # folded past the bound
+
+
 # -- secrets ---------------------------------------------------------------------------------------
 
 

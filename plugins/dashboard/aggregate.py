@@ -11,6 +11,9 @@ Everything kept is bounded: per-second series of :data:`SERIES` seconds, two his
 ``len(BOUNDS) + 1`` buckets, the last ``recent`` requests, :data:`RECENT_FALLBACKS`
 fallbacks, and at most :data:`MAX_LABELS` providers and key names (the rest fold into
 :data:`OTHER`); model names fold as the metrics plugin folds them (:class:`ModelLabels`).
+A request adds to one row per (model, provider, key name) it names (at most :data:`MAX_CACHED`),
+which :meth:`Aggregate.export` first adds to the totals and the per-label rows: one row per
+request instead of four.
 
 It keeps no key, prompt or completion: a request is reduced to names, numbers and its outcome.
 """
@@ -71,27 +74,10 @@ def percentile(buckets: list[int], q: float) -> float | None:
     return BOUNDS[-1]  # pragma: no cover (the ranks add up)
 
 
-class Totals:
-    """Requests, errors, tokens and cost under one label value."""
-
-    __slots__ = ("requests", "errors", "input_tokens", "output_tokens", "cost")
-
-    def __init__(self) -> None:
-        self.requests = self.errors = self.input_tokens = self.output_tokens = 0
-        self.cost = 0.0
-
-    def add(self, failed: bool, input_tokens: int, output_tokens: int, cost: float) -> None:
-        self.requests += 1
-        self.errors += failed
-        self.input_tokens += input_tokens
-        self.output_tokens += output_tokens
-        self.cost += cost
-
-    def as_list(self) -> list[Any]:
-        return [self.requests, self.errors, self.input_tokens, self.output_tokens, self.cost]
-
-
+#: A row of counts under one label value: ``[requests, errors, input_tokens, output_tokens, cost]``.
 FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cost")
+#: Rows the label cache (:attr:`Aggregate.rows`) holds before it starts over.
+MAX_CACHED = 1000
 #: What the table of the last requests shows of each.
 RECENT_FIELDS = ("time", "key", "model", "provider", "status", "outcome", "error", "stream", "input_tokens",
                  "output_tokens", "cost", "duration", "attempts")
@@ -122,8 +108,12 @@ class Aggregate:
         self.durations = [0] * (len(BOUNDS) + 1)  # a histogram over BOUNDS
         self.ttfbs = [0] * (len(BOUNDS) + 1)
         self.errors: Counter[str] = Counter()
-        self.by: dict[str, dict[str, Totals]] = {"model": {}, "provider": {}, "key": {}}
-        self.total = Totals()
+        self.by: dict[str, dict[str, list[Any]]] = {"model": {}, "provider": {}, "key": {}}
+        self.total = [0, 0, 0, 0, 0.0]
+        #: (model, provider, key name) as a request has them -> their labels and a row of what requests
+        #: with them added since :meth:`_flush` moved it into ``total`` and ``by``; at most
+        #: :data:`MAX_CACHED` entries.
+        self.pending: dict[tuple[Any, ...], tuple[str, str, str | None, list[Any]]] = {}
         self.in_flight: dict[str, dict[str, Any]] = {}
         self.fallbacks = 0
         self.retries = 0
@@ -133,8 +123,8 @@ class Aggregate:
     def started(self, ctx: RequestContext) -> None:
         """A streamed response's head is being written: it is in flight until :meth:`ended`."""
         self.in_flight[ctx.request_id] = {
-            "started_at": ctx.started_at, "model": self.model_label(ctx.model or ""),
-            "provider": self.provider_label(ctx.provider or ""), "key": self._key(ctx),
+            "started_at": ctx.started_at, "model": self.model_label[ctx.model or ""],
+            "provider": self.provider_label[ctx.provider or ""], "key": self._key(ctx),
         }
         self.version += 1
 
@@ -144,10 +134,10 @@ class Aggregate:
         self.version += 1
         kind = error_kind(ctx)
         failed = kind is not None
-        second = int(self.clock())
-        if not self.seconds or self.seconds[-1][0] != second:
-            self.seconds.append([second, 0, 0])
-        row = self.seconds[-1]
+        second, seconds = int(self.clock()), self.seconds
+        if not seconds or seconds[-1][0] != second:
+            seconds.append([second, 0, 0])
+        row = seconds[-1]
         row[1] += 1
         row[2] += failed
         if kind is not None:
@@ -156,16 +146,16 @@ class Aggregate:
             self.durations[bisect.bisect_left(BOUNDS, ctx.duration)] += 1
         if ctx.t_first_byte is not None:
             self.ttfbs[bisect.bisect_left(BOUNDS, ctx.t_first_byte)] += 1
-        model = self.model_label(ctx.model or ctx.model_requested or "")
-        provider = self.provider_label(ctx.provider or "")
-        key = self._key(ctx)
+        names = (ctx.model or ctx.model_requested or "", ctx.provider or "", ctx.client_key)
+        model, provider, key, row = self.pending.get(names) or self._pending(names)
         usage = ctx.usage
-        input_tokens, output_tokens = (usage.input_tokens, usage.output_tokens) if usage is not None else (0, 0)
-        cost = ctx.cost or 0.0
-        self.total.add(failed, input_tokens, output_tokens, cost)
-        for table, label in ((self.by["model"], model), (self.by["provider"], provider), (self.by["key"], key)):
-            if label:
-                (table.get(label) or table.setdefault(label, Totals())).add(failed, input_tokens, output_tokens, cost)
+        row[0] += 1
+        row[1] += failed
+        if usage is not None:
+            row[2] += usage.input_tokens
+            row[3] += usage.output_tokens
+        if ctx.cost:
+            row[4] += ctx.cost
         if len(ctx.attempts) > 1:
             self._attempts(ctx, model)
         # A row of RECENT_FIELDS; export() makes it a dict (the page reads the last few once a second).
@@ -177,7 +167,30 @@ class Aggregate:
 
     def _key(self, ctx: RequestContext) -> str | None:
         name = key_name(ctx)
-        return self.key_label(name) if name else None
+        return self.key_label[name] if name else None
+
+    def _pending(self, names: tuple[Any, ...]) -> tuple[str, str, str | None, list[Any]]:
+        """The labels of ``names`` (model, provider, key name) and a new row for them."""
+        if len(self.pending) >= MAX_CACHED:
+            self._flush()
+            self.pending.clear()
+        model, provider, key = self.model_label[names[0]], self.provider_label[names[1]], names[2]
+        found = self.pending[names] = (model, provider, self.key_label[key] if key else None, [0, 0, 0, 0, 0.0])
+        return found
+
+    def _flush(self) -> None:
+        """Add the pending rows to ``total`` and ``by`` (a label's row is made when its first request is
+        added) and start them over."""
+        tables = (self.by["model"], self.by["provider"], self.by["key"])
+        for *labels, row in self.pending.values():
+            if not row[0]:
+                continue
+            rows = [self.total] + [t.get(label) or t.setdefault(label, [0, 0, 0, 0, 0.0])
+                                   for t, label in zip(tables, labels) if label]
+            for into in rows:
+                for i, value in enumerate(row):
+                    into[i] += value
+            row[:] = (0, 0, 0, 0, 0.0)
 
     def _attempts(self, ctx: RequestContext, model: str) -> None:
         """Retries and fallbacks of a request with more than one attempt."""
@@ -188,19 +201,20 @@ class Aggregate:
             self.fallbacks += 1
             first = attempts[0]
             self.recent_fallbacks.append({
-                "time": ctx.started_at, "model": model, "from": self.provider_label(first.provider),
-                "to": self.provider_label(attempts[-1].provider),
+                "time": ctx.started_at, "model": model, "from": self.provider_label[first.provider],
+                "to": self.provider_label[attempts[-1].provider],
                 "why": f"http_{first.status}" if first.error_kind == "status" else first.error_kind,
             })
 
     def export(self) -> dict[str, Any]:
         """This worker's counters as JSON-ready parts that :func:`view` can merge with other workers'."""
+        self._flush()
         flights = sorted(self.in_flight.values(), key=lambda f: f["started_at"])
         return {
             "version": self.version, "started_at": self.started_at, "seconds": [list(r) for r in self.seconds],
             "durations": list(self.durations), "ttfbs": list(self.ttfbs), "errors": dict(self.errors),
-            "total": self.total.as_list(),
-            "by": {dim: {n: t.as_list() for n, t in table.items()} for dim, table in self.by.items()},
+            "total": list(self.total),
+            "by": {dim: {n: list(t) for n, t in table.items()} for dim, table in self.by.items()},
             "in_flight": len(flights), "streams": flights[:MAX_IN_FLIGHT_LISTED],
             "fallbacks": self.fallbacks, "retries": self.retries, "recent_fallbacks": list(self.recent_fallbacks),
             "recent": [dict(zip(RECENT_FIELDS, row)) for row in self.recent],

@@ -89,6 +89,8 @@ class Translate:
 
     @hookimpl(trylast=True)
     def ccproxy_request_adapter(self, ctx: Any, body: dict[str, Any]) -> Any:
+        if ctx.upstream_dialect == ctx.client_dialect:  # the usual request: nothing to convert
+            return None
         if ctx.client_dialect == RESPONSES and self.store is not None and (ctx.client_dialect, ctx.upstream_dialect) \
                 in _CONVERTERS and previous_id(body) is not None:
             return self._expanded(ctx, body)  # a coroutine: the core awaits it
@@ -100,7 +102,7 @@ class Translate:
 
     @hookimpl(trylast=True)
     def ccproxy_response_adapter(self, ctx: Any) -> ResponseAdapter | None:
-        return response_adapter(ctx, self.store)
+        return None if _passes_through(ctx) else response_adapter(ctx, self.store)
 
 
 def request_adapter(ctx: Any, body: dict[str, Any], store: ResponseStore | None = None,
