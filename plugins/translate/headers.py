@@ -2,7 +2,7 @@
 
 OpenAI's ``x-ratelimit-reset-*`` values are durations (``6m0s``, ``20ms``);
 Anthropic's ``anthropic-ratelimit-*-reset`` values are RFC 3339 instants. Values that
-do not parse are copied unchanged.
+do not parse, or name an instant past what a ``datetime`` holds, are copied unchanged.
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ def _duration_to_rfc3339(value: str, now: float) -> str:
     seconds = parse_duration(value)
     if seconds is None:
         return value
-    instant = datetime.fromtimestamp(now + seconds, timezone.utc).replace(microsecond=0)
+    try:
+        instant = datetime.fromtimestamp(now + seconds, timezone.utc).replace(microsecond=0)
+    except (OverflowError, ValueError, OSError):  # past what a datetime holds (the upstream's value)
+        return value
     return instant.isoformat().replace("+00:00", "Z")
 
 

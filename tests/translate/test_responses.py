@@ -371,6 +371,14 @@ def test_unparsable_reset_values_are_copied() -> None:
     assert headers["x-ratelimit-reset-requests"] == "later"
 
 
+def test_reset_durations_past_any_date_are_copied() -> None:
+    """An upstream's huge duration (year past 9999, or past the platform's time_t) is copied, not an error."""
+    headers = {"x-ratelimit-reset-requests": "99999999999h", "x-ratelimit-reset-tokens": "1" * 400 + "h"}
+    add_client_headers(OPENAI, headers)
+    assert headers["anthropic-ratelimit-requests-reset"] == "99999999999h"
+    assert headers["anthropic-ratelimit-tokens-reset"] == "1" * 400 + "h"
+
+
 # -- Hooks and adapter choice ---------------------------------------------------------
 
 
