@@ -6,6 +6,7 @@
     python bench/ab.py --variant off=%off --variant memory=%memory --variant redis=%redis://127.0.0.1:6379
     python bench/ab.py --routes --phase stream           # each route alone: CPU per event, per route
     python bench/ab.py --variant floor=!floor --variant fwd=!forwarder --variant core=providers --variant all=
+    python bench/ab.py --cpu user --variant floor=!floor --variant all=   # user time only (or --cpu system)
 
 On a shared, noisy machine two runs minutes apart differ by more than most effects
 worth measuring, so every set-up runs at once (each its own ``sanic app.app`` process on
@@ -91,11 +92,12 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
                              reqs(v.target, ds), conc, unit) for v in variants for ds in dialects]
     for u in units:  # warm-up
         await loadgen.closed_loop(u.target, u.requests, conc, 1.0)
-    got = await sidebyside.interleave(units, args.rounds, args.slice, run.cpu_seconds)
+    got = await sidebyside.interleave(units, args.rounds, args.slice, lambda pid: run.cpu_seconds(pid, args.cpu))
     per = {name: s.cpu_us for name, s in got.items()}
     sizes = {name: s.body_bytes for name, s in got.items()}  # body bytes per unit
     base = statistics.median(per[units[0].name])
-    print(f"proxy CPU per {unit} ({args.phase}, {conc} clients, {args.rounds} rounds × {args.slice:g} s, "
+    part = "" if args.cpu == "all" else f" ({args.cpu} time only)"
+    print(f"proxy CPU{part} per {unit} ({args.phase}, {conc} clients, {args.rounds} rounds × {args.slice:g} s, "
           f"transport {args.transport}):")
     for u in units:
         name = u.name
@@ -135,6 +137,8 @@ def main() -> int:
     parser.add_argument("--slice", type=float, default=1.5)
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--routes", action="store_true", help="measure each route of run.ROUTES alone")
+    parser.add_argument("--cpu", choices=["all", "user", "system"], default="all",
+                        help="the proxy's CPU counted: utime + stime (default), or one of them")
     args = parser.parse_args()
     return run.drive(amain, args, "ccproxy-ab-", 600)
 

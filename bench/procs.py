@@ -94,11 +94,12 @@ class Children:
                 proc.kill()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+def cpu_seconds(pid: int, part: str = "all") -> float:
+    """utime + stime of a process (all its threads), in seconds; ``part`` "user" or "system": one of them."""
     with open(f"/proc/{pid}/stat", "rb") as fh:
         fields = fh.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    user, system = int(fields[11]), int(fields[12])
+    return {"all": user + system, "user": user, "system": system}[part] / CLK_TCK
 
 
 def status_kb(pid: int, key: str) -> int:
