@@ -247,18 +247,10 @@ class Totals:
             (rows[3] or self._bind(rows, 3))[0] += cost
         usage = ctx.usage
         if usage is not None:
-            tokens = usage.input_tokens  # the directions of DIRECTIONS, in order
-            if tokens:
-                (rows[4] or self._bind(rows, 4))[0] += tokens
-            tokens = usage.output_tokens
-            if tokens:
-                (rows[5] or self._bind(rows, 5))[0] += tokens
-            tokens = usage.cache_read_input_tokens
-            if tokens:
-                (rows[6] or self._bind(rows, 6))[0] += tokens
-            tokens = usage.cache_creation_input_tokens
-            if tokens:
-                (rows[7] or self._bind(rows, 7))[0] += tokens
+            for i, (_, key) in enumerate(DIRECTIONS, 4):  # rows[4:8]: _ROW_SERIES's tokens, in DIRECTIONS order
+                tokens = getattr(usage, key)
+                if tokens:
+                    (rows[i] or self._bind(rows, i))[0] += tokens
 
     def _rows(self, key: tuple[Any, ...]) -> list[Any]:
         """A :attr:`rows` entry: the ``ccproxy_requests`` series of ``key``, None for each series of
