@@ -565,9 +565,12 @@ def read_event(ctx: RequestContext, event: Any) -> None:
 def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
     """A whole JSON response: its ``usage``."""
     status = ctx.upstream_status or 0
-    if not 200 <= status < 300 or body.rfind(b'"usage"') < 0:  # rfind: it is near the end (and see _UNREAD)
+    if not 200 <= status < 300:
         return
-    usage = last_member_usage(body)
+    start = body.rfind(b'"usage"')  # rfind: it is near the end (and see _UNREAD)
+    if start < 0:
+        return
+    usage = last_member_usage(body, start)
     if usage is _UNKNOWN:
         try:
             payload = json.loads(body)
@@ -599,8 +602,9 @@ _LITERAL = rf"null|true|false|{_SIMPLE}|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][
 _TAIL = re.compile(rf"(?:{_WS},{_WS}{_SIMPLE}{_WS}:{_WS}(?:{_LITERAL})){{0,8}}{_WS}\}}{_WS}")
 
 
-def last_member_usage(body: bytes) -> Any:
-    """``json.loads(body)["usage"]`` read from the end of a JSON object, or :data:`_UNKNOWN`.
+def last_member_usage(body: bytes, start: int | None = None) -> Any:
+    """``json.loads(body)["usage"]`` read from the end of a JSON object, or :data:`_UNKNOWN`; ``start``:
+    ``body.rfind(b'"usage"')``, if the caller has it.
 
     A whole body costs a full parse (every dict and string of the answer) for four numbers, while
     the usual answer ends with ``usage`` or a few short members after it. The last ``"usage"`` key
@@ -613,15 +617,20 @@ def last_member_usage(body: bytes) -> Any:
     """
     if body[:1] != b"{" or body[1:2] == b"\x00":  # json.loads would guess UTF-16 or UTF-32
         return _UNKNOWN
+    if start is None:
+        start = body.rfind(b'"usage"')
+    if start < 1 or body[start - 1] == 0x5C:  # an escaped quote (a backslash before it): inside a longer string
+        return _UNKNOWN
     try:
-        text = body.decode()
-        start = text.rfind('"usage"')
-        if start < 1 or text[start - 1] == "\\":  # an escaped quote: inside a longer string
-            return _UNKNOWN
-        if text.startswith('"usage":{', start):  # compact JSON: no regular expression
-            at = start + 8
+        # Only the member and what follows it are decoded (a '"' starts a character), once the whole body
+        # is known to be UTF-8, as it is when it is ASCII (bytes.find finds in UTF-8 what str.find would).
+        if not body.isascii():
+            body.decode()
+        text = body[start:].decode()
+        if text.startswith('"usage":{'):  # compact JSON: no regular expression
+            at = 8
         else:
-            key = _USAGE_KEY.match(text, start)
+            key = _USAGE_KEY.match(text)
             if key is None:  # a value, not a key
                 return _UNKNOWN
             at = key.end()
