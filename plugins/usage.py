@@ -154,7 +154,7 @@ class PriceSetting:
 
 
 class PriceTable:
-    """Glob -> :class:`Price`, first match wins; lookups are cached per model name."""
+    """Glob -> :class:`Price`, first match wins; :attr:`by_model` caches the answer per model name."""
 
     def __init__(self, prices: dict[str, PriceSetting] | None = None, *, defaults: bool = True) -> None:
         ordered: dict[str, PriceSetting] = dict(prices or {})
@@ -162,19 +162,32 @@ class PriceTable:
             for pattern, value in DEFAULT_PRICES.items():
                 ordered.setdefault(pattern, PriceSetting(**value))
         self.entries = [(p, v.price()) for p, v in ordered.items()]
-        self._cache: dict[str, Price | None] = {}
+        #: ``by_model[model]`` is ``lookup(model)``: a dict lookup once a name was seen.
+        self.by_model = _PriceCache(self)
 
     def lookup(self, model: str | None) -> Price | None:
+        """The price of the first glob ``model`` matches (None for none, or no model)."""
         if not model:
             return None
-        try:
-            return self._cache[model]
-        except KeyError:
-            pass
-        found = next((price for pattern, price in self.entries if fnmatch.fnmatchcase(model, pattern)), None)
-        if len(self._cache) < 4096:  # model names come from clients: bound the cache
-            self._cache[model] = found
+        return next((price for pattern, price in self.entries if fnmatch.fnmatchcase(model, pattern)), None)
+
+
+class _PriceCache(dict):  # type: ignore[type-arg]
+    """Model name -> :meth:`PriceTable.lookup`, filled on first use; at most :data:`MAX_CACHED_MODELS` names
+    are kept (model names come from clients), others are looked up each time."""
+
+    def __init__(self, table: PriceTable) -> None:
+        super().__init__()
+        self.table = table
+
+    def __missing__(self, model: str | None) -> Price | None:
+        found = self.table.lookup(model)
+        if len(self) < MAX_CACHED_MODELS:
+            self[model] = found
         return found
+
+
+MAX_CACHED_MODELS = 4096
 
 
 @dataclass(slots=True)
@@ -240,7 +253,7 @@ class UsagePlugin:
     @hookimpl(tryfirst=True)
     def ccproxy_stream_end(self, ctx: RequestContext) -> None:
         """Settle partial usage and the cost before the access log and metrics read them."""
-        flags = _flags(ctx)
+        flags = ctx.state.get(NAME) or _flags(ctx)
         usage = ctx.usage
         # Partial: the closing numbers never came, yet something was counted or the request was cut short.
         ctx.usage_partial = not flags["final"] and (
@@ -249,7 +262,7 @@ class UsagePlugin:
         if usage is None:
             ctx.cost = None
             return
-        price = self.prices.lookup(ctx.model or ctx.model_requested)
+        price = self.prices.by_model[ctx.model or ctx.model_requested]
         ctx.cost = round(price.cost(usage), 10) if price is not None else None
 
 
