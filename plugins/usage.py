@@ -154,7 +154,7 @@ class PriceSetting:
 
 
 class PriceTable:
-    """Glob -> :class:`Price`, first match wins; lookups are cached per model name."""
+    """Glob -> :class:`Price`, first match wins; :attr:`by_model` caches the answer per model name."""
 
     def __init__(self, prices: dict[str, PriceSetting] | None = None, *, defaults: bool = True) -> None:
         ordered: dict[str, PriceSetting] = dict(prices or {})
@@ -162,19 +162,32 @@ class PriceTable:
             for pattern, value in DEFAULT_PRICES.items():
                 ordered.setdefault(pattern, PriceSetting(**value))
         self.entries = [(p, v.price()) for p, v in ordered.items()]
-        self._cache: dict[str, Price | None] = {}
+        #: ``by_model[model]`` is ``lookup(model)``: a dict lookup once a name was seen.
+        self.by_model = _PriceCache(self)
 
     def lookup(self, model: str | None) -> Price | None:
+        """The price of the first glob ``model`` matches (None for none, or no model)."""
         if not model:
             return None
-        try:
-            return self._cache[model]
-        except KeyError:
-            pass
-        found = next((price for pattern, price in self.entries if fnmatch.fnmatchcase(model, pattern)), None)
-        if len(self._cache) < 4096:  # model names come from clients: bound the cache
-            self._cache[model] = found
+        return next((price for pattern, price in self.entries if fnmatch.fnmatchcase(model, pattern)), None)
+
+
+class _PriceCache(dict):  # type: ignore[type-arg]
+    """Model name -> :meth:`PriceTable.lookup`, filled on first use; at most :data:`MAX_CACHED_MODELS` names
+    are kept (model names come from clients), others are looked up each time."""
+
+    def __init__(self, table: PriceTable) -> None:
+        super().__init__()
+        self.table = table
+
+    def __missing__(self, model: str | None) -> Price | None:
+        found = self.table.lookup(model)
+        if len(self) < MAX_CACHED_MODELS:
+            self[model] = found
         return found
+
+
+MAX_CACHED_MODELS = 4096
 
 
 @dataclass(slots=True)
@@ -240,7 +253,7 @@ class UsagePlugin:
     @hookimpl(tryfirst=True)
     def ccproxy_stream_end(self, ctx: RequestContext) -> None:
         """Settle partial usage and the cost before the access log and metrics read them."""
-        flags = _flags(ctx)
+        flags = ctx.state.get(NAME) or _flags(ctx)
         usage = ctx.usage
         # Partial: the closing numbers never came, yet something was counted or the request was cut short.
         ctx.usage_partial = not flags["final"] and (
@@ -249,7 +262,7 @@ class UsagePlugin:
         if usage is None:
             ctx.cost = None
             return
-        price = self.prices.lookup(ctx.model or ctx.model_requested)
+        price = self.prices.by_model[ctx.model or ctx.model_requested]
         ctx.cost = round(price.cost(usage), 10) if price is not None else None
 
 
@@ -565,9 +578,12 @@ def read_event(ctx: RequestContext, event: Any) -> None:
 def ccproxy_response_body(ctx: RequestContext, body: bytes) -> None:
     """A whole JSON response: its ``usage``."""
     status = ctx.upstream_status or 0
-    if not 200 <= status < 300 or body.rfind(b'"usage"') < 0:  # rfind: it is near the end (and see _UNREAD)
+    if not 200 <= status < 300:
         return
-    usage = last_member_usage(body)
+    start = body.rfind(b'"usage"')  # rfind: it is near the end (and see _UNREAD)
+    if start < 0:
+        return
+    usage = last_member_usage(body, start)
     if usage is _UNKNOWN:
         try:
             payload = json.loads(body)
@@ -599,8 +615,9 @@ _LITERAL = rf"null|true|false|{_SIMPLE}|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][
 _TAIL = re.compile(rf"(?:{_WS},{_WS}{_SIMPLE}{_WS}:{_WS}(?:{_LITERAL})){{0,8}}{_WS}\}}{_WS}")
 
 
-def last_member_usage(body: bytes) -> Any:
-    """``json.loads(body)["usage"]`` read from the end of a JSON object, or :data:`_UNKNOWN`.
+def last_member_usage(body: bytes, start: int | None = None) -> Any:
+    """``json.loads(body)["usage"]`` read from the end of a JSON object, or :data:`_UNKNOWN`; ``start``:
+    ``body.rfind(b'"usage"')``, if the caller has it.
 
     A whole body costs a full parse (every dict and string of the answer) for four numbers, while
     the usual answer ends with ``usage`` or a few short members after it. The last ``"usage"`` key
@@ -613,15 +630,20 @@ def last_member_usage(body: bytes) -> Any:
     """
     if body[:1] != b"{" or body[1:2] == b"\x00":  # json.loads would guess UTF-16 or UTF-32
         return _UNKNOWN
+    if start is None:
+        start = body.rfind(b'"usage"')
+    if start < 1 or body[start - 1] == 0x5C:  # an escaped quote (a backslash before it): inside a longer string
+        return _UNKNOWN
     try:
-        text = body.decode()
-        start = text.rfind('"usage"')
-        if start < 1 or text[start - 1] == "\\":  # an escaped quote: inside a longer string
-            return _UNKNOWN
-        if text.startswith('"usage":{', start):  # compact JSON: no regular expression
-            at = start + 8
+        # Only the member and what follows it are decoded (a '"' starts a character), once the whole body
+        # is known to be UTF-8, as it is when it is ASCII (bytes.find finds in UTF-8 what str.find would).
+        if not body.isascii():
+            body.decode()
+        text = body[start:].decode()
+        if text.startswith('"usage":{'):  # compact JSON: no regular expression
+            at = 8
         else:
-            key = _USAGE_KEY.match(text, start)
+            key = _USAGE_KEY.match(text)
             if key is None:  # a value, not a key
                 return _UNKNOWN
             at = key.end()

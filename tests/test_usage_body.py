@@ -167,3 +167,21 @@ def test_random_objects_give_what_the_whole_parse_gives():
             read += 1
             assert found == whole_parse(body), body
     assert read > 300  # the end was read often enough for this to test it
+
+
+def test_the_price_cache_answers_what_the_globs_do_and_stays_bounded(monkeypatch):
+    """``PriceTable.by_model`` (what ``ccproxy_stream_end`` reads) is ``lookup``, asked again or not, for
+    priced, unpriced and empty names, with the user's globs first; past its bound it still answers, unkept."""
+    from ccproxy_plugins.usage import PriceSetting, PriceTable
+
+    table = PriceTable({"gpt-4o*": PriceSetting(1.0, 2.0), "my-*": PriceSetting(3.0, 4.0, 0.5)})
+    rng = random.Random(5)
+    names = [None, "", "my-model", "gpt-4o-mini", "claude-opus-4-5-20251101", "claude-bench-1", "o3-pro", "gpt-5-nano-x"]
+    names += ["".join(rng.choice("claude-gpt-o1345mini*?[]") for _ in range(rng.randrange(1, 16))) for _ in range(300)]
+    for name in names + names:  # the second time from the cache
+        assert table.by_model[name] == table.lookup(name), name
+    assert table.by_model["gpt-4o-mini"].input == 1.0 and table.by_model["claude-bench-1"] is None
+    monkeypatch.setattr(plugin, "MAX_CACHED_MODELS", len(table.by_model) + 1)
+    for i in range(5):
+        assert table.by_model[f"claude-sonnet-4-{i}"] == table.lookup("claude-sonnet-4")
+    assert len(table.by_model) == plugin.MAX_CACHED_MODELS
