@@ -231,7 +231,7 @@ class Totals:
 
     def observe(self, name: str, labels: tuple[str, ...], value: float, model_index: int | None = None) -> None:
         series = self.series(name, labels, model_index)
-        series[bisect.bisect_left(self.bounds[name], value)] += 1  # the first bound >= value, as prometheus-client
+        series[bisect.bisect_left(self.bounds[name], value)] += 1.0  # the first bound >= value, as prometheus-client
         series[-2] += value
 
     def record(self, ctx: RequestContext, model_label: ModelLabels) -> None:
@@ -240,16 +240,16 @@ class Totals:
         one per metric, and none for the labels (a name's label never changes: :class:`ModelLabels`)."""
         key = (ctx.route, ctx.provider, ctx.model, ctx.status, ctx.outcome)
         rows = self.rows.get(key) or self._rows(key, model_label)
-        rows[0][0] += 1
+        rows[0][0] += 1.0  # a float, as the series holds: Python adds two floats in line, a float and an int not
         value = ctx.duration
         if value is not None:
             series = rows[1] or self._bind(rows, 1)
-            series[bisect.bisect_left(self.duration_bounds, value)] += 1
+            series[bisect.bisect_left(self.duration_bounds, value)] += 1.0
             series[-2] += value
         value = ctx.t_first_byte
         if value is not None:
             series = rows[2] or self._bind(rows, 2)
-            series[bisect.bisect_left(self.ttfb_bounds, value)] += 1
+            series[bisect.bisect_left(self.ttfb_bounds, value)] += 1.0
             series[-2] += value
         cost = ctx.cost
         if cost:
