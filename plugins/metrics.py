@@ -1,8 +1,9 @@
 """Prometheus metrics at ``GET /metrics``, from the public hooks only.
 
 Per request the work is one ``ccproxy_stream_end`` call (plus ``ccproxy_stream_start`` for the
-active-streams gauge): one look-up of the request's label set, which finds the series it adds plain
-numbers to (:meth:`Totals.record`), read by prometheus-client only when ``/metrics`` is scraped.
+active-streams gauge): one look-up of the request's (route, provider, model, status, outcome), which
+finds the series it adds plain numbers to and their label values (:meth:`Totals.record`), read by
+prometheus-client only when ``/metrics`` is scraped.
 Nothing runs per chunk.
 
 Several workers (``sanic app.app --workers N``): every worker counts into prometheus-client's
