@@ -1,8 +1,9 @@
 """Prometheus metrics at ``GET /metrics``, from the public hooks only.
 
 Per request the work is one ``ccproxy_stream_end`` call (plus ``ccproxy_stream_start`` for the
-active-streams gauge): one look-up of the request's label set, which finds the series it adds plain
-numbers to (:meth:`Totals.record`), read by prometheus-client only when ``/metrics`` is scraped.
+active-streams gauge): one look-up of the request's (route, provider, model, status, outcome), which
+finds the series it adds plain numbers to and their label values (:meth:`Totals.record`), read by
+prometheus-client only when ``/metrics`` is scraped.
 Nothing runs per chunk.
 
 Several workers (``sanic app.app --workers N``): every worker counts into prometheus-client's
@@ -33,6 +34,7 @@ import bisect
 import glob
 import itertools
 import math
+import operator
 import os
 import re
 import shutil
@@ -57,6 +59,8 @@ DIRECTIONS = (
     ("cache_read", "cache_read_input_tokens"),
     ("cache_creation", "cache_creation_input_tokens"),
 )
+#: A ``Usage``'s four counts, in :data:`DIRECTIONS` order, in one call.
+TOKEN_COUNTS = operator.attrgetter(*(attr for _, attr in DIRECTIONS))
 
 #: The label value that stands for models beyond :data:`MAX_MODEL_LABELS` (and label sets beyond
 #: :data:`MAX_SERIES`).
@@ -134,6 +138,11 @@ class ModelLabels(dict[str, str]):
         return OTHER
 
     __call__ = dict.__getitem__
+
+
+def labels_of(ctx: RequestContext, model_label: ModelLabels) -> tuple[str, str]:
+    """The ``provider`` and ``model`` label values of a request."""
+    return ctx.provider or "", model_label[ctx.model] if ctx.model else ""
 
 
 #: Every metric: (name, help, type, label names); histograms take their buckets from the settings.
@@ -223,47 +232,49 @@ class Totals:
 
     def observe(self, name: str, labels: tuple[str, ...], value: float, model_index: int | None = None) -> None:
         series = self.series(name, labels, model_index)
-        series[bisect.bisect_left(self.bounds[name], value)] += 1  # the first bound >= value, as prometheus-client
+        series[bisect.bisect_left(self.bounds[name], value)] += 1.0  # the first bound >= value, as prometheus-client
         series[-2] += value
 
-    def record(self, ctx: RequestContext, provider: str, model: str) -> None:
-        """What every request adds (:func:`record_request`'s numbers), through the series its labels
-        found before: one look-up per request instead of one per metric."""
-        key = (ctx.route, provider, model, ctx.status, ctx.outcome)
-        rows = self.rows.get(key) or self._rows(key)
-        rows[0][0] += 1
+    def record(self, ctx: RequestContext, model_label: ModelLabels) -> None:
+        """What every request adds (:func:`record_request`'s numbers), through the series its
+        (route, provider, model, status, outcome) found before: one look-up per request instead of
+        one per metric, and none for the labels (a name's label never changes: :class:`ModelLabels`)."""
+        key = (ctx.route, ctx.provider, ctx.model, ctx.status, ctx.outcome)
+        rows = self.rows.get(key) or self._rows(key, model_label)
+        rows[0][0] += 1.0  # a float, as the series holds: Python adds two floats in line, a float and an int not
         value = ctx.duration
         if value is not None:
             series = rows[1] or self._bind(rows, 1)
-            series[bisect.bisect_left(self.duration_bounds, value)] += 1
+            series[bisect.bisect_left(self.duration_bounds, value)] += 1.0
             series[-2] += value
         value = ctx.t_first_byte
         if value is not None:
             series = rows[2] or self._bind(rows, 2)
-            series[bisect.bisect_left(self.ttfb_bounds, value)] += 1
+            series[bisect.bisect_left(self.ttfb_bounds, value)] += 1.0
             series[-2] += value
         cost = ctx.cost
         if cost:
             (rows[3] or self._bind(rows, 3))[0] += cost
         usage = ctx.usage
         if usage is not None:
-            for i, (_, key) in enumerate(DIRECTIONS, 4):  # rows[4:8]: _ROW_SERIES's tokens, in DIRECTIONS order
-                tokens = getattr(usage, key)
+            for i, tokens in enumerate(TOKEN_COUNTS(usage), 4):  # rows[4:8]: _ROW_SERIES's tokens, in DIRECTIONS order
                 if tokens:
                     (rows[i] or self._bind(rows, i))[0] += tokens
 
-    def _rows(self, key: tuple[Any, ...]) -> list[Any]:
+    def _rows(self, key: tuple[Any, ...], model_label: ModelLabels) -> list[Any]:
         """A :attr:`rows` entry: the ``ccproxy_requests`` series of ``key``, None for each series of
-        :data:`_ROW_SERIES` until the first request adds to it, and ``key``."""
+        :data:`_ROW_SERIES` until the first request adds to it, and (route, provider, model) labels."""
         if len(self.rows) >= MAX_SERIES:  # a cache: its series stay in the tables
             self.rows.clear()
         route, provider, model, status, outcome = key
+        provider = provider or ""
+        model = model_label[model] if model else ""
         requests = self.series("ccproxy_requests", (route, provider, model, str(status or ""), outcome or ""), 2)
-        rows = self.rows[key] = [requests, *[None] * len(_ROW_SERIES), key]
+        rows = self.rows[key] = [requests, *[None] * len(_ROW_SERIES), (route, provider, model)]
         return rows
 
     def _bind(self, rows: list[Any], i: int) -> list[float]:
-        route, provider, model = rows[-1][:3]
+        route, provider, model = rows[-1]
         name, labels, model_index = _ROW_SERIES[i - 1]
         rows[i] = series = self.series(name, labels(route, provider, model), model_index)
         return series
@@ -348,8 +359,8 @@ class Children:
     def add_active(self, delta: int) -> None:
         self.metrics["ccproxy_active_streams"].inc(delta)
 
-    def record(self, ctx: RequestContext, provider: str, model: str) -> None:
-        record_request(self, ctx, provider, model)
+    def record(self, ctx: RequestContext, model_label: ModelLabels) -> None:
+        record_request(self, ctx, *labels_of(ctx, model_label))
 
 
 def record_request(store: Totals | Children, ctx: RequestContext, provider: str, model: str) -> None:
@@ -404,8 +415,7 @@ class Metrics:
         self._plugin_errors_total = total
 
     def record(self, ctx: RequestContext) -> None:
-        provider = ctx.provider or ""
-        self.store.record(ctx, provider, self.model_label[ctx.model] if ctx.model else "")
+        self.store.record(ctx, self.model_label)
         count = self.store.count
         key = ctx.client_key
         if key is not None:  # names come from the config: a bounded set
@@ -421,7 +431,7 @@ class Metrics:
         if attempts and (len(attempts) > 1 or attempts[0].error_kind is not None or ctx.outcome == UPSTREAM_ERROR):
             self._count_upstream_errors(ctx)
         if ctx.inband_error is not None:
-            count("ccproxy_upstream_errors", (provider, "in_band"))
+            count("ccproxy_upstream_errors", (ctx.provider or "", "in_band"))
         if self.plugin_errors:  # (sync_plugin_errors returns at once without any)
             self.sync_plugin_errors()
 
@@ -565,6 +575,6 @@ class MetricsPlugin:
         metrics = self.metrics
         if metrics is None:
             return
-        if ctx.state.pop("metrics", None) == "active":
+        if ctx.stream and ctx.state.pop("metrics", None) == "active":  # only streams are marked
             metrics.store.add_active(-1)
         metrics.record(ctx)

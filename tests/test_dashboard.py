@@ -232,6 +232,36 @@ def test_everything_kept_is_bounded() -> None:
     assert snap["totals"]["requests"] == 1200 and snap["totals"]["output_tokens"] == 2 * 1200
 
 
+def test_ended_counts_the_error_kind_of_every_request() -> None:
+    """``Aggregate.ended`` skips ``error_kind`` for the usual request (completed, no error): over random
+    requests the kind it keeps (the recent row's, the error counts) is ``error_kind``'s, and every stream
+    that started leaves the in-flight table when it ends."""
+    import random
+    from collections import Counter
+
+    from ccproxy_core import CLIENT_DISCONNECTED, COMPLETED, REJECTED, UPSTREAM_ERROR, RequestContext
+    from ccproxy_core.errors import InvalidRequest, ProxyError
+    from ccproxy_plugins.dashboard.aggregate import Aggregate, error_kind
+
+    aggregate = Aggregate(build_config(provider_config("http://127.0.0.1:9"), "test"), recent=1)
+    rng = random.Random(17)
+    kinds: Counter[str] = Counter()
+    for i in range(2000):
+        error = rng.choice((None, None, InvalidRequest("no"), ProxyError("down", error_kind="connect")))
+        ctx = RequestContext(f"r{i}", "POST", "/v1/messages", "anthropic", stream=rng.random() < 0.5,
+                             status=rng.choice((None, 200, 399, 400, 429, 500)), error=error,
+                             outcome=rng.choice((COMPLETED, COMPLETED, CLIENT_DISCONNECTED, UPSTREAM_ERROR, REJECTED, None)),
+                             inband_error=rng.choice((None, None, "overloaded")))
+        if ctx.stream:
+            aggregate.started(ctx)
+        aggregate.ended(ctx)
+        kind = error_kind(ctx)
+        assert aggregate.recent[-1][6] == kind
+        kinds[kind] += kind is not None
+    assert aggregate.errors == +kinds and aggregate.in_flight == {}
+    assert None in kinds and len(kinds) > 5  # both paths ran
+
+
 def test_admin_keys_alone_guard_only_admin_routes(mock: Any) -> None:
     config = provider_config(mock.url)
     config["plugins"] = {"auth": {"admin_keys": [ADMIN_KEY]}}

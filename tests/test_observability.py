@@ -383,26 +383,36 @@ def test_metrics_counts_histograms_tokens_cost_and_plugin_errors(make_proxy, moc
 
 
 def test_metrics_cached_series_count_what_the_plain_path_counts():
-    """``Totals.record`` (series found once per label set) adds what ``record_request`` adds through
-    ``count``/``observe`` (the path of the several-workers store), folding past MAX_SERIES included."""
+    """``Totals.record`` (series and labels found once per (route, provider, model, status, outcome))
+    adds what ``record_request`` adds through ``count``/``observe`` with the labels of ``labels_of`` (the
+    path of the several-workers store), folding past the model labels' limit and MAX_SERIES included."""
+    import random
+
     from ccproxy_core import COMPLETED, UPSTREAM_ERROR, PluginSettings, RequestContext, Usage
-    from ccproxy_plugins.metrics import MAX_SERIES, OTHER, Settings, Totals, record_request
+    from ccproxy_plugins.metrics import MAX_SERIES, OTHER, ModelLabels, Settings, Totals, labels_of, record_request
 
     settings = Settings(PluginSettings("metrics", {}))
     cached, plain = Totals(settings), Totals(settings)
-    for i in range(MAX_SERIES + 300):
-        usage = Usage(i % 7, i % 5, i % 3, i % 2) if i % 4 else None
-        ctx = RequestContext(f"r{i}", "POST", "/v1/messages", "anthropic", status=(200, 429, None)[i % 3],
-                             outcome=(COMPLETED, UPSTREAM_ERROR)[i % 2], duration=0.01 * i if i % 5 else None,
-                             t_first_byte=0.001 * i if i % 6 else None, usage=usage, cost=0.5 if i % 3 else None)
-        model = f"m{i % (MAX_SERIES + 100)}" if i > 100 else "m"
-        cached.record(ctx, "p", model)
-        record_request(plain, ctx, "p", model)
+    cached_labels, plain_labels = ModelLabels(None, MAX_SERIES), ModelLabels(None, MAX_SERIES)
+    rng = random.Random(17)
+    for i in range(3 * MAX_SERIES):
+        usage = Usage(*(rng.choice((0, 0, 1, 7, 100)) for _ in range(4))) if rng.random() < 0.7 else None
+        model = f"m{rng.randrange(MAX_SERIES + 100)}" if i > 100 else rng.choice(("m", None, ""))
+        ctx = RequestContext(f"r{i}", "POST", rng.choice(("/v1/messages", "/v1/chat/completions")), "anthropic",
+                             provider=rng.choice(("p", "q", None)), model=model,
+                             status=rng.choice((200, 429, None)), outcome=rng.choice((COMPLETED, UPSTREAM_ERROR, None)),
+                             duration=rng.choice((None, 0.0, 0.05, 0.07, 1.0, 700.0, rng.random() * 20)),
+                             t_first_byte=rng.choice((None, 0.01, 0.011, rng.random() * 2)), usage=usage,
+                             cost=rng.choice((None, 0.0, 0.5, rng.random())))
+        cached.record(ctx, cached_labels)
+        record_request(plain, ctx, *labels_of(ctx, plain_labels))
 
     def counts(totals: Totals) -> dict[str, dict[tuple[str, ...], list[float]]]:
         return {name: {labels: series[:-1] for labels, series in table.items()} for name, table in totals.tables.items()}
     assert counts(cached) == counts(plain)
-    assert ("/v1/messages", "p", OTHER, "200", "completed") in cached.tables["ccproxy_requests"]  # folded past the bound
+    assert cached_labels == plain_labels
+    requests = cached.tables["ccproxy_requests"]
+    assert len(requests) >= MAX_SERIES and any(labels[2] == OTHER for labels in requests)  # folded past the bounds
 
 
 # -- secrets ---------------------------------------------------------------------------------------

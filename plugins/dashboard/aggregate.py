@@ -130,9 +130,14 @@ class Aggregate:
 
     def ended(self, ctx: RequestContext) -> None:
         """A request is over (every request, once): count it."""
-        self.in_flight.pop(ctx.request_id, None)
+        if self.in_flight:  # mostly empty (streams only)
+            self.in_flight.pop(ctx.request_id, None)
         self.version += 1
-        kind = error_kind(ctx)
+        # The usual request (completed, no error) skips error_kind's checks, which all say None then.
+        if ctx.outcome == COMPLETED and ctx.error is None and ctx.inband_error is None and (ctx.status or 0) < 400:
+            kind = None
+        else:
+            kind = error_kind(ctx)
         failed = kind is not None
         second, seconds = int(self.clock()), self.seconds
         if not seconds or seconds[-1][0] != second:
