@@ -135,7 +135,9 @@ class Proxy:
         ctx.model_requested = body["model"]
         # A token count (count_tokens, input_tokens): plugins that limit or bill see it as one.
         ctx.counting = ctx.route.rstrip("/").endswith(("/count_tokens", "/input_tokens"))
-        await self.plugins.call("ccproxy_request_received", ctx=ctx, request=request)
+        pending = self.plugins.run("ccproxy_request_received", ctx=ctx, request=request)
+        if pending is not None:
+            await pending
         model = ctx.model_requested
         routes = self._routes.get(model)
         if routes is None:
@@ -261,7 +263,9 @@ class Proxy:
             headers["accept-encoding"] = decodable_accept_encoding(headers["accept-encoding"])
         headers.update(provider.headers)
         headers.setdefault("content-type", "application/json")
-        await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)
+        pending = self.plugins.run("ccproxy_request_headers", ctx=ctx, headers=headers)
+        if pending is not None:
+            await pending
         return UpstreamRequest(
             method="POST",
             url=url,
