@@ -203,7 +203,9 @@ class Scheduler:
                 await asyncio.shield(release(previous[0], None))
             if upstream.status_code not in RETRYABLE_STATUS:
                 if handler.attempt_hooks:
-                    await handler.plugins.notify("ccproxy_upstream_attempt", ctx=ctx, attempt=record)
+                    pending = handler.plugins.run("ccproxy_upstream_attempt", ctx=ctx, attempt=record)
+                    if pending is not None:
+                        await pending
                 if len(ctx.attempts) > 1:
                     log.info(
                         "request %s: attempt %d at %s (%s) answered %d",
@@ -215,7 +217,9 @@ class Scheduler:
             retryable = wait is None or wait <= policy.retry_after_cap
             self.kept_buffered, self.last_error = upstream.is_stream_consumed, None
         if handler.attempt_hooks:
-            await handler.plugins.notify("ccproxy_upstream_attempt", ctx=ctx, attempt=record)
+            pending = handler.plugins.run("ccproxy_upstream_attempt", ctx=ctx, attempt=record)
+            if pending is not None:
+                await pending
         if retryable:
             if wait is None:
                 step = min(policy.backoff_max, policy.backoff_base * 2 ** (self.tries[index] - 1))

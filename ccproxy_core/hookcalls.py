@@ -22,6 +22,10 @@ adapter, installed as its ``HookImpl.function``, that adds:
   synchronous too: one on such a hook is refused;
 * ``ccproxy_configure``: each plugin's own settings, and the per-app object it may return.
 
+The core's hot path calls hooks with :meth:`HookCalls.run`, a plain method: no coroutine unless an
+implementation returned an awaitable. :meth:`~HookCalls.notify`, :meth:`~HookCalls.call` and
+:meth:`~HookCalls.first` are coroutines for the calls that need one or need the results.
+
 A hook nobody implements is never called (``_callers[name]`` is None): the guard costs a dict
 look-up, a call through pluggy about 1 µs. Every plugin is registered while the app is built
 (loading, then the per-app objects ``ccproxy_configure`` returns); :meth:`HookCalls._prepare` runs
@@ -32,8 +36,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-import operator
 from collections import Counter
+from collections.abc import Awaitable, Iterator
 from typing import Any, Callable
 
 import pluggy
@@ -75,9 +79,8 @@ class HookCalls:
         self._originals: dict[pluggy.HookImpl, Callable[..., Any]] = {}
         #: Per hook: None (no implementation), or (its implementations in pluggy's registration
         #: order, whether one of them is async, and for the shortcut, when it applies, each
-        #: implementation as the shortcut calls it, in call order: (its function, its arguments'
-        #: :func:`_picker`, what an exception it raises becomes)).
-        self._callers: dict[str, tuple[tuple[pluggy.HookImpl, ...], bool, tuple | None] | None] = {}
+        #: implementation as :func:`_run` calls it, in call order).
+        self._callers: dict[str, tuple[tuple[pluggy.HookImpl, ...], bool, tuple[Direct, ...] | None] | None] = {}
 
     def _prepare(self) -> None:
         """Put every implementation behind its adapter and note, per hook, how to call it."""
@@ -104,7 +107,7 @@ class HookCalls:
                 impl.function = self._adapter(name, impl, is_async, failures[impl])  # type: ignore[misc]
             plain_only = len(plain) == len(impls) and not any(i.kwargnames for i in impls)
             direct = tuple(
-                (self._originals[i], _picker(i.argnames), failures[i]) for i in reversed(impls)
+                (self._originals[i], len(i.argnames), tuple(i.argnames), failures[i]) for i in reversed(impls)
             ) if plain_only and name not in BUILD_TIME_HOOKS else None
             self._callers[name] = (tuple(impls), is_async, direct) if impls else None
 
@@ -179,27 +182,104 @@ class HookCalls:
 
         return configure
 
-    async def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook: every implementation in order, each awaited; errors logged and counted."""
+    def run(self, hook_name: str, /, **kwargs: Any) -> Awaitable[None] | None:
+        """Call a hook whose results are not needed (an observer hook as :meth:`notify` does, another as
+        :meth:`call` does) as far as it goes without waiting: None when that was the whole call, else
+        the rest of the call, which the caller awaits at once.
+
+        The hot path's way to call a hook: when every implementation is a plain function that returns
+        no awaitable, no coroutine is made. The loop is :func:`_run`'s without results, in line (a
+        call less); ``tests/test_plugins.py`` runs both on the same implementations.
+        """
         entry = self._callers[hook_name]
         if entry is None:
-            return
+            return None
+        direct = entry[2]
+        if direct is None or self.pm._inner_hookexec is not _multicall:
+            return self._through_pluggy(hook_name, entry, kwargs, None, False)
+        impls = iter(direct)
+        for function, arity, names, failed in impls:
+            try:
+                if arity == 1:
+                    result = function(kwargs[names[0]])
+                elif arity == 2:
+                    result = function(kwargs[names[0]], kwargs[names[1]])
+                else:
+                    result = function(*map(kwargs.__getitem__, names))
+            except Exception as exc:
+                result = failed(exc)  # raises, unless the hook is an observer
+            if result is not None and inspect.isawaitable(result):
+                return _rest(result, failed, impls, kwargs, None, False, entry[1])
+        return None
+
+    async def notify(self, hook_name: str, /, **kwargs: Any) -> None:
+        """Call an observer hook: every implementation in order, each awaited; errors logged and counted."""
+        rest = self._start(hook_name, kwargs, None)
+        if rest is not None:
+            await rest
+
+    async def call(self, hook_name: str, /, **kwargs: Any) -> list[Any]:
+        """Call a hook whose failures matter: every implementation, non-None results in order.
+
+        A :class:`ProxyError` or :class:`ConfigError` passes through; any other exception becomes a
+        :class:`PluginError` that names the plugin.
+        """
+        results: list[Any] = []
+        rest = self._start(hook_name, kwargs, results)
+        if rest is not None:
+            await rest
+        return results
+
+    async def first(self, hook_name: str, /, **kwargs: Any) -> Any:
+        """Call a ``firstresult`` hook: the first non-None result (awaited), or None."""
+        results: list[Any] = []
+        rest = self._start(hook_name, kwargs, results, first=True)
+        if rest is not None:
+            await rest
+        return results[0] if results else None
+
+    def _start(self, hook_name: str, kwargs: dict[str, Any], results: list[Any] | None,
+               first: bool = False) -> Awaitable[None] | None:
+        """The one way every hook call goes: the shortcut (:func:`_run`) when it applies, else through
+        pluggy. Non-None results go to ``results`` (None: dropped); with ``first``, only the first."""
+        entry = self._callers[hook_name]
+        if entry is None:
+            return None
         direct = entry[2]
         if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
-            for function, pick, failed in direct:
-                try:
-                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
-                    if result is not None and inspect.isawaitable(result):
-                        await result
-                except Exception as exc:
-                    failed(exc)
-            return
+            return _run(iter(direct), kwargs, results, first, entry[1])
+        return self._through_pluggy(hook_name, entry, kwargs, results, first)
+
+    async def _through_pluggy(self, hook_name: str, entry: tuple[tuple[pluggy.HookImpl, ...], bool, Any],
+                              kwargs: dict[str, Any], results: list[Any] | None, first: bool) -> None:
+        """A hook call through ``pm._hookexec`` and the adapters (wrappers, tracing, monitoring). What
+        reaches here from an observer hook is logged and counted; from another, a :class:`ProxyError`
+        or :class:`ConfigError` passes through and anything else becomes a :class:`PluginError`."""
+        impls, is_async = entry[0], entry[1]
         try:
-            results = self.pm._hookexec(hook_name, entry[0], kwargs, False)
-            if results:
-                await _await_each(results, entry[1])
+            if not first:
+                returned = self.pm._hookexec(hook_name, impls, kwargs, False)
+                values = await _await_each(returned, is_async) if returned else []
+                if results is not None:
+                    results.extend(values)
+                return
+            if is_async:
+                # Not as firstresult: pluggy would stop at the first coroutine, a non-None value even
+                # when it will return None.
+                result = await _await_each(self.pm._hookexec(hook_name, impls, kwargs, False), True, first=True)
+            else:
+                result = self.pm._hookexec(hook_name, impls, kwargs, True)
+                if result is not None and inspect.isawaitable(result):
+                    result = await result
+            if result is not None and results is not None:
+                results.append(result)
         except Exception as exc:  # a wrapper, or an awaitable a plain function returned
-            self.observer_failed(self.blame(exc) or "?", hook_name)
+            if hook_name in OBSERVER_HOOKS:
+                self.observer_failed(self.blame(exc) or "?", hook_name)
+            elif isinstance(exc, (ProxyError, ConfigError)):
+                raise
+            else:
+                raise self._plugin_error(exc, hook_name) from exc
 
     def observer_failed(self, plugin: str, hook_name: str) -> None:
         """Record an observer's exception; the traceback is logged the first time only."""
@@ -208,69 +288,7 @@ class HookCalls:
         if self.errors[key] == 1:
             log.exception("plugin %r failed in %s; the request goes on (further failures are counted)", plugin, hook_name)
 
-    async def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a hook whose failures matter: every implementation, non-None results in order.
-
-        A :class:`ProxyError` or :class:`ConfigError` passes through; any other exception becomes a
-        :class:`PluginError` that names the plugin.
-        """
-        entry = self._callers[hook_name]
-        if entry is None:
-            return []
-        direct = entry[2]
-        if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
-            results = []
-            for function, pick, failed in direct:
-                try:
-                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
-                    if result is not None and inspect.isawaitable(result):
-                        result = await result
-                except Exception as exc:
-                    result = failed(exc)  # raises, unless the hook is an observer
-                if result is not None:
-                    results.append(result)
-            return results
-        try:
-            results = self.pm._hookexec(hook_name, entry[0], kwargs, False)
-            return await _await_each(results, entry[1]) if results else []
-        except (ProxyError, ConfigError):
-            raise
-        except Exception as exc:  # a wrapper, or an awaitable a plain function returned
-            raise self._plugin_error(exc, hook_name) from exc
-
-    async def first(self, hook_name: str, **kwargs: Any) -> Any:
-        """Call a ``firstresult`` hook: the first non-None result (awaited), or None."""
-        entry = self._callers[hook_name]
-        if entry is None:
-            return None
-        direct = entry[2]
-        if direct is not None and self.pm._inner_hookexec is _multicall:  # the shortcut
-            for function, pick, failed in direct:
-                try:
-                    result = function(kwargs[pick]) if pick.__class__ is str else function(*pick(kwargs))
-                    returned = result is not None
-                    if returned and inspect.isawaitable(result):
-                        result = await result
-                except Exception as exc:
-                    result = returned = failed(exc)  # raises
-                # As pluggy's firstresult, a plain hook stops at the first implementation that returned
-                # something, whatever that awaits to.
-                if result is not None or (returned and not entry[1]):
-                    return result
-            return None
-        try:
-            if not entry[1]:
-                result = self.pm._hookexec(hook_name, entry[0], kwargs, True)
-                return await result if result is not None and inspect.isawaitable(result) else result
-            # Not as firstresult: pluggy would stop at the first coroutine, a non-None value even
-            # when it will return None.
-            return await _await_each(self.pm._hookexec(hook_name, entry[0], kwargs, False), True, first=True)
-        except (ProxyError, ConfigError):
-            raise
-        except Exception as exc:
-            raise self._plugin_error(exc, hook_name) from exc
-
-    def call_sync(self, hook_name: str, **kwargs: Any) -> list[Any]:
+    def call_sync(self, hook_name: str, /, **kwargs: Any) -> list[Any]:
         """Call a build-time hook (outside an event loop): non-None results in order.
 
         Raises:
@@ -291,17 +309,59 @@ class HookCalls:
         return PluginError(f"plugin {plugin!r} failed in {hook_name}")
 
 
-def _picker(argnames: tuple[str, ...]) -> str | Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """What takes an implementation's arguments from a call's keyword arguments, to pass them by
-    position as pluggy does: the one name, or a function of the keyword arguments that returns them
-    in order (a call by keyword costs several times more)."""
-    if len(argnames) == 1:
-        return argnames[0]
-    return operator.itemgetter(*argnames) if argnames else _no_arguments
+#: One implementation as the shortcut calls it: (its function, how many arguments it takes, their
+#: names in its order, what an exception it raises becomes).
+Direct = tuple[Callable[..., Any], int, tuple[str, ...], Callable[[Exception], Any]]
 
 
-def _no_arguments(kwargs: dict[str, Any]) -> tuple[()]:
-    return ()
+def _run(impls: Iterator[Direct], kwargs: dict[str, Any], results: list[Any] | None, first: bool,
+         is_async: bool) -> Awaitable[None] | None:
+    """The shortcut: call ``impls`` in order, as pluggy would (each with the arguments it names, by
+    position), each failure handled as its adapter would; non-None results go to ``results`` (None:
+    dropped). Returns None when all ran; when one returns an awaitable, what awaits it and runs the rest.
+
+    ``first`` (a ``firstresult`` hook) stops at the first non-None result; as pluggy's firstresult, a
+    hook with no async implementation (not ``is_async``) stops at the first implementation that returned
+    something, whatever that awaits to.
+    """
+    for function, arity, names, failed in impls:
+        try:
+            # By position, as _multicall passes them (by keyword costs more, through *args too).
+            if arity == 1:
+                result = function(kwargs[names[0]])
+            elif arity == 2:
+                result = function(kwargs[names[0]], kwargs[names[1]])
+            else:
+                result = function(*map(kwargs.__getitem__, names))
+        except Exception as exc:
+            result = failed(exc)  # raises, unless the hook is an observer
+        if result is not None:
+            # Observers mostly return None: isawaitable's ABC check (~0.3 µs) only for a result.
+            if inspect.isawaitable(result):
+                return _rest(result, failed, impls, kwargs, results, first, is_async)
+            if results is not None:
+                results.append(result)
+                if first:
+                    return None
+    return None
+
+
+async def _rest(pending: Awaitable[Any], failed: Callable[[Exception], Any], impls: Iterator[Direct],
+                kwargs: dict[str, Any], results: list[Any] | None, first: bool, is_async: bool) -> None:
+    """:func:`_run` from an implementation that returned ``pending``: awaited before the next one runs."""
+    try:
+        result = await pending
+    except Exception as exc:
+        result = failed(exc)
+    if result is not None and results is not None:
+        results.append(result)
+        if first:
+            return
+    elif first and not is_async:
+        return
+    rest = _run(impls, kwargs, results, first, is_async)
+    if rest is not None:
+        await rest
 
 
 async def _await_each(results: list[Any], is_async: bool, first: bool = False) -> Any:

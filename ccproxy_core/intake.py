@@ -60,7 +60,9 @@ class Intake:
                 ``max_inflight_body_bytes``, 408 when the body is late.
         """
         if self._head_hooks:
-            await self.plugins.call("ccproxy_request_head", ctx=ctx, request=request)
+            pending = self.plugins.run("ccproxy_request_head", ctx=ctx, request=request)
+            if pending is not None:
+                await pending
         stream = request.stream
         if stream is not None and stream.request_body:
             request.body = await self._read(stream)

@@ -169,7 +169,9 @@ class Relay(ResponseStream):
         if self.on_headers is not None:
             self.on_headers(ctx, upstream.status_code, headers)
         if self.handler.headers_hooks:
-            await plugins.notify("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
+            pending = plugins.run("ccproxy_upstream_headers", ctx=ctx, status=upstream.status_code, headers=headers)
+            if pending is not None:
+                await pending
 
         self._is_sse = is_sse
         length = headers.get("content-length")
@@ -179,7 +181,9 @@ class Relay(ResponseStream):
         ))
         self.response = response
         if self.handler.start_hooks:
-            await plugins.notify("ccproxy_stream_start", ctx=ctx)
+            pending = plugins.run("ccproxy_stream_start", ctx=ctx)
+            if pending is not None:
+                await pending
 
         parser = SSEParser() if wants_events else None
         body_parts: list[bytes] | None = [] if wants_body else None
@@ -211,7 +215,9 @@ class Relay(ResponseStream):
                 through.check(chunk)
                 if parser is not None:
                     for event in parser.feed(chunk):
-                        await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
+                        pending = plugins.run("ccproxy_stream_event", ctx=ctx, event=event)
+                        if pending is not None:
+                            await pending
                 out = through.adapt(chunk)
                 if out:
                     # The read that completes a content-length body ends the response in the same write.
@@ -283,9 +289,13 @@ class Relay(ResponseStream):
         ctx = self.ctx
         plugins = self.handler.plugins
         for event in events:
-            await plugins.notify("ccproxy_stream_event", ctx=ctx, event=event)
+            pending = plugins.run("ccproxy_stream_event", ctx=ctx, event=event)
+            if pending is not None:
+                await pending
         if body_parts is not None:
-            await plugins.notify("ccproxy_response_body", ctx=ctx, body=b"".join(body_parts))
+            pending = plugins.run("ccproxy_response_body", ctx=ctx, body=b"".join(body_parts))
+            if pending is not None:
+                await pending
 
     def _delivered(self) -> bool:
         """True once the response's last byte was handed to the transport (nothing is left to send)."""
@@ -296,7 +306,9 @@ class Relay(ResponseStream):
         (one write for a body that fits its head's write, no empty last write)."""
         ctx = self.ctx
         if self.handler.chunk_hooks:
-            await self.handler.plugins.notify("ccproxy_stream_chunk", ctx=ctx, chunk=data)
+            pending = self.handler.plugins.run("ccproxy_stream_chunk", ctx=ctx, chunk=data)
+            if pending is not None:
+                await pending
         frames = self._frames
         # The hot path, once the head is out: a body chunk written at once while the client keeps up.
         if frames is None or not data or not frames.write(data):

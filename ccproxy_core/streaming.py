@@ -299,4 +299,6 @@ class DeferredResponse(Relay):
             # One rule: the response is complete when its last byte was handed to the transport.
             ctx.outcome = COMPLETED if self._delivered() else CLIENT_DISCONNECTED
         if self.handler.end_hooks:
-            await self.handler.plugins.notify("ccproxy_stream_end", ctx=ctx)
+            pending = self.handler.plugins.run("ccproxy_stream_end", ctx=ctx)
+            if pending is not None:
+                await pending

@@ -1081,16 +1081,16 @@ def test_no_ccproxy_stream_chunk_implementation_means_no_plugin_call_per_chunk(s
     server = serve(ends=ends)
     plugins = server.app.ctx.plugins
     notified: list[str] = []
-    real_notify = plugins.notify
+    real_run = plugins.run
 
-    async def recording_notify(hook_name: str, **kwargs: Any) -> None:
+    def recording_run(hook_name: str, /, **kwargs: Any) -> Any:
         notified.append(hook_name)
-        await real_notify(hook_name, **kwargs)
+        return real_run(hook_name, **kwargs)
 
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("pluggy was called while serving a request")
 
-    monkeypatch.setattr(plugins, "notify", recording_notify)
+    monkeypatch.setattr(plugins, "run", recording_run)
     # Every pluggy call of a hook goes through its HookCaller's _hookexec: trap the per-chunk ones.
     for name in ("ccproxy_stream_chunk", "ccproxy_stream_event"):
         monkeypatch.setattr(getattr(plugins.pm.hook, name), "_hookexec", forbidden)
@@ -1158,3 +1158,91 @@ def test_example_plugin_disabled_or_misconfigured(make_proxy, mock):
     assert httpx.get(server.url + "/example/stats").status_code == 404
     with pytest.raises(ConfigError, match=r"plugins.example.header_name: not a valid header name: 'x y'"):
         create_app(build_config(provider_config(mock.url, plugins={"example": {"header_name": "x y"}}), "t"))
+
+
+# -- Plugins.run: the hot path's loop, beside the general one --------------------------------------------
+
+
+def _random_plugins(seed: int, log: list[Any]) -> dict[str, object]:
+    """1-4 plugins on an observer hook and a deciding one, each implementation taking a random subset
+    of the hook's arguments and returning None, a value or an awaitable, or raising."""
+    import random
+
+    rng = random.Random(seed)
+    plugins: dict[str, object] = {}
+    for n in range(rng.randint(1, 4)):
+        name = f"p{n}"
+        namespace: dict[str, Any] = {}
+        for hook, args in (("ccproxy_upstream_headers", ("ctx", "status", "headers")),
+                           ("ccproxy_request_headers", ("ctx", "headers"))):
+            if rng.random() < 0.2:
+                continue
+            picked = rng.sample(args, rng.randint(0, len(args)))
+            behaviour = rng.choice(["none", "none", "value", "awaitable", "awaitable-raises", "raises"])
+
+            def impl(*values: Any, _name=name, _hook=hook, _picked=picked, _behaviour=behaviour) -> Any:
+                log.append((_name, _hook, dict(zip(_picked, values))))
+                if _behaviour == "raises":
+                    raise RuntimeError(_name)
+                if _behaviour == "value":
+                    return _name
+                if _behaviour.startswith("awaitable"):
+                    async def later() -> Any:
+                        log.append((_name, "awaited"))
+                        if _behaviour == "awaitable-raises":
+                            raise RuntimeError(_name)
+                        return _name
+                    return later()
+                return None
+
+            # The signature pluggy reads the arguments from: exactly the picked names.
+            source = f"def {hook}({', '.join(picked)}): return impl({', '.join(picked)})"
+            scope: dict[str, Any] = {"impl": impl}
+            exec(source, scope)
+            namespace[hook] = staticmethod(scope[hook])
+        plugins[name] = type(name, (), namespace)()
+    return plugins
+
+
+@pytest.mark.parametrize("seed", range(80))
+# Through pluggy, an implementation that raises in a deciding hook leaves what earlier ones returned unawaited.
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_run_calls_the_implementations_as_notify_call_and_pluggy_do(seed):
+    """``run`` (the hot path, its own loop) against ``notify`` / ``call`` (the general loop) and the call
+    through pluggy and the adapters (a no-op monitor turns the shortcut off): the same implementations
+    run in the same order with the same arguments, awaitables awaited in turn, the same failures."""
+    ctx, headers = object(), {"a": "b"}
+    calls = {"ccproxy_upstream_headers": {"ctx": ctx, "status": 200, "headers": headers},
+             "ccproxy_request_headers": {"ctx": ctx, "headers": headers}}
+
+    def outcome(way: str) -> tuple[list[Any], Any, Counter]:
+        log: list[Any] = []
+        loaded = build(_random_plugins(seed, log))
+        undo = loaded.pm.add_hookcall_monitoring(lambda *a: None, lambda *a: None) if way == "pluggy" else None
+        raised = []
+        for hook, kwargs in calls.items():
+            async def one() -> None:
+                if way == "run":
+                    pending = loaded.run(hook, **kwargs)
+                    if pending is not None:
+                        await pending
+                elif hook == "ccproxy_upstream_headers":
+                    await loaded.notify(hook, **kwargs)
+                else:
+                    await loaded.call(hook, **kwargs)
+            try:
+                asyncio.run(one())
+            except Exception as exc:
+                raised.append((type(exc), str(exc)))
+        if undo is not None:
+            undo()
+        return log, raised, loaded.errors
+
+    run_log, run_raised, run_errors = outcome("run")
+    general = outcome("general")
+    pluggy_log, pluggy_raised, pluggy_errors = outcome("pluggy")
+    assert (run_log, run_raised, run_errors) == general
+    # pluggy's loop calls every implementation before the core awaits what they returned: the same
+    # only when nothing returned an awaitable.
+    if not any(entry[1] == "awaited" for entry in run_log + pluggy_log):
+        assert (run_log, run_raised, run_errors) == (pluggy_log, pluggy_raised, pluggy_errors)

@@ -141,7 +141,7 @@ def request_adapter(ctx: Any, body: dict[str, Any], store: ResponseStore | None 
 def ccproxy_request_headers(ctx: Any, headers: dict[str, str]) -> None:
     """Translated requests: drop the client dialect's API headers the upstream does not
     speak, and give an Anthropic upstream the ``anthropic-version`` it requires."""
-    if not ctx.translated:
+    if ctx.upstream_dialect is None or ctx.upstream_dialect == ctx.client_dialect:  # ctx.translated, without a call
         return
     client, upstream = _ONLY_FOR[ctx.client_dialect], _ONLY_FOR[ctx.upstream_dialect]
     if client is not upstream:
@@ -182,5 +182,7 @@ def _passes_through(ctx: Any) -> bool:
 def ccproxy_upstream_headers(ctx: Any, headers: dict[str, str]) -> None:
     """Translated responses also get the rate-limit headers in the client's naming (both
     OpenAI dialects name them alike)."""
-    if ctx.translated and ANTHROPIC in (ctx.client_dialect, ctx.upstream_dialect):
-        add_client_headers(ctx.upstream_dialect, headers)
+    upstream = ctx.upstream_dialect
+    # ctx.translated, without a call: every untranslated request passes here.
+    if upstream is not None and upstream != ctx.client_dialect and ANTHROPIC in (ctx.client_dialect, upstream):
+        add_client_headers(upstream, headers)
