@@ -188,8 +188,7 @@ class HookCalls:
         the rest of the call, which the caller awaits at once.
 
         The hot path's way to call a hook: when every implementation is a plain function that returns
-        no awaitable, no coroutine is made. The loop is :func:`_run`'s without results, in line (a
-        call less); ``tests/test_plugins.py`` runs both on the same implementations.
+        no awaitable, no coroutine is made.
         """
         entry = self._callers[hook_name]
         if entry is None:
@@ -197,20 +196,7 @@ class HookCalls:
         direct = entry[2]
         if direct is None or self.pm._inner_hookexec is not _multicall:
             return self._through_pluggy(hook_name, entry, kwargs, None, False)
-        impls = iter(direct)
-        for function, arity, names, failed in impls:
-            try:
-                if arity == 1:
-                    result = function(kwargs[names[0]])
-                elif arity == 2:
-                    result = function(kwargs[names[0]], kwargs[names[1]])
-                else:
-                    result = function(*map(kwargs.__getitem__, names))
-            except Exception as exc:
-                result = failed(exc)  # raises, unless the hook is an observer
-            if result is not None and inspect.isawaitable(result):
-                return _rest(result, failed, impls, kwargs, None, False, entry[1])
-        return None
+        return _run(iter(direct), kwargs, None, False, entry[1])
 
     async def notify(self, hook_name: str, /, **kwargs: Any) -> None:
         """Call an observer hook: every implementation in order, each awaited; errors logged and counted."""
