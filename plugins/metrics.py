@@ -208,7 +208,7 @@ class Totals:
         self.duration_bounds = self.bounds["ccproxy_request_duration_seconds"]
         self.ttfb_bounds = self.bounds["ccproxy_time_to_first_byte_seconds"]
         self.tables: dict[str, dict[tuple[str, ...], list[float]]] = {name: {} for name, *_ in FAMILIES}
-        #: (route, provider, model label, status, outcome) -> the series a request with them adds to
+        #: (route, provider, model, status, outcome) as a request has them -> the series it adds to
         #: (:meth:`_rows`); at most :data:`MAX_SERIES` entries.
         self.rows: dict[tuple[Any, ...], list[Any]] = {}
         self.active = 0

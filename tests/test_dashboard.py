@@ -233,9 +233,9 @@ def test_everything_kept_is_bounded() -> None:
 
 
 def test_ended_counts_the_error_kind_of_every_request() -> None:
-    """``Aggregate.ended`` skips ``error_kind`` for the usual request (completed, no error): over random
-    requests the kind it keeps (the recent row's, the error counts) is ``error_kind``'s, and every stream
-    that started leaves the in-flight table when it ends."""
+    """Over random requests, usual and failed, the kind ``Aggregate.ended`` keeps (the recent row's, the
+    error counts) is ``error_kind``'s, and every stream that started leaves the in-flight table when it
+    ends (``ended`` skips the in-flight table while it is empty)."""
     import random
     from collections import Counter
 
@@ -259,7 +259,7 @@ def test_ended_counts_the_error_kind_of_every_request() -> None:
         assert aggregate.recent[-1][6] == kind
         kinds[kind] += kind is not None
     assert aggregate.errors == +kinds and aggregate.in_flight == {}
-    assert None in kinds and len(kinds) > 5  # both paths ran
+    assert None in kinds and len(kinds) > 5  # usual and failed requests both ran
 
 
 def test_admin_keys_alone_guard_only_admin_routes(mock: Any) -> None:

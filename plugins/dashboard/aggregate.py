@@ -76,7 +76,7 @@ def percentile(buckets: list[int], q: float) -> float | None:
 
 #: A row of counts under one label value: ``[requests, errors, input_tokens, output_tokens, cost]``.
 FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cost")
-#: Rows the label cache (:attr:`Aggregate.rows`) holds before it starts over.
+#: Rows the label cache (:attr:`Aggregate.pending`) holds before it starts over.
 MAX_CACHED = 1000
 #: What the table of the last requests shows of each.
 RECENT_FIELDS = ("time", "key", "model", "provider", "status", "outcome", "error", "stream", "input_tokens",
@@ -133,11 +133,7 @@ class Aggregate:
         if self.in_flight:  # mostly empty (streams only)
             self.in_flight.pop(ctx.request_id, None)
         self.version += 1
-        # The usual request (completed, no error) skips error_kind's checks, which all say None then.
-        if ctx.outcome == COMPLETED and ctx.error is None and ctx.inband_error is None and (ctx.status or 0) < 400:
-            kind = None
-        else:
-            kind = error_kind(ctx)
+        kind = error_kind(ctx)
         failed = kind is not None
         second, seconds = int(self.clock()), self.seconds
         if not seconds or seconds[-1][0] != second:
