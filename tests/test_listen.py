@@ -4,6 +4,8 @@ spread over the workers. Real ``sanic app.app`` processes on real sockets."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import sys
 import time
@@ -19,19 +21,44 @@ CONNECTIONS = 32
 
 
 def listeners(port: int) -> int:
-    """How many sockets listen on 127.0.0.1:``port`` (``/proc/net/tcp``, state 0A)."""
+    """How many sockets listen on 127.0.0.1:``port``."""
+    return len(listening_inodes(port))
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The inodes of the sockets listening on 127.0.0.1:``port`` (``/proc/net/tcp``, state 0A)."""
     wanted = f"0100007F:{port:04X}"
     with open("/proc/net/tcp") as table:
-        return sum(1 for line in table.readlines()[1:] if line.split()[1] == wanted and line.split()[3] == "0A")
+        rows = [line.split() for line in table.readlines()[1:]]
+    return {int(row[9]) for row in rows if row[1] == wanted and row[3] == "0A"}
 
 
-def wait_for_workers(port: int, count: int) -> None:
-    """Return once ``count`` distinct workers have answered ``/health/ready`` on new connections (20 s at most)."""
-    seen: set[int] = set()
+def polled_inodes(pid: str) -> set[int]:
+    """The inodes of every file ``pid``'s epoll instances watch (``ino:`` of each ``tfd:`` line in fdinfo)."""
+    found: set[int] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                found.update(int(m, 16) for m in re.findall(r"^tfd:.*\bino:([0-9a-f]+)", info.read(), re.M))
+        except OSError:  # the fd closed meanwhile
+            continue
+    return found
+
+
+def wait_for_workers(proc, port: int, count: int) -> dict[str, set[int]]:
+    """Return, once ``count`` workers (children of ``proc``) each poll a socket listening on ``port``, the
+    listening inodes each polls (20 s at most). Read from ``/proc``, so it does not depend on which worker
+    the kernel hands a new connection to (with one shared socket, one worker may take them all)."""
     deadline = time.monotonic() + 20
-    while len(seen) < count:
-        assert time.monotonic() < deadline, f"only workers {seen} answered"
-        seen.update(pids_of_connections(port, 4))
+    while True:
+        listening = listening_inodes(port)
+        polled = {pid: polled_inodes(pid) & listening for pid in _children(proc)}
+        accepting = {pid: inodes for pid, inodes in polled.items() if inodes}
+        if len(accepting) >= count:
+            return accepting
+        assert time.monotonic() < deadline, f"only workers {sorted(accepting)} of {sorted(polled)} accept"
         time.sleep(0.05)
 
 
@@ -62,8 +89,9 @@ def config(mock_url: str, **extra: object) -> dict:
 def test_each_worker_accepts_from_a_socket_of_its_own(tmp_path, mock, sanic_port):
     proc = gateway_process(tmp_path, "own", config(mock.url), sanic_port, workers=2)
     try:
-        wait_for_workers(sanic_port, 2)
+        accepting = wait_for_workers(proc, sanic_port, 2)
         assert listeners(sanic_port) == 2  # one per worker; the main process's placeholder never listens
+        assert len(set.union(*accepting.values())) == 2  # each worker polls a socket of its own
         workers = {int(pid) for pid in _children(proc)}
         pids = pids_of_connections(sanic_port, CONNECTIONS)
         # Every connection was answered (none waits on the placeholder), by both workers: the kernel
@@ -78,8 +106,11 @@ def test_each_worker_accepts_from_a_socket_of_its_own(tmp_path, mock, sanic_port
 def test_per_worker_sockets_false_keeps_sanics_shared_socket(tmp_path, mock, sanic_port):
     proc = gateway_process(tmp_path, "shared", config(mock.url, per_worker_sockets=False), sanic_port, workers=2)
     try:
-        wait_for_workers(sanic_port, 2)
+        accepting = wait_for_workers(proc, sanic_port, 2)
         assert listeners(sanic_port) == 1
+        assert len(set.union(*accepting.values())) == 1  # both workers poll the one socket
+        workers = {int(pid) for pid in _children(proc)}
+        assert set(pids_of_connections(sanic_port, 4)) <= workers
     finally:
         stop_process(proc)
 
