@@ -68,7 +68,8 @@ def test_state_interface_take_add_read_get_put(backend):
             assert (await state.take(checks)).refused is None
             verdict = await state.take(checks)
             assert verdict.refused == 0 and 55 < verdict.retry_after <= 60
-            await state.add([(spend, 0.75), (spend, 0.5)])
+            await state.add([(spend, 0.75)])
+            assert state.add_now([(spend, 0.5)]) is None  # a plain call, the same count
             (used, left), (spent, spend_left) = await state.read([requests, spend])
             assert (used, spent) == (2, 1.25) and 55 < left <= 60 and 3590 < spend_left <= 3600
             verdict = await state.take([Check(Window("t:other:" + suffix, 60), None, 1), Check(spend, 1.0, 0)])
@@ -264,8 +265,13 @@ def test_tpm_counts_input_and_output_after_each_request(make_proxy, upstream):
     assert report["requests"]["used"] == 1  # the refused request was not counted
 
 
-def test_streamed_requests_are_counted_too(make_proxy, upstream):
-    server = make_proxy(gateway_config(upstream.url, {"tpm": 1000}))
+@pytest.mark.parametrize("state", ["memory", "sqlite"])
+def test_streamed_requests_are_counted_too(make_proxy, upstream, tmp_path, state):
+    """Tokens and spend are added at the end of each request with the backend's ``add_now``."""
+    server = make_proxy(gateway_config(upstream.url, {"tpm": 1000},
+                                       state={"backend": state, "path": str(tmp_path / "state.db")}))
+    # A plain end hook: the end of a request is no shielded task of its own (an async one would be).
+    assert not server.app.ctx.proxy.handler.stream_end_suspends
     for path, body in (("/v1/messages", ANTHROPIC_BODY), ("/v1/chat/completions", OPENAI_BODY)):
         with httpx.stream("POST", server.url + path, json=body, headers={"x-api-key": ALICE}) as reply:
             assert reply.status_code == 200 and b"".join(reply.iter_raw())

@@ -7,7 +7,8 @@ machine, each operation a transaction) or ``redis`` (every instance; each operat
 trip, a Lua script where it must be atomic). The core opens one per worker (``app.ctx.state``)
 before ``ccproxy_startup`` and closes it after ``ccproxy_shutdown``.
 
-The interface (every method a coroutine; every failure of the backend is :class:`StateUnavailable`):
+The interface (every method a coroutine but ``add_now``; every failure of the backend is
+:class:`StateUnavailable`):
 
 * ``take(checks)`` — the atomic check-and-count. Each :class:`Check` names a :class:`Window`,
   a ``limit`` (None: none) and an ``amount``: when every window's current value is below its limit, every
@@ -16,6 +17,9 @@ The interface (every method a coroutine; every failure of the backend is :class:
   requests in flight, a limit of N lets exactly N through (memory: per worker; sqlite: per
   machine; redis: everywhere).
 * ``add(amounts)`` — add ``(window, amount)`` pairs after the fact (tokens, dollars), no check.
+  ``add_now(amounts)`` is the same as a plain call: no backend's add waits (memory and sqlite count at
+  once, redis queues the amounts for its next round trip), and a caller that must not suspend (the
+  gateway's ``ccproxy_stream_end``) uses it.
 * ``read(windows)`` — each window's ``(value, seconds left)``; ``(0, 0)`` for a window not open.
 * ``get(key)`` / ``put(key, value, ttl)`` — a value (bytes) kept ``ttl`` seconds (the Responses
   store's ``previous_response_id``).
@@ -83,6 +87,8 @@ class StateBackend(Protocol):
     async def take(self, checks: Sequence[Check]) -> Verdict: ...
 
     async def add(self, amounts: Sequence[tuple[Window, float]]) -> None: ...
+
+    def add_now(self, amounts: Sequence[tuple[Window, float]]) -> None: ...
 
     async def read(self, windows: Sequence[Window]) -> list[tuple[float, float]]: ...
 

@@ -302,6 +302,9 @@ class RedisState:
         return ADMITTED if not refused else Verdict(int(refused) - 1, max(int(ttl), 0) / 1000)
 
     async def add(self, amounts: Sequence[tuple[Window, float]]) -> None:
+        self.add_now(amounts)
+
+    def add_now(self, amounts: Sequence[tuple[Window, float]]) -> None:
         for window, amount in amounts:
             if amount:
                 entry = self._pending.setdefault(PREFIX + window.name, [int(window.period * 1000), 0])

@@ -98,8 +98,11 @@ class SQLiteState:
 
         return self._run(work)
 
-    async def add(self, amounts: Sequence[tuple[Window, float]]) -> None:
+    def add_now(self, amounts: Sequence[tuple[Window, float]]) -> None:
         self._run(lambda db: _count(db, amounts, time.time()))
+
+    async def add(self, amounts: Sequence[tuple[Window, float]]) -> None:
+        self.add_now(amounts)
 
     async def read(self, windows: Sequence[Window]) -> list[tuple[float, float]]:
         def work(db: sqlite3.Connection) -> list[tuple[float, float]]:
