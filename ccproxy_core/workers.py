@@ -27,7 +27,7 @@ def end_wait_on_stop(app: Sanic) -> None:
 
 
 def _patch_manager(app: Sanic, _loop: Any = None) -> None:
-    manager = getattr(app, "_manager", None)
+    manager = app.manager  # set before main_process_ready runs
     acked = getattr(manager, "_all_workers_ack", None)
     if acked is None or not hasattr(manager, "_shutting_down"):  # another Sanic: leave its manager as it is
         log.debug("Sanic's worker manager has no _all_workers_ack/_shutting_down: a stop during start-up may hang")
