@@ -240,7 +240,7 @@ class Totals:
         (route, provider, model, status, outcome) found before: one look-up per request instead of
         one per metric, and none for the labels (a name's label never changes: :class:`ModelLabels`)."""
         key = (ctx.route, ctx.provider, ctx.model, ctx.status, ctx.outcome)
-        rows = self.rows.get(key) or self._rows(key, model_label)
+        rows = self.rows.get(key) or self._rows(key, *labels_of(ctx, model_label))
         rows[0][0] += 1.0  # a float, as the series holds: Python adds two floats in line, a float and an int not
         value = ctx.duration
         if value is not None:
@@ -261,14 +261,13 @@ class Totals:
                 if tokens:
                     (rows[i] or self._bind(rows, i))[0] += tokens
 
-    def _rows(self, key: tuple[Any, ...], model_label: ModelLabels) -> list[Any]:
+    def _rows(self, key: tuple[Any, ...], provider: str, model: str) -> list[Any]:
         """A :attr:`rows` entry: the ``ccproxy_requests`` series of ``key``, None for each series of
-        :data:`_ROW_SERIES` until the first request adds to it, and (route, provider, model) labels."""
+        :data:`_ROW_SERIES` until the first request adds to it, and the (route, provider, model) labels
+        (``provider`` and ``model``: :func:`labels_of` the request)."""
         if len(self.rows) >= MAX_SERIES:  # a cache: its series stay in the tables
             self.rows.clear()
-        route, provider, model, status, outcome = key
-        provider = provider or ""
-        model = model_label[model] if model else ""
+        route, _, _, status, outcome = key
         requests = self.series("ccproxy_requests", (route, provider, model, str(status or ""), outcome or ""), 2)
         rows = self.rows[key] = [requests, *[None] * len(_ROW_SERIES), (route, provider, model)]
         return rows
