@@ -18,10 +18,10 @@ from tests.test_listen import listeners
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
-def spawned(pid: str) -> list[str]:
-    """The children of ``pid`` that multiprocessing spawned (Sanic's state manager and its workers)."""
+def spawned(proc: subprocess.Popen) -> list[str]:
+    """The children of ``proc`` that multiprocessing spawned (Sanic's state manager and its workers)."""
     found = []
-    for child in subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split():
+    for child in _children(proc):
         try:
             with open(f"/proc/{child}/cmdline", "rb") as cmdline:
                 if b"spawn_main" in cmdline.read():
@@ -44,7 +44,7 @@ def test_a_stop_while_the_workers_start_ends_the_server(tmp_path, sig):
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             deadline = time.monotonic() + 30
-            while len(spawned(str(proc.pid))) < 3:  # the state manager and two workers: Sanic waits for their acks
+            while len(spawned(proc)) < 3:  # the state manager and two workers: Sanic waits for their acks
                 assert time.monotonic() < deadline and proc.poll() is None, "the workers did not start"
                 time.sleep(0.01)
             assert listeners(port) == 0  # no worker serves yet: the stop lands in the wait for their acks
