@@ -6,14 +6,17 @@ finds the series it adds plain numbers to and their label values (:meth:`Totals.
 prometheus-client only when ``/metrics`` is scraped.
 Nothing runs per chunk.
 
-Several workers (``sanic app.app --workers N``): every worker counts into prometheus-client's
-multiprocess files and ``/metrics`` adds up all of them, so whichever worker answers the scrape
-reports the totals. The plugin sets this up itself: in Sanic's main process, before the workers
-start, it creates a directory and exports ``PROMETHEUS_MULTIPROC_DIR`` (which the workers inherit),
-and removes it when the main process stops. A worker that stops marks its live gauges dead
-(``mark_process_dead``); a scrape also drops the live gauges of workers that died without stopping.
-If ``PROMETHEUS_MULTIPROC_DIR`` is already set it is used as it is (and never deleted). In this mode
-the numbers go to prometheus-client's own metric objects (:class:`Children`), which write the files.
+Several workers (``sanic app.app --workers N``): every worker writes its numbers into
+prometheus-client's multiprocess files and ``/metrics`` adds up all of them, so whichever worker
+answers the scrape reports the totals. The plugin sets this up itself: in Sanic's main process, before
+the workers start, it creates a directory and exports ``PROMETHEUS_MULTIPROC_DIR`` (which the workers
+inherit), and removes it when the main process stops. A request still only adds to plain numbers
+(:class:`Totals`); :class:`Files` copies what changed into the worker's files at most
+:data:`WRITE_DELAY` seconds later, before this worker answers a scrape, and when it stops. So a scrape
+shows another worker's requests up to :data:`WRITE_DELAY` late, and a worker that is killed (never
+stopped) loses at most its last :data:`WRITE_DELAY` of counts. A worker that stops marks its live
+gauges dead (``mark_process_dead``); a scrape also drops the live gauges of workers that died without
+stopping. If ``PROMETHEUS_MULTIPROC_DIR`` is already set it is used as it is (and never deleted).
 
 Label values come from bounded sets: configured model names keep their own ``model`` value, at
 most :data:`MAX_MODEL_LABELS` other names per worker get one, and the rest are counted as
@@ -30,6 +33,7 @@ Settings (``plugins: metrics: {...}``):
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import glob
 import itertools
@@ -71,6 +75,8 @@ OTHER = "_other"
 MAX_MODEL_LABELS = 100
 #: Distinct label sets kept per metric; beyond it the model label becomes :data:`OTHER`.
 MAX_SERIES = 2000
+#: Several workers: the most seconds between a worker's first change and its write to its files.
+WRITE_DELAY = 0.1
 
 
 @dataclass(slots=True)
@@ -236,9 +242,9 @@ class Totals:
         series[-2] += value
 
     def record(self, ctx: RequestContext, model_label: ModelLabels) -> None:
-        """What every request adds (:func:`record_request`'s numbers), through the series its
-        (route, provider, model, status, outcome) found before: one look-up per request instead of
-        one per metric, and none for the labels (a name's label never changes: :class:`ModelLabels`)."""
+        """What every request adds (its count, duration, time to first byte, cost and tokens), through
+        the series its (route, provider, model, status, outcome) found before: one look-up per request
+        instead of one per metric, and none for the labels (a name's label never changes: :class:`ModelLabels`)."""
         key = (ctx.route, ctx.provider, ctx.model, ctx.status, ctx.outcome)
         rows = self.rows.get(key) or self._rows(key, *labels_of(ctx, model_label))
         rows[0][0] += 1.0  # a float, as the series holds: Python adds two floats in line, a float and an int not
@@ -315,83 +321,85 @@ def _created_series() -> bool:
     return getattr(metrics, "_use_created", True)
 
 
-class Children:
-    """The numbers in prometheus-client's own metric objects: with several workers they live in its
-    multiprocess files, which a scrape in any worker adds up. Label children are bound once and cached."""
+class Files:
+    """One worker's :class:`Totals` in prometheus-client's multiprocess files under ``path``
+    (``counter_PID.db``, ``histogram_PID.db``, ``gauge_livesum_PID.db``), with the keys and values its
+    own metric objects would write, so that its ``MultiProcessCollector`` adds up every worker's.
 
-    def __init__(self, settings: Settings) -> None:
-        from prometheus_client import Counter, Gauge, Histogram, values
+    :meth:`write` copies the values that changed since its last call. A file left by an earlier
+    process with the same pid keeps its counts: they are the base this worker's are added to.
+    """
 
-        if not getattr(values.ValueClass, "_multiprocess", False):
-            # prometheus-client picks its value class at import; a worker forked (not spawned) after
-            # the directory was set up imported it before. Values created from here on use the files.
-            values.ValueClass = values.MultiProcessValue()
-        buckets = {"ccproxy_request_duration_seconds": settings.duration_buckets,
-                   "ccproxy_time_to_first_byte_seconds": settings.ttfb_buckets}
-        self.metrics: dict[str, Any] = {}
+    def __init__(self, path: str, totals: Totals) -> None:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        pid = os.getpid()
+        self.totals = totals
+        self.files = {kind: MmapedDict(os.path.join(path, f"{prefix}_{pid}.db"))
+                      for kind, prefix in (("counter", "counter"), ("histogram", "histogram"),
+                                           ("gauge", "gauge_livesum"))}
+        #: metric -> labels -> (its values' keys, the file's values under them before this worker,
+        #: a copy of the series as last written).
+        self.written: dict[str, dict[tuple[str, ...], tuple[list[str], list[float], list[float]]]] = {
+            name: {} for name, *_ in FAMILIES}
+
+    def write(self) -> None:
+        totals = self.totals
         for name, doc, kind, labelnames in FAMILIES:
-            if kind == "gauge":
-                self.metrics[name] = Gauge(name, doc, registry=None, multiprocess_mode="livesum")
-            elif kind == "counter":
-                self.metrics[name] = Counter(name, doc, labelnames, registry=None)
-            else:
-                self.metrics[name] = Histogram(name, doc, labelnames, buckets=buckets[name], registry=None)
-        self.metrics["ccproxy_active_streams"].set(0)  # a fresh worker shows the gauge
-        self.children: dict[str, dict[tuple[str, ...], Any]] = {name: {} for name, *_ in FAMILIES}
+            file, written = self.files[kind], self.written[name]
+            table = {(): [float(totals.active), 0.0]} if kind == "gauge" else totals.tables[name]
+            for labels, series in table.items():
+                entry = written.get(labels)
+                if entry is None:
+                    keys = _file_keys(name, doc, kind, labelnames, labels, totals.bounds.get(name, ()))
+                    entry = written[labels] = (keys, [file.read_value(key)[0] for key in keys], [math.nan] * len(series))
+                elif entry[2] == series:  # unchanged: one comparison in C
+                    continue
+                keys, base, last = entry
+                for i, key in enumerate(keys):  # the series' values; its last item (created) is not written
+                    if series[i] != last[i]:
+                        file.write_value(key, base[i] + series[i], 0.0)
+                last[:] = series
 
-    def child(self, name: str, labels: tuple[str, ...], model_index: int | None) -> Any:
-        cache = self.children[name]
-        found = cache.get(labels)
-        if found is None:
-            labels = _folded(cache, labels, model_index)
-            found = cache.get(labels)
-            if found is None:
-                found = cache[labels] = self.metrics[name].labels(*labels)
-        return found
-
-    def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0, model_index: int | None = None) -> None:
-        self.child(name, labels, model_index).inc(amount)
-
-    def observe(self, name: str, labels: tuple[str, ...], value: float, model_index: int | None = None) -> None:
-        self.child(name, labels, model_index).observe(value)
-
-    def add_active(self, delta: int) -> None:
-        self.metrics["ccproxy_active_streams"].inc(delta)
-
-    def record(self, ctx: RequestContext, model_label: ModelLabels) -> None:
-        record_request(self, ctx, *labels_of(ctx, model_label))
+    def close(self) -> None:
+        for file in self.files.values():
+            file.close()
 
 
-def record_request(store: Totals | Children, ctx: RequestContext, provider: str, model: str) -> None:
-    """What every request adds: its count, duration, time to first byte, tokens and cost."""
-    count, observe = store.count, store.observe
-    route = ctx.route
-    count("ccproxy_requests", (route, provider, model, str(ctx.status or ""), ctx.outcome or ""), 1, 2)
-    series = (route, provider, model)
-    if ctx.duration is not None:
-        observe("ccproxy_request_duration_seconds", series, ctx.duration, 2)
-    if ctx.t_first_byte is not None:
-        observe("ccproxy_time_to_first_byte_seconds", series, ctx.t_first_byte, 2)
-    if ctx.cost:
-        count("ccproxy_cost_usd", (provider, model), ctx.cost, 1)
-    usage = ctx.usage
-    if usage is not None:
-        for direction, key in DIRECTIONS:
-            tokens = getattr(usage, key)
-            if tokens:
-                count("ccproxy_tokens", (direction, provider, model), tokens, 2)
+def _file_keys(name: str, doc: str, kind: str, labelnames: tuple[str, ...], labels: tuple[str, ...],
+               bounds: tuple[float, ...]) -> list[str]:
+    """The file keys of one series' values, in :class:`Totals`' order: a counter's ``_total``; a
+    histogram's buckets (``le`` last ``+Inf``), then its ``_sum``; the gauge's value."""
+    from prometheus_client.mmap_dict import mmap_key
+    from prometheus_client.utils import floatToGoString
+
+    if kind == "counter":
+        return [mmap_key(name, name + "_total", labelnames, labels, doc)]
+    if kind == "gauge":
+        return [mmap_key(name, name, labelnames, labels, doc)]
+    bucket_names = (*labelnames, "le")
+    return [*(mmap_key(name, name + "_bucket", bucket_names, (*labels, le), doc)
+              for le in [*map(floatToGoString, bounds), "+Inf"]),
+            mmap_key(name, name + "_sum", labelnames, labels, doc)]
 
 
 class Metrics:
     """One worker's metrics: what a request adds (:meth:`record`) and the scrape's text (:meth:`exposition`).
 
-    One worker keeps them in :class:`Totals`; with several (``multiprocess_dir``) they go to
-    prometheus-client's files through :class:`Children`.
+    A request adds to :class:`Totals`. With several workers (``multiprocess_dir``) :class:`Files` also
+    copies them to this worker's files: call :meth:`changed` after adding, :meth:`close` at the end.
     """
 
     def __init__(self, settings: Settings, plugins: Any, multiprocess_dir: str | None, config: Config) -> None:
         self.multiprocess_dir = multiprocess_dir
-        self.store: Totals | Children = Children(settings) if multiprocess_dir is not None else Totals(settings)
+        self.store = Totals(settings)
+        self.files = Files(multiprocess_dir, self.store) if multiprocess_dir is not None else None
+        #: A write of :attr:`files` is scheduled (set while there are no files: nothing to schedule).
+        self.pending = self.files is None
+        self._timer: asyncio.TimerHandle | None = None
+        #: Seconds from a change to the write: :data:`WRITE_DELAY`, or 50 times the last write's
+        #: duration when that is longer (writing many series takes at most ~2 % of the worker's time).
+        self.delay = WRITE_DELAY
         #: The core's count of observer failures by (plugin, hook) (``plugins.errors``), if any.
         self.plugin_errors: CountOf[tuple[str, str]] | None = getattr(plugins, "errors", None)
         self.model_label = ModelLabels(config)
@@ -434,6 +442,34 @@ class Metrics:
         if self.plugin_errors:  # (sync_plugin_errors returns at once without any)
             self.sync_plugin_errors()
 
+    def changed(self) -> None:
+        """Several workers: write the files :attr:`delay` after the first change since the last write."""
+        if not self.pending:
+            self.pending = True
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self.write)
+
+    def write(self) -> None:
+        """Several workers: copy what changed to this worker's files now."""
+        if self.files is not None:
+            self.pending = False
+            started = time.perf_counter()
+            self.files.write()
+            self.delay = max(WRITE_DELAY, 50 * (time.perf_counter() - started))
+
+    def close(self) -> None:
+        """Several workers: the last write; the live gauge is then marked dead (``mark_process_dead``)."""
+        if self.files is None:
+            return
+        from prometheus_client.multiprocess import mark_process_dead
+
+        if self._timer is not None:
+            self._timer.cancel()
+        self.sync_plugin_errors()
+        self.write()
+        self.files.close()
+        self.files, self.pending = None, True
+        mark_process_dead(os.getpid(), self.multiprocess_dir)
+
     def _count_upstream_errors(self, ctx: RequestContext) -> None:
         """One count per failed attempt, by its typed ``error_kind`` (the label values are a fixed set)."""
         last = len(ctx.attempts) - 1
@@ -459,10 +495,11 @@ class Metrics:
 
         self.sync_plugin_errors()
         encoder, content_type = choose_encoder(accept or "")
-        if isinstance(self.store, Totals):
+        if self.files is None:
             return encoder(self.store.registry), content_type
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        self.write()  # this worker's numbers as they are now; the others' at most WRITE_DELAY old
         _drop_dead_workers(self.multiprocess_dir)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)
@@ -558,16 +595,17 @@ class MetricsPlugin:
     @hookimpl
     def ccproxy_shutdown(self) -> None:
         metrics, self.metrics = self.metrics, None
-        if metrics is not None and metrics.multiprocess_dir:
-            from prometheus_client.multiprocess import mark_process_dead
-
-            mark_process_dead(os.getpid(), metrics.multiprocess_dir)
+        if metrics is not None:
+            metrics.close()
 
     @hookimpl
     def ccproxy_stream_start(self, ctx: RequestContext) -> None:
-        if ctx.stream and self.metrics is not None:
-            self.metrics.store.add_active(1)
+        metrics = self.metrics
+        if ctx.stream and metrics is not None:
+            metrics.store.add_active(1)
             ctx.state["metrics"] = "active"
+            if not metrics.pending:
+                metrics.changed()
 
     @hookimpl
     def ccproxy_stream_end(self, ctx: RequestContext) -> None:
@@ -577,3 +615,5 @@ class MetricsPlugin:
         if ctx.stream and ctx.state.pop("metrics", None) == "active":  # only streams are marked
             metrics.store.add_active(-1)
         metrics.record(ctx)
+        if not metrics.pending:
+            metrics.changed()

@@ -382,30 +382,58 @@ def test_metrics_counts_histograms_tokens_cost_and_plugin_errors(make_proxy, moc
     assert metric(samples, "ccproxy_plugin_errors_total", plugin="metrics") == 0
 
 
-def test_metrics_cached_series_count_what_the_plain_path_counts():
-    """``Totals.record`` (series and labels found once per (route, provider, model, status, outcome))
-    adds what ``record_request`` adds through ``count``/``observe`` with the labels of ``labels_of`` (the
-    path of the several-workers store), folding past the model labels' limit and MAX_SERIES included."""
+def _record_plain(store, ctx, provider: str, model: str) -> None:
+    """What a request adds, metric by metric through ``count``/``observe``: the reference for ``Totals.record``."""
+    from ccproxy_plugins.metrics import DIRECTIONS
+
+    route = ctx.route
+    store.count("ccproxy_requests", (route, provider, model, str(ctx.status or ""), ctx.outcome or ""), 1, 2)
+    series = (route, provider, model)
+    if ctx.duration is not None:
+        store.observe("ccproxy_request_duration_seconds", series, ctx.duration, 2)
+    if ctx.t_first_byte is not None:
+        store.observe("ccproxy_time_to_first_byte_seconds", series, ctx.t_first_byte, 2)
+    if ctx.cost:
+        store.count("ccproxy_cost_usd", (provider, model), ctx.cost, 1)
+    if ctx.usage is not None:
+        for direction, key in DIRECTIONS:
+            if getattr(ctx.usage, key):
+                store.count("ccproxy_tokens", (direction, provider, model), getattr(ctx.usage, key), 2)
+
+
+def _random_requests(n: int, seed: int):
+    """``n`` varied requests: statuses, outcomes, usage, costs, durations on and between bucket bounds,
+    and (after the first 100) more model names than the label bounds keep."""
     import random
 
-    from ccproxy_core import COMPLETED, UPSTREAM_ERROR, PluginSettings, RequestContext, Usage
-    from ccproxy_plugins.metrics import MAX_SERIES, OTHER, ModelLabels, Settings, Totals, labels_of, record_request
+    from ccproxy_core import COMPLETED, UPSTREAM_ERROR, RequestContext, Usage
+    from ccproxy_plugins.metrics import MAX_SERIES
 
-    settings = Settings(PluginSettings("metrics", {}))
-    cached, plain = Totals(settings), Totals(settings)
-    cached_labels, plain_labels = ModelLabels(None, MAX_SERIES), ModelLabels(None, MAX_SERIES)
-    rng = random.Random(17)
-    for i in range(3 * MAX_SERIES):
+    rng = random.Random(seed)
+    for i in range(n):
         usage = Usage(*(rng.choice((0, 0, 1, 7, 100)) for _ in range(4))) if rng.random() < 0.7 else None
         model = f"m{rng.randrange(MAX_SERIES + 100)}" if i > 100 else rng.choice(("m", None, ""))
-        ctx = RequestContext(f"r{i}", "POST", rng.choice(("/v1/messages", "/v1/chat/completions")), "anthropic",
+        yield RequestContext(f"r{i}", "POST", rng.choice(("/v1/messages", "/v1/chat/completions")), "anthropic",
                              provider=rng.choice(("p", "q", None)), model=model,
                              status=rng.choice((200, 429, None)), outcome=rng.choice((COMPLETED, UPSTREAM_ERROR, None)),
                              duration=rng.choice((None, 0.0, 0.05, 0.07, 1.0, 700.0, rng.random() * 20)),
                              t_first_byte=rng.choice((None, 0.01, 0.011, rng.random() * 2)), usage=usage,
                              cost=rng.choice((None, 0.0, 0.5, rng.random())))
+
+
+def test_metrics_cached_series_count_what_the_plain_path_counts():
+    """``Totals.record`` (series and labels found once per (route, provider, model, status, outcome))
+    adds what the plain path adds through ``count``/``observe`` with the labels of ``labels_of``,
+    folding past the model labels' limit and MAX_SERIES included."""
+    from ccproxy_core import PluginSettings
+    from ccproxy_plugins.metrics import MAX_SERIES, OTHER, ModelLabels, Settings, Totals, labels_of
+
+    settings = Settings(PluginSettings("metrics", {}))
+    cached, plain = Totals(settings), Totals(settings)
+    cached_labels, plain_labels = ModelLabels(None, MAX_SERIES), ModelLabels(None, MAX_SERIES)
+    for ctx in _random_requests(3 * MAX_SERIES, 17):
         cached.record(ctx, cached_labels)
-        record_request(plain, ctx, *labels_of(ctx, plain_labels))
+        _record_plain(plain, ctx, *labels_of(ctx, plain_labels))
 
     def counts(totals: Totals) -> dict[str, dict[tuple[str, ...], list[float]]]:
         return {name: {labels: series[:-1] for labels, series in table.items()} for name, table in totals.tables.items()}
@@ -413,6 +441,93 @@ def test_metrics_cached_series_count_what_the_plain_path_counts():
     assert cached_labels == plain_labels
     requests = cached.tables["ccproxy_requests"]
     assert len(requests) >= MAX_SERIES and any(labels[2] == OTHER for labels in requests)  # folded past the bounds
+
+
+
+def test_metrics_worker_files_hold_what_one_worker_reports(tmp_path):
+    """Several workers: ``Files`` writes a worker's ``Totals`` so that prometheus-client's own
+    ``MultiProcessCollector`` reports exactly what one worker reports from them (``_created`` aside),
+    histograms, folded labels and the active-streams gauge included; a later write carries only what
+    changed, and counts left in the files by an earlier process with the same pid are kept."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from ccproxy_core import PluginSettings
+    from ccproxy_plugins.metrics import MAX_SERIES, Files, ModelLabels, Settings, Totals
+
+    def samples(text: bytes) -> dict:
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text.decode())
+                for sample in family.samples if not sample.name.endswith("_created")}
+
+    def from_files() -> dict:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(tmp_path))
+        return samples(generate_latest(registry))
+
+    settings = Settings(PluginSettings("metrics", {"duration_buckets": [0.05, 1, 30]}))
+    labels = ModelLabels(None, MAX_SERIES)
+    requests = list(_random_requests(2 * MAX_SERIES, 5))
+    earlier = Totals(settings)  # a process with this pid before (its files were left behind)
+    for ctx in requests[:50]:
+        earlier.record(ctx, ModelLabels(None, MAX_SERIES))
+    earlier_files = Files(str(tmp_path), earlier)
+    earlier_files.write()
+    earlier_files.close()
+    left = from_files()
+
+    totals = Totals(settings)
+    files = Files(str(tmp_path), totals)
+    for ctx in requests[:MAX_SERIES]:
+        totals.record(ctx, labels)
+    totals.add_active(3)
+    files.write()
+    mine = samples(generate_latest(totals.registry))
+    assert len(mine) > 1000
+    assert from_files() == {key: mine.get(key, 0.0) + left.get(key, 0.0) for key in mine.keys() | left.keys()}
+
+    written = []
+    files.files["counter"].write_value = lambda *args, real=files.files["counter"].write_value: (
+        written.append(args[0]), real(*args))
+    files.write()
+    assert written == []  # nothing changed
+    for ctx in requests[MAX_SERIES:]:
+        totals.record(ctx, labels)
+    totals.add_active(-2)
+    files.write()
+    assert 0 < len(written) < sum(map(len, files.written.values())) / 2
+    mine = samples(generate_latest(totals.registry))
+    assert mine[("ccproxy_active_streams", ())] == 1
+    assert from_files() == {key: mine.get(key, 0.0) + left.get(key, 0.0) for key in mine.keys() | left.keys()}
+
+
+def test_metrics_worker_writes_wait_longer_when_writing_is_slow(tmp_path, monkeypatch):
+    """A worker's writes take at most ~2 % of its time: the next one waits 50 times the last one's
+    duration when that is longer than WRITE_DELAY (many series), and WRITE_DELAY again after a fast one."""
+    import asyncio
+    import types
+
+    from ccproxy_core import PluginSettings
+    from ccproxy_plugins import metrics as module
+
+    metrics = module.Metrics(module.Settings(PluginSettings("metrics", {})), None, str(tmp_path), None)
+    clock = iter([10.0, 10.02, 20.0, 20.0001])  # a write of 20 ms, then one of 0.1 ms
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    metrics.write()
+    assert metrics.delay == pytest.approx(1.0)
+
+    async def change() -> float:
+        metrics.changed()
+        when = metrics._timer.when() - asyncio.get_running_loop().time()
+        metrics._timer.cancel()
+        return when
+    assert asyncio.run(change()) > 0.9
+    metrics.write()
+    assert metrics.delay == module.WRITE_DELAY
+    monkeypatch.undo()
+    metrics.close()
+    assert metrics.files is None and not list(tmp_path.glob("gauge_live*"))  # the live gauge marked dead
 
 
 # -- secrets ---------------------------------------------------------------------------------------
@@ -654,7 +769,12 @@ def test_metrics_add_up_across_worker_processes(mock, tmp_path, sanic_port):
             assert list(pool.map(send, range(n))) == [200] * n
         lines = log_lines(log, n)
         assert len({line["pid"] for line in lines}) >= 2, "the requests were served by several workers"
-        # Each worker saw only some of them; any worker's answer must hold them all.
+        # Each worker saw only some of them; any worker's answer must hold them all, once each worker
+        # wrote its files (at most WRITE_DELAY after its last request; bounded here for a loaded machine).
+        deadline = time.monotonic() + 10
+        while metric(scrape(url), "ccproxy_requests_total") != n:
+            assert time.monotonic() < deadline, "the workers' counts never added up"
+            time.sleep(0.05)
         for _ in range(6):
             samples = scrape(url)  # a new connection: any worker may answer
             assert metric(samples, "ccproxy_requests_total") == n
