@@ -28,7 +28,7 @@ from .proxy import Proxy
 from .state import open_state
 from .streaming import END_WRITE_TIMEOUT
 from .transport import FastTransport, ResponseHeadTooLarge, environment_proxy
-from .workers import end_wait_on_stop
+from .workers import manage_workers
 
 log = logging.getLogger("ccproxy")
 _app_numbers = itertools.count(1)
@@ -259,7 +259,7 @@ def create_app(
     intake = app.ctx.intake = Intake(config, loaded)
     if config.per_worker_sockets:
         use_per_worker_sockets(app)
-    end_wait_on_stop(app)
+    manage_workers(app)
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:

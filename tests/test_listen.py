@@ -36,7 +36,11 @@ def listening_inodes(port: int) -> set[int]:
 def polled_inodes(pid: str) -> set[int]:
     """The inodes of every file ``pid``'s epoll instances watch (``ino:`` of each ``tfd:`` line in fdinfo)."""
     found: set[int] = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # the process ended meanwhile
+        return found
+    for fd in fds:
         try:
             if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
                 continue

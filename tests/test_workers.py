@@ -1,4 +1,5 @@
-"""``sanic app.app --workers N`` stopped while it starts (``ccproxy_core.workers``). Real processes."""
+"""``sanic app.app --workers N`` stopped while it starts, and workers that die (``ccproxy_core.workers``).
+Real processes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 
 from tests.gateway_helpers import ROOT, _children
 from tests.servers import provider_config, reserved_port
-from tests.test_listen import listeners
+from tests.test_listen import listeners, pids_of_connections, wait_for_workers
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -31,17 +32,30 @@ def spawned(proc: subprocess.Popen) -> list[str]:
     return found
 
 
+def start(tmp_path, port: int) -> subprocess.Popen:
+    """``sanic app.app --workers 2`` in a session of its own, serving ``tmp_path/config.yaml``; stderr piped."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(provider_config("http://127.0.0.1:9")))
+    return subprocess.Popen(
+        [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(path)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def assert_gone(children: list[str], group: int | None = None) -> None:
+    """``children`` and every process of the process ``group`` end (10 s at most)."""
+    deadline = time.monotonic() + 10  # the state manager and the resource tracker end as their pipes close
+    while left := [pid for pid in children if alive(pid)] + (in_group(group) if group else []):
+        assert time.monotonic() < deadline, f"left behind: {left}"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_while_the_workers_start_ends_the_server(tmp_path, sig):
     """Sanic 25.12's main process, stopped before every worker acknowledged its start, spun a CPU and never
     exited; it now exits 0 at once, and its workers with it."""
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(provider_config("http://127.0.0.1:9")))
     with reserved_port() as port:
-        proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-            cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(path)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = start(tmp_path, port)
         try:
             deadline = time.monotonic() + 30
             while len(spawned(proc)) < 3:  # the state manager and two workers: Sanic waits for their acks
@@ -56,10 +70,80 @@ def test_a_stop_while_the_workers_start_ends_the_server(tmp_path, sig):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
     assert proc.returncode == 0, err[-2000:]
-    deadline = time.monotonic() + 10  # the state manager and the resource tracker end as their pipes close
-    while left := [pid for pid in children if alive(pid)]:
-        assert time.monotonic() < deadline, f"left behind: {left}"
+    assert_gone(children)
+
+
+def replaced(proc: subprocess.Popen, port: int, before: dict[str, set[int]], dead: str) -> dict[str, set[int]]:
+    """The workers once ``dead`` (one of ``before``) has a successor: two listen again, each on a socket of its own."""
+    deadline = time.monotonic() + 30
+    while True:
+        workers = wait_for_workers(proc, port, 2)
+        if dead not in workers and len(workers) == 2 and set(workers) - set(before):
+            assert len(set.union(*workers.values())) == 2
+            return workers
+        assert time.monotonic() < deadline and proc.poll() is None, "the dead worker was not replaced"
         time.sleep(0.05)
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path):
+    """A SIGKILLed worker gets a new process with a socket of its own, and so does that one; a stop right
+    after a death ends the server, the new worker included."""
+    with reserved_port() as port:
+        proc = start(tmp_path, port)
+        try:
+            workers = wait_for_workers(proc, port, 2)
+            os.kill(int(min(workers)), signal.SIGKILL)
+            after = replaced(proc, port, workers, min(workers))
+            (new,) = set(after) - set(workers)
+            assert set(map(str, pids_of_connections(port, 32))) == set(after)  # both serve (2**-31: all on one)
+            os.kill(int(new), signal.SIGKILL)
+            (newer,) = set(replaced(proc, port, after, new)) - set(after)
+            children = _children(proc)
+            os.kill(int(newer), signal.SIGKILL)
+            time.sleep(0.1)  # about when the monitor starts a new one: the stop lands before, during or after
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count("died (signal SIGKILL)") == 3 and err.count("started again") >= 2, err[-3000:]
+    assert_gone(children, proc.pid)
+
+
+def test_a_worker_that_cannot_start_again_stops_the_server(tmp_path):
+    """The config file broken since the start: a dead worker's replacement fails before it is ready, so the
+    server stops (the other worker as on SIGTERM) and exits 1, as a failed start does."""
+    with reserved_port() as port:
+        proc = start(tmp_path, port)
+        try:
+            workers = wait_for_workers(proc, port, 2)
+            children = _children(proc)
+            (tmp_path / "config.yaml").write_text("providers: [not, a, mapping]\n")
+            os.kill(int(min(workers)), signal.SIGKILL)
+            _, err = proc.communicate(timeout=40)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    assert proc.returncode == 1, err[-3000:]
+    assert "exited before it was ready" in err and "stopping the server" in err, err[-3000:]
+    assert_gone(children)
+
+
+def in_group(pgid: int) -> list[str]:
+    """The live processes of process group ``pgid``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and fields[2] == str(pgid):
+            found.append(pid)
+    return found
 
 
 def alive(pid: str) -> bool:
@@ -68,3 +152,43 @@ def alive(pid: str) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_stop_during_the_monitor_step_waits_for_its_end():
+    """A stop signal that lands while the monitor step talks to Sanic's worker state (here: while it starts a
+    new worker) runs its handler once the step is done, so the handler's own calls on that connection never
+    interleave with the step's, and it sees (and stops) the new worker. Sanic's manager stood in for, to
+    place a real SIGTERM exactly there."""
+    from sanic.worker.constants import ProcessState
+
+    from ccproxy_core.workers import Replacer
+
+    events = []
+
+    class Process:
+        name, pid, exitcode, state = "Sanic-Server-0-0", 41, -9, ProcessState.ACKED
+
+        def is_alive(self) -> bool:
+            return False
+
+    class Manager:
+        _shutting_down = False
+        transient_processes = [Process()]
+        worker_state = {Process.name: {"server": True, "state": "ACKED"}}
+
+        def restart(self, process_names: list[str]) -> None:
+            events.append(f"restart {process_names}")
+            os.kill(os.getpid(), signal.SIGTERM)
+            events.append("restarted")
+
+    def sync() -> None:
+        events.append("sync")
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: events.append("stop"))
+    try:
+        Replacer(Manager(), sync)()
+        events.append("step done")
+        assert signal.getsignal(signal.SIGTERM) is not None and events == [
+            "sync", "restart ['Sanic-Server-0-0']", "restarted", "stop", "step done"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
