@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -32,14 +34,22 @@ def spawned(proc: subprocess.Popen) -> list[str]:
     return found
 
 
-def start(tmp_path, port: int) -> subprocess.Popen:
-    """``sanic app.app --workers 2`` in a session of its own, serving ``tmp_path/config.yaml``; stderr piped."""
+@contextmanager
+def server(tmp_path, port: int) -> Iterator[subprocess.Popen]:
+    """``sanic app.app --workers 2`` in a session of its own, serving ``tmp_path/config.yaml``; stderr piped.
+    Its process group is killed if it still runs when the block ends."""
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(provider_config("http://127.0.0.1:9")))
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
         cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(path)},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def assert_gone(children: list[str], group: int | None = None) -> None:
@@ -54,21 +64,15 @@ def assert_gone(children: list[str], group: int | None = None) -> None:
 def test_a_stop_while_the_workers_start_ends_the_server(tmp_path, sig):
     """Sanic 25.12's main process, stopped before every worker acknowledged its start, spun a CPU and never
     exited; it now exits 0 at once, and its workers with it."""
-    with reserved_port() as port:
-        proc = start(tmp_path, port)
-        try:
-            deadline = time.monotonic() + 30
-            while len(spawned(proc)) < 3:  # the state manager and two workers: Sanic waits for their acks
-                assert time.monotonic() < deadline and proc.poll() is None, "the workers did not start"
-                time.sleep(0.01)
-            assert listeners(port) == 0  # no worker serves yet: the stop lands in the wait for their acks
-            children = _children(proc)
-            proc.send_signal(sig)
-            _, err = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
+    with reserved_port() as port, server(tmp_path, port) as proc:
+        deadline = time.monotonic() + 30
+        while len(spawned(proc)) < 3:  # the state manager and two workers: Sanic waits for their acks
+            assert time.monotonic() < deadline and proc.poll() is None, "the workers did not start"
+            time.sleep(0.01)
+        assert listeners(port) == 0  # no worker serves yet: the stop lands in the wait for their acks
+        children = _children(proc)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err[-2000:]
     assert_gone(children)
 
@@ -88,45 +92,34 @@ def replaced(proc: subprocess.Popen, port: int, before: dict[str, set[int]], dea
 def test_a_worker_that_dies_is_replaced(tmp_path):
     """A SIGKILLed worker gets a new process with a socket of its own, and so does that one; a stop right
     after a death ends the server, the new worker included."""
-    with reserved_port() as port:
-        proc = start(tmp_path, port)
-        try:
-            workers = wait_for_workers(proc, port, 2)
-            os.kill(int(min(workers)), signal.SIGKILL)
-            after = replaced(proc, port, workers, min(workers))
-            (new,) = set(after) - set(workers)
-            assert set(map(str, pids_of_connections(port, 32))) == set(after)  # both serve (2**-31: all on one)
-            os.kill(int(new), signal.SIGKILL)
-            (newer,) = set(replaced(proc, port, after, new)) - set(after)
-            children = _children(proc)
-            os.kill(int(newer), signal.SIGKILL)
-            time.sleep(0.1)  # about when the monitor starts a new one: the stop lands before, during or after
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
+    with reserved_port() as port, server(tmp_path, port) as proc:
+        workers = wait_for_workers(proc, port, 2)
+        os.kill(int(min(workers)), signal.SIGKILL)
+        after = replaced(proc, port, workers, min(workers))
+        (new,) = set(after) - set(workers)
+        assert set(map(str, pids_of_connections(port, 32))) == set(after)  # both serve (2**-31: all on one)
+        os.kill(int(new), signal.SIGKILL)
+        (newer,) = set(replaced(proc, port, after, new)) - set(after)
+        children = _children(proc)
+        os.kill(int(newer), signal.SIGKILL)
+        time.sleep(0.1)  # about when the monitor starts a new one: the stop lands before, during or after
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err[-3000:]
-    assert err.count("died (signal SIGKILL)") == 3 and err.count("started again") >= 2, err[-3000:]
+    died = err.count("died (signal SIGKILL)")  # the last death only if the monitor saw it before the stop
+    assert died in (2, 3) and err.count("started again") == died, err[-3000:]
     assert_gone(children, proc.pid)
 
 
 def test_a_worker_that_cannot_start_again_stops_the_server(tmp_path):
     """The config file broken since the start: a dead worker's replacement fails before it is ready, so the
     server stops (the other worker as on SIGTERM) and exits 1, as a failed start does."""
-    with reserved_port() as port:
-        proc = start(tmp_path, port)
-        try:
-            workers = wait_for_workers(proc, port, 2)
-            children = _children(proc)
-            (tmp_path / "config.yaml").write_text("providers: [not, a, mapping]\n")
-            os.kill(int(min(workers)), signal.SIGKILL)
-            _, err = proc.communicate(timeout=40)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
+    with reserved_port() as port, server(tmp_path, port) as proc:
+        workers = wait_for_workers(proc, port, 2)
+        children = _children(proc)
+        (tmp_path / "config.yaml").write_text("providers: [not, a, mapping]\n")
+        os.kill(int(min(workers)), signal.SIGKILL)
+        _, err = proc.communicate(timeout=40)
     assert proc.returncode == 1, err[-3000:]
     assert "exited before it was ready" in err and "stopping the server" in err, err[-3000:]
     assert_gone(children)
