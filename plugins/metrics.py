@@ -37,6 +37,7 @@ import asyncio
 import bisect
 import glob
 import itertools
+import logging
 import math
 import operator
 import os
@@ -52,6 +53,8 @@ from ccproxy_core import UPSTREAM_ERROR, Config, PluginSettings, RequestContext,
 
 NAME = "metrics"
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger("ccproxy.metrics")
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -400,6 +403,7 @@ class Metrics:
         #: Seconds from a change to the write: :data:`WRITE_DELAY`, or 50 times the last write's
         #: duration when that is longer (writing many series takes at most ~2 % of the worker's time).
         self.delay = WRITE_DELAY
+        self.failing = False
         #: The core's count of observer failures by (plugin, hook) (``plugins.errors``), if any.
         self.plugin_errors: CountOf[tuple[str, str]] | None = getattr(plugins, "errors", None)
         self.model_label = ModelLabels(config)
@@ -449,11 +453,20 @@ class Metrics:
             self._timer = asyncio.get_running_loop().call_later(self.delay, self.write)
 
     def write(self) -> None:
-        """Several workers: copy what changed to this worker's files now."""
+        """Several workers: copy what changed to this worker's files now. A failure (the directory's disk
+        full, say) is logged once until a write works again; the numbers stay in memory meanwhile."""
         if self.files is not None:
             self.pending = False
             started = time.perf_counter()
-            self.files.write()
+            try:
+                self.files.write()
+            except (OSError, ValueError) as exc:  # ValueError: mmap's, when the file cannot grow
+                if not self.failing:
+                    log.warning("metrics: writing this worker's counts to %s failed (%s); scrapes show them "
+                                "late until a write works", self.multiprocess_dir, exc)
+                self.failing = True
+                return
+            self.failing = False
             self.delay = max(WRITE_DELAY, 50 * (time.perf_counter() - started))
 
     def close(self) -> None:

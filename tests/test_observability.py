@@ -502,9 +502,10 @@ def test_metrics_worker_files_hold_what_one_worker_reports(tmp_path):
     assert from_files() == {key: mine.get(key, 0.0) + left.get(key, 0.0) for key in mine.keys() | left.keys()}
 
 
-def test_metrics_worker_writes_wait_longer_when_writing_is_slow(tmp_path, monkeypatch):
+def test_metrics_worker_writes_wait_longer_when_writing_is_slow(tmp_path, monkeypatch, caplog):
     """A worker's writes take at most ~2 % of its time: the next one waits 50 times the last one's
-    duration when that is longer than WRITE_DELAY (many series), and WRITE_DELAY again after a fast one."""
+    duration when that is longer than WRITE_DELAY (many series), and WRITE_DELAY again after a fast one.
+    A write that fails (a full disk) is logged once, not per attempt, and the next change tries again."""
     import asyncio
     import types
 
@@ -526,6 +527,17 @@ def test_metrics_worker_writes_wait_longer_when_writing_is_slow(tmp_path, monkey
     metrics.write()
     assert metrics.delay == module.WRITE_DELAY
     monkeypatch.undo()
+
+    def full() -> None:
+        raise OSError(28, "No space left on device")
+    real, metrics.files.write = metrics.files.write, full
+    with caplog.at_level(logging.WARNING, "ccproxy.metrics"):
+        metrics.write()
+        metrics.write()  # logged once until a write works
+        assert caplog.text.count("No space left on device") == 1 and not metrics.pending
+        metrics.files.write = real
+        metrics.write()
+        assert not metrics.failing
     metrics.close()
     assert metrics.files is None and not list(tmp_path.glob("gauge_live*"))  # the live gauge marked dead
 
