@@ -204,6 +204,9 @@ class Config:
     shutdown_grace: float = 30.0
     #: Under ``--workers N`` on Linux, each worker listens on a socket of its own (``SO_REUSEPORT``).
     per_worker_sockets: bool = True
+    #: Under ``--workers N``: seconds a worker's event loop may go without running before the main process
+    #: kills the worker (which is then replaced); 0 turns the check off.
+    worker_timeout: float = 30.0
     #: Seconds an upstream's model list (``GET /v1/models``) is kept before it is fetched again.
     model_list_ttl: float = 600.0
     #: ``disabled``/``enabled`` lists and per-plugin settings, by plugin name.
@@ -432,6 +435,8 @@ def _check(config: Config, key_variables: dict[str, list[str]] | None = None) ->
         provider.fallbacks = usable
     if config.retries.max_attempts < 1:
         raise ConfigError("retries.max_attempts: must be at least 1")
+    if config.worker_timeout and config.worker_timeout < 1:
+        raise ConfigError(f"worker_timeout: must be 0 (off) or at least 1 second, got {config.worker_timeout}")
     if config.retries.backoff_max < config.retries.backoff_base:
         raise ConfigError("retries.backoff_max: must not be less than retries.backoff_base")
     state = config.state

@@ -259,7 +259,7 @@ def create_app(
     intake = app.ctx.intake = Intake(config, loaded)
     if config.per_worker_sockets:
         use_per_worker_sockets(app)
-    manage_workers(app)
+    manage_workers(app, config.worker_timeout)
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:

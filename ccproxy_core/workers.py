@@ -23,12 +23,21 @@ worker state's manager process (the start, the wait and the monitor step make se
 up the replies and the main process exited 1 with a ``TypeError`` (3 of 70 stops
 at start-up). The start, the wait's check and the monitor step now hold SIGINT and SIGTERM until they end
 (:func:`_stop_signals_held`); the stop then sees, and ends, every worker they started.
+
+**A worker whose event loop stops running** (a busy loop, a deadlock, a plugin blocking it, SIGSTOP) never
+dies, and the kernel goes on handing it new connections, which hang. Each worker marks in shared memory when
+its loop last ran (every ``worker_timeout`` / 10 seconds, at most every second); the monitor step kills
+(SIGKILL) a worker whose mark is older than ``worker_timeout`` (config, default 30 s, 0: off), and replaces it
+as any worker that died.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import signal
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -44,9 +53,44 @@ log = logging.getLogger("ccproxy")
 _RUNNING = (ProcessState.STARTING, ProcessState.STARTED, ProcessState.ACKED)
 
 
-def manage_workers(app: Sanic) -> None:
-    """Register the ``main_process_ready`` listener that patches Sanic's worker manager (module docstring)."""
+def manage_workers(app: Sanic, timeout: float = 0.0) -> None:
+    """Register the listeners that patch Sanic's worker manager and, when ``timeout`` (``worker_timeout``) is
+    not 0, share the workers' loop marks (module docstring)."""
+    app.ctx.worker_timeout = timeout
+    app.register_listener(_share_marks, "main_process_start")
     app.register_listener(_patch_manager, "main_process_ready")
+    app.register_listener(_mark, "after_server_start")
+
+
+def _share_marks(app: Sanic, _loop: Any = None) -> None:
+    """Main process: one ``time.monotonic()`` mark per worker, 0 until its loop runs (``app.shared_ctx``)."""
+    if app.ctx.worker_timeout and app.state.workers > 1:
+        from multiprocessing.sharedctypes import RawArray
+
+        app.shared_ctx.ccproxy_loop_marks = RawArray("d", app.state.workers)
+
+
+def _slot(name: str) -> int:
+    """The mark of worker ``Sanic-Server-<n>-0``: ``n``."""
+    try:
+        return int(name.split("-")[2])
+    except (IndexError, ValueError):
+        return -1
+
+
+async def _mark(app: Sanic) -> None:
+    """Worker: mark that the loop runs, every ``worker_timeout`` / 10 seconds (at most every second)."""
+    marks = getattr(app.shared_ctx, "ccproxy_loop_marks", None)
+    slot = _slot(os.environ.get("SANIC_WORKER_NAME", ""))
+    if marks is None or not 0 <= slot < len(marks):
+        return
+    every = min(1.0, app.ctx.worker_timeout / 10)
+    loop = asyncio.get_running_loop()
+
+    def mark() -> None:
+        marks[slot] = time.monotonic()
+        loop.call_later(every, mark)
+    mark()
 
 
 def _patch_manager(app: Sanic, _loop: Any = None) -> None:
@@ -74,16 +118,21 @@ def _patch_manager(app: Sanic, _loop: Any = None) -> None:
     manager.start = start_held
     manager._all_workers_ack = all_acked_or_stopping
     if not app.state.auto_reload:  # --dev, --reload: the reloader starts workers again after each change
-        manager._sync_states = Replacer(manager, sync)
+        manager._sync_states = Replacer(manager, sync, getattr(app.shared_ctx, "ccproxy_loop_marks", None),
+                                        app.ctx.worker_timeout)
 
 
 class Replacer:
     """Sanic's ``_sync_states`` (the monitor loop's step), then a new process for each server worker that
-    died on its own after it was ready (module docstring), with the stop signals held meanwhile."""
+    died on its own after it was ready, and SIGKILL for one whose loop stopped running (module docstring),
+    with the stop signals held meanwhile."""
 
-    def __init__(self, manager: Any, sync: Callable[[], None]) -> None:
+    def __init__(self, manager: Any, sync: Callable[[], None], marks: Any = None, timeout: float = 0.0) -> None:
         self.manager = manager
         self.sync = sync
+        #: Each worker's last loop mark (``time.monotonic()``, 0: none yet), by :func:`_slot`; None: no check.
+        self.marks = marks if timeout else None
+        self.timeout = timeout
 
     def __call__(self) -> None:
         manager = self.manager
@@ -100,14 +149,35 @@ class Replacer:
                     break
                 log.error("worker %s (pid %s) died (%s); starting a new one",
                           process.name, process.pid, _exit(process.exitcode))
+                if self.marks is not None and 0 <= _slot(process.name) < len(self.marks):
+                    self.marks[_slot(process.name)] = 0.0  # until the new worker's loop runs
                 manager.restart(process_names=[process.name])
                 log.warning("worker %s started again (pid %s)", process.name, process.pid)
+            if self.marks is not None and failed is None and not manager._shutting_down:
+                self._kill_stuck()
         if failed is not None and not manager._shutting_down:  # (a stop held above has run: it stops alike)
             log.error("worker %s (pid %s) exited before it was ready (%s): stopping the server",
                       failed.name, failed.pid, _exit(failed.exitcode))
             manager.shutdown()  # the other workers stop as on SIGTERM, ending their responses
             manager.cleanup()
             raise ServerKilled  # Sanic's main process then exits with 1
+
+    def _kill_stuck(self) -> None:
+        """SIGKILL each ready worker whose loop has not marked for ``timeout`` seconds (the next step replaces it)."""
+        now = time.monotonic()
+        for process in self.manager.transient_processes:
+            slot = _slot(process.name)
+            if process.state is not ProcessState.ACKED or not 0 <= slot < len(self.marks):
+                continue
+            marked = self.marks[slot]
+            if marked and now - marked > self.timeout and process.is_alive():
+                log.error("worker %s (pid %s): its event loop has not run for %.1f s (worker_timeout): killing it",
+                          process.name, process.pid, now - marked)
+                self.marks[slot] = 0.0
+                try:
+                    os.kill(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 @contextmanager

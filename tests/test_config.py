@@ -125,6 +125,7 @@ LOCAL = "providers:\n  local: {format: openai, base_url: 'http://127.0.0.1:1/v1'
         (LOCAL + "models:\n  fast: {model: m, fallbacks: [{model: m, provider: nope}]}",
          "models.fast.fallbacks[0].provider: no provider is called 'nope'"),
         (LOCAL.replace("models: [m]", "models: [m], fallbacks: [nope]"), "providers.local.fallbacks: no provider is called 'nope'"),
+        (LOCAL + "worker_timeout: 0.5", "worker_timeout: must be 0 (off) or at least 1 second, got 0.5"),
         (LOCAL + "timeouts: {connect: 1}\ntimeouts: {connect: 2}", "line 4, column 1: duplicate key 'timeouts' (first at line 3)"),
         (LOCAL.replace("requires_key: false", "requires_key: false, requires_key: true"), "duplicate key 'requires_key' (first at line 2)"),
         (LOCAL + "plugins:\n  usage:\n    prices:\n      'm*': {input: 1, output: 2}\n      'm*': {input: 3, output: 4}",

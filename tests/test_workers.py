@@ -35,11 +35,11 @@ def spawned(proc: subprocess.Popen) -> list[str]:
 
 
 @contextmanager
-def server(tmp_path, port: int) -> Iterator[subprocess.Popen]:
-    """``sanic app.app --workers 2`` in a session of its own, serving ``tmp_path/config.yaml``; stderr piped.
-    Its process group is killed if it still runs when the block ends."""
+def server(tmp_path, port: int, **config: object) -> Iterator[subprocess.Popen]:
+    """``sanic app.app --workers 2`` in a session of its own, serving ``tmp_path/config.yaml`` (``config`` added
+    to the providers'); stderr piped. Its process group is killed if it still runs when the block ends."""
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(provider_config("http://127.0.0.1:9")))
+    path.write_text(yaml.safe_dump({**provider_config("http://127.0.0.1:9"), **config}))
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/sanic"), "app.app", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
         cwd=ROOT, env={**os.environ, "CCPROXY_CONFIG": str(path)},
@@ -109,6 +109,23 @@ def test_a_worker_that_dies_is_replaced(tmp_path):
     died = err.count("died (signal SIGKILL)")  # the last death only if the monitor saw it before the stop
     assert died in (2, 3) and err.count("started again") == died, err[-3000:]
     assert_gone(children, proc.pid)
+
+
+def test_a_worker_whose_loop_stops_is_killed_and_replaced(tmp_path):
+    """A worker stopped (SIGSTOP: its event loop never runs again, as in a busy loop) is killed once its loop
+    has not run for worker_timeout seconds, and replaced; the other worker is left alone."""
+    with reserved_port() as port, server(tmp_path, port, worker_timeout=2) as proc:
+        workers = wait_for_workers(proc, port, 2)
+        stuck, other = sorted(workers)
+        time.sleep(0.5)  # both have marked their loops
+        os.kill(int(stuck), signal.SIGSTOP)
+        after = replaced(proc, port, workers, stuck)
+        assert other in after
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count("its event loop has not run for") == 1 and f"(pid {stuck})" in err, err[-3000:]
+    assert "died (signal SIGKILL); starting a new one" in err, err[-3000:]
 
 
 def test_a_worker_that_cannot_start_again_stops_the_server(tmp_path):
