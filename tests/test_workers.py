@@ -1,5 +1,5 @@
-"""``sanic app.app --workers N`` stopped while it starts, and workers that die (``ccproxy_core.workers``).
-Real processes."""
+"""``sanic app.app --workers N`` stopped while it starts, workers that die, and workers whose loop stops
+(``ccproxy_core.workers``). Real processes."""
 
 from __future__ import annotations
 
