@@ -142,26 +142,23 @@ def test_a_worker_that_cannot_start_again_stops_the_server(tmp_path):
     assert_gone(children)
 
 
+def stat(pid: str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command (state, ppid, pgrp, ...); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as found:
+            return found.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def in_group(pgid: int) -> list[str]:
     """The live processes of process group ``pgid``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and fields[2] == str(pgid):
-            found.append(pid)
-    return found
+    return [pid for pid in os.listdir("/proc") if (fields := stat(pid)) and fields[0] != "Z" and fields[2] == str(pgid)]
 
 
 def alive(pid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def test_a_stop_during_the_monitor_step_waits_for_its_end():
