@@ -24,6 +24,11 @@ up the replies and the main process exited 1 with a ``TypeError`` (3 of 70 stops
 at start-up). The start, the wait's check and the monitor step now hold SIGINT and SIGTERM until they end
 (:func:`_stop_signals_held`); the stop then sees, and ends, every worker they started.
 
+**A worker stopped while it starts** got SIGINT from Sanic (``WorkerProcess.terminate``): one still starting
+Python (importing the app, a few hundred ms) turned it into a ``KeyboardInterrupt`` traceback on stderr, or
+``Fatal Python error: init_import_site``. Workers are stopped with SIGTERM instead, as Sanic's own restart
+stops them: a serving worker handles both alike (``app.stop``), a starting one ends quietly.
+
 **A worker whose event loop stops running** (a busy loop, a deadlock, a plugin blocking it, SIGSTOP) never
 dies, and the kernel goes on handing it new connections, which hang. Each worker marks in shared memory when
 its loop last ran (every ``worker_timeout`` / 10 seconds, at most every second); the monitor step kills
@@ -43,6 +48,7 @@ from typing import Any, Callable, Iterator
 
 from sanic import Sanic
 from sanic.exceptions import ServerKilled
+from sanic.worker import process as sanic_process
 from sanic.worker.constants import ProcessState
 
 __all__ = ["manage_workers"]
@@ -117,6 +123,8 @@ def _patch_manager(app: Sanic, _loop: Any = None) -> None:
 
     manager.start = start_held
     manager._all_workers_ack = all_acked_or_stopping
+    if getattr(sanic_process, "SIGINT", None) == signal.SIGINT:  # the signal WorkerProcess.terminate sends
+        sanic_process.SIGINT = signal.SIGTERM  # type: ignore[attr-defined]
     if not app.state.auto_reload:  # --dev, --reload: the reloader starts workers again after each change
         manager._sync_states = Replacer(manager, sync, getattr(app.shared_ctx, "ccproxy_loop_marks", None),
                                         app.ctx.worker_timeout)
