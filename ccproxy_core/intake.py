@@ -11,7 +11,8 @@ by itself):
    worker's ``limits.max_inflight_body_bytes`` a 503, both decided from ``content-length``
    before reading (and counted as the bytes arrive for a chunked body); the whole body must
    arrive within ``limits.body_timeout`` of the head (a 408);
-4. :func:`parse_body` checks what routing needs.
+4. :func:`parse_body` checks what routing needs; :func:`with_model` later renames an alias's model in
+   the client's bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Iterator
 from json.decoder import scanstring
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
@@ -267,19 +269,36 @@ def _loads_object(text: str) -> Any:
     Raises:
         _DuplicateKey: naming the key.
     """
+    body: dict[str, Any] = {}
     try:
-        body = _walk_object(text)
-    except (ValueError, IndexError, StopIteration):
-        body = None
-    return json.loads(text) if body is None else body
+        for key, _, value, _ in _members(text):
+            if key in body:
+                raise _DuplicateKey(key)
+            body[key] = value
+    except (ValueError, IndexError):
+        return json.loads(text)
+    return body
 
 
-def _walk_object(text: str) -> dict[str, Any] | None:
-    """The top-level object of ``text`` (None when it is not one); raises on a syntax error."""
+def with_model(raw: bytes, model: str) -> bytes:
+    """``raw``, a body :func:`parse_body` accepted, with its top-level ``model`` set to ``model`` and every
+    other byte as the client sent it: an alias's request keeps the client's JSON, and costs a walk to
+    the key (a few µs when ``model`` comes first, as Claude Code sends it) instead of a re-serialisation
+    (~0.5 ms for an 80 KB body of a Claude Code session)."""
+    text = raw.decode("utf-8")
+    for key, start, _, end in _members(text):
+        if key == "model":
+            return (text[:start] + json.dumps(model, ensure_ascii=False) + text[end:]).encode("utf-8")
+    raise ValueError("the body has no model")  # parse_body refused it
+
+
+def _members(text: str) -> Iterator[tuple[str, int, Any, int]]:
+    """The members of the JSON object ``text`` holds, in order: ``(key, start, value, end)``, the value
+    being ``text[start:end]``. Raises ValueError (or IndexError at the text's end) when ``text`` is not one
+    object, as far as it was walked."""
     end = 0 if text[0] == "{" else _space(text).end()
     if text[end] != "{":
-        return None
-    body: dict[str, Any] = {}
+        raise ValueError
     end += 1
     c = text[end]
     if c in _WS:
@@ -299,10 +318,12 @@ def _walk_object(text: str) -> dict[str, Any] | None:
             end += 1
             if text[end] in _WS:
                 end = _space(text, end + 1).end()
-            value, end = _scan_value(text, end)
-            if key in body:
-                raise _DuplicateKey(key)
-            body[key] = value
+            start = end
+            try:
+                value, end = _scan_value(text, start)
+            except StopIteration:  # (a generator may not let it out)
+                raise ValueError from None
+            yield key, start, value, end
             c = text[end]
             if c in _WS:
                 end = _space(text, end).end()
@@ -318,4 +339,3 @@ def _walk_object(text: str) -> dict[str, Any] | None:
                 c = text[end]
     if end != len(text) and _space(text, end).end() != len(text):
         raise ValueError
-    return body

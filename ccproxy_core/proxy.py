@@ -23,7 +23,7 @@ from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_inp
 from .dialects import COUNT_FIELDS, COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import REQUEST_ID_HEADER, request_headers, request_id
-from .intake import parse_body
+from .intake import parse_body, with_model
 from .plugins import Plugins
 from .request_head import check_headers, header_fields
 from .streaming import DeferredResponse, StreamingHandler
@@ -283,27 +283,29 @@ class Proxy:
         )
 
     async def _upstream_body(self, request: Request, ctx: RequestContext) -> bytes:
-        """The client's bytes when nothing must change; otherwise the adapted body re-serialised."""
+        """The client's bytes when nothing must change, or with only the model renamed (an alias:
+        :func:`~.intake.with_model`); otherwise the adapted body re-serialised."""
         assert ctx.body is not None
         # A client's stream from a provider that cannot stream: ask for JSON (a response adapter
         # turns the answer into the client's stream).
         unstreamed = ctx.stream and not ctx.upstream_stream
-        changed = ctx.translated or ctx.model != ctx.model_requested or unstreamed
+        changed = ctx.translated or unstreamed  # re-serialised in any case
         hooks = self._body_hooks and (ctx.upstream_stream or not self._body_hooks_streamed_only)
-        if not changed and not hooks:
-            return request.body
-        if ctx.translated:
-            body = await self._translate(ctx)
-        else:
-            body = {**ctx.body, "model": ctx.model}
-            if unstreamed:
-                body["stream"] = False
-                body.pop("stream_options", None)
-        if hooks:
-            results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
-            if results and not changed:
-                changed = any(r is True for r in results)
-        return json.dumps(body, ensure_ascii=False).encode() if changed else request.body
+        if changed or hooks:
+            if ctx.translated:
+                body = await self._translate(ctx)
+            else:
+                body = {**ctx.body, "model": ctx.model}
+                if unstreamed:
+                    body["stream"] = False
+                    body.pop("stream_options", None)
+            if hooks:
+                results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
+                if results and not changed:
+                    changed = any(r is True for r in results)
+            if changed:
+                return json.dumps(body, ensure_ascii=False).encode()
+        return request.body if ctx.model == ctx.model_requested else with_model(request.body, ctx.model)
 
     async def _translate(self, ctx: RequestContext) -> dict:
         """The body in the upstream's dialect, from ``ccproxy_request_adapter``.
@@ -337,7 +339,7 @@ class Proxy:
             fields = COUNT_FIELDS[provider.format]
             body = json.dumps({k: v for k, v in translated.items() if k in fields}, ensure_ascii=False).encode()
         elif ctx.model != ctx.model_requested:
-            body = json.dumps({**(ctx.body or {}), "model": ctx.model}, ensure_ascii=False).encode()
+            body = with_model(body, ctx.model)
         headers = request_headers(header_fields(request))
         headers.update(provider.headers)
         headers.setdefault("content-type", "application/json")

@@ -22,7 +22,7 @@ import yaml
 
 from ccproxy_core import PermissionDenied, hookimpl
 from ccproxy_core.config import build_config
-from ccproxy_core.intake import parse_body
+from ccproxy_core.intake import parse_body, with_model
 from ccproxy_core.errors import InvalidRequest
 from ccproxy_plugins.metrics import MAX_MODEL_LABELS, OTHER, ModelLabels
 from tests.servers import ANTHROPIC_BODY, PATHS, ROOT, provider_config
@@ -500,6 +500,22 @@ def test_parse_body_top_level_walk_agrees_with_json_loads():
             parse_body(raw, 256)
     # Nested duplicates are left to the upstream (checking them would cost ~30 % of the parse).
     assert parse_body(b'{"model": "m", "metadata": {"a": 1, "a": 2}}', 256)["metadata"] == {"a": 2}
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model":"m"}',
+    b' {\n  "stream" : true,\n  "model" : "m" ,\n  "x": [1, {"model": "n"}]\n}\n',
+    '{"system": "caf\u00e9 \u2014 \\"model\\": \\"m\\"", "model":"m\\u0031", "n": 1.50}'.encode(),
+    b'{"metadata": {"model": "nested"}, "messages": [], "model": "m"}',
+])
+def test_with_model_replaces_only_the_top_level_models_value(raw):
+    text = raw.decode()
+    for new in ("claude-sonnet-4-5", 'odd "name" \u00e9'):
+        out = with_model(raw, new)
+        assert json.loads(out) == {**json.loads(raw), "model": new}
+        # Every byte around the value is the client's.
+        prefix, _, rest = out.decode().partition(json.dumps(new, ensure_ascii=False))
+        assert text.startswith(prefix) and text.endswith(rest) and len(prefix) + len(rest) < len(text)
 
 
 # -- /health/ready ---------------------------------------------------------------------------------------

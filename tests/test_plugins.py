@@ -557,6 +557,33 @@ def test_ccproxy_request_body_async_reserialises_only_when_changed(serve, upstre
     assert upstream.requests[-1].body == raw
 
 
+def test_an_alias_replaces_only_the_model_value_in_the_clients_bytes(make_proxy, mock, upstream):
+    """Same dialect through an alias: the client's bytes go upstream with the value of the top-level ``model``
+    replaced (spacing, key order, escapes and a nested ``model`` kept); a body hook that changes the body
+    gets it re-serialised, alias included."""
+
+    class Body:
+        @hookimpl
+        def ccproxy_request_body(self, ctx, body):
+            if "temperature" in body:
+                return None
+            body["temperature"] = 0
+            return True
+
+    config = config_with(mock.url, "body")
+    config["models"] = {"team-sonnet": {"model": "claude-sonnet-4-5"}}
+    server = make_proxy(config, plugins=[("body", Body())])
+    raw = ('{ "metadata" : {"model": "team-sonnet"}, "model" :\t"team-sonnet" ,"max_tokens":5, "temperature": 1,\n'
+           ' "messages": [{"role": "user", "content": "caf\u00e9 \u2014 \\"model\\": x"}], "stream": false}').encode()
+    r = httpx.post(server.url + "/v1/messages", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert upstream.requests[-1].body == raw.replace(b':\t"team-sonnet"', b':\t"claude-sonnet-4-5"')
+    r = httpx.post(server.url + "/v1/messages", content=raw.replace(b' "temperature": 1,', b""),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert upstream.requests[-1].json() == {**json.loads(raw), "model": "claude-sonnet-4-5", "temperature": 0}
+
+
 def test_ccproxy_request_headers_async_changes_upstream_headers(serve, upstream):
     class Headers:
         @hookimpl
