@@ -2,13 +2,13 @@
 
 The public API is what ``__all__`` lists, importable from ``ccproxy_core`` itself: the hook
 markers, the request context and its constants, the one exception tree, plugin settings, the
-typed configuration, the SSE parser and event, the error shapes of each dialect, and
+typed configuration, the SSE parser and event, the error shapes of each dialect, :func:`with_model`, and
 :func:`create_app`. Every submodule (``ccproxy_core.streaming``, ``ccproxy_core.config``, ...) is
 internal and may change without notice: plugins, first-party ones included, import only from
 here (``tests/test_packaging.py`` holds ``plugins/``, ``examples/`` and the docs' examples to it).
 
 ``import ccproxy_core`` stays cheap (no Sanic, no httpx): :func:`create_app`,
-:class:`ResponseAdapter` and the transport names load on first use.
+:class:`ResponseAdapter`, :func:`with_model` and the transport names load on first use.
 """
 
 from .config import Config, Limits, ProviderConfig, Timeouts, build_config, load_config
@@ -75,6 +75,7 @@ __all__ = [
     "SSEParser",
     "encode_event",
     "estimate_input_tokens",
+    "with_model",
     "error_body",
     "error_event",
     # errors (ProxyError's kinds; ERROR_KINDS are the values of Attempt.error_kind)
@@ -125,6 +126,7 @@ _LAZY = {
     "FastTransport": ".transport",
     "FastPath": ".transport",
     "estimate_input_tokens": ".counting",
+    "with_model": ".intake",
 }
 
 

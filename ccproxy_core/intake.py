@@ -281,15 +281,23 @@ def _loads_object(text: str) -> Any:
 
 
 def with_model(raw: bytes, model: str) -> bytes:
-    """``raw``, a body :func:`parse_body` accepted, with its top-level ``model`` set to ``model`` and every
-    other byte as the client sent it: an alias's request keeps the client's JSON, and costs a walk to
-    the key (a few µs when ``model`` comes first, as Claude Code sends it) instead of a re-serialisation
-    (~0.5 ms for an 80 KB body of a Claude Code session)."""
+    """``raw``, a JSON object in UTF-8, with the value of its top-level ``model`` set to ``model`` and every
+    other byte kept: an alias's request keeps the client's JSON (and the answer the upstream's), for a walk
+    to the key (a few µs when ``model`` comes first, as Claude Code sends it) instead of a re-serialisation
+    (~0.5 ms for an 80 KB body of a Claude Code session).
+
+    Raises:
+        ValueError: ``raw`` is not UTF-8, not a JSON object as far as the walk to ``model`` went, or has
+            no top-level ``model``.
+    """
     text = raw.decode("utf-8")
-    for key, start, _, end in _members(text):
-        if key == "model":
-            return (text[:start] + json.dumps(model, ensure_ascii=False) + text[end:]).encode("utf-8")
-    raise ValueError("the body has no model")  # parse_body refused it
+    try:
+        for key, start, _, end in _members(text):
+            if key == "model":
+                return (text[:start] + json.dumps(model, ensure_ascii=False) + text[end:]).encode("utf-8")
+    except IndexError:
+        raise ValueError("the body ends before its object does") from None
+    raise ValueError("the body has no top-level model")
 
 
 def _members(text: str) -> Iterator[tuple[str, int, Any, int]]:

@@ -17,6 +17,7 @@ from ccproxy_core import (
     UpstreamProtocolError,
     encode_event,
     error_body,
+    with_model,
 )
 
 from .base import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, ResponseAdapter, Settings, dumps, loads
@@ -129,8 +130,9 @@ class ErrorResponseAdapter(BufferedAdapter):
 
 
 class ModelRenameJSONAdapter(BufferedAdapter):
-    """Same dialect, aliased model: the JSON body with its top-level ``model`` set to
-    the name the client asked for; a body that is not a JSON object passes unchanged."""
+    """Same dialect, aliased model: the upstream's JSON body with the value of its top-level ``model``
+    set to the name the client asked for, every other byte kept (``with_model``); a body that is not a
+    JSON object as far as its ``model``, or has none, passes unchanged."""
 
     __slots__ = ("_model",)
 
@@ -140,37 +142,40 @@ class ModelRenameJSONAdapter(BufferedAdapter):
 
     def convert(self, body: bytes) -> bytes:
         try:
-            payload = loads(body)
+            return with_model(body, self._model)
         except ValueError:
             return body
-        if not isinstance(payload, dict) or "model" not in payload:
-            return body
-        payload["model"] = self._model
-        return dumps(payload).encode()
 
 
 # The first "model" key of an event's JSON: the top-level one in OpenAI chunks,
 # message.model in Anthropic message_start (escaped quotes inside strings never match).
 _MODEL_KEY = re.compile(r'("model"\s*:\s*)"(?:[^"\\]|\\.)*"')
+_RAW_MODEL_KEY = re.compile(_MODEL_KEY.pattern.encode())
 
 
 class ModelRenameStreamAdapter:
-    """Same dialect, aliased model: events re-framed unchanged except the model name.
+    """Same dialect, aliased model: the stream as the upstream sent it but for the model name.
 
-    OpenAI chunks carry ``model`` in every chunk, Anthropic streams only in
-    ``message_start``, Responses streams in the events that hold the whole ``response``;
-    other events are re-encoded without parsing their JSON.
-    Comments are dropped and line ends become ``\\n`` (documented).
+    OpenAI chunks carry ``model`` in every chunk, Anthropic streams only in ``message_start``, Responses
+    streams in the events that hold the whole ``response``. A read of whole events (it ends with a blank
+    line and holds no carriage return, and the read before it ended an event) passes as it came: for OpenAI
+    with the first ``model`` of each event replaced in its bytes, when every event is one ``data:`` line;
+    otherwise unless it names an event that carries the model. Any other read is parsed, and its events
+    re-framed (comments dropped, line ends ``\n``) with the model replaced in those that carry it.
     """
 
-    __slots__ = ("_parser", "_replacement", "_every_event", "_events")
+    __slots__ = ("_parser", "_replacement", "_raw_replacement", "_every_event", "_events", "_names", "_clean")
 
     def __init__(self, model: str, dialect: str) -> None:
         self._parser = SSEParser()
         quoted = dumps(model)
+        raw = quoted.encode()
         self._replacement: Callable[[re.Match[str]], str] = lambda match: match.group(1) + quoted
+        self._raw_replacement: Callable[[re.Match[bytes]], bytes] = lambda match: match.group(1) + raw
         self._every_event = dialect == OPENAI
         self._events = RESPONSE_EVENTS if dialect == RESPONSES else frozenset({"message_start"})
+        self._names = tuple(name.encode() for name in self._events)
+        self._clean = False  # the parser holds nothing (the first read always goes to it: a byte-order mark)
 
     def _encode(self, events: list[Any]) -> bytes:
         out = []
@@ -181,9 +186,26 @@ class ModelRenameStreamAdapter:
             out.append(encode_event(data, event.event, id=event.id, retry=event.retry))
         return b"".join(out)
 
+    def _as_read(self, data: bytes) -> bytes | None:
+        """Whole events ``data`` renamed in its own bytes; None when it must be parsed."""
+        if not self._every_event:
+            return None if any(data.find(name) >= 0 for name in self._names) else data
+        events = data[:-2].split(b"\n\n")
+        for i, event in enumerate(events):
+            if not event.startswith(b"data: ") or event.find(b"\n") >= 0:  # a comment, a field, more lines
+                return None
+            events[i] = _RAW_MODEL_KEY.sub(self._raw_replacement, event, count=1)
+        return b"\n\n".join(events) + b"\n\n"
+
     def feed(self, data: bytes) -> bytes:
-        """Re-encode the events completed by ``data``."""
-        return self._encode(self._parser.feed(data))
+        """The events completed by ``data``, renamed."""
+        if self._clean and data.endswith(b"\n\n") and data.find(b"\r") < 0:
+            out = self._as_read(data)
+            if out is not None:
+                return out
+        out = self._encode(self._parser.feed(data))
+        self._clean = data.endswith(b"\n\n")  # a blank line last: no event or line left half read
+        return out
 
     def finish(self) -> bytes:
         """Re-encode the last event if the upstream left it unterminated."""

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccproxy_core import hookspecs
+from ccproxy_core import SSEParser, hookspecs
 from ccproxy_core.context import ANTHROPIC, OPENAI, RequestContext
 from ccproxy_core.errors import ConfigError, ProxyError, UpstreamProtocolError
 from ccproxy_core.plugins import PluginSettings
@@ -540,11 +540,13 @@ def test_random_upstream_json_gives_json_or_an_upstream_error(upstream: str, bod
 
 def test_rename_json_adapter() -> None:
     adapter = translate.response_adapter(make_ctx(OPENAI, OPENAI))
-    raw = json.dumps(OPENAI_COMPLETION).encode()
-    out = json.loads(adapter.feed(raw) + adapter.finish())
-    assert out == {**OPENAI_COMPLETION, "model": "client-model"}
-    adapter = ModelRenameJSONAdapter("x")
-    assert adapter.feed(b"not json") + adapter.finish() == b"not json"
+    raw = json.dumps(OPENAI_COMPLETION, indent=1, ensure_ascii=True).encode()
+    out = adapter.feed(raw) + adapter.finish()
+    assert json.loads(out) == {**OPENAI_COMPLETION, "model": "client-model"}
+    assert out == raw.replace(json.dumps(OPENAI_COMPLETION["model"]).encode(), b'"client-model"', 1)  # the rest kept
+    for body in (b"not json", b'{"id": "x"}', b"[1]", b'{"id": "x", "model"', b"\xff"):
+        adapter = ModelRenameJSONAdapter("x")
+        assert adapter.feed(body) + adapter.finish() == body
 
 
 def test_rename_stream_adapter_openai_and_anthropic() -> None:
@@ -564,6 +566,37 @@ def test_rename_stream_adapter_openai_and_anthropic() -> None:
         b'event: content_block_delta\ndata: {"type":"content_block_delta","model":"kept"}\n\n'
     )
     assert adapter.feed(raw) + adapter.finish() == raw.replace(b'"claude-x"', b'"client-model"')
+
+
+RENAMED_STREAMS = [
+    (ANTHROPIC, b'"claude-x"',
+     b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-x","id":"m"}}\n\n'
+     b'event: ping\ndata: {"type": "ping"}\n\n: keep-alive\n\n'
+     b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"message_start \\"model\\":1"}}\n\n'
+     b'event: message_stop\ndata: {"type":"message_stop"}\n\n'),
+    (OPENAI, b'"gpt-x"',
+     b'data: {"id":"c","model":"gpt-x","choices":[{"delta":{"content":"\\"model\\": \\"y\\""}}]}\n\n' * 3
+     + b"data: [DONE]\n\n"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "name", "raw"), RENAMED_STREAMS)
+def test_rename_stream_adapter_passes_whole_events_as_they_came(dialect: str, name: bytes, raw: bytes) -> None:
+    """Reads of whole events pass as the upstream sent them but for the model (comments and fields kept);
+    reads split anywhere give the same events, renamed where they carry the model."""
+    renamed = raw.replace(name, b'"client-model"', 1 if dialect == ANTHROPIC else -1)
+    expected = [(e.event, e.data) for e in SSEParser().feed(renamed)]
+
+    def through(reads: list[bytes]) -> bytes:
+        adapter = translate.response_adapter(make_ctx(dialect, dialect, content_type="text/event-stream"))
+        return b"".join(adapter.feed(read) for read in reads) + adapter.finish()
+
+    events = [block + b"\n\n" for block in raw[:-2].split(b"\n\n")]
+    assert through(events) == renamed
+    assert through([events[0], events[1] + events[2], *events[3:]]) == renamed
+    for i in range(1, len(raw)):
+        assert [(e.event, e.data) for e in SSEParser().feed(through([raw[:i], raw[i:]]))] == expected, i
+    assert [(e.event, e.data) for e in SSEParser().feed(through([raw[i : i + 7] for i in range(0, len(raw), 7)]))] == expected
 
 
 def test_upstream_headers_hook() -> None:
