@@ -129,14 +129,17 @@ def ccproxy_request_body(ctx: RequestContext, body: dict[str, Any]) -> bool | No
 
     ``body`` is a shallow copy of what goes upstream (already translated when the
     dialects differ): replace top-level keys, do not mutate nested values in place.
-    Only when some implementation returns True (or the body was translated or an
-    alias renamed the model) is the body re-serialised; otherwise the client's
-    bytes are sent unchanged.
+    Only when some implementation returns True (or the body was translated) is the
+    body re-serialised; otherwise the client's bytes are sent unchanged (an alias
+    replaces the value of their top-level ``model``).
 
     An implementation that changes only attempts streamed from the upstream
     (``ctx.upstream_stream``) may say so with ``streamed_only = True`` on its
     function: when every implementation does, the other attempts skip the hook
-    (and the copy of the body).
+    (and the copy of the body). One that only sets, adds or removes top-level keys,
+    never changing a value in place, may say so with ``top_level_only = True``: when
+    every implementation does, the members set or added are put into the client's
+    bytes instead of re-serialising them (a removal still re-serialises).
     """
 
 

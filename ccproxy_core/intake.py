@@ -290,14 +290,45 @@ def with_model(raw: bytes, model: str) -> bytes:
         ValueError: ``raw`` is not UTF-8, not a JSON object as far as the walk to ``model`` went, or has
             no top-level ``model``.
     """
+    return with_members(raw, {"model": model})
+
+
+def with_members(raw: bytes, replaced: dict[str, Any], added: dict[str, Any] | None = None) -> bytes:
+    """``raw``, a JSON object in UTF-8, with the values of its top-level members named in ``replaced`` set to
+    theirs, and the members ``added`` (which it must not have) put first, every other byte kept. The walk goes
+    as far as the last member replaced (none for ``added`` alone).
+
+    Raises:
+        ValueError: ``raw`` is not UTF-8, not a JSON object as far as the walk went, or lacks a member
+            named in ``replaced``.
+    """
     text = raw.decode("utf-8")
-    try:
-        for key, start, _, end in _members(text):
-            if key == "model":
-                return (text[:start] + json.dumps(model, ensure_ascii=False) + text[end:]).encode("utf-8")
-    except IndexError:
-        raise ValueError("the body ends before its object does") from None
-    raise ValueError("the body has no top-level model")
+    spans: list[tuple[int, int, str]] = []
+    if replaced:
+        try:
+            for key, start, _, end in _members(text):
+                if key in replaced:
+                    spans.append((start, end, key))
+                    if len(spans) == len(replaced):
+                        break
+        except IndexError:
+            raise ValueError("the body ends before its object does") from None
+        if len(spans) < len(replaced):
+            raise ValueError(f"the body has no top-level {', '.join(sorted(set(replaced) - {k for *_, k in spans}))}")
+    parts, at = [], 0
+    if added:
+        at = _space(text).end() + 1  # after the "{"
+        if text[at - 1 : at] != "{":
+            raise ValueError("the body is not a JSON object")
+        members = ",".join(f"{json.dumps(k, ensure_ascii=False)}:{json.dumps(v, ensure_ascii=False)}"
+                           for k, v in added.items())
+        first = _space(text, at).end()
+        parts += [text[:at], members if text[first : first + 1] == "}" else members + ","]
+    for start, end, key in spans:
+        parts += [text[at:start], json.dumps(replaced[key], ensure_ascii=False)]
+        at = end
+    parts.append(text[at:])
+    return "".join(parts).encode("utf-8")
 
 
 def _members(text: str) -> Iterator[tuple[str, int, Any, int]]:

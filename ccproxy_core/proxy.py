@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from sanic import Request, response
@@ -23,7 +24,7 @@ from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_inp
 from .dialects import COUNT_FIELDS, COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import REQUEST_ID_HEADER, request_headers, request_id
-from .intake import parse_body, with_model
+from .intake import parse_body, with_members, with_model
 from .plugins import Plugins
 from .request_head import check_headers, header_fields
 from .streaming import DeferredResponse, StreamingHandler
@@ -72,6 +73,10 @@ class Proxy:
         #: Every ``ccproxy_request_body`` is marked ``streamed_only``: an unstreamed attempt skips the hook.
         self._body_hooks_streamed_only = self._body_hooks and all(
             getattr(func, "streamed_only", False) is True for _, func, _ in plugins.impls("ccproxy_request_body")
+        )
+        #: Every ``ccproxy_request_body`` is marked ``top_level_only``: their changes are spliced into the client's bytes.
+        self._body_hooks_top_level = self._body_hooks and all(
+            getattr(func, "top_level_only", False) is True for _, func, _ in plugins.impls("ccproxy_request_body")
         )
         #: ``routes(model)`` by model name (the configuration does not change while the app runs).
         self._routes: dict[str, tuple[Route, ...]] = {}
@@ -301,8 +306,10 @@ class Proxy:
                     body.pop("stream_options", None)
             if hooks:
                 results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
-                if results and not changed:
-                    changed = any(r is True for r in results)
+                if not changed and results and any(r is True for r in results):
+                    if self._body_hooks_top_level:
+                        return _spliced(request.body, ctx.body, body)
+                    changed = True
             if changed:
                 return json.dumps(body, ensure_ascii=False).encode()
         return request.body if ctx.model == ctx.model_requested else with_model(request.body, ctx.model)
@@ -364,3 +371,14 @@ class Proxy:
             model=route.model,
             upstream_dialect=dialect,
         )
+
+
+def _spliced(raw: bytes, original: dict[str, Any], body: dict[str, Any]) -> bytes:
+    """The client's bytes ``raw`` (parsed: ``original``) with the top-level members that ``body`` replaced or
+    added, from ``ccproxy_request_body`` implementations marked ``top_level_only`` (a member they left is the
+    same object, or equal: the model); re-serialised when one was removed."""
+    added = {k: v for k, v in body.items() if k not in original}
+    if len(body) - len(added) < len(original):
+        return json.dumps(body, ensure_ascii=False).encode()
+    replaced = {k: v for k, v in body.items() if k in original and v is not original[k] and v != original[k]}
+    return with_members(raw, replaced, added)

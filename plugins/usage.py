@@ -247,8 +247,10 @@ class UsagePlugin:
         flags["requested"] = True
         return True
 
-    #: Only a streamed attempt is changed: the core skips the hook (and its copy of the body) for the others.
+    #: Only a streamed attempt is changed: the core skips the hook (and its copy of the body) for the others;
+    #: only ``stream_options`` is set: the core puts it into the client's bytes instead of re-serialising them.
     ccproxy_request_body.streamed_only = True  # type: ignore[attr-defined]
+    ccproxy_request_body.top_level_only = True  # type: ignore[attr-defined]
 
     @hookimpl(tryfirst=True)
     def ccproxy_stream_end(self, ctx: RequestContext) -> None:

@@ -193,7 +193,8 @@ def test_openai_stream_usage_asked_upstream_client_gets_its_own_bytes(make_proxy
     direct = httpx.post(upstream.url + "/v1/chat/completions", json=OPENAI_BODY, headers=headers, timeout=10)
     proxied = httpx.post(server.url + "/v1/chat/completions", json=OPENAI_BODY, headers=headers, timeout=10)
     sent = upstream.requests[-1].json()
-    assert sent["stream_options"] == {"include_usage": True}  # asked upstream...
+    assert sent["stream_options"] == {"include_usage": True}  # asked upstream, in the client's own bytes...
+    assert upstream.requests[-1].body == b'{"stream_options":{"include_usage": true},' + proxied.request.content[1:]
     assert proxied.content == direct.content  # ...and the client sees exactly what it asked for
     assert log_lines(log, 1)[0]["usage"] == OPENAI_USAGE
     # A client that asks for usage gets the usage chunk, and its body goes upstream untouched.

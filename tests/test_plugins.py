@@ -557,6 +557,38 @@ def test_ccproxy_request_body_async_reserialises_only_when_changed(serve, upstre
     assert upstream.requests[-1].body == raw
 
 
+@pytest.mark.parametrize("marked", [True, False])
+def test_ccproxy_request_body_top_level_only_is_spliced_into_the_clients_bytes(serve, upstream, marked):
+    """Implementations marked ``top_level_only``: the members they set or add go into the client's bytes (a new
+    one first, a set one in its place); a removal, or an unmarked implementation, re-serialises the body."""
+
+    class Body:
+        @hookimpl
+        def ccproxy_request_body(self, ctx, body):
+            if body.get("metadata") == {"user_id": "drop"}:
+                del body["metadata"]
+            else:
+                body["temperature"], body["top_k"] = 0, 3
+            return True
+
+        ccproxy_request_body.top_level_only = marked
+
+    server = serve(body=Body())
+    text = '{ "model":"claude-sonnet-4-5",\n "temperature" : 1.0, "max_tokens":5, "messages":[{"role":"user","content":"h\\u00e9"}]}'
+    raw = text.encode()
+    assert httpx.post(server.url + "/v1/messages", content=raw, headers={"content-type": "application/json"}).status_code == 200
+    want = {**json.loads(raw), "temperature": 0, "top_k": 3}
+    assert upstream.requests[-1].json() == want
+    if marked:
+        assert upstream.requests[-1].body == ('{"top_k":3, "model":"claude-sonnet-4-5",\n "temperature" : 0, "max_tokens":5, '
+                                              '"messages":[{"role":"user","content":"h\\u00e9"}]}').encode()
+    else:
+        assert upstream.requests[-1].body == json.dumps(want, ensure_ascii=False).encode()
+    dropped = json.dumps({**json.loads(raw), "metadata": {"user_id": "drop"}}, indent=1).encode()
+    assert httpx.post(server.url + "/v1/messages", content=dropped, headers={"content-type": "application/json"}).status_code == 200
+    assert upstream.requests[-1].body == json.dumps(json.loads(raw), ensure_ascii=False).encode()
+
+
 def test_an_alias_replaces_only_the_model_value_in_the_clients_bytes(make_proxy, mock, upstream):
     """Same dialect through an alias: the client's bytes go upstream with the value of the top-level ``model``
     replaced (spacing, key order, escapes and a nested ``model`` kept); a body hook that changes the body
