@@ -15,17 +15,20 @@ the same text on ``tests/data/count_corpus.json``, is stated in docs/translation
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
-__all__ = ["estimate_input_tokens", "estimate_responses_input_tokens", "EstimateTransport", "ESTIMATE_HEADER"]
+__all__ = ["estimate_input_tokens", "estimate_responses_input_tokens", "estimated", "EstimateTransport", "ESTIMATE_HEADER"]
 
 #: Response header naming the estimate, so a client or log can tell it from an upstream's count.
 ESTIMATE_HEADER = "x-ccproxy-token-count"
 
+T = TypeVar("T")
 _PIECES = re.compile(r"[A-Za-z]+|\d{1,3}|[^\sA-Za-z\d]+|\s+")
 #: Letters per token within one word (long words split into several tokens).
 _LETTERS_PER_TOKEN = 10
@@ -35,20 +38,38 @@ _PER_TOOL = 8
 _PER_IMAGE = 1600
 
 
+def _piece_tokens(piece: str) -> int:
+    if piece[0].isalpha() and piece.isascii():
+        return 1 + (len(piece) - 1) // _LETTERS_PER_TOKEN
+    if piece[0].isspace():
+        # A single space joins the next word's token; runs of spaces and newlines cost more.
+        return 0 if piece == " " else 1
+    if piece.isascii():  # a run of punctuation: about one token per two characters
+        return 1 + (len(piece) - 1) // 2
+    return len(piece)  # non-ASCII: about one token per character
+
+
+class _PieceTokens(dict):  # type: ignore[type-arg]
+    """:func:`_piece_tokens` of the pieces seen, so that an estimate is a look-up per piece, in C (the pieces
+    of real text repeat). Pieces up to 32 characters are kept, at most :data:`MAX_PIECES` (then it starts
+    again)."""
+
+    def __missing__(self, piece: str) -> int:
+        tokens = _piece_tokens(piece)
+        if len(piece) <= 32:
+            if len(self) >= MAX_PIECES:
+                self.clear()
+            self[piece] = tokens
+        return tokens
+
+
+#: The pieces whose tokens :class:`_PieceTokens` keeps (~5 MB at most).
+MAX_PIECES = 50_000
+_TOKENS = _PieceTokens()
+
+
 def _text_tokens(text: str) -> int:
-    tokens = 0
-    for match in _PIECES.finditer(text):
-        piece = match.group()
-        if piece[0].isalpha() and piece.isascii():
-            tokens += 1 + (len(piece) - 1) // _LETTERS_PER_TOKEN
-        elif piece[0].isspace():
-            # A single space joins the next word's token; runs of spaces and newlines cost more.
-            tokens += 0 if piece == " " else 1
-        elif piece.isascii():  # a run of punctuation: about one token per two characters
-            tokens += 1 + (len(piece) - 1) // 2
-        else:  # non-ASCII: about one token per character
-            tokens += len(piece)
-    return tokens
+    return sum(map(_TOKENS.__getitem__, _PIECES.findall(text)))
 
 
 def _content_tokens(content: Any) -> int:
@@ -117,15 +138,32 @@ def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
     return max(tokens, 1)
 
 
+#: A body over this many bytes is estimated in a worker thread (:func:`estimated`).
+INLINE_BYTES = 64 * 1024
+
+
+async def estimated(estimate: Callable[[T], int], body: T, size: int) -> int:
+    """``estimate(body)``; in a worker thread when the body is over :data:`INLINE_BYTES`, so that the event
+    loop keeps serving meanwhile (the GIL changes hands every few ms) instead of stopping for as long as the
+    estimate runs: about 5 ms per 75 KB of a Claude Code session, seconds for a body near
+    ``limits.max_body_bytes``."""
+    return await asyncio.to_thread(estimate, body) if size > INLINE_BYTES else estimate(body)
+
+
+def _estimate_raw(raw: bytes) -> int:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {}
+    return estimate_input_tokens(body if isinstance(body, dict) else {})
+
+
 class EstimateTransport(httpx.AsyncBaseTransport):
     """Answers a count request in-process with ``{"input_tokens": N}`` (the local estimate)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            body = json.loads(await request.aread())
-        except ValueError:
-            body = {}
-        count = estimate_input_tokens(body if isinstance(body, dict) else {})
+        raw = await request.aread()
+        count = await estimated(_estimate_raw, raw, len(raw))
         return httpx.Response(
             200, headers={ESTIMATE_HEADER: "estimate"}, json={"input_tokens": count}, request=request
         )

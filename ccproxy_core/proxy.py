@@ -20,7 +20,7 @@ from sanic import Request, response
 from .config import Config, ProviderConfig
 from .context import ANTHROPIC, COMPLETED, RequestContext
 from .decoding import decodable_accept_encoding
-from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_input_tokens
+from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_input_tokens, estimated
 from .dialects import COUNT_FIELDS, COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import REQUEST_ID_HEADER, request_headers, request_id
@@ -130,7 +130,7 @@ class Proxy:
         ctx.outcome, ctx.status = COMPLETED, 200
         ctx.duration = ctx.elapsed()
         await self.plugins.notify("ccproxy_stream_end", ctx=ctx)
-        count = estimate_responses_input_tokens(ctx.body)
+        count = await estimated(estimate_responses_input_tokens, ctx.body, len(request.body))
         return response.json({"object": "response.input_tokens", "input_tokens": count},
                              headers={ESTIMATE_HEADER: "estimate", REQUEST_ID_HEADER: ctx.request_id})
 

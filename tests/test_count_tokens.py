@@ -10,7 +10,10 @@ from pathlib import Path
 import anthropic
 import pytest
 import httpx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ccproxy_core import counting
 from ccproxy_core.counting import ESTIMATE_HEADER, estimate_input_tokens
 from tests.servers import provider_config
 
@@ -42,6 +45,47 @@ def test_chat_upstream_gets_no_call_and_the_client_an_estimate(proxy, upstream):
     assert r.json() == {"input_tokens": estimate_input_tokens(BODY)}
     assert r.headers[ESTIMATE_HEADER] == "estimate"
     assert upstream.upstream.requests == []  # never a completion call
+
+
+def test_a_large_count_is_estimated_off_the_event_loop(proxy, upstream, monkeypatch):
+    """Over ``INLINE_BYTES`` the estimate runs in a worker thread (the loop serves on meanwhile); below, inline."""
+    seen = []
+
+    def estimate(body):
+        seen.append(asyncio_loop_running())
+        return real(body)
+
+    real = counting.estimate_input_tokens
+    monkeypatch.setattr(counting, "estimate_input_tokens", estimate)
+    big = {**BODY, "model": "gpt-4o", "system": "word " * (counting.INLINE_BYTES // 5)}
+    for body in (big, {**BODY, "model": "gpt-4o"}):
+        r = httpx.post(proxy.url + "/v1/messages/count_tokens", json=body)
+        assert r.status_code == 200 and r.json() == {"input_tokens": real(body)}, r.text
+    assert seen == [False, True]
+
+
+def asyncio_loop_running() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab Zz09\n\t.,;é中—  \u00a0٣"), max_size=80))
+def test_text_tokens_is_the_sum_over_its_pieces(text):
+    """The look-up table gives what each piece's rule gives, whatever it already holds."""
+    assert counting._text_tokens(text) == sum(counting._piece_tokens(p) for p in counting._PIECES.findall(text))
+
+
+def test_piece_table_is_bounded(monkeypatch):
+    monkeypatch.setattr(counting, "MAX_PIECES", 3)
+    table = counting._PieceTokens()
+    assert [table[p] for p in ("word", "  ", "...", "x" * 40, "é中", "12")] == [1, 1, 2, 4, 2, 1]
+    assert len(table) <= 3 and "x" * 40 not in table
 
 
 def test_anthropic_sdk_count_tokens(proxy, upstream):
