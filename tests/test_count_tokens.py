@@ -75,10 +75,16 @@ def asyncio_loop_running() -> bool:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from("ab Zz09\n\t.,;é中—  \u00a0٣"), max_size=80))
-def test_text_tokens_is_the_sum_over_its_pieces(text):
-    """The look-up table gives what each piece's rule gives, whatever it already holds."""
-    assert counting._text_tokens(text) == sum(counting._piece_tokens(p) for p in counting._PIECES.findall(text))
+@given(st.text(alphabet=st.sampled_from("ab Zz09\n\t.,;é中—  \u00a0٣"), max_size=80), st.integers(1, 30))
+def test_text_tokens_is_the_sum_over_its_pieces(text, chunk):
+    """The look-up table gives what each piece's rule gives, whatever it already holds, and reading the text
+    in chunks (split where a run ends) leaves its pieces as they were."""
+    expected = sum(counting._piece_tokens(p) for p in counting._PIECES.findall(text))
+    before, counting.CHUNK = counting.CHUNK, chunk
+    try:
+        assert counting._text_tokens(text) == expected
+    finally:
+        counting.CHUNK = before
 
 
 def test_piece_table_is_bounded(monkeypatch):
