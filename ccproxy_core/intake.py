@@ -302,7 +302,7 @@ def with_members(raw: bytes, replaced: dict[str, Any], added: dict[str, Any] | N
         ValueError: ``raw`` is not UTF-8, not a JSON object as far as the walk went, or lacks a member
             named in ``replaced``.
     """
-    text = raw.decode("utf-8")
+    text = raw.decode("utf-8-sig")  # (a byte-order mark, which some servers put before an answer, goes)
     spans: list[tuple[int, int, str]] = []
     if replaced:
         try:

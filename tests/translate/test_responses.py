@@ -538,15 +538,20 @@ def test_random_upstream_json_gives_json_or_an_upstream_error(upstream: str, bod
     assert isinstance(out, dict) and out["model"] == "client-model"
 
 
+def adapter_out(body: bytes) -> bytes:
+    adapter = ModelRenameJSONAdapter("x")
+    return adapter.feed(body) + adapter.finish()
+
+
 def test_rename_json_adapter() -> None:
     adapter = translate.response_adapter(make_ctx(OPENAI, OPENAI))
     raw = json.dumps(OPENAI_COMPLETION, indent=1, ensure_ascii=True).encode()
     out = adapter.feed(raw) + adapter.finish()
     assert json.loads(out) == {**OPENAI_COMPLETION, "model": "client-model"}
     assert out == raw.replace(json.dumps(OPENAI_COMPLETION["model"]).encode(), b'"client-model"', 1)  # the rest kept
+    assert adapter_out(b'\xef\xbb\xbf {"model": "m"}') == b' {"model": "x"}'  # a byte-order mark goes
     for body in (b"not json", b'{"id": "x"}', b"[1]", b'{"id": "x", "model"', b"\xff"):
-        adapter = ModelRenameJSONAdapter("x")
-        assert adapter.feed(body) + adapter.finish() == body
+        assert adapter_out(body) == body
 
 
 def test_rename_stream_adapter_openai_and_anthropic() -> None:
