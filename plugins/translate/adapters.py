@@ -161,7 +161,7 @@ class ModelRenameStreamAdapter:
     line and holds no carriage return, and the read before it ended an event) passes as it came: for OpenAI
     with the first ``model`` of each event replaced in its bytes, when every event is one ``data:`` line;
     otherwise unless it names an event that carries the model. Any other read is parsed, and its events
-    re-framed (comments dropped, line ends ``\n``) with the model replaced in those that carry it.
+    re-framed (comments dropped, line ends ``\\n``) with the model replaced in those that carry it.
     """
 
     __slots__ = ("_parser", "_replacement", "_raw_replacement", "_every_event", "_events", "_names", "_clean")
