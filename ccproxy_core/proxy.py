@@ -70,14 +70,15 @@ class Proxy:
         self.transports = transports or {}
         self.handler = StreamingHandler(plugins, retries=config.retries, limits=config.limits)
         self._body_hooks = plugins.implemented("ccproxy_request_body")
+        body_hooks = plugins.impls("ccproxy_request_body")
+
+        def every_one(marker: str) -> bool:
+            return self._body_hooks and all(getattr(func, marker, False) is True for _, func, _ in body_hooks)
+
         #: Every ``ccproxy_request_body`` is marked ``streamed_only``: an unstreamed attempt skips the hook.
-        self._body_hooks_streamed_only = self._body_hooks and all(
-            getattr(func, "streamed_only", False) is True for _, func, _ in plugins.impls("ccproxy_request_body")
-        )
+        self._body_hooks_streamed_only = every_one("streamed_only")
         #: Every ``ccproxy_request_body`` is marked ``top_level_only``: their changes are spliced into the client's bytes.
-        self._body_hooks_top_level = self._body_hooks and all(
-            getattr(func, "top_level_only", False) is True for _, func, _ in plugins.impls("ccproxy_request_body")
-        )
+        self._body_hooks_top_level = every_one("top_level_only")
         #: ``routes(model)`` by model name (the configuration does not change while the app runs).
         self._routes: dict[str, tuple[Route, ...]] = {}
         #: Something may read (and so decode) response bodies: offer upstreams only codings we decode.

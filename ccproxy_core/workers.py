@@ -157,8 +157,9 @@ class Replacer:
                     break
                 log.error("worker %s (pid %s) died (%s); starting a new one",
                           process.name, process.pid, _exit(process.exitcode))
-                if self.marks is not None and 0 <= _slot(process.name) < len(self.marks):
-                    self.marks[_slot(process.name)] = 0.0  # until the new worker's loop runs
+                slot = _slot(process.name)
+                if self.marks is not None and 0 <= slot < len(self.marks):
+                    self.marks[slot] = 0.0  # until the new worker's loop runs
                 manager.restart(process_names=[process.name])
                 log.warning("worker %s started again (pid %s)", process.name, process.pid)
             if self.marks is not None and failed is None and not manager._shutting_down:
