@@ -7,6 +7,7 @@
     python bench/ab.py --routes --phase stream           # each route alone: CPU per event, per route
     python bench/ab.py --variant floor=!floor --variant fwd=!forwarder --variant core=providers --variant all=
     python bench/ab.py --cpu user --variant floor=!floor --variant all=   # user time only (or --cpu system)
+    python bench/ab.py --alias --phase stream            # by the model's name and by an alias, per event
 
 On a shared, noisy machine two runs minutes apart differ by more than most effects
 worth measuring, so every set-up runs at once (each its own ``sanic app.app`` process on
@@ -22,6 +23,9 @@ hot-path change without editing the project, and/or ``%GATEWAY``: the load clien
 client keys, plain (``off``) or with limits counted in a state backend (``memory``,
 ``sqlite:PATH``, ``redis://...``; see ``run.proxy_config``). ``NAME=!floor`` and ``NAME=!forwarder`` run
 ``bench/floor.py`` and ``bench/forwarder.py`` (a bare forwarder to the mock, JSON only) in the proxy's place.
+
+``--alias`` measures each dialect alone twice, naming the benchmark's model and an alias of the generated
+configuration (``configs.ALIASES``), so that what an alias costs reads off side by side.
 
 ``--routes`` measures each route of ``run.ROUTES`` alone for every variant (a unit per variant and route,
 visited in the same interleaved rounds) and prints each route's ratio to the mean of the others, round by
@@ -43,6 +47,7 @@ sys.path.insert(0, str(HERE))
 import loadgen  # noqa: E402
 import run  # noqa: E402
 import sidebyside  # noqa: E402
+from configs import ALIAS_OF  # noqa: E402
 from loadgen import Target, build_request  # noqa: E402
 
 
@@ -77,19 +82,24 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
     procs = {}
     for v in variants:
         procs[v.name] = await bench.start(v)
-    dialects = [(d,) for d in run.ROUTES] if args.routes else [run.DIALECTS]
+    if args.routes or args.alias:  # each route (dialect) alone
+        dialects = [(d,) for d in (run.ROUTES if args.routes else run.DIALECTS)]
+    else:
+        dialects = [run.DIALECTS]
     if args.phase == "stream":
-        def reqs(t: Target, ds: tuple[str, ...]) -> list[loadgen.Request]:
-            return [build_request(t, d, stream=True, events=50, rate=500) for d in ds]
-        conc, unit = args.concurrency or 16, "event" if args.routes else "stream"
+        def reqs(t: Target, ds: tuple[str, ...], model: str | None) -> list[loadgen.Request]:
+            return [build_request(t, d, stream=True, events=50, rate=500, model=model) for d in ds]
+        conc, unit = args.concurrency or 16, "event" if args.routes or args.alias else "stream"
     else:
         size = 80_000 if args.phase == "big" else 0
 
-        def reqs(t: Target, ds: tuple[str, ...]) -> list[loadgen.Request]:
-            return [build_request(t, d, body_bytes=size) for d in ds]
+        def reqs(t: Target, ds: tuple[str, ...], model: str | None) -> list[loadgen.Request]:
+            return [build_request(t, d, body_bytes=size, model=model) for d in ds]
         conc, unit = args.concurrency or 32, "request"
-    units = [sidebyside.Unit(v.name + (f" {ds[0]}" if args.routes else ""), v.target, procs[v.name].pid,
-                             reqs(v.target, ds), conc, unit) for v in variants for ds in dialects]
+    named = [(False, ""), (True, " by alias")] if args.alias else [(False, "")]
+    units = [sidebyside.Unit(v.name + (f" {ds[0]}" if args.routes or args.alias else "") + label, v.target,
+                             procs[v.name].pid, reqs(v.target, ds, ALIAS_OF[ds[0]] if alias else None), conc, unit)
+             for v in variants for ds in dialects for alias, label in named]
     for u in units:  # warm-up
         await loadgen.closed_loop(u.target, u.requests, conc, 1.0)
     got = await sidebyside.interleave(units, args.rounds, args.slice, lambda pid: run.cpu_seconds(pid, args.cpu))
@@ -137,9 +147,13 @@ def main() -> int:
     parser.add_argument("--slice", type=float, default=1.5)
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--routes", action="store_true", help="measure each route of run.ROUTES alone")
+    parser.add_argument("--alias", action="store_true",
+                        help="each dialect alone, by its model's name and by an alias of the config (configs.ALIASES)")
     parser.add_argument("--cpu", choices=["all", "user", "system"], default="all",
                         help="the proxy's CPU counted: utime + stime (default), or one of them")
     args = parser.parse_args()
+    if args.alias and args.routes:
+        parser.error("--alias and --routes: one or the other")
     return run.drive(amain, args, "ccproxy-ab-", 600)
 
 

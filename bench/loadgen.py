@@ -99,23 +99,26 @@ def build_request(
     rate: float = 0.0,
     delay_ms: float = 0.0,
     body_bytes: int = 0,
+    model: str | None = None,
 ) -> Request:
     """A request as Claude Code or the OpenAI SDK would send it, pre-encoded.
 
     A stream carries ``events`` SSE events in all (at least one text delta, each stamped with its
     send time), ``rate`` per second on a schedule (0: back to back) or ``delay_ms`` apart; a JSON answer
     comes ``delay_ms`` late (the upstream's own time, as in the field's 20 ms mock-upstream method).
-    ``body_bytes`` pads the conversation to about that size (Claude Code sends ~80 KB).
+    ``body_bytes`` pads the conversation to about that size (Claude Code sends ~80 KB). ``model`` names
+    another model than the dialect's benchmark one (e.g. an alias of the proxy's configuration).
     """
     if dialect == "anthropic":
         path = target.anthropic_path
-        model = "claude-bench-1"
+        default = "claude-bench-1"
     elif dialect == "responses":
         path = target.responses_path
-        model = "resp-bench-1"
+        default = "resp-bench-1"
     else:
         path = target.openai_path
-        model = "gpt-bench-1"
+        default = "gpt-bench-1"
+    model = model or default
     text = "Say hello."
     if body_bytes > 200:
         text = ("lorem ipsum dolor sit amet " * (body_bytes // 27 + 1))[: body_bytes - 180]
