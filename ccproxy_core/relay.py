@@ -279,7 +279,10 @@ class Relay(ResponseStream):
                 await self._fail_after_head(response, self.handler.plugins.failed_mid_response(exc, self.ctx), is_sse)
                 return
         if tail:
-            await self._write(response, tail, is_sse)
+            # An adapter that held the whole body (a JSON answer renamed or translated) gives it here: with
+            # nothing written yet it goes out with its head and Sanic's content-length, in one write.
+            whole = not is_sse and self.ctx.t_first_byte is None
+            await self._write(response, tail, is_sse, whole)
         if not self._done:  # else the body's last write ended the response
             await self._eof(response)
             self._done = True

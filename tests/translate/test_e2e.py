@@ -202,6 +202,24 @@ def test_aliases_answer_with_the_requested_name(proxy: ProxyThread) -> None:
         assert stream.get_final_message().model == "smart"
 
 
+@pytest.mark.parametrize(("path", "model", "why"), [
+    ("/v1/messages", "smart", "renamed"),
+    ("/v1/chat/completions", "fast", "renamed"),
+    ("/v1/messages", GPT, "translated"),
+    ("/v1/chat/completions", CLAUDE, "translated"),
+])
+def test_a_json_answer_an_adapter_held_whole_keeps_a_content_length(
+    proxy: ProxyThread, path: str, model: str, why: str
+) -> None:
+    body = {"model": model, "max_tokens": 5, "messages": HI}
+    r = httpx.post(proxy.url + path, json=body, headers={"authorization": "Bearer proxy-key"})
+    assert r.status_code == 200 and r.json()["model"] == model, why
+    assert r.headers["content-length"] == str(len(r.content)) and "transfer-encoding" not in r.headers
+    # A stream through the same adapters is still written as it arrives.
+    r = httpx.post(proxy.url + path, json={**body, "stream": True}, headers={"authorization": "Bearer proxy-key"})
+    assert r.headers["transfer-encoding"] == "chunked" and "content-length" not in r.headers
+
+
 def test_same_dialect_without_alias_passes_bytes_through(proxy: ProxyThread) -> None:
     headers = {"authorization": "Bearer proxy-key", **mock_headers(fixed_ids="1", crlf="1")}
     body = {"model": GPT, "messages": HI, "stream": True}
