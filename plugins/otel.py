@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from . import otlp
 from .dashboard.aggregate import error_kind
 from ccproxy_core import (
     ANTHROPIC,
@@ -59,6 +62,8 @@ OPERATION = "chat"
 #: OTLP's span kinds, as the SDK's ``SpanKind`` values (the SDK is imported only when enabled).
 SERVER, CLIENT = 1, 2
 SAMPLED, RANDOM = 0x01, 0x02  # W3C trace flags: sampled, the trace id is random
+
+log = logging.getLogger("ccproxy")
 
 
 @dataclass
@@ -140,6 +145,7 @@ class OtelPlugin:
     def __init__(self) -> None:
         self.provider: Any = None
         self.processor: Any = None
+        self.export: Export | None = None
 
     @hookimpl
     def ccproxy_startup(self) -> None:
@@ -157,7 +163,8 @@ class OtelPlugin:
         provider = TracerProvider(resource=resource)  # the sampler and the ids from OTEL_TRACES_SAMPLER(_ARG)
         if isinstance(provider.get_tracer(NAME), NoOpTracer):  # OTEL_SDK_DISABLED
             return
-        self.processor = BatchSpanProcessor(Export(OTLPSpanExporter(), provider))
+        self.export = Export(OTLPSpanExporter(), provider)
+        self.processor = BatchSpanProcessor(self.export)
         provider.add_span_processor(self.processor)  # provider.shutdown flushes it
         self.provider = provider
         self.sampler = provider.sampler
@@ -326,12 +333,19 @@ class OtelPlugin:
 
 
 class Export:
-    """The exporter the batch processor calls in its thread: a batch of :class:`Span` as the SDK's
-    ``ReadableSpan`` objects, to the OTLP exporter (its encoding, its HTTP)."""
+    """The exporter the batch processor calls in its thread: a batch of :class:`Span` encoded by
+    :mod:`.otlp` and posted by the OTLP exporter's HTTP client (its endpoint, headers, compression, TLS,
+    timeout and retries).
+
+    That client is the exporter's private ``_client`` (SDK 1.4x). An SDK without it, or with its own
+    exporter metrics on (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``), gets the SDK's ``ReadableSpan``
+    objects and its whole ``export`` instead.
+    """
 
     def __init__(self, exporter: Any, provider: Any) -> None:
         from opentelemetry import trace
         from opentelemetry.sdk.trace import Event, ReadableSpan
+        from opentelemetry.sdk.trace.export import SpanExportResult
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.exporter = exporter
@@ -340,10 +354,43 @@ class Export:
         self.sdk = trace
         self.event, self.readable_span = Event, ReadableSpan
         self.unset = trace.Status(trace.StatusCode.UNSET)
+        self.results = SpanExportResult
+        post = getattr(getattr(exporter, "_client", None), "export", None)
+        metrics = os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "").strip().lower() == "true"
+        #: The exporter's HTTP client's ``export(bytes)``, or None: the SDK encodes (see the class).
+        self.post = post if callable(post) and not metrics else None
+        self.max_size: int = getattr(exporter, "_max_request_size", 0) or 0
+        self.scope_bytes = otlp.scope(self.scope.name, self.scope.version)
+        self.resource: tuple[Any, bytes] | None = None  # the last resource and its encoded attributes
+        self.closed = False
 
     def export(self, batch: Sequence[Span]) -> Any:
         resource = self.provider.resource  # read now: the SDK updates it in a forked child
-        return self.exporter.export([self.readable(span, resource) for span in batch])
+        if self.post is None:
+            return self.exporter.export([self.readable(span, resource) for span in batch])
+        if self.closed:
+            return self.results.FAILURE
+        if self.resource is None or self.resource[0] is not resource:
+            self.resource = (resource, otlp.attributes(resource.attributes, otlp.RESOURCE_ATTRIBUTES))
+        data = otlp.export_request(self.resource[1], self.scope_bytes, [self.encoded(span) for span in batch])
+        if 0 < self.max_size < len(data):
+            log.warning("otel: a batch of %d spans (%d bytes) is over the exporter's max_request_size; dropped",
+                        len(batch), len(data))
+            return self.results.FAILURE
+        return self.results.SUCCESS if self.post(data).success else self.results.FAILURE
+
+    @staticmethod
+    def encoded(span: Span) -> bytes:
+        trace_id, _, state = span.ids
+        if span.kind == SERVER:  # its parent: the incoming traceparent's SpanContext, or None
+            parent_id, remote = (span.parent.span_id, span.parent.is_remote) if span.parent else (0, False)
+        else:
+            parent_id, remote = span.parent, False
+        events = () if span.first_token is None else (
+            ("gen_ai.first_token", span.first_token[1], {"gen_ai.server.time_to_first_token": span.first_token[0]}),)
+        trace_state = ",".join(f"{k}={v}" for k, v in state.items()) if state else ""
+        return otlp.span(trace_id, span.span_id, trace_state, parent_id, remote, span.name, span.kind + 1,
+                         span.start, span.end, span.attributes, events, span.error)
 
     def readable(self, span: Span, resource: Any) -> Any:
         sdk = self.sdk
@@ -353,13 +400,15 @@ class Export:
         parent = span.parent if span.kind == SERVER else sdk.SpanContext(trace_id, span.parent, False, flags, state)
         events = () if span.first_token is None else (self.event(
             "gen_ai.first_token", {"gen_ai.server.time_to_first_token": span.first_token[0]}, span.first_token[1]),)
-        status = self.unset if span.error is None else sdk.Status(sdk.StatusCode.ERROR, span.error[0])
+        status = self.unset if span.error is None else sdk.Status(sdk.StatusCode.ERROR, _unicode(span.error[0]))
+        attributes = {k: _unicode(v) if isinstance(v, str) else v for k, v in span.attributes.items()}
         return self.readable_span(
-            span.name, context, parent, resource, span.attributes, events, (), sdk.SpanKind(span.kind),
+            _unicode(span.name), context, parent, resource, attributes, events, (), sdk.SpanKind(span.kind),
             status=status, start_time=span.start, end_time=span.end, instrumentation_scope=self.scope,
         )
 
     def shutdown(self) -> None:
+        self.closed = True
         self.exporter.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -418,6 +467,12 @@ class ChatReader(AnthropicReader):
             data = event.data
             if trace.response_model is None or ('"finish_reason"' in data and '"finish_reason":null' not in data):
                 _openai(trace, _loads(data))
+
+
+def _unicode(text: str | None) -> str | None:
+    """``text`` with ``?`` for what UTF-8 cannot encode (a lone surrogate, from a client's JSON escape): the
+    SDK's encoder would fail the whole batch on it (``otlp`` does the same replacement)."""
+    return text if text is None or text.isascii() else text.encode("utf-8", "replace").decode()
 
 
 def _openai(trace: Trace, payload: dict[str, Any]) -> None:

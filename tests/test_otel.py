@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
@@ -90,7 +92,19 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     receiver.server.shutdown()
 
 
-def test_spans_for_streamed_translated_failed_and_fallback_requests(mock: Any, receiver: Receiver) -> None:
+def exporter_of(proxy: ProxyThread) -> Any:
+    plugin = next(p for p in proxy.app.ctx.plugins.pm.get_plugins() if type(p).__name__ == "OtelPlugin")
+    return plugin.export
+
+
+@pytest.mark.parametrize("encoder", ["ccproxy", "sdk"])
+def test_spans_for_streamed_translated_failed_and_fallback_requests(
+    mock: Any, receiver: Receiver, encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every kind of request's spans; once encoded by the plugin (``otlp``), once by the SDK's encoder (taken
+    when the SDK's own exporter metrics are on)."""
+    if encoder == "sdk":
+        monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
     config = provider_config(mock.url)
     config["providers"]["broken"] = {"format": "anthropic", "base_url": f"http://127.0.0.1:{closed_port()}",
                                      "api_key": "x", "models": ["fb-*"], "fallbacks": ["anthropic"]}
@@ -98,6 +112,8 @@ def test_spans_for_streamed_translated_failed_and_fallback_requests(mock: Any, r
     config["plugins"] = {"otel": {"enabled": True}}
     traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
     with ProxyThread(config) as proxy:
+        assert (exporter_of(proxy).post is None) is (encoder == "sdk")
+
         def post(path: str, body: dict[str, Any], **headers: str) -> httpx.Response:
             return httpx.post(proxy.url + path, json=body, headers=headers, timeout=10)
 
@@ -267,3 +283,63 @@ def test_sdk_disabled(mock: Any, receiver: Receiver, monkeypatch: pytest.MonkeyP
         post(proxy, traceparent=traceparent)
         assert mock.requests[-1].header("traceparent") == traceparent
     assert receiver.spans == []
+
+
+@pytest.mark.parametrize("encoder", ["ccproxy", "sdk"])
+def test_a_name_that_is_not_unicode_does_not_lose_the_batch(
+    mock: Any, receiver: Receiver, encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone surrogate (a client's JSON escape) in the model's name: ``?`` in its place in the span, and the
+    other spans of the batch are exported too (the SDK's encoder, given it, fails the whole batch)."""
+    if encoder == "sdk":
+        monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    with ProxyThread(otel_config(mock)) as proxy:
+        post(proxy)
+        response = httpx.post(proxy.url + "/v1/messages", content=b'{"model": "x\\ud800y", "messages": []}',
+                              headers={"content-type": "application/json"}, timeout=10)
+        assert response.status_code == 404
+    servers = sorted((s for s in receiver.spans if s.kind == s.SPAN_KIND_SERVER), key=lambda s: s.name)
+    assert [s.name for s in servers] == ["chat claude-sonnet-4-5", "chat x?y"]
+    assert attrs(servers[1])["gen_ai.request.model"] == "x?y"
+
+
+_plain = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(), st.binary(max_size=8),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
+)
+_values = st.recursive(_plain, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.tuples(inner), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+), max_leaves=6)
+_attributes = st.dictionaries(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10), _values,
+                              max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(server=_attributes, client=_attributes, resource=_attributes, remote=st.booleans(),
+       state=st.sampled_from([None, "", "vendor=a1,b=2"]), error=st.sampled_from([None, (None,), ("boom é",)]),
+       first_token=st.sampled_from([None, (0.25, 1_700_000_000_000_000_500)]))
+def test_the_plugins_encoding_is_the_sdks_byte_for_byte(server: dict, client: dict, resource: dict, remote: bool,
+                                                       state: str | None, error: Any, first_token: Any) -> None:
+    """``otlp`` against the SDK's ``encode_spans`` of the same spans (made as the SDK path makes them): the
+    same bytes, for any attributes the SDK can encode (an attribute it cannot is left out by both)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    from ccproxy_plugins import otel, otlp
+
+    provider = TracerProvider(resource=Resource(resource))
+    export = otel.Export(None, provider)
+    trace_state = TraceState.from_header([state]) if state is not None else None
+    ids = (int(TRACE_ID, 16), 1, trace_state)
+    parent = SpanContext(ids[0], int(PARENT_ID, 16), remote, TraceFlags(1), trace_state) if remote else None
+    spans = [otel.Span(ids, parent, "chat m", otel.SERVER, 0x1234, 1_700_000_000_000_000_000, server),
+             otel.Span(ids, 0x1234, "chat é", otel.CLIENT, 0x5678, 1_700_000_000_000_000_001, client)]
+    for span in spans:
+        span.end, span.error = 1_700_000_000_000_009_000, error
+    spans[0].first_token = first_token
+    ours = otlp.export_request(otlp.attributes(provider.resource.attributes, otlp.RESOURCE_ATTRIBUTES),
+                               export.scope_bytes, [export.encoded(span) for span in spans])
+    sdk = encode_spans([export.readable(span, provider.resource) for span in spans])
+    assert ours == sdk.SerializePartialToString()
