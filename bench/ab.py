@@ -8,6 +8,7 @@
     python bench/ab.py --variant floor=!floor --variant fwd=!forwarder --variant core=providers --variant all=
     python bench/ab.py --cpu user --variant floor=!floor --variant all=   # user time only (or --cpu system)
     python bench/ab.py --alias --phase stream            # by the model's name and by an alias, per event
+    python bench/ab.py --variant off= --variant on=+otel  # what tracing every request costs
 
 On a shared, noisy machine two runs minutes apart differ by more than most effects
 worth measuring, so every set-up runs at once (each its own ``sanic app.app`` process on
@@ -21,7 +22,8 @@ installed plugin), optionally followed by ``@FILE`` — a Python file executed i
 proxy before the app is imported (``bench/profiled_proxy.py --patch``), to measure a
 hot-path change without editing the project, and/or ``%GATEWAY``: the load client's keys as
 client keys, plain (``off``) or with limits counted in a state backend (``memory``,
-``sqlite:PATH``, ``redis://...``; see ``run.proxy_config``). ``NAME=!floor`` and ``NAME=!forwarder`` run
+``sqlite:PATH``, ``redis://...``; see ``run.proxy_config``). A SPEC ending in ``+otel`` turns the otel plugin
+on, exporting every request's spans to a sink (a floor on CPU 1, as the features phase's). ``NAME=!floor`` and ``NAME=!forwarder`` run
 ``bench/floor.py`` and ``bench/forwarder.py`` (a bare forwarder to the mock, JSON only) in the proxy's place.
 
 ``--alias`` measures each dialect alone twice, naming the benchmark's model and an alias of the generated
@@ -57,16 +59,26 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
                         stdout=subprocess.PIPE)
     ports = json.loads(up.stdout.readline())
     variants = []
+    sink = None
     for spec in args.variant or ["all plugins=", "core only=providers"]:
         name, _, rest = spec.partition("=")
+        otel = rest.endswith("+otel")
+        rest = rest.removesuffix("+otel")
         rest, _, gateway = rest.partition("%")
         plugins, _, patch = rest.partition("@")
         cfg = tmp / f"{len(variants)}.yaml"
         run.proxy_config(cfg, ports["port"], tls=False, transport=args.transport,
                          enabled_plugins=[p for p in plugins.split(",") if p] or None if plugins else None,
-                         gateway=gateway or None)
+                         gateway=gateway or None, otel=otel)
         port = run.free_port()
         env = {"CCPROXY_CONFIG": str(cfg)}
+        if otel:
+            if sink is None:
+                sink = run.free_port()
+                children.spawn([str(Path(sys.executable).with_name("sanic")), "bench.floor:app", "--single-process",
+                                "--host", "127.0.0.1", "--port", str(sink)], cpu=run.CLIENT_CPU,
+                               log_path=tmp / "sink.log")
+            env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink}/v1/traces"
         sanic = str(Path(sys.executable).with_name("sanic"))
         if rest.startswith("!"):  # a measuring stick instead of the proxy
             app = {"!floor": "bench.floor:app", "!forwarder": "bench.forwarder:app"}[rest]
@@ -140,7 +152,8 @@ def print_route_ratios(variants: list[run.Variant], per: dict[str, list[float]],
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", action="append", help="NAME=PLUGINS[@PATCHFILE][%%GATEWAY] (repeatable)")
+    parser.add_argument("--variant", action="append",
+                        help="NAME=PLUGINS[@PATCHFILE][%%GATEWAY][+otel] (repeatable)")
     parser.add_argument("--phase", choices=["json", "big", "stream"], default="json")
     parser.add_argument("--transport", default="fast")
     parser.add_argument("--rounds", type=int, default=8)

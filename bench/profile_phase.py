@@ -2,6 +2,7 @@
 
     python bench/profile_phase.py --phase json            # 32 clients, non-streaming
     python bench/profile_phase.py --phase stream          # 16 concurrent 50-event streams
+    python bench/profile_phase.py --phase ttfb            # rounds of 20 streams starting together
     python bench/profile_phase.py --phase json --tool cprofile
 
 Starts the mock upstream and the proxy exactly as ``bench/run.py`` does (CPU 0 for the
@@ -89,6 +90,12 @@ async def phase(args: argparse.Namespace, target: Target, pid: int) -> tuple[str
         reqs = [build_request(target, d, stream=True, events=50, rate=500) for d in dialects]
         r = await loadgen.closed_loop(target, reqs, args.concurrency or 16, args.seconds)
         unit, done = "stream", r.streams
+    elif args.phase == "ttfb":  # as bench/run.py's TTFB phase, without the direct rounds between
+        reqs = [build_request(target, d, stream=True, events=6, rate=1000) for d in dialects]
+        rounds = max(1, int(args.seconds / 0.03))  # a round takes ~10 ms, then a 20 ms pause
+        r = (await loadgen.together([(target, reqs)], args.concurrency or 20, rounds))[0]
+        unit, done = "stream", r.streams
+        print(f"TTFB p50 {run.pct(r.ttfb, 50) / 1e6:.2f} ms over {rounds} rounds")
     else:
         size = 80_000 if args.phase == "big" else 0
         reqs = [build_request(target, d, body_bytes=size) for d in dialects]
@@ -162,7 +169,7 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="profile one phase of the proxy benchmark")
-    parser.add_argument("--phase", choices=["json", "big", "stream"], default="json")
+    parser.add_argument("--phase", choices=["json", "big", "stream", "ttfb"], default="json")
     parser.add_argument("--tool", choices=["py-spy", "cprofile"], default=None)
     parser.add_argument("--transport", default="fast", help="`transport:` for the providers (fast|httpx)")
     parser.add_argument("--plugins", default=None,
