@@ -90,6 +90,9 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
+#: Attributes whose every value is new: not kept in ``otlp``'s table of encoded attributes.
+_UNIQUE = frozenset({"ccproxy.request_id"})
+
 #: What ``BatchSpanProcessor.on_end`` reads of a span, ``span.context.trace_flags.sampled``: only sampled spans
 #: are recorded.
 _SAMPLED_CONTEXT = SimpleNamespace(trace_flags=SimpleNamespace(sampled=True))
@@ -390,7 +393,7 @@ class Export:
             ("gen_ai.first_token", span.first_token[1], {"gen_ai.server.time_to_first_token": span.first_token[0]}),)
         trace_state = ",".join(f"{k}={v}" for k, v in state.items()) if state else ""
         return otlp.span(trace_id, span.span_id, trace_state, parent_id, remote, span.name, span.kind + 1,
-                         span.start, span.end, span.attributes, events, span.error)
+                         span.start, span.end, span.attributes, events, span.error, _UNIQUE)
 
     def readable(self, span: Span, resource: Any) -> Any:
         sdk = self.sdk

@@ -14,7 +14,7 @@ written with ``?`` in its place, where the SDK's encoder fails the whole batch.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["RESOURCE_ATTRIBUTES", "attributes", "export_request", "scope", "span"]
@@ -102,23 +102,29 @@ def _key_value(key: str, value: Any) -> bytes:
     return (_field(_KV_KEY, _text(key)) if key else b"") + _field(_KV_VALUE, _value(value))
 
 
-#: Encoded ``KeyValue``s by (key, type, value), for plain values (most of a span's repeat from request to
-#: request); at most ``KV_CACHE_MAX`` of them, cleared when full.
+#: Encoded ``KeyValue``s by (key, type, value), for strings, ints, bools and tuples of strings (most of a
+#: span's attributes repeat from request to request); at most ``KV_CACHE_MAX`` of them, cleared when full.
+#: Not floats (``-0.0 == 0.0``) nor other tuples (``(1,) == (True,) == (1.0,)``): equal keys, other bytes.
 _kv_cache: dict[tuple[str, type, Any], bytes] = {}
 KV_CACHE_MAX = 4096
-_CACHED = {str, int, bool, float}
 
 
-def attributes(items: Mapping[str, Any] | None, key: bytes = _ATTRIBUTES) -> bytes:
+def attributes(items: Mapping[str, Any] | None, key: bytes = _ATTRIBUTES, unique: Container[str] = ()) -> bytes:
     """The repeated ``KeyValue`` field ``key`` of a message (a span's attributes by default); an attribute
-    whose value cannot be encoded is left out, as the SDK leaves it."""
+    whose value cannot be encoded is left out, as the SDK leaves it. The attributes named in ``unique`` (a
+    request id) are not kept in the cache."""
     if not items:
         return b""
     out = []
     cache = _kv_cache
     for name, value in items.items():
         cls = value.__class__
-        cached = cls in _CACHED and (cls is not str or len(value) <= 128)
+        if cls is str:
+            cached = len(value) <= 128 and name not in unique
+        elif cls is tuple:
+            cached = len(value) <= 8 and all(v.__class__ is str and len(v) <= 128 for v in value)
+        else:
+            cached = cls is int or cls is bool
         kv = cache.get((name, cls, value)) if cached else None
         if kv is None:
             try:
@@ -140,28 +146,36 @@ def scope(name: str, version: str | None = None) -> bytes:
         _field(_SCOPE_VERSION, _text(version)) if version else b"")
 
 
+_TRACE_ID_16, _SPAN_ID_8, _PARENT_ID_8 = _TRACE_ID + b"\x10", _SPAN_ID + b"\x08", _PARENT_ID + b"\x08"
+_STATUS_UNSET = _field(_STATUS, b"")
+_FLAGS_LOCAL = _FLAGS + _fixed32(HAS_IS_REMOTE)
+_FLAGS_REMOTE = _FLAGS + _fixed32(HAS_IS_REMOTE | IS_REMOTE)
+
+
 def span(trace_id: int, span_id: int, trace_state: str, parent_id: int, parent_remote: bool, name: str, kind: int,
          start: int, end: int, attrs: Mapping[str, Any], events: Iterable[tuple[str, int, Mapping[str, Any]]],
-         error: tuple[str | None] | None) -> bytes:
+         error: tuple[str | None] | None, unique: Container[str] = ()) -> bytes:
     """A ``Span``'s bytes. ``parent_id`` 0: a root span. ``events``: (name, time in ns, attributes).
-    ``error``: None (status unset) or the ERROR status's description."""
-    parts = [_TRACE_ID, b"\x10", trace_id.to_bytes(16, "big"), _SPAN_ID, b"\x08", span_id.to_bytes(8, "big")]
+    ``error``: None (status unset) or the ERROR status's description. ``unique``: see :func:`attributes`."""
+    parts = [_TRACE_ID_16, trace_id.to_bytes(16, "big"), _SPAN_ID_8, span_id.to_bytes(8, "big")]
     if trace_state:
         parts.append(_field(_TRACE_STATE, _text(trace_state)))
     if parent_id:
-        parts += (_PARENT_ID, b"\x08", parent_id.to_bytes(8, "big"))
+        parts += (_PARENT_ID_8, parent_id.to_bytes(8, "big"))
     if name:
         parts.append(_field(_NAME, _text(name)))
     if kind:
         parts += (_KIND, _varint(kind))
-    parts += (_START, _fixed64(start), _END, _fixed64(end), attributes(attrs))
+    parts += (_START, _fixed64(start), _END, _fixed64(end), attributes(attrs, _ATTRIBUTES, unique))
     for event_name, time_ns, event_attrs in events:
         event = _EVENT_TIME + _fixed64(time_ns) + _field(_EVENT_NAME, _text(event_name))
         parts.append(_field(_EVENTS, event + attributes(event_attrs, _EVENT_ATTRIBUTES)))
-    status = b""
-    if error is not None:
-        status = (_field(_STATUS_MESSAGE, _text(error[0])) if error[0] else b"") + _STATUS_CODE + bytes((STATUS_ERROR,))
-    parts += (_field(_STATUS, status), _FLAGS, _fixed32(HAS_IS_REMOTE | (IS_REMOTE if parent_remote else 0)))
+    if error is None:
+        parts.append(_STATUS_UNSET)
+    else:
+        message = _field(_STATUS_MESSAGE, _text(error[0])) if error[0] else b""
+        parts.append(_field(_STATUS, message + _STATUS_CODE + _SMALL[STATUS_ERROR]))
+    parts.append(_FLAGS_REMOTE if parent_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
 

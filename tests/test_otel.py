@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("opentelemetry.sdk")
@@ -315,6 +315,9 @@ _attributes = st.dictionaries(st.text(alphabet=st.characters(blacklist_categorie
 
 
 @settings(max_examples=150, deadline=None)
+# Values equal as keys of a table, encoded differently: the server span's first, then the client span's.
+@example(server={"x": 0.0, "t": (1,), "u": (1,)}, client={"x": -0.0, "t": (True,), "u": (1.0,)}, resource={},
+         remote=False, state=None, error=None, first_token=None)
 @given(server=_attributes, client=_attributes, resource=_attributes, remote=st.booleans(),
        state=st.sampled_from([None, "", "vendor=a1,b=2"]), error=st.sampled_from([None, (None,), ("boom é",)]),
        first_token=st.sampled_from([None, (0.25, 1_700_000_000_000_000_500)]))
@@ -343,3 +346,13 @@ def test_the_plugins_encoding_is_the_sdks_byte_for_byte(server: dict, client: di
                                export.scope_bytes, [export.encoded(span) for span in spans])
     sdk = encode_spans([export.readable(span, provider.resource) for span in spans])
     assert ours == sdk.SerializePartialToString()
+
+
+def test_the_table_of_encoded_attributes_is_bounded() -> None:
+    from ccproxy_plugins import otlp
+
+    for i in range(otlp.KV_CACHE_MAX + 10):
+        otlp.attributes({"gen_ai.request.model": f"model-{i}", "ccproxy.request_id": f"id-{i}"},
+                        unique={"ccproxy.request_id"})
+        assert len(otlp._kv_cache) <= otlp.KV_CACHE_MAX
+    assert not any(key == "ccproxy.request_id" for key, _, _ in otlp._kv_cache)  # unique: never kept
