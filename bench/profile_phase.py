@@ -110,10 +110,14 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
     ports = json.loads(up.stdout.readline())
     cfg = tmp / "proxy.yaml"
     run.proxy_config(cfg, ports["port"], tls=False, transport=args.transport,
-                     enabled_plugins=args.plugins.split(",") if args.plugins is not None else None)
+                     enabled_plugins=args.plugins.split(",") if args.plugins is not None else None, otel=args.otel)
     port = run.free_port()
     target = Target("proxy", "127.0.0.1", port)
     env = {"CCPROXY_CONFIG": str(cfg)}
+    if args.otel:  # its exports go to a floor on CPU 1, as in the benchmark's features phase
+        sink = run.free_port()
+        children.spawn(run.server_argv(run.FLOOR_APP, sink, 1), cpu=run.CLIENT_CPU, log_path=tmp / "sink.log")
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink}/v1/traces"
     prof_out = tmp / "proxy.prof"
     if args.tool == "cprofile":
         argv = [sys.executable, str(HERE / "profiled_proxy.py"), "--port", str(port), "--out", str(prof_out)]
@@ -174,6 +178,7 @@ def main() -> int:
     parser.add_argument("--transport", default="fast", help="`transport:` for the providers (fast|httpx)")
     parser.add_argument("--plugins", default=None,
                         help="comma-separated allow-list of plugins (default: every installed one)")
+    parser.add_argument("--otel", action="store_true", help="the otel plugin on, every request sampled")
     parser.add_argument("--native", action="store_true", help="py-spy: include C frames (uvloop, CPython)")
     parser.add_argument("--no-profile", action="store_true", help="measure CPU only, no profiler")
     parser.add_argument("--route", choices=run.ROUTES, default=None,
