@@ -25,9 +25,9 @@ still decides what it does well: the sampler (``OTEL_TRACES_SAMPLER(_ARG)``, ask
 span follows its server span, as every standard sampler decides), the resource, the ids, the batch
 processor (``OTEL_BSP_*``: its queue is bounded, beyond it the oldest span is dropped and logged) and the OTLP
 exporter (``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``, ``_HEADERS``, ``_TIMEOUT``, ``_COMPRESSION``). Each
-ended span goes to the batch processor as it is; its thread turns a batch into the SDK's ``ReadableSpan``
-objects (:class:`Export`) and encodes and posts them. ``OTEL_SERVICE_NAME`` (default ``ccproxy``) and
-``OTEL_RESOURCE_ATTRIBUTES`` name the resource. One provider per worker, flushed when it stops. The answer's
+ended span goes to the batch processor as it is; its thread writes a batch's OTLP bytes (:mod:`.otlp`,
+without the SDK's protobuf objects) and the exporter's HTTP client posts them (:class:`Export`).
+``OTEL_SERVICE_NAME`` (default ``ccproxy``) and ``OTEL_RESOURCE_ATTRIBUTES`` name the resource. One provider per worker, flushed when it stops. The answer's
 model and finish reasons come from a response adapter that parses only the reads that can carry them.
 """
 
