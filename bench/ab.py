@@ -9,6 +9,7 @@
     python bench/ab.py --cpu user --variant floor=!floor --variant all=   # user time only (or --cpu system)
     python bench/ab.py --alias --phase stream            # by the model's name and by an alias, per event
     python bench/ab.py --variant off= --variant on=+otel  # what tracing every request costs
+    python bench/ab.py --phase ttfb --variant floor=!floor --variant fwd=!forwarder --variant all=
 
 On a shared, noisy machine two runs minutes apart differ by more than most effects
 worth measuring, so every set-up runs at once (each its own ``sanic app.app`` process on
@@ -28,6 +29,11 @@ on, exporting every request's spans to a sink (a floor on CPU 1, as the features
 
 ``--alias`` measures each dialect alone twice, naming the benchmark's model and an alias of the generated
 configuration (``configs.ALIASES``), so that what an alias costs reads off side by side.
+
+``--phase ttfb`` measures latency instead of CPU: the added TTFB p50 of each set-up, 20 streams starting
+together (6 events at 1,000/s, as ``bench/run.py``'s phase), every set-up and the mock itself (direct) in
+turn round by round; a figure per block of 10 rounds (``--rounds`` blocks), its set-up's p50 minus the
+direct one of the same block.
 
 ``--routes`` measures each route of ``run.ROUTES`` alone for every variant (a unit per variant and route,
 visited in the same interleaved rounds) and prints each route's ratio to the mean of the others, round by
@@ -94,6 +100,9 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
     procs = {}
     for v in variants:
         procs[v.name] = await bench.start(v)
+    if args.phase == "ttfb":
+        await ttfb(variants, Target("direct", "127.0.0.1", ports["port"]), args.rounds)
+        return
     if args.routes or args.alias:  # each route (dialect) alone
         dialects = [(d,) for d in (run.ROUTES if args.routes else run.DIALECTS)]
     else:
@@ -131,6 +140,29 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
         print_route_ratios(variants, per, sizes, unit, args.rounds)
 
 
+async def ttfb(variants: list[run.Variant], direct: Target, blocks: int, clients: int = 20, rounds: int = 10) -> None:
+    """Added TTFB p50 per set-up: ``blocks`` blocks of ``rounds`` rounds of ``clients`` streams starting together."""
+    def reqs(t: Target) -> list[loadgen.Request]:
+        return [build_request(t, d, stream=True, events=6, rate=1000) for d in run.DIALECTS]
+
+    targets = [(v.target, reqs(v.target)) for v in variants] + [(direct, reqs(direct))]
+    added: dict[str, list[float]] = {v.name: [] for v in variants}
+    errors = 0
+    for _ in range(blocks):
+        got = await loadgen.together(targets, clients, rounds)
+        base = statistics.median(got[-1].ttfb) / 1e6
+        for v, r in zip(variants, got):
+            added[v.name].append(statistics.median(r.ttfb) / 1e6 - base)
+            errors += r.errors + r.incomplete_streams  # a stream missing events counts too
+    print(f"added TTFB p50, {clients} streams starting together ({blocks} blocks × {rounds} rounds, "
+          "each set-up minus direct in the same block):")
+    for v in variants:
+        xs = added[v.name]
+        print(f"  {v.name:<28} {statistics.median(xs):+7.2f} ms   (min {min(xs):+.2f}, max {max(xs):+.2f})")
+    if errors:
+        print(f"  {errors} ERRORS (non-200, broken connections or streams missing events)")
+
+
 def print_route_ratios(variants: list[run.Variant], per: dict[str, list[float]], sizes: dict[str, list[float]],
                        unit: str, rounds: int) -> None:
     """Each route against the mean of the other routes, per round: median ratio and its spread; and
@@ -154,7 +186,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append",
                         help="NAME=PLUGINS[@PATCHFILE][%%GATEWAY][+otel] (repeatable)")
-    parser.add_argument("--phase", choices=["json", "big", "stream"], default="json")
+    parser.add_argument("--phase", choices=["json", "big", "stream", "ttfb"], default="json")
     parser.add_argument("--transport", default="fast")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--slice", type=float, default=1.5)
