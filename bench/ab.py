@@ -25,7 +25,7 @@ hot-path change without editing the project, and/or ``%GATEWAY``: the load clien
 client keys, plain (``off``) or with limits counted in a state backend (``memory``,
 ``sqlite:PATH``, ``redis://...``; see ``run.proxy_config``). A SPEC ending in ``+otel`` turns the otel plugin
 on, exporting every request's spans to a sink (a floor on CPU 1, as the features phase's). ``NAME=!floor`` and ``NAME=!forwarder`` run
-``bench/floor.py`` and ``bench/forwarder.py`` (a bare forwarder to the mock, JSON only) in the proxy's place.
+``bench/floor.py`` and ``bench/forwarder.py`` (a bare forwarder to the mock) in the proxy's place.
 
 ``--alias`` measures each dialect alone twice, naming the benchmark's model and an alias of the generated
 configuration (``configs.ALIASES``), so that what an alias costs reads off side by side.
@@ -81,9 +81,7 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
         if otel:
             if sink is None:
                 sink = run.free_port()
-                children.spawn([str(Path(sys.executable).with_name("sanic")), "bench.floor:app", "--single-process",
-                                "--host", "127.0.0.1", "--port", str(sink)], cpu=run.CLIENT_CPU,
-                               log_path=tmp / "sink.log")
+                children.spawn(run.server_argv(run.FLOOR_APP, sink, 1), cpu=run.CLIENT_CPU, log_path=tmp / "sink.log")
             env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink}/v1/traces"
         sanic = str(Path(sys.executable).with_name("sanic"))
         if rest.startswith("!"):  # a measuring stick instead of the proxy
