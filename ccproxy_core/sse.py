@@ -55,7 +55,7 @@ class SSEParser:
     incomplete event.
     """
 
-    __slots__ = ("_tail", "_skip_lf", "_started", "_event", "_data", "_id", "_retry")
+    __slots__ = ("_tail", "_skip_lf", "_started", "_event", "_data", "_id", "_retry", "_idle")
 
     def __init__(self) -> None:
         self._tail: list[bytes] = []  # pieces of an incomplete line (never holding \r or \n)
@@ -65,11 +65,21 @@ class SSEParser:
         self._data: list[str] = []
         self._id: str | None = None
         self._retry: int | None = None
+        #: The last read fed ended with a blank line: no line or event is left half read (False at the
+        #: start, so that the first read, which may open with a byte-order mark, is always fed).
+        self._idle = False
+
+    def passes(self, data: bytes) -> bool:
+        """True when ``data`` is whole events (it ends with a blank line and holds no carriage return) and the
+        parser holds nothing: ``data`` may then be handled without :meth:`feed`, and the parser stays as it
+        would be after it. An adapter that reads only some events uses it to skip the parse of the others."""
+        return self._idle and data.endswith(b"\n\n") and data.find(b"\r") < 0
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Parse one read; return the events it completed (often none, often several)."""
         if not data:
             return []
+        self._idle = data.endswith(b"\n\n")
         if self._skip_lf:
             self._skip_lf = False
             if data[0] == 0x0A:  # b"\n"
@@ -107,7 +117,7 @@ class SSEParser:
         if self._data:
             events.append(SSEEvent(self._event, "\n".join(self._data), self._id, self._retry))
         self._event, self._data, self._id, self._retry = None, [], None, None
-        self._started = False
+        self._started = self._idle = False
         return events
 
     def _lines(self, lines: list[str]) -> list[SSEEvent]:

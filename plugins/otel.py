@@ -423,17 +423,15 @@ class AnthropicReader:
     unchanged: a read goes to the SSE parser only if it may hold ``message_start`` or ``message_delta`` (or ends
     mid-event, or follows a read that did)."""
 
-    __slots__ = ("trace", "parser", "clean")
+    __slots__ = ("trace", "parser")
 
     def __init__(self, trace: Trace) -> None:
         self.trace = trace
         self.parser = SSEParser()
-        self.clean = False  # the parser holds nothing (the first read always goes to it: a BOM)
 
     def feed(self, data: bytes) -> bytes:
-        if not (self.clean and data.endswith(b"\n\n") and data.find(b"\r") < 0 and self.unread(data)):
+        if not (self.parser.passes(data) and self.unread(data)):
             self.read(self.parser.feed(data))
-            self.clean = data.endswith(b"\n\n")  # a blank line last: no event or line left half read
         return data
 
     def finish(self) -> bytes:

@@ -308,20 +308,18 @@ class StreamReader:
     other read goes to the parser. An exception is logged once per process and the stream goes on.
     """
 
-    __slots__ = ("ctx", "parser", "unread", "clean", "remover")
+    __slots__ = ("ctx", "parser", "unread", "remover")
 
     def __init__(self, ctx: RequestContext, remover: UsageChunkRemover | None = None) -> None:
         self.ctx = ctx
         self.parser = SSEParser()
         #: True for whole events none of which can matter (see :data:`_UNREAD`).
         self.unread = _UNREAD.get(ctx.upstream_dialect, _UNREAD[OPENAI])
-        self.clean = False  # the parser holds nothing (the first read always goes to it: a BOM)
         self.remover = remover
 
     def feed(self, data: bytes) -> bytes:
-        if not (self.clean and data.endswith(b"\n\n") and data.find(b"\r") < 0 and self.unread(data)):
+        if not (self.parser.passes(data) and self.unread(data)):
             self._read(self.parser.feed(data))
-            self.clean = data.endswith(b"\n\n")  # a blank line last: no event or line left half read
         return self.remover.feed(data) if self.remover is not None else data
 
     def finish(self) -> bytes:

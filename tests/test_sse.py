@@ -102,6 +102,25 @@ def test_flush_resets_the_parser() -> None:
     assert parser.feed(b"data: c\n\n") == [SSEEvent(None, "c")]
 
 
+def test_passes_only_whole_events_to_a_parser_that_holds_nothing() -> None:
+    parser = SSEParser()
+    whole = b"data: a\n\ndata: b\n\n"
+    assert not parser.passes(whole)  # the first read is always fed (a byte-order mark)
+    assert len(parser.feed(whole)) == 2 and parser.passes(whole)
+    assert not parser.passes(b"data: a\n") and not parser.passes(b"data: a\r\n\r\n")
+    assert not parser.passes(b"data: a\n\r\n\n")  # a carriage return anywhere
+    parser.passes(whole)  # asking changes nothing
+    assert parser.feed(b"data: c\n") == [] and not parser.passes(whole)  # half an event held
+    assert [e.data for e in parser.feed(b"\n")] == ["c"] and not parser.passes(whole)  # (this read ended no blank line)
+    parser.feed(b"data: d\n\n")
+    assert parser.passes(whole)
+    assert parser.feed(b"data: e\r") == [] and not parser.passes(whole)
+    parser.feed(b"\n\n")
+    assert parser.passes(whole)
+    parser.flush()
+    assert not parser.passes(whole)  # a new stream: its first read is fed
+
+
 def test_encode_event() -> None:
     assert encode_event('{"a":1}') == b'data: {"a":1}\n\n'
     assert encode_event("x", "ping") == b"event: ping\ndata: x\n\n"

@@ -164,7 +164,7 @@ class ModelRenameStreamAdapter:
     re-framed (comments dropped, line ends ``\\n``) with the model replaced in those that carry it.
     """
 
-    __slots__ = ("_parser", "_replacement", "_raw_replacement", "_every_event", "_events", "_names", "_clean")
+    __slots__ = ("_parser", "_replacement", "_raw_replacement", "_every_event", "_events", "_names")
 
     def __init__(self, model: str, dialect: str) -> None:
         self._parser = SSEParser()
@@ -175,7 +175,6 @@ class ModelRenameStreamAdapter:
         self._every_event = dialect == OPENAI
         self._events = RESPONSE_EVENTS if dialect == RESPONSES else frozenset({"message_start"})
         self._names = tuple(name.encode() for name in self._events)
-        self._clean = False  # the parser holds nothing (the first read always goes to it: a byte-order mark)
 
     def _encode(self, events: list[Any]) -> bytes:
         out = []
@@ -199,13 +198,11 @@ class ModelRenameStreamAdapter:
 
     def feed(self, data: bytes) -> bytes:
         """The events completed by ``data``, renamed."""
-        if self._clean and data.endswith(b"\n\n") and data.find(b"\r") < 0:
+        if self._parser.passes(data):
             out = self._as_read(data)
             if out is not None:
                 return out
-        out = self._encode(self._parser.feed(data))
-        self._clean = data.endswith(b"\n\n")  # a blank line last: no event or line left half read
-        return out
+        return self._encode(self._parser.feed(data))
 
     def finish(self) -> bytes:
         """Re-encode the last event if the upstream left it unterminated."""
