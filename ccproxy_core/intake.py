@@ -18,6 +18,7 @@ by itself):
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import logging
 import re
@@ -214,8 +215,9 @@ class DeadlineProtocol(HttpProtocol):
 # -- what the proxy checks in a request body ---------------------------------------------------------
 
 
-def parse_body(raw: bytes, max_model_length: int) -> dict[str, Any]:
-    """The request's JSON object, checked only for what routing needs.
+def parse_body(raw: bytes, max_model_length: int, spans: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """The request's JSON object, checked only for what routing needs. ``spans``, when given, gets where each
+    top-level value lies in ``raw.decode()`` (``(start, end)``, as :func:`with_members` takes them).
 
     Raises:
         InvalidRequest: the body is empty, not UTF-8, not JSON, nested deeper than Python
@@ -226,7 +228,7 @@ def parse_body(raw: bytes, max_model_length: int) -> dict[str, Any]:
     if not raw:
         raise InvalidRequest("the request body is empty; expected a JSON object")
     try:
-        body = _loads_object(raw.decode("utf-8"))
+        body = _loads_object(raw.decode("utf-8"), spans)
     except UnicodeDecodeError:
         raise InvalidRequest("the request body is not valid UTF-8") from None
     except _DuplicateKey as exc:
@@ -259,8 +261,9 @@ _space = re.compile(r"[ \t\n\r]*").match
 _WS = " \t\n\r"
 
 
-def _loads_object(text: str) -> Any:
-    """``json.loads(text)``, refusing a top-level object that gives a key twice.
+def _loads_object(text: str, spans: dict[str, tuple[int, int]] | None = None) -> Any:
+    """``json.loads(text)``, refusing a top-level object that gives a key twice; ``spans`` (if given) gets
+    where each top-level value lies in ``text``.
 
     The top level is walked here (about 0.5 µs a member); each member's value is parsed
     by the C decoder, as ``json.loads`` would. Anything but an object, and any syntax
@@ -271,11 +274,15 @@ def _loads_object(text: str) -> Any:
     """
     body: dict[str, Any] = {}
     try:
-        for key, _, value, _ in _members(text):
+        for key, start, value, end in _members(text):
             if key in body:
                 raise _DuplicateKey(key)
             body[key] = value
+            if spans is not None:
+                spans[key] = (start, end)
     except (ValueError, IndexError):
+        if spans is not None:
+            spans.clear()
         return json.loads(text)
     return body
 
@@ -293,28 +300,33 @@ def with_model(raw: bytes, model: str) -> bytes:
     return with_members(raw, {"model": model})
 
 
-def with_members(raw: bytes, replaced: dict[str, Any], added: dict[str, Any] | None = None) -> bytes:
+def with_members(raw: bytes, replaced: dict[str, Any], added: dict[str, Any] | None = None,
+                 spans: dict[str, tuple[int, int]] | None = None) -> bytes:
     """``raw``, a JSON object in UTF-8, with the values of its top-level members named in ``replaced`` set to
     theirs, and the members ``added`` (which it must not have) put first, every other byte kept. The walk goes
-    as far as the last member replaced (none for ``added`` alone).
+    as far as the last member replaced (none for ``added`` alone); none at all when ``spans``, from
+    :func:`parse_body` of the same ``raw``, holds every member replaced (the OpenAI SDK sends ``model`` after
+    ``messages``: the walk would parse the conversation again).
 
     Raises:
         ValueError: ``raw`` is not UTF-8, not a JSON object as far as the walk went, or lacks a member
             named in ``replaced``.
     """
     text = raw.decode("utf-8-sig")  # (a byte-order mark, which some servers put before an answer, goes)
-    spans: list[tuple[int, int, str]] = []
-    if replaced:
+    found: list[tuple[int, int, str]] = []
+    if spans and all(key in spans for key in replaced) and not raw.startswith(codecs.BOM_UTF8):
+        found = sorted((*spans[key], key) for key in replaced)
+    elif replaced:
         try:
             for key, start, _, end in _members(text):
                 if key in replaced:
-                    spans.append((start, end, key))
-                    if len(spans) == len(replaced):
+                    found.append((start, end, key))
+                    if len(found) == len(replaced):
                         break
         except IndexError:
             raise ValueError("the body ends before its object does") from None
-        if len(spans) < len(replaced):
-            raise ValueError(f"the body has no top-level {', '.join(sorted(set(replaced) - {k for *_, k in spans}))}")
+        if len(found) < len(replaced):
+            raise ValueError(f"the body has no top-level {', '.join(sorted(set(replaced) - {k for *_, k in found}))}")
     parts, at = [], 0
     if added:
         at = _space(text).end() + 1  # after the "{"
@@ -324,7 +336,7 @@ def with_members(raw: bytes, replaced: dict[str, Any], added: dict[str, Any] | N
                            for k, v in added.items())
         first = _space(text, at).end()
         parts += [text[:at], members if text[first : first + 1] == "}" else members + ","]
-    for start, end, key in spans:
+    for start, end, key in found:
         parts += [text[at:start], json.dumps(replaced[key], ensure_ascii=False)]
         at = end
     parts.append(text[at:])

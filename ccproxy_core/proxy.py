@@ -24,7 +24,7 @@ from .counting import ESTIMATE_HEADER, EstimateTransport, estimate_responses_inp
 from .dialects import COUNT_FIELDS, COUNT_PATHS, UPSTREAM_PATHS
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import REQUEST_ID_HEADER, request_headers, request_id
-from .intake import parse_body, with_members, with_model
+from .intake import parse_body, with_members
 from .plugins import Plugins
 from .request_head import check_headers, header_fields
 from .streaming import DeferredResponse, StreamingHandler
@@ -138,7 +138,9 @@ class Proxy:
     async def _receive(self, request: Request, ctx: RequestContext) -> tuple[Route, ...]:
         """Parse the body, let plugins refuse it, and route its model."""
         check_headers(request)
-        body = parse_body(request.body, self.config.limits.max_model_length)
+        spans: dict[str, tuple[int, int]] = {}
+        body = parse_body(request.body, self.config.limits.max_model_length, spans)
+        request.ctx.body_spans = spans  # where each top-level value lies: an alias's model is set in place
         ctx.body = body
         ctx.model_requested = body["model"]
         # A token count (count_tokens, input_tokens): plugins that limit or bill see it as one.
@@ -289,8 +291,9 @@ class Proxy:
         )
 
     async def _upstream_body(self, request: Request, ctx: RequestContext) -> bytes:
-        """The client's bytes when nothing must change, or with only the model renamed (an alias:
-        :func:`~.intake.with_model`); otherwise the adapted body re-serialised."""
+        """The client's bytes when nothing must change, or with only the model renamed (an alias: its value
+        replaced where the parse found it, :func:`~.intake.with_members`); otherwise the adapted body
+        re-serialised."""
         assert ctx.body is not None
         # A client's stream from a provider that cannot stream: ask for JSON (a response adapter
         # turns the answer into the client's stream).
@@ -309,11 +312,13 @@ class Proxy:
                 results = await self.plugins.call("ccproxy_request_body", ctx=ctx, body=body)
                 if not changed and results and any(r is True for r in results):
                     if self._body_hooks_top_level:
-                        return _spliced(request.body, ctx.body, body)
+                        return _spliced(request.body, ctx.body, body, request.ctx.body_spans)
                     changed = True
             if changed:
                 return json.dumps(body, ensure_ascii=False).encode()
-        return request.body if ctx.model == ctx.model_requested else with_model(request.body, ctx.model)
+        if ctx.model == ctx.model_requested:
+            return request.body
+        return with_members(request.body, {"model": ctx.model}, spans=request.ctx.body_spans)
 
     async def _translate(self, ctx: RequestContext) -> dict:
         """The body in the upstream's dialect, from ``ccproxy_request_adapter``.
@@ -347,7 +352,7 @@ class Proxy:
             fields = COUNT_FIELDS[provider.format]
             body = json.dumps({k: v for k, v in translated.items() if k in fields}, ensure_ascii=False).encode()
         elif ctx.model != ctx.model_requested:
-            body = with_model(body, ctx.model)
+            body = with_members(body, {"model": ctx.model}, spans=request.ctx.body_spans)
         headers = request_headers(header_fields(request))
         headers.update(provider.headers)
         headers.setdefault("content-type", "application/json")
@@ -374,12 +379,12 @@ class Proxy:
         )
 
 
-def _spliced(raw: bytes, original: dict[str, Any], body: dict[str, Any]) -> bytes:
-    """The client's bytes ``raw`` (parsed: ``original``) with the top-level members that ``body`` replaced or
-    added, from ``ccproxy_request_body`` implementations marked ``top_level_only`` (a member they left is the
-    same object, or equal: the model); re-serialised when one was removed."""
+def _spliced(raw: bytes, original: dict[str, Any], body: dict[str, Any], spans: dict[str, tuple[int, int]]) -> bytes:
+    """The client's bytes ``raw`` (parsed: ``original``, its values at ``spans``) with the top-level members that
+    ``body`` replaced or added, from ``ccproxy_request_body`` implementations marked ``top_level_only`` (a member
+    they left is the same object, or equal: the model); re-serialised when one was removed."""
     added = {k: v for k, v in body.items() if k not in original}
     if len(body) - len(added) < len(original):
         return json.dumps(body, ensure_ascii=False).encode()
     replaced = {k: v for k, v in body.items() if k in original and v is not original[k] and v != original[k]}
-    return with_members(raw, replaced, added)
+    return with_members(raw, replaced, added, spans)

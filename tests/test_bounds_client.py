@@ -22,7 +22,8 @@ import yaml
 
 from ccproxy_core import PermissionDenied, hookimpl
 from ccproxy_core.config import build_config
-from ccproxy_core.intake import parse_body, with_model
+from ccproxy_core import intake
+from ccproxy_core.intake import parse_body, with_members, with_model
 from ccproxy_core.errors import InvalidRequest
 from ccproxy_plugins.metrics import MAX_MODEL_LABELS, OTHER, ModelLabels
 from tests.servers import ANTHROPIC_BODY, PATHS, ROOT, provider_config
@@ -516,6 +517,41 @@ def test_with_model_replaces_only_the_top_level_models_value(raw):
         # Every byte around the value is the client's.
         prefix, _, rest = out.decode().partition(json.dumps(new, ensure_ascii=False))
         assert text.startswith(prefix) and text.endswith(rest) and len(prefix) + len(rest) < len(text)
+
+
+OPENAI_SDK_SHAPE = ('{"messages": [{"role": "system", "content": "caf\u00e9 \\"model\\": 1"}, {"role": "user", "content": '
+                    '[{"type": "text", "text": "\u2014"}]}], "model": "fast", "stream": true, '
+                    '"tools": [{"type": "function", "function": {"name": "t", "parameters": {"properties": {"model": {}}}}}]}').encode()
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model":"m"}',
+    b' {\n  "stream" : true,\n  "model" : "m" ,\n  "x": [1, {"model": "n"}]\n}\n',
+    '{"system": "caf\u00e9 \u2014 \\"model\\": \\"m\\"", "model":"m\\u0031", "n": 1.50}'.encode(),
+    OPENAI_SDK_SHAPE,
+])
+def test_with_members_at_the_parses_places_walks_nothing(raw, monkeypatch):
+    """Given where ``parse_body`` found each top-level value, ``with_members`` replaces them there, without
+    walking the body again (the OpenAI SDK sends ``model`` after the whole conversation); the bytes are those
+    of the walk, non-ASCII text before the value included."""
+    spans: dict = {}
+    parse_body(raw, 256, spans)
+    assert set(spans) == set(json.loads(raw))
+    added = {"stream_options": {"include_usage": True}}
+    want = [with_model(raw, "gpt-4.1"), with_members(raw, {"model": "gpt-4.1"}, added)]
+    monkeypatch.setattr(intake, "_members", None)  # a walk would fail
+    assert [with_members(raw, {"model": "gpt-4.1"}, spans=spans),
+            with_members(raw, {"model": "gpt-4.1"}, added, spans)] == want
+    assert json.loads(want[1]) == {**added, **json.loads(raw), "model": "gpt-4.1"}
+    with pytest.raises(TypeError):  # a member not among the places: the walk (here, none to call)
+        with_members(raw, {"model": "x", "n2": 1}, spans=spans)
+
+
+def test_parse_body_keeps_no_places_from_a_walk_that_failed():
+    spans: dict = {}
+    with pytest.raises(InvalidRequest):
+        parse_body(b'{"model": "m", "a": 1} x', 256, spans)
+    assert spans == {}
 
 
 # -- /health/ready ---------------------------------------------------------------------------------------

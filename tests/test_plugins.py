@@ -616,6 +616,23 @@ def test_an_alias_replaces_only_the_model_value_in_the_clients_bytes(make_proxy,
     assert upstream.requests[-1].json() == {**json.loads(raw), "model": "claude-sonnet-4-5", "temperature": 0}
 
 
+def test_an_openai_sdk_body_through_an_alias_keeps_its_bytes_with_usage_asked(make_proxy, mock, upstream):
+    """The OpenAI SDK's order (``model`` after ``messages``), through an alias, streamed without usage: the
+    client's bytes go upstream with the model's value replaced and ``stream_options`` put first, the
+    conversation's bytes untouched (escapes, non-ASCII text, a nested ``model``)."""
+    config = config_with(mock.url, "usage")
+    config["models"] = {"fast": {"model": "gpt-4.1-mini"}}
+    server = make_proxy(config)
+    raw = ('{"messages": [{"role": "system", "content": "caf\u00e9 \u2014 \\"model\\": \\"fast\\""}, '
+           '{"role": "user", "content": "hi \\u00e9"}], "model": "fast", "stream": true, '
+           '"tools": [{"type": "function", "function": {"name": "t", "parameters": {"properties": {"model": {}}}}}]}').encode()
+    with httpx.stream("POST", server.url + "/v1/chat/completions", content=raw,
+                      headers={"content-type": "application/json"}, timeout=10) as r:
+        assert r.status_code == 200 and b"[DONE]" in r.read()
+    assert upstream.requests[-1].body == b'{"stream_options":{"include_usage": true},' + raw[1:].replace(
+        b'"model": "fast"', b'"model": "gpt-4.1-mini"')
+
+
 def test_ccproxy_request_headers_async_changes_upstream_headers(serve, upstream):
     class Headers:
         @hookimpl
