@@ -30,6 +30,7 @@ from .errors import UpstreamProtocolError
 __all__ = ["EventSizeLimit", "SSEEvent", "SSEParser", "encode_event"]
 
 _BOM = "\ufeff"
+_BOM_BYTES = _BOM.encode()
 
 
 @dataclass(slots=True)
@@ -65,15 +66,21 @@ class SSEParser:
         self._data: list[str] = []
         self._id: str | None = None
         self._retry: int | None = None
-        #: The last read fed ended with a blank line: no line or event is left half read (False at the
-        #: start, so that the first read, which may open with a byte-order mark, is always fed).
-        self._idle = False
+        #: No line or event is left half read: nothing was fed yet, or the last read ended with a blank line.
+        self._idle = True
 
     def passes(self, data: bytes) -> bool:
-        """True when ``data`` is whole events (it ends with a blank line and holds no carriage return) and the
-        parser holds nothing: ``data`` may then be handled without :meth:`feed`, and the parser stays as it
-        would be after it. An adapter that reads only some events uses it to skip the parse of the others."""
-        return self._idle and data.endswith(b"\n\n") and data.find(b"\r") < 0
+        """True when ``data`` is whole events (it ends with a blank line and holds no carriage return), the
+        parser holds nothing and ``data`` does not open the stream with a byte-order mark: ``data`` may then be
+        handled without :meth:`feed`, and the parser is left as it would be after it. An adapter that reads
+        only some events uses it to skip the parse of the others."""
+        if not (self._idle and data.endswith(b"\n\n") and data.find(b"\r") < 0):
+            return False
+        if not self._started:
+            if data.startswith(_BOM_BYTES):
+                return False
+            self._started = True
+        return True
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Parse one read; return the events it completed (often none, often several)."""
@@ -117,7 +124,7 @@ class SSEParser:
         if self._data:
             events.append(SSEEvent(self._event, "\n".join(self._data), self._id, self._retry))
         self._event, self._data, self._id, self._retry = None, [], None, None
-        self._started = self._idle = False
+        self._started, self._idle = False, True
         return events
 
     def _lines(self, lines: list[str]) -> list[SSEEvent]:

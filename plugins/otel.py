@@ -439,7 +439,8 @@ class AnthropicReader:
         return b""
 
     def unread(self, data: bytes) -> bool:
-        return data.find(b"message_") < 0  # (find, not in: see the usage plugin's _UNREAD)
+        # (find, not in: see the usage plugin's _UNREAD)
+        return data.find(b"message_start") < 0 and data.find(b"message_delta") < 0
 
     def read(self, events: list[Any]) -> None:
         trace = self.trace

@@ -355,12 +355,13 @@ def _chat_unread(data: bytes) -> bool:
 
 
 #: By upstream dialect, whether no event in some whole events can matter to :func:`read_event`: bytes
-#: without which none does are absent (the names of Anthropic's and the Responses API's events that do, all
-#: of Anthropic's starting ``message_``). Substring checks, cheaper than a regular expression: a name found
-#: elsewhere only costs a parse, a usage or error is never skipped. ``bytes.find``, not ``in``, per read:
-#: on Python 3.11 ``sub in data`` first tries ``sub`` as an int and builds a TypeError it drops.
+#: without which none does are absent (the names of the Anthropic and Responses API events that do).
+#: Substring checks, cheaper than a regular expression: a name found elsewhere only costs a parse, a usage
+#: or error is never skipped. ``bytes.find``, not ``in``, per read: on Python 3.11 ``sub in data`` first
+#: tries ``sub`` as an int and builds a TypeError it drops.
 _UNREAD = {
-    ANTHROPIC: lambda data: data.find(b"message_") < 0 and data.find(b"error") < 0,
+    ANTHROPIC: lambda data: data.find(b"message_start") < 0 and data.find(b"message_delta") < 0
+    and data.find(b"error") < 0,
     RESPONSES: lambda data: data.find(b"response.completed") < 0 and data.find(b"response.incomplete") < 0
     and data.find(b"response.failed") < 0 and data.find(b"error") < 0,
     OPENAI: _chat_unread,

@@ -102,10 +102,13 @@ def test_flush_resets_the_parser() -> None:
     assert parser.feed(b"data: c\n\n") == [SSEEvent(None, "c")]
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def test_passes_only_whole_events_to_a_parser_that_holds_nothing() -> None:
     parser = SSEParser()
     whole = b"data: a\n\ndata: b\n\n"
-    assert not parser.passes(whole)  # the first read is always fed (a byte-order mark)
+    assert parser.passes(whole) and parser.passes(whole)
     assert len(parser.feed(whole)) == 2 and parser.passes(whole)
     assert not parser.passes(b"data: a\n") and not parser.passes(b"data: a\r\n\r\n")
     assert not parser.passes(b"data: a\n\r\n\n")  # a carriage return anywhere
@@ -118,7 +121,18 @@ def test_passes_only_whole_events_to_a_parser_that_holds_nothing() -> None:
     parser.feed(b"\n\n")
     assert parser.passes(whole)
     parser.flush()
-    assert not parser.passes(whole)  # a new stream: its first read is fed
+    assert not parser.passes(BOM + whole)  # a new stream: a byte-order mark opening it is the parser's to skip
+    assert [e.data for e in parser.feed(BOM + whole)] == ["a", "b"]
+
+
+def test_a_first_read_passed_leaves_the_parser_as_feeding_it_would() -> None:
+    """Past the stream's first read a byte-order mark is no longer skipped, whether that read was fed or passed."""
+    for skip in (False, True):
+        parser = SSEParser()
+        first = b"data: a\n\n"
+        if not (skip and parser.passes(first)):
+            assert [e.data for e in parser.feed(first)] == ["a"]
+        assert parser.feed(BOM + b"data: b\n\ndata: c\n\n") == [SSEEvent(None, "c")]  # "\ufeffdata" is no field
 
 
 def test_encode_event() -> None:
