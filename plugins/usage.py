@@ -330,7 +330,9 @@ class StreamReader:
         global _failed
         for event in events:
             try:
-                read_event(self.ctx, event)
+                chunk = read_event(self.ctx, event)
+                if chunk is not None and self.remover is not None and _is_usage_chunk(chunk):
+                    self.remover.usage_data = event.data  # parsed once: the remover knows the frame by its text
             except Exception:
                 if not _failed:
                     _failed = True
@@ -383,12 +385,14 @@ class UsageChunkRemover:
     (with its comma) leaves valid JSON.
     """
 
-    __slots__ = ("_held", "_edge", "_dropped")
+    __slots__ = ("_held", "_edge", "_dropped", "usage_data")
 
     def __init__(self) -> None:
         self._held: list[bytes] = []  # pieces of the event being read (no separator among them)
         self._edge = b""  # the last 3 held bytes
         self._dropped = False
+        #: The data of an event already known to be the usage chunk (by :class:`StreamReader`, which parsed it).
+        self.usage_data: str | None = None
 
     def feed(self, data: bytes) -> bytes:
         held = self._held
@@ -444,24 +448,31 @@ class UsageChunkRemover:
                     end, seplen = i, len(sep)
             frame = data[start : end + seplen]
             start = end + seplen
-            if not self._dropped and _is_usage_frame(frame[: len(frame) - seplen]):
+            if not self._dropped and self._is_usage_frame(frame[: len(frame) - seplen]):
                 self._dropped = True
                 continue
             out.append(frame)
         return b"".join(out)
 
 
-def _is_usage_frame(frame: bytes) -> bool:
-    if b'"usage"' not in frame or (b'"choices":[]' not in frame and b'"choices": []' not in frame):
-        return False
-    lines = frame.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    payload = b"\n".join(
-        line[6:] if line.startswith(b"data: ") else line[5:] for line in lines if line.startswith(b"data:")
-    )
-    try:
-        chunk = json.loads(payload)
-    except ValueError:
-        return False
+    def _is_usage_frame(self, frame: bytes) -> bool:
+        if b'"usage"' not in frame or (b'"choices":[]' not in frame and b'"choices": []' not in frame):
+            return False
+        lines = frame.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        payload = b"\n".join(
+            line[6:] if line.startswith(b"data: ") else line[5:] for line in lines if line.startswith(b"data:")
+        )
+        if self.usage_data is not None and payload == self.usage_data.encode():
+            return True
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            return False
+        return _is_usage_chunk(chunk)
+
+
+def _is_usage_chunk(chunk: Any) -> bool:
+    """The chunk a Chat Completions stream ends with when usage was asked for: no choices, a usage object."""
     return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 
 
@@ -523,8 +534,9 @@ def _error_message(payload: Any) -> str:
     return str(error or "error")
 
 
-def read_event(ctx: RequestContext, event: Any) -> None:
-    """Read usage from the few events that carry it (:class:`StreamReader` passes them)."""
+def read_event(ctx: RequestContext, event: Any) -> Any:
+    """Read usage from the few events that carry it (:class:`StreamReader` passes them). Returns the Chat
+    Completions chunk it parsed for its usage, else None."""
     data: str = event.data
     if ctx.upstream_dialect == ANTHROPIC:
         name = event.event
@@ -569,6 +581,7 @@ def read_event(ctx: RequestContext, event: Any) -> None:
             # The usage chunk has no choices; some servers put usage on the finishing chunk instead.
             if not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
                 flags["final"] = True
+        return chunk
     elif '"error"' in data:  # a model's quoted "error" is escaped in the JSON text: \"error\"
         chunk = _loads(data)
         if chunk.get("error"):  # not "error": null

@@ -114,6 +114,39 @@ def test_stream_reader_reads_what_every_event_gives_however_the_bytes_are_split(
     assert every_event(dialect, [raw])[0] is not None or every_event(dialect, [raw])[1] is not None
 
 
+@pytest.mark.parametrize("raw", [OPENAI_STREAM, OPENAI_COMPACT, OPENAI_SPACED])
+def test_a_reader_with_a_remover_gives_what_the_remover_alone_gives_and_parses_the_usage_chunk_once(raw, monkeypatch):
+    """The reader tells its remover which event is the usage chunk (it parsed it): the client's bytes are what
+    the remover alone makes of the stream, however it is split, and OpenAI's compact stream read in whole
+    events costs one parse, of that chunk."""
+    from ccproxy_plugins.usage import UsageChunkRemover
+
+    rng = random.Random(5)
+    for stream in variants(raw):
+        cuts = [sorted(rng.sample(range(1, len(stream)), rng.randint(1, 12))) for _ in range(20)]
+        splits = [[p + b"\n\n" for p in stream.split(b"\n\n")[:-1]], [stream],
+                  *([stream[a:b] for a, b in zip([0, *c], [*c, len(stream)])] for c in cuts)]
+        for reads in splits:
+            alone = UsageChunkRemover()
+            want = b"".join(alone.feed(data) for data in reads) + alone.finish()
+            ctx = RequestContext("r", "POST", "/", OPENAI, upstream_dialect=OPENAI)
+            reader = StreamReader(ctx, UsageChunkRemover())
+            assert b"".join(reader.feed(data) for data in reads) + reader.finish() == want
+            assert state(ctx) == every_event(OPENAI, reads)
+            if stream is raw:
+                assert b'"choices":[]' not in want.replace(b" ", b"")
+    parsed = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **k: parsed.append(text) or loads(text, *a, **k))
+    ctx = RequestContext("r", "POST", "/", OPENAI, upstream_dialect=OPENAI)
+    reader = StreamReader(ctx, UsageChunkRemover())
+    for event in OPENAI_COMPACT.split(b"\n\n")[:-1]:
+        reader.feed(event + b"\n\n")
+    assert ctx.usage is not None and len(parsed) == (1 if raw is OPENAI_COMPACT else len(parsed))
+    if raw is OPENAI_COMPACT:
+        assert '"choices":[]' in parsed[0]
+
+
 def test_the_codings_read_are_the_ones_the_core_decodes():
     for coding in ("identity", "gzip", "x-gzip", "deflate", " GZIP ", "br", "zstd", "gzip, br", "compress"):
         assert (decoder_for(coding, 10) is not None) == (coding.strip().lower() in DECODABLE_CODINGS), coding
