@@ -370,17 +370,18 @@ _UNREAD = {
 }
 
 
-_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+#: The end of a blank line, which ends an event: a line end right after another (CRLF is one line end).
+_BLANK_LINE = re.compile(rb"\n\n|\n\r\n?|\r\r\n?")
 _NULL_USAGE = (b',"usage":null', b', "usage": null', b'"usage":null,', b'"usage": null, ')
 
 
 class UsageChunkRemover:
     """A response adapter that drops the ``choices: []`` usage frame and ``"usage": null`` fields.
 
-    Bytes are held only up to the next blank line (the end of the event being read; the core
-    bounds one event at ``limits.max_sse_event_bytes`` before any adapter sees it); everything
-    else passes through unchanged. Work is linear in the bytes fed: held pieces are joined once,
-    and each read is searched once (plus the 3 bytes before it, where a separator may start).
+    Bytes are held only up to the next blank line, in any mix of line ends (the end of the event being
+    read; the core bounds one event at ``limits.max_sse_event_bytes`` before any adapter sees it);
+    everything else passes through unchanged. Work is linear in the bytes fed: held pieces are joined
+    once, and each read is searched once (plus the 3 bytes before it, where a blank line may start).
     In JSON text an unescaped ``"usage":null`` can only be a key and its value, so removing it
     (with its comma) leaves valid JSON.
     """
@@ -400,11 +401,11 @@ class UsageChunkRemover:
             return self._clean(data)
         edge = self._edge if held else b""
         probe = edge + data if edge else data
-        cut = -1  # the end of the last separator, in data
-        for sep in _SEPARATORS:
-            i = probe.rfind(sep)
-            if i >= 0:
-                cut = max(cut, i + len(sep) - len(edge))
+        # The last blank line holds one of these pairs: a line end, then the start of an empty line's end.
+        cut = max(probe.rfind(b"\n\n"), probe.rfind(b"\n\r"), probe.rfind(b"\r\r"))
+        if cut >= 0:
+            cut += 3 if probe[cut + 1] == 0x0D and probe[cut + 2 : cut + 3] == b"\n" else 2  # (its CRLF, whole)
+            cut -= len(edge)  # in data
         if cut <= 0:
             if data:
                 held.append(data)
@@ -433,27 +434,20 @@ class UsageChunkRemover:
         return cleaned
 
     def _drop_usage_frame(self, data: bytes) -> bytes:
+        """``data`` without the first usage frame in it: each event with its blank line, and what follows the
+        last blank line (the stream's end, when it ends without one)."""
         out: list[bytes] = []
         start = 0
-        found = dict.fromkeys(_SEPARATORS, -1)  # next position of each separator (searched forward once)
-        while start < len(data):
-            end, seplen = len(data), 0
-            for sep in _SEPARATORS:
-                i = found[sep]
-                if i < start and i != -2:
-                    i = found[sep] = data.find(sep, start)
-                    if i < 0:
-                        i = found[sep] = -2  # none left
-                if 0 <= i < end:
-                    end, seplen = i, len(sep)
-            frame = data[start : end + seplen]
-            start = end + seplen
-            if not self._dropped and self._is_usage_frame(frame[: len(frame) - seplen]):
+        ends = [(blank.start(), blank.end()) for blank in _BLANK_LINE.finditer(data)]  # (event's, with its blank line)
+        if not ends or ends[-1][1] < len(data):
+            ends.append((len(data), len(data)))
+        for event_end, end in ends:
+            if not self._dropped and self._is_usage_frame(data[start:event_end]):
                 self._dropped = True
-                continue
-            out.append(frame)
+            else:
+                out.append(data[start:end])
+            start = end
         return b"".join(out)
-
 
     def _is_usage_frame(self, frame: bytes) -> bool:
         if b'"usage"' not in frame or (b'"choices":[]' not in frame and b'"choices": []' not in frame):

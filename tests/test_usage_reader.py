@@ -132,9 +132,7 @@ def test_a_reader_with_a_remover_gives_what_the_remover_alone_gives_and_parses_t
             ctx = RequestContext("r", "POST", "/", OPENAI, upstream_dialect=OPENAI)
             reader = StreamReader(ctx, UsageChunkRemover())
             assert b"".join(reader.feed(data) for data in reads) + reader.finish() == want
-            assert state(ctx) == every_event(OPENAI, reads)
-            if stream is raw:
-                assert b'"choices":[]' not in want.replace(b" ", b"")
+            assert state(ctx) == every_event(OPENAI, reads) and b'"choices":[]' not in want.replace(b" ", b"")
     parsed = []
     loads = json.loads
     monkeypatch.setattr(json, "loads", lambda text, *a, **k: parsed.append(text) or loads(text, *a, **k))
@@ -145,6 +143,56 @@ def test_a_reader_with_a_remover_gives_what_the_remover_alone_gives_and_parses_t
     assert ctx.usage is not None and len(parsed) == (1 if raw is OPENAI_COMPACT else len(parsed))
     if raw is OPENAI_COMPACT:
         assert '"choices":[]' in parsed[0]
+
+
+@pytest.mark.parametrize("blank", [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n", b"\r\r\n", b"\n\r"])
+def test_the_remover_holds_no_event_past_its_blank_line_whatever_the_line_ends(blank):
+    """An event read whole leaves the remover at once, whatever mix of line ends makes its blank line (held, a
+    stream would reach the client at its end, in memory past the core's bound of one event)."""
+    from ccproxy_plugins.usage import UsageChunkRemover
+
+    remover = UsageChunkRemover()
+    text = b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}' + blank
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":1}}' + blank
+    assert remover.feed(text) == text.replace(b',"usage":null', b"")
+    assert remover.feed(usage) == b"" and remover.feed(b"data: [DONE]" + blank) == b"data: [DONE]" + blank
+    assert remover.finish() == b""
+
+
+@pytest.mark.parametrize("blank", [b"\n\r\n", b"\r\r\n"])
+def test_a_stream_with_mixed_line_ends_reaches_the_client_event_by_event(blank):
+    """Through the proxy, the ``usage`` plugin's remover on (an OpenAI client streaming without usage): the first
+    event reaches the client while the upstream waits for it to, and the usage frame asked for is not shown."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    from tests.servers import OPENAI_BODY
+
+    seen = threading.Event()
+    first = b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}' + blank
+    rest = [b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}' + blank, b"data: [DONE]" + blank]
+
+    async def play(up: Hostile, writer: asyncio.StreamWriter) -> None:
+        await up.write(writer, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+                               b"connection: close\r\n\r\n" + b"%x\r\n%s\r\n" % (len(first), first))
+        await asyncio.to_thread(seen.wait, 10)  # the client has the first event: now the rest
+        for piece in rest:
+            await up.write(writer, b"%x\r\n%s\r\n" % (len(piece), piece))
+        await up.write(writer, b"0\r\n\r\n")
+
+    with Hostile(play) as up, ProxyThread(config(up.url)) as proxy:
+        body = {**OPENAI_BODY, "stream": True}
+        body.pop("stream_options", None)
+        with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, timeout=30) as r:
+            got = bytearray()
+            for data in r.iter_raw():
+                got += data
+                if not seen.is_set() and got.endswith(blank):
+                    assert bytes(got) == first.replace(b',"usage":null', b"")
+                    seen.set()
+    assert seen.is_set() and bytes(got) == first.replace(b',"usage":null', b"") + rest[1]
 
 
 def test_the_codings_read_are_the_ones_the_core_decodes():
