@@ -174,11 +174,19 @@ def _estimate_raw(raw: bytes) -> int:
 
 
 class EstimateTransport(httpx.AsyncBaseTransport):
-    """Answers a count request in-process with ``{"input_tokens": N}`` (the local estimate)."""
+    """Answers a count request in-process with ``{"input_tokens": N}`` (the local estimate) of ``body``, the
+    request's body already parsed, else of the request's bytes (parsed again: for a large body, time the
+    event loop stops for)."""
+
+    def __init__(self, body: dict[str, Any] | None = None) -> None:
+        self.body = body
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         raw = await request.aread()
-        count = await estimated(_estimate_raw, raw, len(raw))
+        if self.body is not None:
+            count = await estimated(estimate_input_tokens, self.body, len(raw))
+        else:
+            count = await estimated(_estimate_raw, raw, len(raw))
         return httpx.Response(
             200, headers={ESTIMATE_HEADER: "estimate"}, json={"input_tokens": count}, request=request
         )

@@ -35,7 +35,6 @@ log = logging.getLogger("ccproxy")
 #: Claude Code's context-size marker on a model name (``claude-opus-4-8[1m]``): a client-side
 #: suffix, not part of any upstream's model id.
 _BRACKET_SUFFIX = re.compile(r"\[[^\[\]]*\]$")
-_ESTIMATE = EstimateTransport()
 #: Model names whose routes are kept (see ``Proxy._receive``); the cache starts again when full.
 ROUTE_CACHE_MAX = 1024
 
@@ -358,7 +357,9 @@ class Proxy:
         headers.setdefault("content-type", "application/json")
         await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)
         if path is None:
-            url, transport, dialect = "http://ccproxy.estimate" + COUNT_PATHS[ANTHROPIC], _ESTIMATE, ANTHROPIC
+            # The body as parsed (the estimate reads no model): not parsed again, in C, holding the GIL.
+            url, dialect = "http://ccproxy.estimate" + COUNT_PATHS[ANTHROPIC], ANTHROPIC
+            transport = EstimateTransport(ctx.body)
         else:
             url = provider.base_url + path
             if request.query_string and not ctx.translated:

@@ -64,6 +64,16 @@ def test_a_large_count_is_estimated_off_the_event_loop(proxy, upstream, monkeypa
     assert seen == [False, True]
 
 
+def test_the_estimate_reads_the_body_as_parsed_not_its_bytes_again(proxy, upstream, monkeypatch):
+    """The parse that routed the request gives the estimate its body: a large one is not parsed a second time
+    (in C, holding the GIL, so stopping the event loop even from the estimate's thread)."""
+    monkeypatch.setattr(counting, "_estimate_raw", None)  # the bytes' parse: not called
+    big = {**BODY, "model": "gpt-4o", "system": "word " * (counting.INLINE_BYTES // 5)}
+    for body in (big, {**BODY, "model": "gpt-4o"}):
+        r = httpx.post(proxy.url + "/v1/messages/count_tokens", json=body)
+        assert r.status_code == 200 and r.json() == {"input_tokens": estimate_input_tokens(body)}, r.text
+
+
 def asyncio_loop_running() -> bool:
     import asyncio
 
