@@ -389,7 +389,7 @@ class UsageChunkRemover:
     __slots__ = ("_held", "_edge", "_dropped", "usage_data")
 
     def __init__(self) -> None:
-        self._held: list[bytes] = []  # pieces of the event being read (no separator among them)
+        self._held: list[bytes] = []  # pieces of the event being read (no blank line among them)
         self._edge = b""  # the last 3 held bytes
         self._dropped = False
         #: The data of an event already known to be the usage chunk (by :class:`StreamReader`, which parsed it).
