@@ -386,16 +386,22 @@ class UsageChunkRemover:
     (with its comma) leaves valid JSON.
     """
 
-    __slots__ = ("_held", "_edge", "_dropped", "usage_data")
+    __slots__ = ("_held", "_edge", "_dropped", "_ended_last", "_lf", "usage_data")
 
     def __init__(self) -> None:
         self._held: list[bytes] = []  # pieces of the event being read (no blank line among them)
         self._edge = b""  # the last 3 held bytes
         self._dropped = False
+        self._ended_last = False  # the usage frame dropped was the last of what _clean was given
+        #: The last read ended with a CR ending an event: what a LF opening the next read (the rest of a CRLF)
+        #: becomes, b"\n" if that event was passed on, b"" if it was the frame dropped; None otherwise.
+        self._lf: bytes | None = None
         #: The data of an event already known to be the usage chunk (by :class:`StreamReader`, which parsed it).
         self.usage_data: str | None = None
 
     def feed(self, data: bytes) -> bytes:
+        if self._lf is not None:
+            return self._after_cr(data)
         held = self._held
         if not held and data.endswith(b"\n\n"):  # the usual read: whole events
             return self._clean(data)
@@ -414,7 +420,20 @@ class UsageChunkRemover:
         head = b"".join(held) + data[:cut] if held else data[:cut]
         self._held = [data[cut:]] if cut < len(data) else []
         self._edge = data[cut:][-3:]
-        return self._clean(head)
+        self._ended_last = False
+        cleaned = self._clean(head)
+        if cut == len(data) and head.endswith(b"\r"):
+            self._lf = b"" if self._ended_last else b"\n"
+        return cleaned
+
+    def _after_cr(self, data: bytes) -> bytes:
+        """A read after one that ended with a CR ending an event: a LF opening it (the rest of a CRLF split
+        between reads) goes with that event, whatever became of it."""
+        lf = b""
+        if data[:1] == b"\n":
+            lf, data = self._lf or b"", data[1:]
+        self._lf = None
+        return lf + self.feed(data)
 
     def finish(self) -> bytes:
         rest = b"".join(self._held)
@@ -444,6 +463,7 @@ class UsageChunkRemover:
         for event_end, end in ends:
             if not self._dropped and self._is_usage_frame(data[start:event_end]):
                 self._dropped = True
+                self._ended_last = end == len(data)
             else:
                 out.append(data[start:end])
             start = end

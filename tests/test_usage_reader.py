@@ -195,6 +195,30 @@ def test_a_stream_with_mixed_line_ends_reaches_the_client_event_by_event(blank):
     assert seen.is_set() and bytes(got) == first.replace(b',"usage":null', b"") + rest[1]
 
 
+def test_the_remover_gives_the_same_bytes_however_a_stream_of_mixed_line_ends_is_split():
+    """Each event with its own line ends and blank line (any two line ends in a row), split anywhere: the
+    client gets the same bytes as from whole events, without the usage frame."""
+    from ccproxy_plugins.usage import UsageChunkRemover
+
+    rng = random.Random(11)
+    ends = [b"\n", b"\r\n", b"\r"]
+    for _ in range(300):
+        events = [b'data: {"choices":[{"delta":{"content":"w%d"}}],"usage":null}' % i for i in range(rng.randint(1, 4))]
+        events += [b'data: {"choices":[],"usage":{"prompt_tokens":1}}', b"data: [DONE]"]
+        framed = []
+        for event in events:  # a line end, then an empty line's (CR then LF would be one CRLF: not a blank line)
+            first = rng.choice(ends)
+            framed.append(event + first + rng.choice(ends[1:] if first == b"\r" else ends))
+        stream = b"".join(framed)
+        whole = UsageChunkRemover()
+        want = b"".join(whole.feed(f) for f in framed) + whole.finish()
+        assert b'"choices":[]' not in want and b"w0" in want
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 10)))
+        remover = UsageChunkRemover()
+        got = b"".join(remover.feed(stream[a:b]) for a, b in zip([0, *cuts], [*cuts, len(stream)])) + remover.finish()
+        assert got == want
+
+
 def test_the_codings_read_are_the_ones_the_core_decodes():
     for coding in ("identity", "gzip", "x-gzip", "deflate", " GZIP ", "br", "zstd", "gzip, br", "compress"):
         assert (decoder_for(coding, 10) is not None) == (coding.strip().lower() in DECODABLE_CODINGS), coding
