@@ -18,19 +18,21 @@ __all__ = ["ChunkFrames", "Open", "events_ended", "write_gate"]
 
 
 def events_ended(tail: bytes, data: bytes) -> int:
-    """The SSE events a write of ``data`` ends (at a blank line); ``tail`` is the previous write's last two bytes.
+    """The SSE events a write of ``data`` ends (at a blank line, in any mix of line ends: a line end, then one
+    starting with LF LF, LF CR or CR CR); ``tail`` is the previous write's last two bytes.
 
-    Prefixing ``tail``'s last byte(s), too short to hold a whole match, counts an event that straddles
-    two writes exactly once; without a ``\\r`` or a ``\\n`` that may straddle, ``data`` alone counts the
-    same, without a copy. (``bytes.find``, not ``in``: on Python 3.11 ``sub in data`` first tries ``sub``
-    as an int and builds a TypeError it drops, twice the cost of a search.)
+    Prefixing ``tail``'s last byte, too short to hold a whole match, counts an event that straddles two
+    writes exactly once; without a ``\\r`` in ``data`` nor a ``\\n`` that may straddle, ``data`` alone
+    counts the same, without a copy. (``bytes.find``, not ``in``: on Python 3.11 ``sub in data`` first tries
+    ``sub`` as an int and builds a TypeError it drops, twice the cost of a search.)
     """
     if tail[-1:] == b"\n" and data[:1] == b"\n":
         count = (tail[-1:] + data).count(b"\n\n")
     else:
         count = data.count(b"\n\n")
-    if data.find(b"\r") >= 0 or (tail != b"\n\n" and tail.find(b"\r") >= 0):  # the usual tail: no search
-        count += (tail + data).count(b"\n\r\n")
+    if data.find(b"\r") >= 0:  # a pair with a CR is in data, or straddles with its first byte in tail
+        joined = tail[-1:] + data
+        count += joined.count(b"\n\r") + joined.count(b"\r\r")
     return count
 
 

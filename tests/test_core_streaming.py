@@ -420,14 +420,29 @@ def test_models_and_health(proxy):
 
 def test_events_ended_counts_what_the_joined_writes_count():
     """The relay's event count per write (no copy in the usual case) equals counting blank lines in the
-    previous write's last bytes joined to this one, for line ends of every kind split anywhere."""
+    previous write's last byte joined to this one, for line ends of every kind split anywhere; over a stream
+    with one blank line per event, in any mix of line ends, the writes count its events."""
     from ccproxy_core.client_writes import events_ended
 
     rng = __import__("random").Random(17)
     for _ in range(20000):
         tail = bytes(rng.choice(b"\n\ra") for _ in range(rng.randint(0, 2)))
         data = bytes(rng.choice(b"\n\r\n\ra") for _ in range(rng.randint(0, 8)))
-        assert events_ended(tail, data) == (tail[-1:] + data).count(b"\n\n") + (tail + data).count(b"\n\r\n")
+        joined = tail[-1:] + data
+        assert events_ended(tail, data) == joined.count(b"\n\n") + joined.count(b"\n\r") + joined.count(b"\r\r")
+    ends = [b"\n", b"\r\n", b"\r"]
+    for _ in range(2000):
+        stream = b""
+        events = rng.randint(1, 5)
+        for i in range(events):  # a line end, then an empty line's (CR then LF would be one CRLF)
+            first = rng.choice(ends)
+            stream += b"data: %d" % i + first + rng.choice(ends[1:] if first == b"\r" else ends)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 6))))
+        tail, count = b"", 0
+        for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+            count += events_ended(tail, stream[a:b])
+            tail = stream[a:b][-2:]
+        assert count == events, stream
 
 
 @pytest.mark.parametrize("extra", [
