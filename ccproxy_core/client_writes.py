@@ -18,8 +18,8 @@ __all__ = ["ChunkFrames", "Open", "events_ended", "write_gate"]
 
 
 def events_ended(tail: bytes, data: bytes) -> int:
-    """The SSE events a write of ``data`` ends (at a blank line, in any mix of line ends: a line end, then one
-    starting with LF LF, LF CR or CR CR); ``tail`` is the previous write's last two bytes.
+    """The SSE events a write of ``data`` ends at a blank line, in any mix of line ends: each LF LF, LF CR or
+    CR CR is a line's end followed by an empty line's. ``tail`` is the previous write's last bytes.
 
     Prefixing ``tail``'s last byte, too short to hold a whole match, counts an event that straddles two
     writes exactly once; without a ``\\r`` in ``data`` nor a ``\\n`` that may straddle, ``data`` alone
