@@ -165,28 +165,18 @@ async def estimated(estimate: Callable[[T], int], body: T, size: int) -> int:
     return await asyncio.to_thread(estimate, body) if size > INLINE_BYTES else estimate(body)
 
 
-def _estimate_raw(raw: bytes) -> int:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = {}
-    return estimate_input_tokens(body if isinstance(body, dict) else {})
-
-
 class EstimateTransport(httpx.AsyncBaseTransport):
-    """Answers a count request in-process with ``{"input_tokens": N}`` (the local estimate) of ``body``, the
-    request's body already parsed, else of the request's bytes (parsed again: for a large body, time the
-    event loop stops for)."""
+    """Answers a count request in-process with ``{"input_tokens": N}``: the local estimate of ``body``, the
+    request's body as the intake parsed it (the estimate reads no model, so an alias's renamed bytes count the
+    same). The bytes are not parsed again: that would stop the event loop a second time, for as long as the
+    first parse, even from the estimate's thread."""
 
-    def __init__(self, body: dict[str, Any] | None = None) -> None:
+    def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         raw = await request.aread()
-        if self.body is not None:
-            count = await estimated(estimate_input_tokens, self.body, len(raw))
-        else:
-            count = await estimated(_estimate_raw, raw, len(raw))
+        count = await estimated(estimate_input_tokens, self.body, len(raw))
         return httpx.Response(
             200, headers={ESTIMATE_HEADER: "estimate"}, json={"input_tokens": count}, request=request
         )

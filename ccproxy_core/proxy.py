@@ -357,7 +357,7 @@ class Proxy:
         headers.setdefault("content-type", "application/json")
         await self.plugins.call("ccproxy_request_headers", ctx=ctx, headers=headers)
         if path is None:
-            # The body as parsed (the estimate reads no model): not parsed again, in C, holding the GIL.
+            # The estimate counts the body as the intake parsed it (see EstimateTransport).
             url, dialect = "http://ccproxy.estimate" + COUNT_PATHS[ANTHROPIC], ANTHROPIC
             transport = EstimateTransport(ctx.body)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from types import SimpleNamespace
 from pathlib import Path
 
 import anthropic
@@ -67,7 +68,7 @@ def test_a_large_count_is_estimated_off_the_event_loop(proxy, upstream, monkeypa
 def test_the_estimate_reads_the_body_as_parsed_not_its_bytes_again(proxy, upstream, monkeypatch):
     """The parse that routed the request gives the estimate its body: a large one is not parsed a second time
     (in C, holding the GIL, so stopping the event loop even from the estimate's thread)."""
-    monkeypatch.setattr(counting, "_estimate_raw", None)  # the bytes' parse: not called
+    monkeypatch.setattr(counting, "json", SimpleNamespace(dumps=json.dumps))  # no json.loads to call
     big = {**BODY, "model": "gpt-4o", "system": "word " * (counting.INLINE_BYTES // 5)}
     for body in (big, {**BODY, "model": "gpt-4o"}):
         r = httpx.post(proxy.url + "/v1/messages/count_tokens", json=body)
