@@ -104,6 +104,8 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
         rows["CPU return path"].append((mine["client_out"][1] - mine["upstream_in"][1]) / 1e3)
         if "next" in mine:
             rows["CPU after the write, before the next"].append((mine["next"][1] - mine["client_out"][1]) / 1e3)
+    if not rows["added in all"]:
+        raise SystemExit("no proxied request has all four stamps: check bench/experiments/stamps.py against the core")
     print(f"one request in flight, upstream {args.delay:g} ms late, plugins {args.plugins or 'every product plugin'}, "
           f"proxy on CPU {args.proxy_cpu}, mock on CPU {args.mock_cpu}, client on CPU {args.client_cpu}, "
           f"gap {args.gap:g} ms; direct p50 {direct_p50 / 1e6:.3f} ms; p50 / p90 in µs over "

@@ -1,14 +1,12 @@
-# Measurement (bench/latency_split.py): record (time.monotonic_ns, thread CPU ns) when Sanic's protocol
-# receives request bytes ("client_in"), when an upstream connection is written ("upstream_out"), when it
-# receives bytes ("upstream_in") and when the relay writes to the client ("client_out"); written to
-# $CCPROXY_STAMPS at exit. Changes nothing else.
+# Measurement (bench/latency_split.py): record (time.monotonic_ns, thread CPU ns) when the proxy's
+# protocol (intake.DeadlineProtocol) receives request bytes ("client_in"), when an upstream connection
+# is written ("upstream_out"), when it receives bytes ("upstream_in") and when the relay writes to the
+# client ("client_out"); written to $CCPROXY_STAMPS at exit. Changes nothing else.
 import atexit
 import os
 import time
 
-from sanic.server.protocols import http_protocol
-
-from ccproxy_core import relay
+from ccproxy_core import intake, relay
 from ccproxy_core.transport import connection
 
 _STAMPS: list = []
@@ -29,7 +27,7 @@ def _stamped(func, kind):
     return wrapper
 
 
-for cls, name, kind in ((http_protocol.HttpProtocol, "data_received", "client_in"),
+for cls, name, kind in ((intake.DeadlineProtocol, "data_received", "client_in"),
                         (connection._Connection, "begin", "upstream_out"),
                         (connection._Connection, "data_received", "upstream_in"),
                         (relay.Relay, "_write", "client_out")):
