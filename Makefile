@@ -38,7 +38,8 @@ test: $(BIN)/.installed-test
 FUZZ_RUNS ?= 5
 fuzz: $(BIN)/.installed-test
 	for i in $$(seq $(FUZZ_RUNS)); do HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -p no:cacheprovider \
-		tests/test_sse.py tests/translate tests/test_fuzz.py || exit 1; done
+		tests/test_sse.py tests/translate tests/test_fuzz.py tests/test_count_tokens.py tests/test_otel.py \
+		|| exit 1; done
 
 # Proxy vs direct upstream, side by side (~5 min; BENCH_ARGS=--quick for ~1 min). Not part of `make test`.
 bench: $(BIN)/.installed-test
