@@ -39,7 +39,7 @@ async def per_request(settings: StateSettings, n: int) -> float:
             if i == n // 10 + 1:
                 started = time.process_time()
             await gateway.ccproxy_request_received(ctx)
-            await gateway.ccproxy_stream_end(ctx)
+            gateway.ccproxy_stream_end(ctx)  # a plain call, as the core makes it
         return (time.process_time() - started) / n * 1e6
     finally:
         await gateway.state.close()
