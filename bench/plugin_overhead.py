@@ -39,6 +39,7 @@ import time
 import timeit
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -157,7 +158,9 @@ class Upstream(httpx.AsyncBaseTransport):
 class ClientResponse:
     """What ``request.respond`` returns: writes go nowhere."""
 
-    async def send(self, data: bytes) -> None:
+    stream = None  # no Sanic connection
+
+    async def send(self, data: bytes, end_stream: bool | None = None) -> None:
         pass
 
     async def eof(self) -> None:
@@ -171,8 +174,12 @@ class ClientRequest:
     body = BODY
     headers = HEADERS
     transport = None
+    stream = None  # no Sanic connection: the core reads the headers from ``headers``
 
-    async def respond(self, **_: Any) -> ClientResponse:
+    def __init__(self) -> None:
+        self.ctx = SimpleNamespace()  # what the core keeps on Sanic's request
+
+    async def respond(self, response: Any = None, **_: Any) -> ClientResponse:
         return ClientResponse()
 
 
