@@ -144,15 +144,23 @@ class Events(httpx.AsyncByteStream):
 
 
 class Upstream(httpx.AsyncBaseTransport):
-    """Answers every request at once with ``chunks`` events, one per read."""
+    """Answers every request at once with ``chunks`` events, one per read.
+
+    It offers the fast path (``send_parts``; nothing in it awaits, so it is cancel-safe), as the default
+    ``transport: fast`` does: the core then reads the body in the request's task, not a read per task.
+    """
+
+    HEADERS = {"content-type": "text/event-stream; charset=utf-8", "request-id": "req_bench",
+               "anthropic-ratelimit-requests-remaining": "999"}
 
     def __init__(self) -> None:
         self.chunks = 1
 
+    async def send_parts(self, method: str, url: httpx.URL, headers: Any, body: bytes, timeouts: Any) -> httpx.Response:
+        return httpx.Response(200, headers=self.HEADERS, stream=Events(self.chunks))
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        headers = {"content-type": "text/event-stream; charset=utf-8", "request-id": "req_bench",
-                   "anthropic-ratelimit-requests-remaining": "999"}
-        return httpx.Response(200, headers=headers, stream=Events(self.chunks), request=request)
+        return httpx.Response(200, headers=self.HEADERS, stream=Events(self.chunks), request=request)
 
 
 class ClientResponse:
