@@ -41,7 +41,7 @@ fuzz: $(BIN)/.installed-test
 		tests/test_sse.py tests/translate tests/test_fuzz.py tests/test_count_tokens.py tests/test_otel.py \
 		|| exit 1; done
 
-# Proxy vs direct upstream, side by side (~5 min; BENCH_ARGS=--quick for ~1 min). Not part of `make test`.
+# Proxy vs Sanic alone and a direct upstream, side by side (~8 min; BENCH_ARGS=--quick ~2.5 min). Not part of `make test`.
 bench: $(BIN)/.installed-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
