@@ -11,8 +11,9 @@ by itself):
    worker's ``limits.max_inflight_body_bytes`` a 503, both decided from ``content-length``
    before reading (and counted as the bytes arrive for a chunked body); the whole body must
    arrive within ``limits.body_timeout`` of the head (a 408);
-4. :func:`parse_body` checks what routing needs; :func:`with_model` later renames an alias's model in
-   the client's bytes.
+4. :func:`parse_body` checks what routing needs and notes where each top-level value lies;
+   :func:`with_members` later renames an alias's model in the client's bytes at that place
+   (:func:`with_model`, the public helper, walks to it).
 """
 
 from __future__ import annotations
