@@ -80,9 +80,8 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
         env = {"CCPROXY_CONFIG": str(cfg)}
         if otel:
             if sink is None:
-                sink = run.free_port()
-                children.spawn(run.server_argv(run.FLOOR_APP, sink, 1), cpu=run.CLIENT_CPU, log_path=tmp / "sink.log")
-            env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink}/v1/traces"
+                sink = run.otlp_sink(children, tmp)
+            env |= sink
         sanic = str(Path(sys.executable).with_name("sanic"))
         if rest.startswith("!"):  # a measuring stick instead of the proxy
             app = {"!floor": "bench.floor:app", "!forwarder": "bench.forwarder:app"}[rest]

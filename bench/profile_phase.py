@@ -115,9 +115,7 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
     target = Target("proxy", "127.0.0.1", port)
     env = {"CCPROXY_CONFIG": str(cfg)}
     if args.otel:  # its exports go to a floor on CPU 1, as in the benchmark's features phase
-        sink = run.free_port()
-        children.spawn(run.server_argv(run.FLOOR_APP, sink, 1), cpu=run.CLIENT_CPU, log_path=tmp / "sink.log")
-        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink}/v1/traces"
+        env |= run.otlp_sink(children, tmp)
     prof_out = tmp / "proxy.prof"
     if args.tool == "cprofile":
         argv = [sys.executable, str(HERE / "profiled_proxy.py"), "--port", str(port), "--out", str(prof_out)]

@@ -510,6 +510,14 @@ async def guarded(coro: Any, limit: float, signals: tuple[int, ...]) -> Any:
             loop.remove_signal_handler(sig)
 
 
+def otlp_sink(children: Children, tmp: Path) -> dict[str, str]:
+    """Start a floor on the client CPU to take the otel plugin's OTLP/HTTP exports (its ``/v1/traces`` answers
+    200, as in the features phase); return the proxy's environment that sends them there."""
+    port = free_port()
+    children.spawn(server_argv(FLOOR_APP, port, 1), cpu=CLIENT_CPU, log_path=tmp / "sink.log")
+    return {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces"}
+
+
 def drive(amain: Any, args: Any, prefix: str, timeout: float) -> int:
     """Run ``amain(args, children, tmp)`` on uvloop (when installed) for a side tool, then clean up.
 
