@@ -3,13 +3,18 @@
     python bench/latency_split.py                      # every product plugin, upstream 20 ms late
     python bench/latency_split.py --delay 0 --plugins providers --gap 2
     python bench/latency_split.py --proxy-cpu 1        # everything on CPU 1
+    python bench/latency_split.py --burst 20           # rounds of 20 streams starting together
 
 The proxy runs through ``bench/profiled_proxy.py --patch bench/experiments/stamps.py``, which records the
 time and the thread's CPU time when a request arrives, when the upstream is written, when its answer
 arrives and when the relay writes to the client. The load client sends one request at a time, taking
 turns in blocks with the same requests straight to the mock; each segment's p50 is printed, the
-upstream's part minus the direct request's. Prints the split; see docs/performance.md ("Latency on this
-machine") for what it showed.
+upstream's part minus the direct request's. With ``--burst N``, rounds of N streams start together
+instead (the TTFB phase's requests, taking turns with the mock round by round), and each round's
+timeline is printed: when every request had been sent upstream, when the first answer was read, how
+many heads went out before the last request was sent, when the median head went out, and the CPU
+per request taken in and per head relayed. Prints the split; see docs/performance.md ("Latency on
+this machine") for what it showed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -72,6 +78,9 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
     proc = await bench.start(v)
     direct = Target("direct", "127.0.0.1", ports["port"])
     await loadgen.closed_loop(v.target, bench.requests(v.target), 8, 1.0)  # warm-up
+    if args.burst:
+        await burst(args, v.target, direct, lambda: children.stop(proc), stamps)
+        return
     times: dict[str, list[tuple[int, int]]] = {"proxy": [], "direct": []}
     for i in range(2 * args.blocks):
         t = (v.target, direct)[i % 2]
@@ -79,7 +88,7 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
         times["proxy" if t is v.target else "direct"] += await exchange(t, reqs, args.requests // args.blocks,
                                                                         args.gap)
     children.stop(proc)  # writes the stamps
-    marks = [(kind, int(at), int(cpu)) for kind, at, cpu in (line.split() for line in stamps.read_text().splitlines())]
+    marks = [(kind, int(at), int(cpu)) for kind, at, cpu, _ in (line.split() for line in stamps.read_text().splitlines())]
     direct_p50 = statistics.median(done - sent for sent, done in times["direct"])
     rows: dict[str, list[float]] = {name: [] for name, _, _ in SEGMENTS}
     rows |= {"added in all": [], "CPU inbound": [], "CPU return path": [], "CPU after the write, before the next": []}
@@ -116,12 +125,65 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
             print(f"  {name:40} {xs[len(xs) // 2]:8.0f} {xs[int(len(xs) * 0.9)]:8.0f}")
 
 
+async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: Any, stamps: Path) -> None:
+    """``args.burst`` streams starting together, ``args.rounds`` rounds taking turns with direct: each round's timeline."""
+    n = args.burst
+    got = await loadgen.together([(t, [build_request(t, d, stream=True, events=6, rate=1000) for d in DIALECTS])
+                                  for t in (proxy, direct)], n, args.rounds)
+    stop()  # writes the stamps
+    marks = [(kind, int(at), int(cpu), key) for kind, at, cpu, key in
+             (line.split() for line in stamps.read_text().splitlines())]
+    rounds, current = [], []
+    for mark in marks:  # a round: stamps no more than 3 ms apart (rounds are 20 ms apart at least)
+        if current and mark[1] - current[-1][1] > 3_000_000:
+            rounds.append(current)
+            current = []
+        current.append(mark)
+    rounds.append(current)
+    rows: dict[str, list[float]] = {name: [] for name in (
+        "every request sent upstream (ms)", "the first answer read (ms)", "heads out before the last request was sent",
+        "the median head out (ms)", "CPU per request taken in (µs)", "CPU per head relayed, to the median head (µs)")}
+    for marks in rounds:
+        sent = [m for m in marks if m[0] == "upstream_out"]
+        if len(sent) != n:  # the warm-up round, or a round split by a gap
+            continue
+        start = next(m for m in marks if m[0] == "client_in")
+        heads: dict[str, tuple[int, int]] = {}
+        for kind, at, cpu, key in marks:
+            if kind == "client_out":
+                heads.setdefault(key, (at, cpu))
+        if len(heads) < n:
+            continue
+        last, median = sent[-1], sorted(heads.values())[n // 2 - 1]
+        answers = [m for m in marks if m[0] == "upstream_in"]
+        rows["every request sent upstream (ms)"].append((last[1] - start[1]) / 1e6)
+        rows["the first answer read (ms)"].append((answers[0][1] - start[1]) / 1e6)
+        rows["heads out before the last request was sent"].append(sum(at < last[1] for at, _ in heads.values()))
+        rows["the median head out (ms)"].append((median[0] - start[1]) / 1e6)
+        rows["CPU per request taken in (µs)"].append((last[2] - start[2]) / 1e3 / n)
+        relayed = sum(at <= median[0] for at, _ in heads.values()) - sum(at < last[1] for at, _ in heads.values())
+        if median[0] > last[1] and relayed:
+            rows["CPU per head relayed, to the median head (µs)"].append((median[1] - last[2]) / 1e3 / relayed)
+    if not rows["every request sent upstream (ms)"]:
+        raise SystemExit("no round has every stamp: check bench/experiments/stamps.py against the core")
+    ttfb = [statistics.median(r.ttfb) / 1e6 for r in got]
+    print(f"{n} streams starting together, {len(rows['every request sent upstream (ms)'])} rounds, plugins "
+          f"{args.plugins or 'every product plugin'}; TTFB p50 {ttfb[0]:.2f} ms, direct {ttfb[1]:.2f} ms "
+          f"(added {ttfb[0] - ttfb[1]:+.2f} ms); from the round's first request byte at the proxy, p50 / p90:")
+    for name, xs in rows.items():
+        if xs:
+            xs.sort()
+            print(f"  {name:46} {xs[len(xs) // 2]:8.2f} {xs[int(len(xs) * 0.9)]:8.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay", type=float, default=20.0, help="the upstream answers this late (ms)")
     parser.add_argument("--requests", type=int, default=150, help="proxied requests (and as many direct)")
     parser.add_argument("--blocks", type=int, default=3, help="blocks taking turns with direct")
     parser.add_argument("--gap", type=float, default=0.0, help="pause between requests (ms)")
+    parser.add_argument("--burst", type=int, default=0, help="N streams starting together, in rounds (0: off)")
+    parser.add_argument("--rounds", type=int, default=40, help="--burst: rounds (and as many direct)")
     parser.add_argument("--plugins", default="", help="a plugin allow-list, e.g. providers (default: every one)")
     parser.add_argument("--proxy-cpu", type=int, default=run.PROXY_CPU)
     parser.add_argument("--mock-cpu", type=int, default=run.CLIENT_CPU)
