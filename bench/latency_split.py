@@ -12,9 +12,9 @@ turns in blocks with the same requests straight to the mock; each segment's p50 
 upstream's part minus the direct request's. With ``--burst N``, rounds of N streams start together
 instead (the TTFB phase's requests, taking turns with the mock round by round), and each round's
 timeline is printed: when every request had been sent upstream, when the first answer was read, how
-many heads went out before the last request was sent, when the median head went out, and the CPU
-per request taken in and per head relayed. Prints the split; see docs/performance.md ("Latency on
-this machine") for what it showed.
+many requests were read and sent after it, how many heads went out before the last request was sent,
+when the median head went out, and the CPU per request taken in and per head relayed. Prints the
+split; see docs/performance.md ("Latency on this machine") for what it showed.
 """
 
 from __future__ import annotations
@@ -119,10 +119,7 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
           f"proxy on CPU {args.proxy_cpu}, mock on CPU {args.mock_cpu}, client on CPU {args.client_cpu}, "
           f"gap {args.gap:g} ms; direct p50 {direct_p50 / 1e6:.3f} ms; p50 / p90 in µs over "
           f"{len(rows['added in all'])} requests:")
-    for name, xs in rows.items():
-        if xs:
-            xs.sort()
-            print(f"  {name:40} {xs[len(xs) // 2]:8.0f} {xs[int(len(xs) * 0.9)]:8.0f}")
+    print_p50_p90(rows, 40, 0)
 
 
 async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: Any, stamps: Path) -> None:
@@ -141,7 +138,8 @@ async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: A
         current.append(mark)
     rounds.append(current)
     rows: dict[str, list[float]] = {name: [] for name in (
-        "every request sent upstream (ms)", "the first answer read (ms)", "heads out before the last request was sent",
+        "every request sent upstream (ms)", "the first answer read (ms)", "requests read after the first answer",
+        "requests sent upstream after the first answer", "heads out before the last request was sent",
         "the median head out (ms)", "CPU per request taken in (µs)", "CPU per head relayed, to the median head (µs)")}
     for marks in rounds:
         sent = [m for m in marks if m[0] == "upstream_out"]
@@ -158,6 +156,12 @@ async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: A
         answers = [m for m in marks if m[0] == "upstream_in"]
         rows["every request sent upstream (ms)"].append((last[1] - start[1]) / 1e6)
         rows["the first answer read (ms)"].append((answers[0][1] - start[1]) / 1e6)
+        first_reads: dict[str, int] = {}
+        for kind, at, _, key in marks:
+            if kind == "client_in":
+                first_reads.setdefault(key, at)
+        rows["requests read after the first answer"].append(sum(at > answers[0][1] for at in first_reads.values()))
+        rows["requests sent upstream after the first answer"].append(sum(m[1] > answers[0][1] for m in sent))
         rows["heads out before the last request was sent"].append(sum(at < last[1] for at, _ in heads.values()))
         rows["the median head out (ms)"].append((median[0] - start[1]) / 1e6)
         rows["CPU per request taken in (µs)"].append((last[2] - start[2]) / 1e3 / n)
@@ -170,10 +174,15 @@ async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: A
     print(f"{n} streams starting together, {len(rows['every request sent upstream (ms)'])} rounds, plugins "
           f"{args.plugins or 'every product plugin'}; TTFB p50 {ttfb[0]:.2f} ms, direct {ttfb[1]:.2f} ms "
           f"(added {ttfb[0] - ttfb[1]:+.2f} ms); from the round's first request byte at the proxy, p50 / p90:")
+    print_p50_p90(rows, 46, 2)
+
+
+def print_p50_p90(rows: dict[str, list[float]], width: int, digits: int) -> None:
+    """One line per row that has figures: its name, p50 and p90."""
     for name, xs in rows.items():
         if xs:
             xs.sort()
-            print(f"  {name:46} {xs[len(xs) // 2]:8.2f} {xs[int(len(xs) * 0.9)]:8.2f}")
+            print(f"  {name:{width}} {xs[len(xs) // 2]:8.{digits}f} {xs[int(len(xs) * 0.9)]:8.{digits}f}")
 
 
 def main() -> int:
