@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -34,6 +34,8 @@ sys.path.insert(0, str(HERE))
 import loadgen  # noqa: E402
 import run  # noqa: E402
 from loadgen import DIALECTS, Result, Target, build_request  # noqa: E402
+
+Stamp = tuple[str, int, int, str]
 
 SEGMENTS = (
     ("client's write -> the proxy reads it", None, "client_in"),
@@ -88,7 +90,7 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
         times["proxy" if t is v.target else "direct"] += await exchange(t, reqs, args.requests // args.blocks,
                                                                         args.gap)
     children.stop(proc)  # writes the stamps
-    marks = [(kind, int(at), int(cpu)) for kind, at, cpu, _ in (line.split() for line in stamps.read_text().splitlines())]
+    marks = read_stamps(stamps)
     direct_p50 = statistics.median(done - sent for sent, done in times["direct"])
     rows: dict[str, list[float]] = {name: [] for name, _, _ in SEGMENTS}
     rows |= {"added in all": [], "CPU inbound": [], "CPU return path": [], "CPU after the write, before the next": []}
@@ -97,7 +99,7 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
         while j < len(marks) and marks[j][1] < sent:
             j += 1
         mine = {}
-        for kind, at, cpu in marks[j:]:
+        for kind, at, cpu, _ in marks[j:]:
             if at > done and kind == "client_in":
                 mine["next"] = (at, cpu)
                 break
@@ -122,16 +124,17 @@ async def amain(args: argparse.Namespace, children: run.Children, tmp: Path) -> 
     print_p50_p90(rows, 40, 0)
 
 
-async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: Any, stamps: Path) -> None:
-    """``args.burst`` streams starting together, ``args.rounds`` rounds taking turns with direct: each round's timeline."""
+async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: Callable[[], object],
+                stamps: Path) -> None:
+    """``args.burst`` streams starting together, ``args.rounds`` rounds taking turns with direct: each round's
+    timeline."""
     n = args.burst
     got = await loadgen.together([(t, [build_request(t, d, stream=True, events=6, rate=1000) for d in DIALECTS])
                                   for t in (proxy, direct)], n, args.rounds)
     stop()  # writes the stamps
-    marks = [(kind, int(at), int(cpu), key) for kind, at, cpu, key in
-             (line.split() for line in stamps.read_text().splitlines())]
-    rounds, current = [], []
-    for mark in marks:  # a round: stamps no more than 3 ms apart (rounds are 20 ms apart at least)
+    rounds: list[list[Stamp]] = []
+    current: list[Stamp] = []
+    for mark in read_stamps(stamps):  # a round: stamps no more than 3 ms apart (rounds are 20 ms apart at least)
         if current and mark[1] - current[-1][1] > 3_000_000:
             rounds.append(current)
             current = []
@@ -146,26 +149,21 @@ async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: A
         if len(sent) != n:  # the warm-up round, or a round split by a gap
             continue
         start = next(m for m in marks if m[0] == "client_in")
-        heads: dict[str, tuple[int, int]] = {}
-        for kind, at, cpu, key in marks:
-            if kind == "client_out":
-                heads.setdefault(key, (at, cpu))
+        heads = firsts(marks, "client_out")  # (time, CPU) of each relay's first write
         if len(heads) < n:
             continue
         last, median = sent[-1], sorted(heads.values())[n // 2 - 1]
+        early = sum(at < last[1] for at, _ in heads.values())
         answers = [m for m in marks if m[0] == "upstream_in"]
         rows["every request sent upstream (ms)"].append((last[1] - start[1]) / 1e6)
         rows["the first answer read (ms)"].append((answers[0][1] - start[1]) / 1e6)
-        first_reads: dict[str, int] = {}
-        for kind, at, _, key in marks:
-            if kind == "client_in":
-                first_reads.setdefault(key, at)
-        rows["requests read after the first answer"].append(sum(at > answers[0][1] for at in first_reads.values()))
+        reads = firsts(marks, "client_in")
+        rows["requests read after the first answer"].append(sum(at > answers[0][1] for at, _ in reads.values()))
         rows["requests sent upstream after the first answer"].append(sum(m[1] > answers[0][1] for m in sent))
-        rows["heads out before the last request was sent"].append(sum(at < last[1] for at, _ in heads.values()))
+        rows["heads out before the last request was sent"].append(early)
         rows["the median head out (ms)"].append((median[0] - start[1]) / 1e6)
         rows["CPU per request taken in (µs)"].append((last[2] - start[2]) / 1e3 / n)
-        relayed = sum(at <= median[0] for at, _ in heads.values()) - sum(at < last[1] for at, _ in heads.values())
+        relayed = sum(at <= median[0] for at, _ in heads.values()) - early
         if median[0] > last[1] and relayed:
             rows["CPU per head relayed, to the median head (µs)"].append((median[1] - last[2]) / 1e3 / relayed)
     if not rows["every request sent upstream (ms)"]:
@@ -175,6 +173,21 @@ async def burst(args: argparse.Namespace, proxy: Target, direct: Target, stop: A
           f"{args.plugins or 'every product plugin'}; TTFB p50 {ttfb[0]:.2f} ms, direct {ttfb[1]:.2f} ms "
           f"(added {ttfb[0] - ttfb[1]:+.2f} ms); from the round's first request byte at the proxy, p50 / p90:")
     print_p50_p90(rows, 46, 2)
+
+
+def read_stamps(path: Path) -> list[Stamp]:
+    """The stamps ``bench/experiments/stamps.py`` wrote, in order: (kind, time ns, thread CPU ns, object id)."""
+    lines = (line.split() for line in path.read_text().splitlines())
+    return [(kind, int(at), int(cpu), key) for kind, at, cpu, key in lines]
+
+
+def firsts(marks: list[Stamp], kind: str) -> dict[str, tuple[int, int]]:
+    """By object, the (time, CPU) of its first stamp of ``kind`` in ``marks``."""
+    out: dict[str, tuple[int, int]] = {}
+    for k, at, cpu, key in marks:
+        if k == kind:
+            out.setdefault(key, (at, cpu))
+    return out
 
 
 def print_p50_p90(rows: dict[str, list[float]], width: int, digits: int) -> None:
