@@ -196,6 +196,11 @@ http {{
 FLOOR_APP = "bench.floor:app"
 
 
+def otlp_env(port: int) -> dict[str, str]:
+    """The proxy's environment that sends the otel plugin's OTLP/HTTP exports to a floor on ``port``."""
+    return {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces"}
+
+
 def server_argv(app: str, port: int, workers: int = 1) -> list[str]:
     """``sanic APP`` on 127.0.0.1:``port``, ``--single-process`` (one worker) or ``--workers N``."""
     sanic = Path(sys.executable).with_name("sanic")

@@ -52,7 +52,7 @@ sys.path.insert(0, str(HERE))
 import goals  # noqa: E402
 import loadgen  # noqa: E402
 import sidebyside  # noqa: E402
-from configs import (FLOOR_APP, make_certificate, nginx_config, probe, proxy_config,  # noqa: E402,F401
+from configs import (FLOOR_APP, make_certificate, nginx_config, otlp_env, probe, proxy_config,  # noqa: E402,F401
                      server_argv)
 from loadgen import DIALECTS, ROUTES, Request, Target, build_request  # noqa: E402
 from procs import (CLIENT_CPU, PINNED, PROXY_CPU, ROOT, Children, Meter, cpu_seconds, free_port,  # noqa: E402,F401
@@ -515,7 +515,7 @@ def otlp_sink(children: Children, tmp: Path) -> dict[str, str]:
     200, as in the features phase); return the proxy's environment that sends them there."""
     port = free_port()
     children.spawn(server_argv(FLOOR_APP, port, 1), cpu=CLIENT_CPU, log_path=tmp / "sink.log")
-    return {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces"}
+    return otlp_env(port)
 
 
 def drive(amain: Any, args: Any, prefix: str, timeout: float) -> int:

